@@ -1,0 +1,13 @@
+//! amistore's core: the domain types shared by every deployment and the open
+//! archive format an AMI is stored in.
+//!
+//! This crate must never depend on an AWS SDK crate: it is what every binary,
+//! Lambda function and test builds on, and it has to stay fast to compile.
+
+pub mod archive;
+pub mod blocks;
+pub mod error;
+pub mod image;
+pub mod parallel;
+
+pub use error::{Error, Result};

@@ -1,0 +1,26 @@
+//! amistore's local adapters: everything that touches the machine's own disks.
+//!
+//! [`raw_disk`] reads and writes sparse raw disk images; [`archive_file`] packs,
+//! verifies and extracts archives stored as local files.
+
+pub mod archive_file;
+pub mod error;
+pub mod raw_disk;
+
+pub use error::{Error, Result};
+
+/// A sink for progress reports of long operations.
+pub trait Progress {
+    /// The operation will process `total` bytes.
+    fn begin(&mut self, total: u64);
+    /// `bytes` more bytes are done.
+    fn advance(&mut self, bytes: u64);
+}
+
+/// Reports nothing.
+pub struct NoProgress;
+
+impl Progress for NoProgress {
+    fn begin(&mut self, _: u64) {}
+    fn advance(&mut self, _: u64) {}
+}

@@ -1,0 +1,193 @@
+//! Raw disk image files, read and written sparsely.
+//!
+//! A block of a raw file is present when any byte of it is allocated
+//! (SEEK_DATA/SEEK_HOLE), even if the allocated bytes are zeros; holes are never
+//! read. Written back, present blocks are written in full (zero ones included,
+//! so they are allocated again) and holes are left as holes.
+
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+
+use amistore_core::archive::BlockSource;
+use amistore_core::blocks::{BLOCK_SIZE, BlockRanges};
+use rustix::fs::SeekFrom;
+use rustix::io::Errno;
+
+use crate::{Error, Result};
+
+/// Which 512 KiB blocks of `file` (of `len` bytes) hold allocated data.
+pub fn present_blocks(file: &File, len: u64) -> std::io::Result<BlockRanges> {
+    let mut runs = Vec::new();
+    let mut at = 0u64;
+    while at < len {
+        let data = match rustix::fs::seek(file, SeekFrom::Data(at)) {
+            Ok(data) => data,
+            Err(Errno::NXIO) => break,
+            // A file system without hole reporting: everything counts as data.
+            Err(Errno::INVAL | Errno::OPNOTSUPP) => {
+                runs.push(at / BLOCK_SIZE..len.div_ceil(BLOCK_SIZE));
+                break;
+            }
+            Err(e) => return Err(e.into()),
+        };
+        if data >= len {
+            break;
+        }
+        let hole = rustix::fs::seek(file, SeekFrom::Hole(data))?.min(len);
+        runs.push(data / BLOCK_SIZE..hole.div_ceil(BLOCK_SIZE));
+        at = hole;
+    }
+    Ok(BlockRanges::from_unsorted(runs))
+}
+
+/// A raw disk file opened for archiving: its size, present blocks and handle.
+#[derive(Debug)]
+pub struct RawDisk {
+    /// Where it is.
+    pub path: PathBuf,
+    /// Its size in bytes (a multiple of 512 KiB).
+    pub size: u64,
+    /// Its allocated blocks.
+    pub present: BlockRanges,
+    file: File,
+}
+
+impl RawDisk {
+    /// Opens a raw disk file. Its size must be a positive multiple of 512 KiB:
+    /// padding it silently would change the disk.
+    pub fn open(path: &Path) -> Result<Self> {
+        let file = File::open(path)
+            .map_err(|e| Error::io(format!("opening disk {}", path.display()), e))?;
+        let meta = file
+            .metadata()
+            .map_err(|e| Error::io(format!("reading the size of {}", path.display()), e))?;
+        if !meta.is_file() {
+            return Err(Error::InvalidInput(format!(
+                "{} is not a regular file; give a raw disk image file",
+                path.display()
+            )));
+        }
+        let size = meta.len();
+        if size == 0 || size % BLOCK_SIZE != 0 {
+            return Err(Error::InvalidInput(format!(
+                "disk {} is {size} bytes, not a positive multiple of 512 KiB (524288 bytes); \
+                 round it up with `truncate -s %512K {}`",
+                path.display(),
+                path.display()
+            )));
+        }
+        let present = present_blocks(&file, size)
+            .map_err(|e| Error::io(format!("finding the data in {}", path.display()), e))?;
+        Ok(Self {
+            path: path.to_owned(),
+            size,
+            present,
+            file,
+        })
+    }
+}
+
+/// Raw disk files as a block source for the archive writer.
+pub struct RawDisks(pub Vec<RawDisk>);
+
+impl BlockSource for RawDisks {
+    fn read_blocks(
+        &self,
+        disk: usize,
+        first_block: u64,
+        buf: &mut [u8],
+    ) -> amistore_core::Result<()> {
+        let d = self
+            .0
+            .get(disk)
+            .ok_or_else(|| amistore_core::Error::InvalidInput(format!("no disk {disk}")))?;
+        d.file
+            .read_exact_at(buf, first_block * BLOCK_SIZE)
+            .map_err(|e| {
+                amistore_core::Error::io(
+                    format!("reading block {first_block} of {}", d.path.display()),
+                    e,
+                )
+            })
+    }
+}
+
+/// A sparse raw file being filled block by block.
+pub struct SparseFile {
+    path: PathBuf,
+    file: File,
+}
+
+impl SparseFile {
+    /// Creates `path` (which must not exist) as an all-hole file of `size` bytes.
+    pub fn create(path: &Path, size: u64) -> Result<Self> {
+        let file = File::options()
+            .write(true)
+            .create_new(true)
+            .open(path)
+            .map_err(|e| Error::io(format!("creating {}", path.display()), e))?;
+        file.set_len(size)
+            .map_err(|e| Error::io(format!("sizing {}", path.display()), e))?;
+        Ok(Self {
+            path: path.to_owned(),
+            file,
+        })
+    }
+
+    /// Writes `bytes` at block `first_block`.
+    pub fn write_blocks(&self, first_block: u64, bytes: &[u8]) -> amistore_core::Result<()> {
+        self.file
+            .write_all_at(bytes, first_block * BLOCK_SIZE)
+            .map_err(|e| amistore_core::Error::io(format!("writing {}", self.path.display()), e))
+    }
+
+    /// Flushes the file to stable storage.
+    pub fn sync(&self) -> Result<()> {
+        self.file
+            .sync_all()
+            .map_err(|e| Error::io(format!("syncing {}", self.path.display()), e))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    #[test]
+    fn holes_are_absent_and_allocated_zeros_are_present() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("d.raw");
+        let f = SparseFile::create(&path, 8 * BLOCK_SIZE).unwrap();
+        f.write_blocks(1, &vec![0u8; BLOCK_SIZE as usize]).unwrap();
+        f.write_blocks(4, &[7u8; 10]).unwrap();
+        f.sync().unwrap();
+        let disk = RawDisk::open(&path).unwrap();
+        assert_eq!(disk.present.runs(), &[1..2, 4..5]);
+    }
+
+    #[test]
+    fn sizes_that_are_not_whole_blocks_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("odd.raw");
+        File::create(&path)
+            .unwrap()
+            .write_all(&[1u8; 1000])
+            .unwrap();
+        let err = RawDisk::open(&path).unwrap_err().to_string();
+        assert!(
+            err.contains("1000 bytes") && err.contains("truncate -s %512K"),
+            "{err}"
+        );
+        File::create(dir.path().join("empty.raw")).unwrap();
+        assert!(RawDisk::open(&dir.path().join("empty.raw")).is_err());
+        assert!(RawDisk::open(dir.path()).is_err());
+        assert!(
+            RawDisk::open(&dir.path().join("missing"))
+                .unwrap_err()
+                .to_string()
+                .contains("missing")
+        );
+    }
+}
