@@ -1,6 +1,9 @@
 //! End to end: the `amistore archive` commands against real files, checked with
 //! the stock `zstd` and GNU `tar` binaries.
 
+// In a test a panic is the failure report.
+#![allow(clippy::unwrap_used)]
+
 use std::fs::{self, File};
 use std::io::Write;
 use std::os::unix::fs::FileExt;

@@ -121,13 +121,15 @@ pub fn run(cmd: ArchiveCommand, quiet: bool) -> Result<ExitCode> {
             let size = std::fs::metadata(&args.out)
                 .map(|m| m.len())
                 .unwrap_or_default();
-            eprintln!(
-                "wrote {} ({} disks, {} present, archive {})",
-                args.out.display(),
-                manifest.disks.len(),
-                human(manifest.present_bytes()),
-                human(size)
-            );
+            if !quiet {
+                eprintln!(
+                    "wrote {} ({} disks, {} present, archive {})",
+                    args.out.display(),
+                    manifest.disks.len(),
+                    human(manifest.present_bytes()),
+                    human(size)
+                );
+            }
         }
         ArchiveCommand::Inspect { file, json } => {
             let summary = archive_file::summary(&file)?;

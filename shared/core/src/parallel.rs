@@ -25,7 +25,7 @@ where
     E: Send,
 {
     let threads = threads.max(1);
-    let window = threads * 2;
+    let window = threads * 4;
     let (job_tx, job_rx) = mpsc::sync_channel::<(usize, In)>(window);
     let job_rx = Mutex::new(job_rx);
     let (result_tx, result_rx) = mpsc::channel::<(usize, Result<Out, E>)>();

@@ -43,6 +43,72 @@ fn partial_path(target: &Path) -> PathBuf {
     target.with_file_name(format!(".{name}.{}.partial", std::process::id()))
 }
 
+/// Start writing back to disk every this many bytes.
+const WRITE_BEHIND_BYTES: u64 = 64 << 20;
+
+/// A file writer that asks a helper thread to flush what has been written every
+/// [`WRITE_BEHIND_BYTES`], so the fsync that precedes the final rename finds
+/// little left to write instead of the whole archive.
+struct WriteBehind {
+    file: File,
+    unsynced: u64,
+    wake: std::sync::mpsc::SyncSender<()>,
+}
+
+impl Write for WriteBehind {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = self.file.write(buf)?;
+        self.unsynced += n as u64;
+        if self.unsynced >= WRITE_BEHIND_BYTES {
+            self.unsynced = 0;
+            // A flush already queued covers this one too.
+            let _ = self.wake.try_send(());
+        }
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.file.flush()
+    }
+}
+
+/// Runs `write` with a [`WriteBehind`] over `file`, then makes the file durable.
+fn write_durably<T>(
+    file: File,
+    path: &Path,
+    write: impl FnOnce(&mut BufWriter<WriteBehind>) -> Result<T>,
+) -> Result<T> {
+    let flusher = file
+        .try_clone()
+        .map_err(|e| Error::io(format!("opening {} twice", path.display()), e))?;
+    let (wake, woken) = std::sync::mpsc::sync_channel::<()>(1);
+    std::thread::scope(|scope| {
+        scope.spawn(move || {
+            for () in woken {
+                // Best effort: the final sync_all below reports any error.
+                let _ = flusher.sync_data();
+            }
+        });
+        let mut out = BufWriter::with_capacity(
+            1 << 20,
+            WriteBehind {
+                file,
+                unsynced: 0,
+                wake,
+            },
+        );
+        let value = write(&mut out)?;
+        let inner = out
+            .into_inner()
+            .map_err(|e| Error::io(format!("writing {}", path.display()), e.into_error()))?;
+        let WriteBehind { file, wake, .. } = inner;
+        drop(wake);
+        file.sync_all()
+            .map_err(|e| Error::io(format!("syncing {}", path.display()), e))?;
+        Ok(value)
+    })
+}
+
 fn refuse_existing(path: &Path, force: bool) -> Result<()> {
     if !force && path.symlink_metadata().is_ok() {
         return Err(Error::OutputExists(path.to_owned()));
@@ -99,15 +165,11 @@ pub fn pack(
         .open(&tmp)
         .map_err(|e| Error::io(format!("creating {}", tmp.display()), e))?;
     let guard = Partial(Some(tmp.clone()));
-    let writer = BufWriter::with_capacity(1 << 20, file);
-    let (writer, manifest) = write_archive(&plan, &source, threads, writer, &mut |n| {
-        progress.advance(n)
+    let manifest = write_durably(file, &tmp, |out| {
+        let (_, manifest) =
+            write_archive(&plan, &source, threads, out, &mut |n| progress.advance(n))?;
+        Ok(manifest)
     })?;
-    let file = writer
-        .into_inner()
-        .map_err(|e| Error::io(format!("writing {}", tmp.display()), e.into_error()))?;
-    file.sync_all()
-        .map_err(|e| Error::io(format!("syncing {}", tmp.display()), e))?;
     fs::rename(&tmp, out).map_err(|e| {
         Error::io(
             format!("renaming {} to {}", tmp.display(), out.display()),

@@ -3,6 +3,8 @@
 //! final part with the manifest, the end of the tar stream and the seek table.
 
 use std::io::Write;
+use std::ops::Range;
+use std::sync::Mutex;
 
 use crate::archive::frame::{FrameCompressor, hole_frames, padding_frame};
 use crate::archive::manifest::{
@@ -109,13 +111,44 @@ impl<W: Write> UnitWriter<W> {
     }
 }
 
+/// Frame-sized buffers handed back for reuse: the writer moves two 8 MiB buffers
+/// per frame between threads, and fresh allocations would cost a page fault per
+/// 4 KiB.
+#[derive(Default)]
+struct BufferPool(Mutex<Vec<Vec<u8>>>);
+
+impl BufferPool {
+    fn take(&self) -> Vec<u8> {
+        self.0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .pop()
+            .unwrap_or_default()
+    }
+
+    fn give(&self, buf: Vec<u8>) {
+        let mut pool = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if pool.len() < 64 {
+            pool.push(buf);
+        }
+    }
+}
+
 enum Raw {
-    Bytes(Vec<u8>),
+    /// Bytes to compress; `blocks` is false for a tar header.
+    Bytes {
+        raw: Vec<u8>,
+        blocks: bool,
+    },
     Holes(u64),
 }
 
 enum Compressed {
-    Frame { raw: Vec<u8>, frame: Vec<u8> },
+    Frame {
+        raw: Vec<u8>,
+        frame: Vec<u8>,
+        blocks: bool,
+    },
     Holes(u64),
 }
 
@@ -129,43 +162,109 @@ pub fn encode_unit<W: Write>(
     out: W,
     progress: &mut dyn FnMut(u64),
 ) -> Result<(W, UnitRecord)> {
-    let jobs = plan.frame_jobs(unit)?;
-    let disk = plan.units[unit].disk;
-    let mut writer = UnitWriter::new(unit, plan.min_part_size, out);
-    let inputs = jobs.into_iter().map(|job| match job {
-        FrameJob::Header(bytes) => Ok(Raw::Bytes(bytes)),
-        FrameJob::Data { first_block, count } => {
-            let mut buf = vec![0u8; (count * BLOCK_SIZE) as usize];
-            source.read_blocks(disk, first_block, &mut buf)?;
-            Ok(Raw::Bytes(buf))
-        }
-        FrameJob::Hole { count } => Ok(Raw::Holes(count)),
+    let (out, mut records) = encode_units(plan, unit..unit + 1, source, threads, out, progress)?;
+    let record = records
+        .pop()
+        .ok_or_else(|| Error::InvalidInput(format!("unit {unit} is not in the plan")))?;
+    Ok((out, record))
+}
+
+/// Writes units `units` of `plan` one after another to `out`. One pipeline spans
+/// all of them, so the workers never drain and refill at a unit boundary.
+pub fn encode_units<W: Write>(
+    plan: &ArchivePlan,
+    units: Range<usize>,
+    source: &dyn BlockSource,
+    threads: usize,
+    out: W,
+    progress: &mut dyn FnMut(u64),
+) -> Result<(W, Vec<UnitRecord>)> {
+    if units.end > plan.units.len() {
+        return Err(Error::InvalidInput(format!(
+            "units {units:?} are not all in the plan's {} units",
+            plan.units.len()
+        )));
+    }
+    let pool = BufferPool::default();
+    let pool = &pool;
+    let inputs = units.clone().flat_map(|unit| {
+        let disk = plan.units[unit].disk;
+        plan.unit_frame_jobs(unit)
+            .into_iter()
+            .map(move |job| match job {
+                FrameJob::Header(raw) => Ok((unit, Raw::Bytes { raw, blocks: false })),
+                FrameJob::Data { first_block, count } => {
+                    let mut buf = pool.take();
+                    // Every byte is overwritten by the read, so reused contents don't matter.
+                    buf.resize((count * BLOCK_SIZE) as usize, 0);
+                    source.read_blocks(disk, first_block, &mut buf)?;
+                    Ok((
+                        unit,
+                        Raw::Bytes {
+                            raw: buf,
+                            blocks: true,
+                        },
+                    ))
+                }
+                FrameJob::Hole { count } => Ok((unit, Raw::Holes(count))),
+            })
     });
+    let mut records = Vec::with_capacity(units.len());
+    // The output moves into the writer of the unit being written, and back out
+    // when that unit finishes.
+    let mut idle_out = Some(out);
+    let mut writer: Option<UnitWriter<W>> = None;
     ordered_map(
         threads,
         inputs,
         || FrameCompressor::new().map_err(|e| Error::io("creating a zstd compressor", e)),
-        |zstd, raw| match raw {
-            Raw::Bytes(raw) => {
-                let frame = zstd
-                    .compress(&raw)
+        |zstd, (unit, raw)| match raw {
+            Raw::Bytes { raw, blocks } => {
+                let mut frame = pool.take();
+                zstd.compress_into(&raw, &mut frame)
                     .map_err(|e| Error::io("compressing a frame", e))?;
-                Ok(Compressed::Frame { raw, frame })
+                Ok((unit, Compressed::Frame { raw, frame, blocks }))
             }
-            Raw::Holes(n) => Ok(Compressed::Holes(n)),
+            Raw::Holes(n) => Ok((unit, Compressed::Holes(n))),
         },
-        |done| match done {
-            Compressed::Frame { raw, frame } => {
-                writer.data_frame(&raw, &frame)?;
-                if raw.len() as u64 % BLOCK_SIZE == 0 {
-                    progress(raw.len() as u64);
+        |(unit, done)| {
+            if writer.as_ref().map(|w| w.unit) != Some(unit) {
+                if let Some(finished) = writer.take() {
+                    let (out, record) = finished.finish()?;
+                    records.push(record);
+                    idle_out = Some(out);
                 }
-                Ok(())
+                let out = idle_out
+                    .take()
+                    .ok_or_else(|| Error::InvalidInput("output lost between units".into()))?;
+                writer = Some(UnitWriter::new(unit, plan.min_part_size, out));
             }
-            Compressed::Holes(n) => writer.holes(n),
+            let w = writer
+                .as_mut()
+                .ok_or_else(|| Error::InvalidInput("no unit is being written".into()))?;
+            match done {
+                Compressed::Frame { raw, frame, blocks } => {
+                    w.data_frame(&raw, &frame)?;
+                    if blocks {
+                        progress(raw.len() as u64);
+                    }
+                    pool.give(raw);
+                    pool.give(frame);
+                    Ok(())
+                }
+                Compressed::Holes(n) => w.holes(n),
+            }
         },
     )?;
-    writer.finish()
+    let out = match writer {
+        Some(last) => {
+            let (out, record) = last.finish()?;
+            records.push(record);
+            out
+        }
+        None => idle_out.ok_or_else(|| Error::InvalidInput("output lost".into()))?,
+    };
+    Ok((out, records))
 }
 
 /// The archive's last part and the manifest it holds.
@@ -261,15 +360,11 @@ pub fn write_archive<W: Write>(
     plan: &ArchivePlan,
     source: &dyn BlockSource,
     threads: usize,
-    mut out: W,
+    out: W,
     progress: &mut dyn FnMut(u64),
 ) -> Result<(W, Manifest)> {
-    let mut records = Vec::with_capacity(plan.units.len());
-    for unit in 0..plan.units.len() {
-        let (o, record) = encode_unit(plan, unit, source, threads, out, progress)?;
-        out = o;
-        records.push(record);
-    }
+    let (mut out, records) =
+        encode_units(plan, 0..plan.units.len(), source, threads, out, progress)?;
     let last = plan.final_part(&records)?;
     out.write_all(&last.bytes)
         .and_then(|()| out.flush())

@@ -25,7 +25,7 @@ pub const MAX_HOLE_FRAME_BLOCKS: u64 = 512;
 const MAX_BLOCK_LEN: u64 = 128 * 1024;
 /// Frame header descriptor of a hole frame: 4-byte content size, not single-segment,
 /// content checksum on, no dictionary.
-const HOLE_FRAME_DESCRIPTOR: u8 = 0b10_0_0_0_1_00;
+const HOLE_FRAME_DESCRIPTOR: u8 = 0b1000_0100;
 /// Window descriptor for a 128 KiB window (exponent 7, mantissa 0).
 const HOLE_WINDOW_DESCRIPTOR: u8 = 7 << 3;
 
@@ -302,6 +302,14 @@ impl FrameCompressor {
     /// Compresses `data` into one frame.
     pub fn compress(&mut self, data: &[u8]) -> std::io::Result<Vec<u8>> {
         self.inner.compress(data)
+    }
+
+    /// Compresses `data` into one frame in `out` (replacing its contents), reusing
+    /// `out`'s allocation.
+    pub fn compress_into(&mut self, data: &[u8], out: &mut Vec<u8>) -> std::io::Result<()> {
+        out.clear();
+        out.reserve(zstd::zstd_safe::compress_bound(data.len()));
+        self.inner.compress_to_buffer(data, out).map(|_| ())
     }
 }
 

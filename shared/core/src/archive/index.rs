@@ -189,7 +189,7 @@ impl ArchiveIndex {
 
     /// Opens an archive from a random-access source with at most two reads.
     pub fn open(src: &dyn ReadAt) -> Result<Self> {
-        let len = src.len()?;
+        let len = src.size()?;
         let tail_range = Self::tail_range(len);
         let tail = read_range(src, tail_range.clone())?;
         let needed = Self::suffix_range(len, &tail)?;

@@ -23,7 +23,9 @@ pub mod seek_table;
 pub mod tar;
 
 pub use decode::{Decoded, FrameDecoder, UnitVerifier, read_units};
-pub use encode::{BlockSource, FinalPart, UnitRecord, UnitWriter, encode_unit, write_archive};
+pub use encode::{
+    BlockSource, FinalPart, UnitRecord, UnitWriter, encode_unit, encode_units, write_archive,
+};
 pub use index::{ArchiveIndex, FrameRole, IndexedFrame};
 pub use manifest::{Disk, Manifest, Unit};
 pub use plan::{ArchivePlan, DiskSource, UnitPlan};
@@ -33,14 +35,14 @@ use crate::{Error, Result};
 /// A random-access byte source: a local file, an in-memory buffer, or (in the AWS
 /// crate) ranged GETs on an S3 object.
 pub trait ReadAt: Sync {
-    /// Total length in bytes.
-    fn len(&self) -> Result<u64>;
+    /// Total size in bytes.
+    fn size(&self) -> Result<u64>;
     /// Fills `buf` from `offset`; reading past the end is an error.
     fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> Result<()>;
 }
 
 impl ReadAt for std::fs::File {
-    fn len(&self) -> Result<u64> {
+    fn size(&self) -> Result<u64> {
         Ok(self
             .metadata()
             .map_err(|e| Error::io("reading the archive's size", e))?
@@ -58,8 +60,8 @@ impl ReadAt for std::fs::File {
 }
 
 impl ReadAt for Vec<u8> {
-    fn len(&self) -> Result<u64> {
-        Ok(self.as_slice().len() as u64)
+    fn size(&self) -> Result<u64> {
+        Ok(self.len() as u64)
     }
 
     fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> Result<()> {

@@ -1,7 +1,7 @@
 //! Helpers shared by the core crate's integration tests: small in-memory disks
 //! with known contents and a deterministic random generator.
 
-#![allow(dead_code)]
+#![allow(dead_code, clippy::unwrap_used)]
 
 use std::ops::Range;
 

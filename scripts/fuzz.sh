@@ -1,0 +1,11 @@
+#!/usr/bin/env bash
+# Fuzzes the archive reader with cargo-fuzz (libFuzzer) for SECONDS (default 300).
+# cargo-fuzz needs nightly features; on a stable toolchain RUSTC_BOOTSTRAP=1 enables them.
+#   scripts/fuzz.sh [SECONDS]
+# New inputs go to fuzz/corpus/archive_reader; crashes to fuzz/artifacts/. Commit a
+# crash reproducer into the corpus: the test suite replays every corpus file.
+set -euo pipefail
+cd "$(dirname "$0")/../fuzz"
+command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked
+export RUSTC_BOOTSTRAP=1
+cargo fuzz run archive_reader -- -max_total_time="${1:-300}" -max_len=65536 -rss_limit_mb=2048
