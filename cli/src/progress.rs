@@ -3,41 +3,46 @@
 use std::io::IsTerminal;
 
 use amistore_local::Progress;
-use indicatif::{ProgressBar, ProgressStyle};
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 /// A byte-count progress bar, hidden with `--quiet` or when stderr is not a TTY.
-pub struct Bar(ProgressBar);
+pub struct Bar {
+    bar: ProgressBar,
+    visible: bool,
+}
 
 impl Bar {
-    /// A bar labelled `what`.
+    /// A bar labelled `what`; it appears once the total is known.
     pub fn new(what: &'static str, quiet: bool) -> Self {
-        let bar = if quiet || !std::io::stderr().is_terminal() {
-            ProgressBar::hidden()
-        } else {
-            ProgressBar::new(0)
-        };
+        let bar = ProgressBar::hidden();
         if let Ok(style) = ProgressStyle::with_template(
             "{msg:>10} [{bar:40}] {binary_bytes}/{binary_total_bytes} {binary_bytes_per_sec} eta {eta}",
         ) {
             bar.set_style(style.progress_chars("=> "));
         }
         bar.set_message(what);
-        Self(bar)
+        Self {
+            bar,
+            visible: !quiet && std::io::stderr().is_terminal(),
+        }
     }
 }
 
 impl Progress for Bar {
     fn begin(&mut self, total: u64) {
-        self.0.set_length(total);
+        self.bar.set_length(total);
+        if self.visible {
+            self.bar.set_draw_target(ProgressDrawTarget::stderr());
+        }
     }
 
     fn advance(&mut self, bytes: u64) {
-        self.0.inc(bytes);
+        self.bar.inc(bytes);
     }
 }
 
 impl Drop for Bar {
     fn drop(&mut self) {
-        self.0.finish_and_clear();
+        self.bar.finish_and_clear();
     }
 }

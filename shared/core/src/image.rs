@@ -470,6 +470,53 @@ mod tests {
     }
 
     #[test]
+    fn image_spec_derives_mappings_from_disks() {
+        let spec = ImageSpec {
+            name: "from-disks".parse().unwrap(),
+            description: Some("d".into()),
+            architecture: Architecture::Arm64,
+            boot_mode: Some(BootMode::Uefi),
+            root_device_name: None,
+            tags: vec!["a=1".parse().unwrap()],
+        };
+        let disks = [
+            ("/dev/xvda".parse().unwrap(), 3 * GIB / 2),
+            ("/dev/xvdb".parse().unwrap(), 512 * 1024),
+        ];
+        let m = spec.to_metadata(&disks).unwrap();
+        assert_eq!(m.root_device_name.as_str(), "/dev/xvda");
+        let sizes: Vec<_> = m
+            .block_device_mappings
+            .iter()
+            .map(|b| b.ebs.as_ref().map(|e| (e.disk, e.volume_size_gib)))
+            .collect();
+        assert_eq!(sizes, vec![Some((Some(0), 2)), Some((Some(1), 1))]);
+
+        let wrong_root = ImageSpec {
+            root_device_name: Some("/dev/sdf".parse().unwrap()),
+            ..spec.clone()
+        };
+        assert!(
+            wrong_root
+                .to_metadata(&disks)
+                .unwrap_err()
+                .to_string()
+                .contains("/dev/sdf")
+        );
+        let long = ImageSpec {
+            description: Some("x".repeat(256)),
+            ..spec.clone()
+        };
+        assert!(long.to_metadata(&disks).is_err());
+        let dup = ImageSpec {
+            tags: vec!["a=1".parse().unwrap(), "a=2".parse().unwrap()],
+            ..spec.clone()
+        };
+        assert!(dup.to_metadata(&disks).is_err());
+        assert!(spec.to_metadata(&[]).is_err());
+    }
+
+    #[test]
     fn enums_use_wire_spelling() {
         assert_eq!(
             "uefi-preferred".parse::<BootMode>().unwrap(),

@@ -83,11 +83,13 @@ fn write_durably<T>(
         .map_err(|e| Error::io(format!("opening {} twice", path.display()), e))?;
     let (wake, woken) = std::sync::mpsc::sync_channel::<()>(1);
     std::thread::scope(|scope| {
-        scope.spawn(move || {
+        // Linux reports a writeback error to one fsync only, so an error seen here
+        // must be returned, not left for the final sync to (not) find.
+        let flushing = scope.spawn(move || -> std::io::Result<()> {
             for () in woken {
-                // Best effort: the final sync_all below reports any error.
-                let _ = flusher.sync_data();
+                flusher.sync_data()?;
             }
+            Ok(())
         });
         let mut out = BufWriter::with_capacity(
             1 << 20,
@@ -103,6 +105,10 @@ fn write_durably<T>(
             .map_err(|e| Error::io(format!("writing {}", path.display()), e.into_error()))?;
         let WriteBehind { file, wake, .. } = inner;
         drop(wake);
+        flushing
+            .join()
+            .unwrap_or_else(|_| Err(std::io::Error::other("the flushing thread panicked")))
+            .map_err(|e| Error::io(format!("flushing {}", path.display()), e))?;
         file.sync_all()
             .map_err(|e| Error::io(format!("syncing {}", path.display()), e))?;
         Ok(value)

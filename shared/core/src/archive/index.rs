@@ -10,7 +10,7 @@ use std::ops::Range;
 use crate::archive::ReadAt;
 use crate::archive::frame::{decompress_frame, read_u32_le};
 use crate::archive::manifest::{MANIFEST_MEMBER, Manifest};
-use crate::archive::seek_table::{self, FOOTER_LEN, FrameEntry};
+use crate::archive::seek_table::{self, FOOTER_LEN, Footer, FrameEntry};
 use crate::archive::tar::{
     END_OF_ARCHIVE_LEN, MEMBER_HEADER_LEN, member_header, padding_len, ustar_size,
 };
@@ -113,6 +113,11 @@ impl ArchiveIndex {
     /// Given the last bytes of the object (at least the footer and the last seek
     /// table entry), the range that holds the manifest frame and the seek table.
     pub fn suffix_range(object_len: u64, tail: &[u8]) -> Result<Range<u64>> {
+        Self::locate(object_len, tail).map(|(_, range)| range)
+    }
+
+    /// The footer, and the range holding the manifest frame and the seek table.
+    fn locate(object_len: u64, tail: &[u8]) -> Result<(Footer, Range<u64>)> {
         let footer_at = tail.len().checked_sub(FOOTER_LEN as usize).ok_or_else(|| {
             Error::NotAnArchive(format!(
                 "object is {object_len} bytes, too short to hold a seek table"
@@ -133,7 +138,7 @@ impl ArchiveIndex {
                 "the seek table and manifest frame need {needed} bytes but the object has {object_len}"
             ))
         })?;
-        Ok(start..object_len)
+        Ok((footer, start..object_len))
     }
 
     /// Builds the index from the object's last bytes `suffix` (they must start at
@@ -142,7 +147,7 @@ impl ArchiveIndex {
         let suffix_start = object_len
             .checked_sub(suffix.len() as u64)
             .ok_or_else(|| Error::InvalidInput("suffix is longer than the object".into()))?;
-        let needed = Self::suffix_range(object_len, suffix)?;
+        let (footer, needed) = Self::locate(object_len, suffix)?;
         if needed.start < suffix_start {
             return Err(Error::InvalidInput(format!(
                 "suffix starts at {suffix_start}, after the manifest frame at {}",
@@ -150,8 +155,6 @@ impl ArchiveIndex {
             )));
         }
         let rel = |at: u64| (at - suffix_start) as usize;
-        let footer_at = suffix.len() - FOOTER_LEN as usize;
-        let footer = seek_table::parse_footer(&suffix[footer_at..], object_len)?;
         let table_start = object_len - footer.table_len();
         let entries = seek_table::parse(&suffix[rel(table_start)..], footer)?;
 
