@@ -351,6 +351,39 @@ pub struct ImageMetadata {
     pub tags: Vec<Tag>,
 }
 
+impl ImageMetadata {
+    /// Metadata with only what every image has: HVM, ENA on, and no optional
+    /// attributes, mappings or tags (fill those in with struct-update syntax).
+    pub fn minimal(
+        name: ImageName,
+        architecture: Architecture,
+        root_device_name: DeviceName,
+    ) -> Self {
+        Self {
+            source_image_id: None,
+            source_region: None,
+            owner_id: None,
+            creation_date: None,
+            name,
+            description: None,
+            architecture,
+            virtualization_type: VirtualizationType::Hvm,
+            root_device_name,
+            boot_mode: None,
+            ena_support: true,
+            sriov_net_support: None,
+            tpm_support: None,
+            imds_support: None,
+            uefi_data: None,
+            kernel_id: None,
+            ramdisk_id: None,
+            platform_details: None,
+            block_device_mappings: vec![],
+            tags: vec![],
+        }
+    }
+}
+
 /// What a user says about an image made from raw disks (`archive pack`,
 /// `image import`); the rest of the metadata follows from the disks.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -416,26 +449,11 @@ impl ImageSpec {
             })
             .collect();
         Ok(ImageMetadata {
-            source_image_id: None,
-            source_region: None,
-            owner_id: None,
-            creation_date: None,
-            name: self.name.clone(),
             description: self.description.clone(),
-            architecture: self.architecture,
-            virtualization_type: VirtualizationType::Hvm,
-            root_device_name: root,
             boot_mode: self.boot_mode,
-            ena_support: true,
-            sriov_net_support: None,
-            tpm_support: None,
-            imds_support: None,
-            uefi_data: None,
-            kernel_id: None,
-            ramdisk_id: None,
-            platform_details: None,
             block_device_mappings,
             tags: self.tags.clone(),
+            ..ImageMetadata::minimal(self.name.clone(), self.architecture, root)
         })
     }
 }

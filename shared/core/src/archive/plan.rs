@@ -300,31 +300,14 @@ fn unit(disk: usize, start: u64, end: u64, first: bool) -> UnitPlan {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use crate::image::{Architecture, VirtualizationType};
+    use crate::image::Architecture;
 
     pub(crate) fn image(name: &str) -> ImageMetadata {
-        ImageMetadata {
-            source_image_id: None,
-            source_region: None,
-            owner_id: None,
-            creation_date: None,
-            name: name.parse().unwrap(),
-            description: None,
-            architecture: Architecture::X86_64,
-            virtualization_type: VirtualizationType::Hvm,
-            root_device_name: "/dev/xvda".parse().unwrap(),
-            boot_mode: None,
-            ena_support: true,
-            sriov_net_support: None,
-            tpm_support: None,
-            imds_support: None,
-            uefi_data: None,
-            kernel_id: None,
-            ramdisk_id: None,
-            platform_details: None,
-            block_device_mappings: vec![],
-            tags: vec![],
-        }
+        ImageMetadata::minimal(
+            name.parse().unwrap(),
+            Architecture::X86_64,
+            "/dev/xvda".parse().unwrap(),
+        )
     }
 
     fn disk(dev: &str, blocks: u64, present: Vec<std::ops::Range<u64>>) -> DiskSource {

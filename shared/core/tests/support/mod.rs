@@ -7,7 +7,7 @@ use std::ops::Range;
 
 use amistore_core::archive::{ArchivePlan, BlockSource, DiskSource, Manifest, write_archive};
 use amistore_core::blocks::{BLOCK_SIZE, BlockRanges};
-use amistore_core::image::{Architecture, ImageMetadata, VirtualizationType};
+use amistore_core::image::{Architecture, ImageMetadata};
 use time::macros::datetime;
 
 /// xorshift64*: deterministic, dependency-free test randomness.
@@ -117,22 +117,13 @@ pub fn image(name: &str) -> ImageMetadata {
         source_region: Some("eu-west-1".into()),
         owner_id: Some("123456789012".into()),
         creation_date: Some("2026-01-02T03:04:05.000Z".into()),
-        name: name.parse().unwrap(),
         description: Some("test image — ünïcode".into()),
-        architecture: Architecture::X86_64,
-        virtualization_type: VirtualizationType::Hvm,
-        root_device_name: "/dev/xvda".parse().unwrap(),
-        boot_mode: None,
-        ena_support: true,
-        sriov_net_support: None,
-        tpm_support: None,
-        imds_support: None,
-        uefi_data: None,
-        kernel_id: None,
-        ramdisk_id: None,
-        platform_details: None,
-        block_device_mappings: vec![],
         tags: vec!["Name=test".parse().unwrap()],
+        ..ImageMetadata::minimal(
+            name.parse().unwrap(),
+            Architecture::X86_64,
+            "/dev/xvda".parse().unwrap(),
+        )
     }
 }
 
