@@ -64,6 +64,19 @@ pub struct PackArgs {
     /// The archive to write.
     #[arg(long)]
     out: PathBuf,
+    #[command(flatten)]
+    image: ImageArgs,
+    /// Replace the output if it exists.
+    #[arg(long)]
+    force: bool,
+    #[command(flatten)]
+    threads: Threads,
+}
+
+/// What describes an image made from raw disks (shared by `archive pack` and
+/// `image import`).
+#[derive(Args)]
+pub struct ImageArgs {
     /// AMI name (3–128 characters).
     #[arg(long)]
     name: ImageName,
@@ -84,15 +97,24 @@ pub struct PackArgs {
     tags: Vec<Tag>,
     /// A disk, DEVICE=PATH, e.g. /dev/xvda=root.raw (repeatable, in order).
     #[arg(long = "disk", value_name = "DEVICE=PATH", required = true, value_parser = parse_disk)]
-    disks: Vec<(DeviceName, PathBuf)>,
-    /// Replace the output if it exists.
-    #[arg(long)]
-    force: bool,
-    #[command(flatten)]
-    threads: Threads,
+    pub disks: Vec<(DeviceName, PathBuf)>,
 }
 
-fn parse_disk(s: &str) -> Result<(DeviceName, PathBuf)> {
+impl ImageArgs {
+    /// The image description the arguments give.
+    pub fn spec(&self) -> ImageSpec {
+        ImageSpec {
+            name: self.name.clone(),
+            description: self.description.clone(),
+            architecture: self.architecture,
+            boot_mode: self.boot_mode,
+            root_device_name: self.root_device_name.clone(),
+            tags: self.tags.clone(),
+        }
+    }
+}
+
+pub fn parse_disk(s: &str) -> Result<(DeviceName, PathBuf)> {
     let (device, path) = s
         .split_once('=')
         .ok_or_else(|| anyhow!("disk {s:?} is not of the form DEVICE=PATH"))?;
@@ -102,18 +124,10 @@ fn parse_disk(s: &str) -> Result<(DeviceName, PathBuf)> {
 pub fn run(cmd: ArchiveCommand, quiet: bool) -> Result<ExitCode> {
     match cmd {
         ArchiveCommand::Pack(args) => {
-            let spec = ImageSpec {
-                name: args.name,
-                description: args.description,
-                architecture: args.architecture,
-                boot_mode: args.boot_mode,
-                root_device_name: args.root_device_name,
-                tags: args.tags,
-            };
             let manifest = archive_file::pack(
                 &args.out,
-                &spec,
-                &args.disks,
+                &args.image.spec(),
+                &args.image.disks,
                 args.threads.get(),
                 args.force,
                 &mut Bar::new("packing", quiet),

@@ -2,8 +2,10 @@
 //! the command line and reports errors; the work is done by the library crates.
 
 mod archive_cmd;
+mod image_cmd;
 mod progress;
 
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
@@ -19,6 +21,11 @@ struct Cli {
     #[arg(long, short, global = true)]
     quiet: bool,
 
+    /// Data directory (image library, buckets, task database)
+    /// [default: the user's data directory, e.g. ~/.local/share/amistore].
+    #[arg(long, global = true, env = "AMISTORE_DATA_DIR", value_name = "DIR")]
+    data_dir: Option<PathBuf>,
+
     #[command(subcommand)]
     command: Command,
 }
@@ -28,12 +35,24 @@ enum Command {
     /// Work with archive files offline: pack, inspect, verify, extract.
     #[command(subcommand)]
     Archive(archive_cmd::ArchiveCommand),
+    /// Manage the local image library: import raw disks as AMIs, list, export.
+    #[command(subcommand)]
+    Image(image_cmd::ImageCommand),
+}
+
+fn data_dir(given: Option<PathBuf>) -> anyhow::Result<PathBuf> {
+    given
+        .or_else(|| dirs::data_dir().map(|d| d.join("amistore")))
+        .ok_or_else(|| {
+            anyhow::anyhow!("no data directory: pass --data-dir or set AMISTORE_DATA_DIR")
+        })
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Archive(cmd) => archive_cmd::run(cmd, cli.quiet),
+        Command::Image(cmd) => data_dir(cli.data_dir).and_then(|dir| image_cmd::run(cmd, &dir)),
     };
     match result {
         Ok(code) => code,

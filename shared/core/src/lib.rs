@@ -7,6 +7,7 @@
 pub mod archive;
 pub mod blocks;
 pub mod error;
+pub mod ids;
 pub mod image;
 pub mod parallel;
 

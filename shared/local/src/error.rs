@@ -17,6 +17,14 @@ pub enum Error {
     #[error("{0}")]
     InvalidInput(String),
 
+    /// A resource (image, snapshot) that does not exist for the caller.
+    #[error("{0}")]
+    NotFound(String),
+
+    /// A name that must be unique is taken.
+    #[error("{0}")]
+    Duplicate(String),
+
     /// The output already exists and overwriting was not asked for.
     #[error("{} already exists (pass --force to replace it)", .0.display())]
     OutputExists(PathBuf),
@@ -46,6 +54,8 @@ impl Error {
         match self {
             Error::Core(e) => e.name(),
             Error::InvalidInput(_) => "InvalidInput",
+            Error::NotFound(_) => "NotFound",
+            Error::Duplicate(_) => "Duplicate",
             Error::OutputExists(_) => "OutputExists",
             Error::Io { .. } => "Io",
         }

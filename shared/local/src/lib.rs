@@ -5,6 +5,7 @@
 
 pub mod archive_file;
 pub mod error;
+pub mod image_library;
 pub mod raw_disk;
 
 pub use error::{Error, Result};
