@@ -16,6 +16,11 @@ const ID_HEX_DIGITS: usize = 17;
 /// 17 fresh hex digits: BLAKE3 of the time, the process and a counter. Unique
 /// across processes and calls without needing a random source.
 fn fresh_hex() -> String {
+    unique_token()[..ID_HEX_DIGITS].to_owned()
+}
+
+/// 64 hex digits unique across processes and calls (upload ids, request ids).
+pub fn unique_token() -> String {
     static COUNTER: AtomicU64 = AtomicU64::new(0);
     let nanos = SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -24,7 +29,7 @@ fn fresh_hex() -> String {
     hasher.update(&nanos.to_le_bytes());
     hasher.update(&std::process::id().to_le_bytes());
     hasher.update(&COUNTER.fetch_add(1, Ordering::Relaxed).to_le_bytes());
-    hasher.finalize().to_hex()[..ID_HEX_DIGITS].to_owned()
+    hasher.finalize().to_hex().to_string()
 }
 
 macro_rules! resource_id {

@@ -10,5 +10,6 @@ pub mod error;
 pub mod ids;
 pub mod image;
 pub mod parallel;
+pub mod storage;
 
 pub use error::{Error, Result};

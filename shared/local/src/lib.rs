@@ -4,6 +4,7 @@
 //! verifies and extracts archives stored as local files.
 
 pub mod archive_file;
+pub mod bucket_store;
 pub mod error;
 pub mod image_library;
 pub mod raw_disk;

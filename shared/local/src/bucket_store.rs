@@ -1,0 +1,663 @@
+//! Buckets as plain directories: the local object store.
+//!
+//! ```text
+//! <data-dir>/s3/<bucket>/<key>                              the object, an ordinary file
+//! <data-dir>/s3/<bucket>/<dirs>/.amistore.<name>.json        its metadata and tags
+//! <data-dir>/s3/<bucket>/.amistore-uploads/<id>/upload.json  a multipart upload in progress
+//! <data-dir>/s3/<bucket>/.amistore-uploads/<id>/part-NNNNN.<etag>
+//! ```
+//!
+//! A bucket exists if its directory exists. An object appears only when its
+//! upload completes (the parts are joined, synced, then renamed into place), so
+//! nobody ever sees half an object. S3's rules are enforced as S3 enforces them:
+//! every part but the last at least 5 MiB, at most 10,000 parts, user metadata at
+//! most 2 KB of printable ASCII, at most 10 tags.
+
+use std::collections::BTreeMap;
+use std::fs::{self, File};
+use std::io::{Read, Write};
+use std::ops::Range;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+
+use amistore_core::archive::manifest::format_time;
+use amistore_core::ids::unique_token;
+use amistore_core::image::Tag;
+use amistore_core::storage::{BucketName, ObjectKey};
+use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
+
+use crate::{Error, Result};
+
+/// S3's smallest part (all but the last).
+pub const MIN_PART_SIZE: u64 = 5 * 1024 * 1024;
+/// S3's part numbers run 1..=10,000.
+pub const MAX_PART_NUMBER: u32 = 10_000;
+/// S3's limit on user metadata: keys plus values, in bytes.
+pub const MAX_METADATA_BYTES: usize = 2048;
+/// S3's limit on tags per object.
+pub const MAX_TAGS: usize = 10;
+const UPLOADS: &str = ".amistore-uploads";
+
+/// What S3's HeadObject tells about an object.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ObjectInfo {
+    /// Size in bytes.
+    pub size: u64,
+    /// User metadata (keys lowercase, values printable ASCII).
+    pub metadata: BTreeMap<String, String>,
+    /// Object tags.
+    pub tags: Vec<Tag>,
+    /// When the object was completed (ISO 8601).
+    pub last_modified: String,
+}
+
+/// A part the caller uploaded, as CompleteMultipartUpload names it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CompletedPart {
+    /// Part number, 1..=10,000.
+    pub part_number: u32,
+    /// The ETag UploadPart returned.
+    pub etag: String,
+}
+
+#[derive(Serialize, Deserialize)]
+struct UploadRecord {
+    key: ObjectKey,
+    metadata: BTreeMap<String, String>,
+    tags: Vec<Tag>,
+}
+
+/// The local object store under `<data-dir>/s3`.
+#[derive(Debug, Clone)]
+pub struct BucketStore {
+    root: PathBuf,
+    min_part_size: u64,
+}
+
+fn io(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> Error {
+    let context = context.into();
+    move |e| Error::io(context, e)
+}
+
+/// Writes `bytes` to `path` via a temporary file and a rename.
+fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
+    let tmp = path.with_file_name(format!(".amistore.tmp.{}", unique_token()));
+    File::create(&tmp)
+        .and_then(|mut f| f.write_all(bytes).and_then(|()| f.sync_all()))
+        .and_then(|()| fs::rename(&tmp, path))
+        .map_err(|e| {
+            let _ = fs::remove_file(&tmp);
+            Error::io(format!("writing {}", path.display()), e)
+        })
+}
+
+impl BucketStore {
+    /// The store under `data_dir/s3` (created if missing).
+    pub fn open(data_dir: &Path) -> Result<Self> {
+        let root = data_dir.join("s3");
+        fs::create_dir_all(&root).map_err(io(format!("creating {}", root.display())))?;
+        Ok(Self {
+            root,
+            min_part_size: MIN_PART_SIZE,
+        })
+    }
+
+    /// Changes the smallest allowed non-last part (tests use small parts).
+    pub fn with_min_part_size(mut self, bytes: u64) -> Self {
+        self.min_part_size = bytes;
+        self
+    }
+
+    fn bucket_dir(&self, bucket: &BucketName) -> Result<PathBuf> {
+        let dir = self.root.join(bucket.as_str());
+        if !dir.is_dir() {
+            return Err(Error::NotFound(format!("bucket {bucket} does not exist")));
+        }
+        Ok(dir)
+    }
+
+    fn object_path(&self, bucket: &BucketName, key: &ObjectKey) -> Result<PathBuf> {
+        let mut path = self.bucket_dir(bucket)?;
+        path.extend(key.segments());
+        Ok(path)
+    }
+
+    fn sidecar(object: &Path) -> PathBuf {
+        let name = object
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        object.with_file_name(format!(".amistore.{name}.json"))
+    }
+
+    fn upload_dir(&self, bucket: &BucketName, upload: &str) -> Result<PathBuf> {
+        if upload.is_empty() || !upload.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(Error::NotFound(format!("upload {upload:?} does not exist")));
+        }
+        let dir = self.bucket_dir(bucket)?.join(UPLOADS).join(upload);
+        if !dir.is_dir() {
+            return Err(Error::NotFound(format!(
+                "upload {upload} does not exist in bucket {bucket}"
+            )));
+        }
+        Ok(dir)
+    }
+
+    /// Whether the bucket exists.
+    pub fn bucket_exists(&self, bucket: &BucketName) -> bool {
+        self.root.join(bucket.as_str()).is_dir()
+    }
+
+    /// Creates a bucket (a directory); creating an existing one is fine.
+    pub fn create_bucket(&self, bucket: &BucketName) -> Result<()> {
+        let dir = self.root.join(bucket.as_str());
+        fs::create_dir_all(&dir).map_err(io(format!("creating {}", dir.display())))
+    }
+
+    /// Starts a multipart upload of `key` with user metadata and tags.
+    pub fn create_multipart(
+        &self,
+        bucket: &BucketName,
+        key: &ObjectKey,
+        metadata: BTreeMap<String, String>,
+        tags: Vec<Tag>,
+    ) -> Result<String> {
+        check_metadata(&metadata)?;
+        if tags.len() > MAX_TAGS {
+            return Err(Error::InvalidInput(format!(
+                "{} object tags given; S3 allows {MAX_TAGS}",
+                tags.len()
+            )));
+        }
+        amistore_core::image::check_unique_tag_keys(&tags)?;
+        let upload = unique_token();
+        let dir = self.bucket_dir(bucket)?.join(UPLOADS).join(&upload);
+        fs::create_dir_all(&dir).map_err(io(format!("creating {}", dir.display())))?;
+        let record = serde_json::to_vec(&UploadRecord {
+            key: key.clone(),
+            metadata,
+            tags,
+        })
+        .map_err(|e| Error::InvalidInput(format!("upload record does not serialise: {e}")))?;
+        write_atomically(&dir.join("upload.json"), &record)?;
+        Ok(upload)
+    }
+
+    /// Stores part `part_number` of an upload and returns its ETag. Uploading the
+    /// same number again replaces the part, as on S3.
+    pub fn upload_part(
+        &self,
+        bucket: &BucketName,
+        upload: &str,
+        part_number: u32,
+        body: &[u8],
+    ) -> Result<String> {
+        if !(1..=MAX_PART_NUMBER).contains(&part_number) {
+            return Err(Error::InvalidInput(format!(
+                "part number {part_number} is outside 1..={MAX_PART_NUMBER}"
+            )));
+        }
+        let dir = self.upload_dir(bucket, upload)?;
+        let etag = blake3::hash(body).to_hex()[..32].to_owned();
+        for old in self.part_files(&dir, part_number)? {
+            let _ = fs::remove_file(old);
+        }
+        write_atomically(&dir.join(format!("part-{part_number:05}.{etag}")), body)?;
+        Ok(etag)
+    }
+
+    fn part_files(&self, dir: &Path, part_number: u32) -> Result<Vec<PathBuf>> {
+        let prefix = format!("part-{part_number:05}.");
+        let entries = fs::read_dir(dir).map_err(io(format!("listing {}", dir.display())))?;
+        Ok(entries
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| {
+                p.file_name()
+                    .is_some_and(|n| n.to_string_lossy().starts_with(&prefix))
+            })
+            .collect())
+    }
+
+    /// Joins the named parts into the object, which appears atomically.
+    pub fn complete_multipart(
+        &self,
+        bucket: &BucketName,
+        key: &ObjectKey,
+        upload: &str,
+        parts: &[CompletedPart],
+    ) -> Result<ObjectInfo> {
+        let dir = self.upload_dir(bucket, upload)?;
+        let record: UploadRecord = fs::read(dir.join("upload.json"))
+            .map_err(io(format!("reading upload {upload}")))
+            .and_then(|b| {
+                serde_json::from_slice(&b)
+                    .map_err(|e| Error::InvalidInput(format!("upload {upload} is damaged: {e}")))
+            })?;
+        if record.key != *key {
+            return Err(Error::InvalidInput(format!(
+                "upload {upload} is for {}, not {key}",
+                record.key
+            )));
+        }
+        if parts.is_empty()
+            || parts
+                .windows(2)
+                .any(|w| w[0].part_number >= w[1].part_number)
+        {
+            return Err(Error::InvalidInput(
+                "parts must be listed once each, in ascending order (InvalidPartOrder)".into(),
+            ));
+        }
+        let mut files = Vec::with_capacity(parts.len());
+        for (i, part) in parts.iter().enumerate() {
+            let path = dir.join(format!("part-{:05}.{}", part.part_number, part.etag));
+            let size = fs::metadata(&path)
+                .map_err(|_| {
+                    Error::InvalidInput(format!(
+                        "part {} with ETag {} was not uploaded (InvalidPart)",
+                        part.part_number, part.etag
+                    ))
+                })?
+                .len();
+            if i + 1 < parts.len() && size < self.min_part_size {
+                return Err(Error::InvalidInput(format!(
+                    "part {} is {size} bytes; every part but the last must be at least {} (EntityTooSmall)",
+                    part.part_number, self.min_part_size
+                )));
+            }
+            files.push(path);
+        }
+        let joined = dir.join("object");
+        let mut out =
+            File::create(&joined).map_err(io(format!("creating {}", joined.display())))?;
+        let mut size = 0;
+        for path in &files {
+            let mut part = File::open(path).map_err(io(format!("opening {}", path.display())))?;
+            size += std::io::copy(&mut part, &mut out)
+                .map_err(io(format!("joining {}", path.display())))?;
+        }
+        out.sync_all()
+            .map_err(io(format!("syncing {}", joined.display())))?;
+        let info = ObjectInfo {
+            size,
+            metadata: record.metadata,
+            tags: record.tags,
+            last_modified: format_time(OffsetDateTime::now_utc()),
+        };
+        let target = self.object_path(bucket, key)?;
+        if let Some(parent) = target.parent() {
+            fs::create_dir_all(parent).map_err(io(format!("creating {}", parent.display())))?;
+        }
+        let sidecar = serde_json::to_vec_pretty(&info)
+            .map_err(|e| Error::InvalidInput(format!("object info does not serialise: {e}")))?;
+        write_atomically(&Self::sidecar(&target), &sidecar)?;
+        fs::rename(&joined, &target).map_err(io(format!("publishing {}", target.display())))?;
+        fs::remove_dir_all(&dir).map_err(io(format!("removing {}", dir.display())))?;
+        Ok(info)
+    }
+
+    /// Abandons an upload and deletes its parts.
+    pub fn abort_multipart(&self, bucket: &BucketName, upload: &str) -> Result<()> {
+        let dir = self.upload_dir(bucket, upload)?;
+        fs::remove_dir_all(&dir).map_err(io(format!("removing {}", dir.display())))
+    }
+
+    /// Uploads in progress in `bucket`, as (upload id, key).
+    pub fn list_uploads(&self, bucket: &BucketName) -> Result<Vec<(String, ObjectKey)>> {
+        let dir = self.bucket_dir(bucket)?.join(UPLOADS);
+        let Ok(entries) = fs::read_dir(&dir) else {
+            return Ok(vec![]);
+        };
+        let mut uploads = Vec::new();
+        for entry in entries.filter_map(|e| e.ok()) {
+            let id = entry.file_name().to_string_lossy().into_owned();
+            let mut bytes = Vec::new();
+            if File::open(entry.path().join("upload.json"))
+                .and_then(|mut f| f.read_to_end(&mut bytes))
+                .is_ok()
+                && let Ok(record) = serde_json::from_slice::<UploadRecord>(&bytes)
+            {
+                uploads.push((id, record.key));
+            }
+        }
+        uploads.sort();
+        Ok(uploads)
+    }
+
+    /// HeadObject: the object's size, metadata and tags, or `None` if it is absent.
+    pub fn head(&self, bucket: &BucketName, key: &ObjectKey) -> Result<Option<ObjectInfo>> {
+        let path = self.object_path(bucket, key)?;
+        let Ok(meta) = fs::metadata(&path) else {
+            return Ok(None);
+        };
+        if !meta.is_file() {
+            return Ok(None);
+        }
+        let sidecar = Self::sidecar(&path);
+        let mut info: ObjectInfo = match fs::read(&sidecar) {
+            Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| {
+                Error::InvalidInput(format!("{} is damaged: {e}", sidecar.display()))
+            })?,
+            // A file copied in by hand: no metadata, no tags.
+            Err(_) => ObjectInfo {
+                size: 0,
+                metadata: BTreeMap::new(),
+                tags: vec![],
+                last_modified: String::new(),
+            },
+        };
+        info.size = meta.len();
+        Ok(Some(info))
+    }
+
+    /// Opens an object for reading (it implements the archive reader's `ReadAt`).
+    pub fn open_object(&self, bucket: &BucketName, key: &ObjectKey) -> Result<File> {
+        let path = self.object_path(bucket, key)?;
+        File::open(&path).map_err(|e| match e.kind() {
+            std::io::ErrorKind::NotFound => {
+                Error::NotFound(format!("object {key} does not exist in bucket {bucket}"))
+            }
+            _ => Error::io(format!("opening {}", path.display()), e),
+        })
+    }
+
+    /// GetObject with a byte range.
+    pub fn read_range(
+        &self,
+        bucket: &BucketName,
+        key: &ObjectKey,
+        range: Range<u64>,
+    ) -> Result<Vec<u8>> {
+        let file = self.open_object(bucket, key)?;
+        let len = range.end.saturating_sub(range.start);
+        let mut buf = vec![
+            0u8;
+            usize::try_from(len)
+                .map_err(|_| Error::InvalidInput("range too large".into()))?
+        ];
+        file.read_exact_at(&mut buf, range.start)
+            .map_err(io(format!(
+                "reading {key} bytes {}..{}",
+                range.start, range.end
+            )))?;
+        Ok(buf)
+    }
+}
+
+fn check_metadata(metadata: &BTreeMap<String, String>) -> Result<()> {
+    let total: usize = metadata.iter().map(|(k, v)| k.len() + v.len()).sum();
+    if total > MAX_METADATA_BYTES {
+        return Err(Error::InvalidInput(format!(
+            "user metadata is {total} bytes; S3 allows {MAX_METADATA_BYTES} (encode long values or shorten them)"
+        )));
+    }
+    for (k, v) in metadata {
+        let key_ok = !k.is_empty()
+            && k.bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_');
+        if !key_ok {
+            return Err(Error::InvalidInput(format!(
+                "metadata key {k:?} must be lowercase letters, digits, '-' or '_'"
+            )));
+        }
+        if !v.bytes().all(|b| (0x20..0x7f).contains(&b)) {
+            return Err(Error::InvalidInput(format!(
+                "metadata {k:?} must be printable ASCII (RFC 2047-encode other text)"
+            )));
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn store() -> (tempfile::TempDir, BucketStore, BucketName) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = BucketStore::open(dir.path())
+            .unwrap()
+            .with_min_part_size(1024);
+        let bucket: BucketName = "archive-bucket".parse().unwrap();
+        store.create_bucket(&bucket).unwrap();
+        (dir, store, bucket)
+    }
+
+    fn key(s: &str) -> ObjectKey {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn objects_appear_only_when_their_upload_completes() {
+        let (dir, store, bucket) = store();
+        let k = key("p1/p2/ami-0123456789abcdef0.bin");
+        let metadata = BTreeMap::from([("ami-name".to_owned(), "=?UTF-8?B?w6k=?=".to_owned())]);
+        let tags = vec!["team=storage".parse().unwrap()];
+        let upload = store
+            .create_multipart(&bucket, &k, metadata.clone(), tags.clone())
+            .unwrap();
+        let bodies = [vec![1u8; 2000], vec![2u8; 1500], vec![3u8; 10]];
+        // Parts arrive in any order, and a retried part replaces the first try.
+        let mut etags = BTreeMap::new();
+        for n in [3u32, 1, 2, 2] {
+            etags.insert(
+                n,
+                store
+                    .upload_part(&bucket, &upload, n, &bodies[n as usize - 1])
+                    .unwrap(),
+            );
+        }
+        assert_eq!(
+            store.head(&bucket, &k).unwrap(),
+            None,
+            "nothing is visible before completion"
+        );
+        assert_eq!(
+            store.list_uploads(&bucket).unwrap(),
+            vec![(upload.clone(), k.clone())]
+        );
+        let parts: Vec<CompletedPart> = etags
+            .into_iter()
+            .map(|(part_number, etag)| CompletedPart { part_number, etag })
+            .collect();
+        let info = store
+            .complete_multipart(&bucket, &k, &upload, &parts)
+            .unwrap();
+        assert_eq!(info.size, 3510);
+        let head = store.head(&bucket, &k).unwrap().unwrap();
+        assert_eq!(
+            (head.size, &head.metadata, &head.tags),
+            (3510, &metadata, &tags)
+        );
+        assert_eq!(
+            store.read_range(&bucket, &k, 1999..2001).unwrap(),
+            vec![1, 2]
+        );
+        let on_disk = dir
+            .path()
+            .join("s3/archive-bucket/p1/p2/ami-0123456789abcdef0.bin");
+        assert_eq!(
+            fs::read(on_disk).unwrap().len(),
+            3510,
+            "a plain file at <data>/s3/<bucket>/<key>"
+        );
+        assert!(
+            store.list_uploads(&bucket).unwrap().is_empty(),
+            "staging is cleaned up"
+        );
+    }
+
+    #[test]
+    fn s3_rules_are_enforced() {
+        let (_dir, store, bucket) = store();
+        let k = key("x.bin");
+        let missing: BucketName = "no-such-bucket".parse().unwrap();
+        assert!(matches!(
+            store.create_multipart(&missing, &k, BTreeMap::new(), vec![]),
+            Err(Error::NotFound(_))
+        ));
+        let big = BTreeMap::from([("k".to_owned(), "v".repeat(2048))]);
+        assert!(
+            store
+                .create_multipart(&bucket, &k, big, vec![])
+                .unwrap_err()
+                .to_string()
+                .contains("2048")
+        );
+        let non_ascii = BTreeMap::from([("k".to_owned(), "é".to_owned())]);
+        assert!(
+            store
+                .create_multipart(&bucket, &k, non_ascii, vec![])
+                .unwrap_err()
+                .to_string()
+                .contains("RFC 2047")
+        );
+        let eleven: Vec<Tag> = (0..11)
+            .map(|i| format!("k{i}=v").parse().unwrap())
+            .collect();
+        assert!(
+            store
+                .create_multipart(&bucket, &k, BTreeMap::new(), eleven)
+                .is_err()
+        );
+
+        let upload = store
+            .create_multipart(&bucket, &k, BTreeMap::new(), vec![])
+            .unwrap();
+        assert!(store.upload_part(&bucket, &upload, 0, b"x").is_err());
+        assert!(store.upload_part(&bucket, &upload, 10_001, b"x").is_err());
+        let small = store.upload_part(&bucket, &upload, 1, &[0u8; 100]).unwrap();
+        let last = store.upload_part(&bucket, &upload, 2, &[1u8; 100]).unwrap();
+        let parts = [
+            CompletedPart {
+                part_number: 1,
+                etag: small.clone(),
+            },
+            CompletedPart {
+                part_number: 2,
+                etag: last.clone(),
+            },
+        ];
+        let err = store
+            .complete_multipart(&bucket, &k, &upload, &parts)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("EntityTooSmall"), "{err}");
+        let wrong_etag = [CompletedPart {
+            part_number: 1,
+            etag: last.clone(),
+        }];
+        assert!(
+            store
+                .complete_multipart(&bucket, &k, &upload, &wrong_etag)
+                .unwrap_err()
+                .to_string()
+                .contains("InvalidPart")
+        );
+        let reversed = [parts[1].clone(), parts[0].clone()];
+        assert!(
+            store
+                .complete_multipart(&bucket, &k, &upload, &reversed)
+                .is_err()
+        );
+        assert!(
+            store
+                .complete_multipart(&bucket, &key("other.bin"), &upload, &parts[1..])
+                .is_err()
+        );
+        assert_eq!(
+            store.head(&bucket, &k).unwrap(),
+            None,
+            "failed completions publish nothing"
+        );
+
+        store.abort_multipart(&bucket, &upload).unwrap();
+        assert!(store.list_uploads(&bucket).unwrap().is_empty());
+        assert!(matches!(
+            store.upload_part(&bucket, &upload, 1, b"x"),
+            Err(Error::NotFound(_))
+        ));
+        assert!(matches!(
+            store.abort_multipart(&bucket, "../../etc"),
+            Err(Error::NotFound(_))
+        ));
+        assert!(matches!(
+            store.open_object(&bucket, &k),
+            Err(Error::NotFound(_))
+        ));
+    }
+
+    #[test]
+    fn an_archive_uploaded_as_parts_in_any_order_reads_back() {
+        use amistore_core::archive::{
+            ArchiveIndex, ArchivePlan, BlockSource, DiskSource, encode_unit,
+        };
+        use amistore_core::blocks::{BLOCK_SIZE, BlockRanges};
+        use amistore_core::image::{Architecture, ImageMetadata};
+
+        struct Pattern;
+        impl BlockSource for Pattern {
+            fn read_blocks(
+                &self,
+                _: usize,
+                first: u64,
+                buf: &mut [u8],
+            ) -> amistore_core::Result<()> {
+                buf.iter_mut()
+                    .enumerate()
+                    .for_each(|(i, b)| *b = (first as usize * 7 + i / 4096) as u8);
+                Ok(())
+            }
+        }
+        let (_dir, store, bucket) = store();
+        let image = ImageMetadata::minimal(
+            "parts".parse().unwrap(),
+            Architecture::Arm64,
+            "/dev/xvda".parse().unwrap(),
+        );
+        let disk = DiskSource {
+            device_name: "/dev/xvda".parse().unwrap(),
+            snapshot_id: None,
+            volume_size: 12 * BLOCK_SIZE,
+            present: BlockRanges::from_unsorted(vec![0..5, 8..12]),
+            tags: vec![],
+        };
+        let plan =
+            ArchivePlan::with_min_unit_blocks(image, vec![disk], OffsetDateTime::UNIX_EPOCH, 2)
+                .unwrap()
+                .with_min_part_size(1024);
+        let k = key("ami-0123456789abcdef0.bin");
+        let upload = store
+            .create_multipart(&bucket, &k, BTreeMap::new(), vec![])
+            .unwrap();
+        let mut parts = Vec::new();
+        let mut records = Vec::new();
+        for unit in (0..plan.units.len()).rev() {
+            let (bytes, record) =
+                encode_unit(&plan, unit, &Pattern, 1, Vec::new(), &mut |_| {}).unwrap();
+            let part_number = unit as u32 + 1;
+            parts.push(CompletedPart {
+                part_number,
+                etag: store
+                    .upload_part(&bucket, &upload, part_number, &bytes)
+                    .unwrap(),
+            });
+            records.push(record);
+        }
+        let last = plan.final_part(&records).unwrap();
+        let n = plan.units.len() as u32 + 1;
+        parts.push(CompletedPart {
+            part_number: n,
+            etag: store.upload_part(&bucket, &upload, n, &last.bytes).unwrap(),
+        });
+        parts.sort_by_key(|p| p.part_number);
+        store
+            .complete_multipart(&bucket, &k, &upload, &parts)
+            .unwrap();
+        let index = ArchiveIndex::open(&store.open_object(&bucket, &k).unwrap()).unwrap();
+        assert_eq!(index.manifest().units.len(), plan.units.len());
+        assert!(plan.units.len() >= 3);
+    }
+}
