@@ -98,6 +98,10 @@ resource_id!(
     /// An EBS snapshot id, `snap-` and hex digits.
     SnapshotId, "snap-", "snapshot"
 );
+resource_id!(
+    /// A store or restore task id, `task-` and hex digits (amistore's own).
+    TaskId, "task-", "task"
+);
 
 /// A 12-digit AWS account id.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]

@@ -11,5 +11,6 @@ pub mod ids;
 pub mod image;
 pub mod parallel;
 pub mod storage;
+pub mod task;
 
 pub use error::{Error, Result};

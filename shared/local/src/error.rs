@@ -25,6 +25,10 @@ pub enum Error {
     #[error("{0}")]
     Duplicate(String),
 
+    /// Admitting the task would break the account's in-progress quota.
+    #[error("{0}")]
+    LimitExceeded(String),
+
     /// The output already exists and overwriting was not asked for.
     #[error("{} already exists (pass --force to replace it)", .0.display())]
     OutputExists(PathBuf),
@@ -56,6 +60,7 @@ impl Error {
             Error::InvalidInput(_) => "InvalidInput",
             Error::NotFound(_) => "NotFound",
             Error::Duplicate(_) => "Duplicate",
+            Error::LimitExceeded(_) => "LimitExceeded",
             Error::OutputExists(_) => "OutputExists",
             Error::Io { .. } => "Io",
         }

@@ -8,6 +8,7 @@ pub mod bucket_store;
 pub mod error;
 pub mod image_library;
 pub mod raw_disk;
+pub mod task_db;
 
 pub use error::{Error, Result};
 

@@ -1,0 +1,221 @@
+//! Store and restore tasks as every task store (SQLite locally, DynamoDB on AWS)
+//! records them, and the quota rules that admit them.
+//!
+//! Quota: per account and kind, the sum of the volume sizes (GiB) of tasks in
+//! progress. A task is admitted while that sum is *below* the limit (600 GiB for
+//! stores, 300 GiB for restores by default), so one task larger than the limit is
+//! admitted when nothing else runs, and then blocks new tasks until it ends.
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+use crate::ids::{AccountId, ImageId, TaskId};
+use crate::storage::{BucketName, ObjectKey};
+
+/// How long tasks stay visible to describe calls.
+pub const RETENTION_DAYS: i64 = 31;
+/// [`RETENTION_DAYS`] in milliseconds.
+pub const RETENTION_MS: i64 = RETENTION_DAYS * 24 * 60 * 60 * 1000;
+
+/// Whether a task stores an AMI or restores one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TaskKind {
+    /// CreateStoreImageTask.
+    Store,
+    /// CreateRestoreImageTask.
+    Restore,
+}
+
+impl TaskKind {
+    /// Stable lowercase name (also the stored form).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TaskKind::Store => "store",
+            TaskKind::Restore => "restore",
+        }
+    }
+
+    /// Parses [`Self::as_str`]'s output.
+    pub fn parse(s: &str) -> Option<Self> {
+        [TaskKind::Store, TaskKind::Restore]
+            .into_iter()
+            .find(|k| k.as_str() == s)
+    }
+}
+
+/// A task's state, spelled as DescribeStoreImageTasks reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum TaskState {
+    /// Queued or running.
+    InProgress,
+    /// Finished successfully.
+    Completed,
+    /// Finished unsuccessfully (see the failure reason).
+    Failed,
+}
+
+impl TaskState {
+    /// EC2's spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TaskState::InProgress => "InProgress",
+            TaskState::Completed => "Completed",
+            TaskState::Failed => "Failed",
+        }
+    }
+
+    /// Parses EC2's spelling.
+    pub fn parse(s: &str) -> Option<Self> {
+        [
+            TaskState::InProgress,
+            TaskState::Completed,
+            TaskState::Failed,
+        ]
+        .into_iter()
+        .find(|k| k.as_str() == s)
+    }
+}
+
+impl fmt::Display for TaskState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Per-account limits on the GiB of tasks in progress.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QuotaLimits {
+    /// Store tasks are admitted while fewer GiB than this are in progress.
+    pub store_gib: u64,
+    /// Restore tasks likewise.
+    pub restore_gib: u64,
+}
+
+impl Default for QuotaLimits {
+    fn default() -> Self {
+        Self {
+            store_gib: 600,
+            restore_gib: 300,
+        }
+    }
+}
+
+impl QuotaLimits {
+    /// The limit for `kind`.
+    pub fn for_kind(&self, kind: TaskKind) -> u64 {
+        match kind {
+            TaskKind::Store => self.store_gib,
+            TaskKind::Restore => self.restore_gib,
+        }
+    }
+}
+
+/// A task as stored.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Task {
+    /// The task's id.
+    pub id: TaskId,
+    /// Store or restore.
+    pub kind: TaskKind,
+    /// The account that asked for it.
+    pub account: AccountId,
+    /// The AMI stored (store) or being created (restore).
+    pub image_id: ImageId,
+    /// The bucket of the archive.
+    pub bucket: BucketName,
+    /// The archive's key.
+    pub key: ObjectKey,
+    /// Sum of the AMI's volume sizes: what the task counts against the quota.
+    pub size_gib: u64,
+    /// Units to transfer.
+    pub units_total: u64,
+    /// Units transferred (each counted once, however often it was retried).
+    pub units_done: u64,
+    /// Current state.
+    pub state: TaskState,
+    /// Start time, milliseconds since the epoch.
+    pub started_at_ms: i64,
+    /// End time, if it ended.
+    pub ended_at_ms: Option<i64>,
+    /// Why it failed, if it did.
+    pub failure_reason: Option<String>,
+}
+
+impl Task {
+    /// A new in-progress task.
+    #[allow(clippy::too_many_arguments)]
+    pub fn start(
+        kind: TaskKind,
+        account: AccountId,
+        image_id: ImageId,
+        bucket: BucketName,
+        key: ObjectKey,
+        size_gib: u64,
+        units_total: u64,
+        now_ms: i64,
+    ) -> Self {
+        Self {
+            id: TaskId::fresh(),
+            kind,
+            account,
+            image_id,
+            bucket,
+            key,
+            size_gib,
+            units_total,
+            units_done: 0,
+            state: TaskState::InProgress,
+            started_at_ms: now_ms,
+            ended_at_ms: None,
+            failure_reason: None,
+        }
+    }
+
+    /// Estimated progress: 100 when completed, otherwise the share of units done
+    /// (at most 99 while the final step is still to run).
+    pub fn progress_percent(&self) -> u8 {
+        match self.state {
+            TaskState::Completed => 100,
+            _ if self.units_total == 0 => 0,
+            _ => (self.units_done.min(self.units_total) * 99 / self.units_total) as u8,
+        }
+    }
+
+    /// When the task stops being visible (start + 31 days).
+    pub fn expires_at_ms(&self) -> i64 {
+        self.started_at_ms + RETENTION_MS
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn progress_is_estimated_from_units() {
+        let mut t = Task::start(
+            TaskKind::Store,
+            AccountId::local_default(),
+            ImageId::fresh(),
+            "bkt".parse().unwrap(),
+            "x.bin".parse().unwrap(),
+            8,
+            4,
+            0,
+        );
+        assert_eq!(t.progress_percent(), 0);
+        t.units_done = 2;
+        assert_eq!(t.progress_percent(), 49);
+        t.units_done = 4;
+        assert_eq!(t.progress_percent(), 99, "the final part is still to write");
+        t.state = TaskState::Completed;
+        assert_eq!(t.progress_percent(), 100);
+        assert_eq!(t.expires_at_ms(), RETENTION_MS);
+        assert_eq!(TaskState::parse("InProgress"), Some(TaskState::InProgress));
+        assert_eq!(TaskKind::parse("restore"), Some(TaskKind::Restore));
+        assert_eq!(QuotaLimits::default().for_kind(TaskKind::Restore), 300);
+    }
+}
