@@ -8,6 +8,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 
+use crate::newtype::string_newtype;
 use crate::{Error, Result};
 
 /// Hex digits in a newly minted id, as EC2 mints them today.
@@ -44,12 +45,9 @@ macro_rules! resource_id {
             pub fn fresh() -> Self {
                 Self(format!("{}{}", $prefix, fresh_hex()))
             }
-
-            /// The id as a string slice.
-            pub fn as_str(&self) -> &str {
-                &self.0
-            }
         }
+
+        string_newtype!($name);
 
         impl FromStr for $name {
             type Err = Error;
@@ -66,25 +64,6 @@ macro_rules! resource_id {
                     )));
                 }
                 Ok(Self(s.to_owned()))
-            }
-        }
-
-        impl TryFrom<String> for $name {
-            type Error = Error;
-            fn try_from(s: String) -> Result<Self> {
-                s.parse()
-            }
-        }
-
-        impl From<$name> for String {
-            fn from(id: $name) -> String {
-                id.0
-            }
-        }
-
-        impl fmt::Display for $name {
-            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str(&self.0)
             }
         }
     };
@@ -113,12 +92,9 @@ impl AccountId {
     pub fn local_default() -> Self {
         Self("000000000000".into())
     }
-
-    /// The id as a string slice.
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
 }
+
+string_newtype!(AccountId);
 
 impl FromStr for AccountId {
     type Err = Error;
@@ -129,25 +105,6 @@ impl FromStr for AccountId {
             )));
         }
         Ok(Self(s.to_owned()))
-    }
-}
-
-impl TryFrom<String> for AccountId {
-    type Error = Error;
-    fn try_from(s: String) -> Result<Self> {
-        s.parse()
-    }
-}
-
-impl From<AccountId> for String {
-    fn from(id: AccountId) -> String {
-        id.0
-    }
-}
-
-impl fmt::Display for AccountId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
     }
 }
 

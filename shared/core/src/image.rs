@@ -9,45 +9,15 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
+use crate::newtype::string_newtype;
 use crate::{Error, Result};
-
-macro_rules! string_newtype_serde {
-    ($ty:ident) => {
-        impl Serialize for $ty {
-            fn serialize<S: serde::Serializer>(
-                &self,
-                s: S,
-            ) -> std::result::Result<S::Ok, S::Error> {
-                s.serialize_str(&self.0)
-            }
-        }
-        impl<'de> Deserialize<'de> for $ty {
-            fn deserialize<D: serde::Deserializer<'de>>(
-                d: D,
-            ) -> std::result::Result<Self, D::Error> {
-                let raw = String::deserialize(d)?;
-                raw.parse().map_err(serde::de::Error::custom)
-            }
-        }
-        impl fmt::Display for $ty {
-            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str(&self.0)
-            }
-        }
-        impl $ty {
-            /// The value as a string slice.
-            pub fn as_str(&self) -> &str {
-                &self.0
-            }
-        }
-    };
-}
 
 /// An AMI name: 3–128 characters from the set RegisterImage documents
 /// (letters, digits, `()[] ./-'@_`).
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
 pub struct ImageName(String);
-string_newtype_serde!(ImageName);
+string_newtype!(ImageName);
 
 impl FromStr for ImageName {
     type Err = Error;
@@ -87,9 +57,10 @@ pub fn check_description(s: &str) -> Result<()> {
 }
 
 /// A block device name such as `/dev/xvda` or `/dev/sda1` (or `xvdb` without `/dev/`).
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
 pub struct DeviceName(String);
-string_newtype_serde!(DeviceName);
+string_newtype!(DeviceName);
 
 impl FromStr for DeviceName {
     type Err = Error;

@@ -9,6 +9,7 @@ pub mod blocks;
 pub mod error;
 pub mod ids;
 pub mod image;
+mod newtype;
 pub mod parallel;
 pub mod storage;
 pub mod task;

@@ -9,6 +9,7 @@ use std::str::FromStr;
 use serde::{Deserialize, Serialize};
 
 use crate::ids::ImageId;
+use crate::newtype::string_newtype;
 use crate::{Error, Result};
 
 /// Longest object key S3 accepts, in bytes.
@@ -125,33 +126,7 @@ impl BucketPath {
     }
 }
 
-macro_rules! string_conversions {
-    ($($ty:ident),+) => {$(
-        impl TryFrom<String> for $ty {
-            type Error = Error;
-            fn try_from(s: String) -> Result<Self> {
-                s.parse()
-            }
-        }
-        impl From<$ty> for String {
-            fn from(v: $ty) -> String {
-                v.0
-            }
-        }
-        impl fmt::Display for $ty {
-            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str(&self.0)
-            }
-        }
-        impl $ty {
-            /// The value as a string slice.
-            pub fn as_str(&self) -> &str {
-                &self.0
-            }
-        }
-    )+};
-}
-string_conversions!(BucketName, ObjectKey);
+string_newtype!(BucketName, ObjectKey);
 
 impl fmt::Display for BucketPath {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

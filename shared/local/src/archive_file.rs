@@ -15,7 +15,7 @@ use amistore_core::image::{DeviceName, ImageSpec};
 use serde::Serialize;
 use time::OffsetDateTime;
 
-use crate::raw_disk::{RawDisk, RawDisks, SparseFile};
+use crate::raw_disk::{RawDisks, SparseFile, open_image_disks};
 use crate::{Error, Progress, Result};
 
 /// A path that is deleted on drop unless it was kept.
@@ -132,20 +132,10 @@ pub fn pack(
     progress: &mut dyn Progress,
 ) -> Result<Manifest> {
     refuse_existing(out, force)?;
-    let raw: Vec<RawDisk> = disks
+    let (image, opened) = open_image_disks(spec, disks)?;
+    let sources = opened
         .iter()
-        .map(|(_, path)| RawDisk::open(path))
-        .collect::<Result<_>>()?;
-    let sizes: Vec<(DeviceName, u64)> = disks
-        .iter()
-        .zip(&raw)
-        .map(|((d, _), r)| (d.clone(), r.size))
-        .collect();
-    let image = spec.to_metadata(&sizes)?;
-    let sources = disks
-        .iter()
-        .zip(&raw)
-        .map(|((device, _), r)| DiskSource {
+        .map(|(device, r)| DiskSource {
             device_name: device.clone(),
             snapshot_id: None,
             volume_size: r.size,
@@ -155,7 +145,7 @@ pub fn pack(
         .collect();
     // A local file is not uploaded in parts, so units need no S3 padding.
     let plan = ArchivePlan::new(image, sources, OffsetDateTime::now_utc())?.with_min_part_size(0);
-    let source = RawDisks(raw);
+    let source = RawDisks(opened.into_iter().map(|(_, r)| r).collect());
     progress.begin(
         source
             .0

@@ -22,7 +22,7 @@ use rustix::fs::FlockOperation;
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
-use crate::raw_disk::{RawDisk, copy_sparse};
+use crate::raw_disk::{RawDisk, copy_sparse, open_image_disks};
 use crate::{Error, Result};
 
 /// One snapshot of an image in the library.
@@ -249,28 +249,23 @@ impl ImageLibrary {
         spec: &ImageSpec,
         disks: &[(DeviceName, PathBuf)],
     ) -> Result<ImageRecord> {
-        let raw: Vec<RawDisk> = disks
-            .iter()
-            .map(|(_, path)| RawDisk::open(path))
-            .collect::<Result<_>>()?;
-        let sizes: Vec<(DeviceName, u64)> = disks
-            .iter()
-            .zip(&raw)
-            .map(|((d, _), r)| (d.clone(), r.size))
-            .collect();
-        let metadata = spec.to_metadata(&sizes)?;
+        let (metadata, opened) = open_image_disks(spec, disks)?;
         let reserved = self.reserve(
             owner,
             metadata,
-            sizes.into_iter().map(|(d, s)| (d, s, vec![])).collect(),
+            opened
+                .iter()
+                .map(|(d, r)| (d.clone(), r.size, vec![]))
+                .collect(),
         )?;
-        let copied = reserved
-            .snapshots
-            .iter()
-            .zip(&raw)
-            .try_for_each(|(snapshot, disk)| {
-                copy_sparse(disk, &self.snapshot_path(&snapshot.snapshot_id))
-            });
+        let copied =
+            reserved
+                .snapshots
+                .iter()
+                .zip(&opened)
+                .try_for_each(|(snapshot, (_, disk))| {
+                    copy_sparse(disk, &self.snapshot_path(&snapshot.snapshot_id))
+                });
         match copied {
             Ok(()) => self.set_state(owner, &reserved.image_id, ResourceState::Available, None),
             Err(e) => {

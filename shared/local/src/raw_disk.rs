@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 
 use amistore_core::archive::BlockSource;
 use amistore_core::blocks::{BLOCK_SIZE, BlockRanges};
+use amistore_core::image::{DeviceName, ImageMetadata, ImageSpec};
 use rustix::fs::SeekFrom;
 use rustix::io::Errno;
 
@@ -86,6 +87,20 @@ impl RawDisk {
             file,
         })
     }
+}
+
+/// Opens the raw disk files of an image described by `spec` and derives its
+/// metadata from them (`archive pack` and `image import` start the same way).
+pub fn open_image_disks(
+    spec: &ImageSpec,
+    disks: &[(DeviceName, PathBuf)],
+) -> Result<(ImageMetadata, Vec<(DeviceName, RawDisk)>)> {
+    let opened: Vec<(DeviceName, RawDisk)> = disks
+        .iter()
+        .map(|(device, path)| Ok((device.clone(), RawDisk::open(path)?)))
+        .collect::<Result<_>>()?;
+    let sizes: Vec<(DeviceName, u64)> = opened.iter().map(|(d, r)| (d.clone(), r.size)).collect();
+    Ok((spec.to_metadata(&sizes)?, opened))
 }
 
 /// Raw disk files as a block source for the archive writer.
