@@ -187,6 +187,71 @@ fn an_independent_seekable_reader_random_accesses_our_archives() {
     assert_eq!(checked, 40);
 }
 
+#[test]
+fn the_reference_seekable_implementation_random_accesses_padded_archives() {
+    let disks = three_disks(&mut Rng(11));
+    // Padded parts put skippable frames (decompressed size 0) between units.
+    let plan = plan_for(&disks, 4, 1 << 20);
+    let (archive, _) = pack(&disks, &plan);
+    let index = ArchiveIndex::open(&archive).unwrap();
+    assert!(
+        index
+            .frames()
+            .iter()
+            .any(|f| matches!(f.role, FrameRole::Padding { .. }))
+    );
+
+    let mut seekable = zstd_safe::seekable::Seekable::create();
+    seekable
+        .init_buff(&archive)
+        .expect("the reference reads our seek table");
+    assert_eq!(seekable.num_frames() as usize, index.frames().len());
+    for (i, f) in index.frames().iter().enumerate() {
+        assert_eq!(
+            seekable.frame_compressed_offset(i as u32).unwrap(),
+            f.offset
+        );
+        assert_eq!(
+            seekable.frame_decompressed_size(i as u32).unwrap(),
+            f.entry.decompressed as usize
+        );
+    }
+
+    // Every block of every disk, in a scrambled order, through the reference reader.
+    let mut stream_offsets = Vec::new();
+    let mut at = 0u64;
+    for unit in &index.manifest().units {
+        stream_offsets.push(at + unit.header_len);
+        at += unit.decompressed_len;
+    }
+    let mut blocks: Vec<(usize, u64, u64)> = index
+        .manifest()
+        .units
+        .iter()
+        .zip(&stream_offsets)
+        .flat_map(|(u, &start)| {
+            (0..u.block_count).map(move |b| (u.disk, u.first_block + b, start + b * BLOCK_SIZE))
+        })
+        .collect();
+    let mut rng = Rng(12);
+    for i in (1..blocks.len()).rev() {
+        blocks.swap(i, rng.below(i as u64 + 1) as usize);
+    }
+    for (disk, block, offset) in blocks {
+        let mut got: Vec<u8> = Vec::with_capacity(BLOCK_SIZE as usize);
+        let n = seekable
+            .decompress(&mut got, offset)
+            .expect("reference decompress");
+        assert_eq!(n, BLOCK_SIZE as usize, "disk {disk} block {block}");
+        let want = &disks.0[disk].bytes
+            [(block * BLOCK_SIZE) as usize..((block + 1) * BLOCK_SIZE) as usize];
+        assert!(
+            got == want,
+            "disk {disk} block {block} differs through the reference reader"
+        );
+    }
+}
+
 fn open_err(archive: &Vec<u8>) -> Error {
     ArchiveIndex::open(archive).expect_err("a malformed archive must not open")
 }
