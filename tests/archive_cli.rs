@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
 use amistore_core::blocks::BLOCK_SIZE;
-use amistore_local::raw_disk::present_blocks;
+use amistore_local::raw_disk::RawDisk;
 
 const MIB: u64 = 1 << 20;
 
@@ -132,11 +132,7 @@ fn pack(image: &Image, out: &Path) {
 }
 
 fn layout(path: &Path) -> Vec<std::ops::Range<u64>> {
-    let f = File::open(path).unwrap();
-    present_blocks(&f, f.metadata().unwrap().len())
-        .unwrap()
-        .runs()
-        .to_vec()
+    RawDisk::open(path).unwrap().present.runs().to_vec()
 }
 
 /// Runs a shell pipeline with positional arguments `$1`, `$2`…; true if it succeeded.

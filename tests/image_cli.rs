@@ -9,7 +9,7 @@ use std::path::Path;
 use std::process::{Command, Output};
 
 use amistore_core::blocks::BLOCK_SIZE;
-use amistore_local::raw_disk::present_blocks;
+use amistore_local::raw_disk::RawDisk;
 
 fn amistore(args: &[&str], env_data_dir: Option<&Path>) -> Output {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_amistore"));
@@ -39,11 +39,7 @@ fn fails(args: &[&str], env: Option<&Path>) -> String {
 }
 
 fn layout(path: &Path) -> Vec<std::ops::Range<u64>> {
-    let f = File::open(path).unwrap();
-    present_blocks(&f, f.metadata().unwrap().len())
-        .unwrap()
-        .runs()
-        .to_vec()
+    RawDisk::open(path).unwrap().present.runs().to_vec()
 }
 
 #[test]

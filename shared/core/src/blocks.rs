@@ -21,11 +21,6 @@ pub struct BlockRanges {
 }
 
 impl BlockRanges {
-    /// No block present.
-    pub fn empty() -> Self {
-        Self::default()
-    }
-
     /// Builds the map from runs in any order; overlapping or touching runs merge.
     pub fn from_unsorted(mut runs: Vec<Range<u64>>) -> Self {
         runs.retain(|r| r.start < r.end);
