@@ -4,102 +4,16 @@
 // In a test a panic is the failure report.
 #![allow(clippy::unwrap_used)]
 
+mod support;
+
 use std::fs::{self, File};
 use std::io::Write;
 use std::os::unix::fs::FileExt;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::path::Path;
+use std::process::{Command, Stdio};
 
 use amistore_core::blocks::BLOCK_SIZE;
-use amistore_local::raw_disk::RawDisk;
-
-const MIB: u64 = 1 << 20;
-
-fn amistore(args: &[&str]) -> Output {
-    let out = Command::new(env!("CARGO_BIN_EXE_amistore"))
-        .args(args)
-        .output()
-        .expect("run amistore");
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!stderr.contains("panicked"), "amistore panicked: {stderr}");
-    out
-}
-
-fn ok(args: &[&str]) -> String {
-    let out = amistore(args);
-    assert!(
-        out.status.success(),
-        "amistore {args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
-}
-
-fn fails(args: &[&str]) -> String {
-    let out = amistore(args);
-    assert!(
-        !out.status.success(),
-        "amistore {args:?} should have failed"
-    );
-    String::from_utf8(out.stderr).unwrap()
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
-}
-
-/// Deterministic bytes: random-looking when `seed` is odd, text-like when even.
-fn bytes(len: u64, seed: u64) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    let text = b"Store and restore an AMI using S3; every block comes back. ";
-    (0..len)
-        .map(|i| {
-            if seed % 2 == 1 {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                x as u8
-            } else {
-                text[(i % text.len() as u64) as usize]
-            }
-        })
-        .collect()
-}
-
-/// The test image: a root disk with text, random data, holes and allocated zero
-/// blocks; a 9 GiB mostly-hole volume; an empty (all-hole) disk.
-struct Image {
-    dir: tempfile::TempDir,
-    disks: Vec<(&'static str, PathBuf)>,
-}
-
-fn make_image() -> Image {
-    let dir = tempfile::tempdir().unwrap();
-    let root = dir.path().join("root.raw");
-    let f = File::create(&root).unwrap();
-    f.set_len(64 * MIB).unwrap();
-    f.write_all_at(&bytes(3 * MIB, 2), 0).unwrap();
-    f.write_all_at(&vec![0u8; BLOCK_SIZE as usize * 2], 5 * MIB)
-        .unwrap(); // allocated zeros
-    f.write_all_at(&bytes(9 * MIB + 4096, 1), 20 * MIB).unwrap();
-    f.write_all_at(b"last block, partly written", 64 * MIB - 100)
-        .unwrap();
-    let big = dir.path().join("big.raw");
-    let f = File::create(&big).unwrap();
-    f.set_len(9 << 30).unwrap();
-    f.write_all_at(&bytes(MIB, 3), 8 << 30).unwrap(); // past the 8 GiB ustar limit
-    f.write_all_at(b"boot sector", 0).unwrap();
-    let empty = dir.path().join("empty.raw");
-    File::create(&empty).unwrap().set_len(4 * MIB).unwrap();
-    Image {
-        disks: vec![
-            ("/dev/xvda", root),
-            ("/dev/xvdf", big),
-            ("/dev/xvdg", empty),
-        ],
-        dir,
-    }
-}
+use support::*;
 
 fn pack(image: &Image, out: &Path) {
     let mut args = vec![
@@ -120,41 +34,9 @@ fn pack(image: &Image, out: &Path) {
         "--tag",
         "team=storage",
     ]);
-    let disk_args: Vec<String> = image
-        .disks
-        .iter()
-        .map(|(d, p)| format!("{d}={}", p.display()))
-        .collect();
-    for d in &disk_args {
-        args.extend(["--disk", d]);
-    }
+    let disk_args = image.disk_args();
+    args.extend(disk_args.iter().map(String::as_str));
     ok(&args);
-}
-
-fn layout(path: &Path) -> Vec<std::ops::Range<u64>> {
-    RawDisk::open(path).unwrap().present.runs().to_vec()
-}
-
-/// Runs a shell pipeline with positional arguments `$1`, `$2`…; true if it succeeded.
-fn sh(script: &str, args: &[&Path]) -> bool {
-    Command::new("sh")
-        .arg("-c")
-        .arg(script)
-        .arg("sh")
-        .args(args)
-        .status()
-        .unwrap()
-        .success()
-}
-
-fn same_file(a: &Path, b: &Path) {
-    let status = Command::new("cmp").args([a, b]).status().unwrap();
-    assert!(
-        status.success(),
-        "{} and {} differ",
-        a.display(),
-        b.display()
-    );
 }
 
 #[test]

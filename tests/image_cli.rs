@@ -6,41 +6,11 @@
 use std::fs::{self, File};
 use std::os::unix::fs::FileExt;
 use std::path::Path;
-use std::process::{Command, Output};
+
+mod support;
 
 use amistore_core::blocks::BLOCK_SIZE;
-use amistore_local::raw_disk::RawDisk;
-
-fn amistore(args: &[&str], env_data_dir: Option<&Path>) -> Output {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_amistore"));
-    cmd.args(args).env_remove("AMISTORE_DATA_DIR");
-    if let Some(dir) = env_data_dir {
-        cmd.env("AMISTORE_DATA_DIR", dir);
-    }
-    let out = cmd.output().unwrap();
-    assert!(!String::from_utf8_lossy(&out.stderr).contains("panicked"));
-    out
-}
-
-fn ok(args: &[&str], env: Option<&Path>) -> String {
-    let out = amistore(args, env);
-    assert!(
-        out.status.success(),
-        "{args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
-}
-
-fn fails(args: &[&str], env: Option<&Path>) -> String {
-    let out = amistore(args, env);
-    assert!(!out.status.success(), "{args:?} should fail");
-    String::from_utf8(out.stderr).unwrap()
-}
-
-fn layout(path: &Path) -> Vec<std::ops::Range<u64>> {
-    RawDisk::open(path).unwrap().present.runs().to_vec()
-}
+use support::{fails_in as fails, ok_in as ok};
 
 #[test]
 fn import_list_export_round_trip_through_the_data_dir() {
@@ -117,9 +87,9 @@ fn import_list_export_round_trip_through_the_data_dir() {
     assert_eq!(files.len(), 2);
     for (src, got) in [(&root, files[0]), (&empty, files[1])] {
         assert_eq!(fs::read(src).unwrap(), fs::read(got).unwrap());
-        assert_eq!(layout(src), layout(Path::new(got)));
+        assert_eq!(support::layout(src), support::layout(Path::new(got)));
     }
-    assert_eq!(layout(&root), vec![2..5, 20..21]);
+    assert_eq!(support::layout(&root), vec![2..5, 20..21]);
 
     // Errors name the problem.
     let again = fails(

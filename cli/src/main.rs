@@ -2,8 +2,10 @@
 //! the command line and reports errors; the work is done by the library crates.
 
 mod archive_cmd;
+mod bucket_cmd;
 mod image_cmd;
 mod progress;
+mod task_cmd;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -26,6 +28,9 @@ struct Cli {
     #[arg(long, global = true, env = "AMISTORE_DATA_DIR", value_name = "DIR")]
     data_dir: Option<PathBuf>,
 
+    #[command(flatten)]
+    limits: task_cmd::Limits,
+
     #[command(subcommand)]
     command: Command,
 }
@@ -38,6 +43,18 @@ enum Command {
     /// Manage the local image library: import raw disks as AMIs, list, export.
     #[command(subcommand)]
     Image(image_cmd::ImageCommand),
+    /// Manage local buckets (folders under <data-dir>/s3).
+    #[command(subcommand)]
+    Bucket(bucket_cmd::BucketCommand),
+    /// Store an AMI as one object in a bucket (CreateStoreImageTask), waiting
+    /// for it to finish; prints the object key.
+    StoreImage(task_cmd::StoreArgs),
+    /// Restore an AMI from a stored object (CreateRestoreImageTask), waiting for
+    /// it to finish; prints the new AMI id.
+    RestoreImage(task_cmd::RestoreArgs),
+    /// List store tasks of the last 31 days, newest first, as JSON shaped like
+    /// the AWS CLI's output (DescribeStoreImageTasks).
+    DescribeStoreImageTasks(task_cmd::DescribeArgs),
 }
 
 fn data_dir(given: Option<PathBuf>) -> anyhow::Result<PathBuf> {
@@ -50,9 +67,20 @@ fn data_dir(given: Option<PathBuf>) -> anyhow::Result<PathBuf> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    let (quiet, limits) = (cli.quiet, cli.limits);
     let result = match cli.command {
-        Command::Archive(cmd) => archive_cmd::run(cmd, cli.quiet),
+        Command::Archive(cmd) => archive_cmd::run(cmd, quiet),
         Command::Image(cmd) => data_dir(cli.data_dir).and_then(|dir| image_cmd::run(cmd, &dir)),
+        Command::Bucket(cmd) => data_dir(cli.data_dir).and_then(|dir| bucket_cmd::run(cmd, &dir)),
+        Command::StoreImage(args) => {
+            data_dir(cli.data_dir).and_then(|dir| task_cmd::store(args, &dir, limits, quiet))
+        }
+        Command::RestoreImage(args) => {
+            data_dir(cli.data_dir).and_then(|dir| task_cmd::restore(args, &dir, limits, quiet))
+        }
+        Command::DescribeStoreImageTasks(args) => {
+            data_dir(cli.data_dir).and_then(|dir| task_cmd::describe_store(args, &dir, limits))
+        }
     };
     match result {
         Ok(code) => code,

@@ -28,6 +28,13 @@ impl Bar {
     }
 }
 
+impl Bar {
+    /// A handle other threads can advance the bar through.
+    pub fn handle(&self) -> ProgressBar {
+        self.bar.clone()
+    }
+}
+
 impl Progress for Bar {
     fn begin(&mut self, total: u64) {
         self.bar.set_length(total);

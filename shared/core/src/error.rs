@@ -46,6 +46,36 @@ pub enum Error {
     #[error("{0}")]
     InvalidInput(String),
 
+    /// Two parameters were given that cannot be used together.
+    #[error("{0}")]
+    InvalidCombination(String),
+
+    /// A pagination token that is not one this service issued for this caller
+    /// and this query.
+    #[error("{0}")]
+    InvalidToken(String),
+
+    /// A resource the caller named does not exist (for the caller's account).
+    #[error("{0}")]
+    NotFound(String),
+
+    /// Something that must be unique already exists (an image name, a stored copy).
+    #[error("{0}")]
+    AlreadyExists(String),
+
+    /// The account's in-progress quota does not admit another task now.
+    #[error("{0}")]
+    LimitExceeded(String),
+
+    /// A resource is in the wrong state for the request (an image still pending).
+    #[error("{0}")]
+    IncorrectState(String),
+
+    /// A dependency failed in a way that may pass on retry (throttling, a 5xx, a
+    /// lost connection).
+    #[error("{0}")]
+    Transient(String),
+
     /// An operating-system I/O error, with what we were doing at the time.
     #[error("{context}: {source}")]
     Io {
@@ -67,8 +97,21 @@ impl Error {
             Error::CorruptUnit { .. } => "CorruptUnit",
             Error::UnsupportedVersion { .. } => "UnsupportedVersion",
             Error::InvalidInput(_) => "InvalidInput",
+            Error::InvalidCombination(_) => "InvalidCombination",
+            Error::InvalidToken(_) => "InvalidToken",
+            Error::NotFound(_) => "NotFound",
+            Error::AlreadyExists(_) => "AlreadyExists",
+            Error::LimitExceeded(_) => "LimitExceeded",
+            Error::IncorrectState(_) => "IncorrectState",
+            Error::Transient(_) => "Transient",
             Error::Io { .. } => "Io",
         }
+    }
+
+    /// Whether retrying the same request may succeed: transient failures and
+    /// operating-system I/O errors. Everything else fails the same way again.
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, Error::Transient(_) | Error::Io { .. })
     }
 
     /// Wraps an I/O error with a description of what was being done.

@@ -18,6 +18,23 @@ pub const RETENTION_DAYS: i64 = 31;
 /// [`RETENTION_DAYS`] in milliseconds.
 pub const RETENTION_MS: i64 = RETENTION_DAYS * 24 * 60 * 60 * 1000;
 
+/// `ms` (milliseconds since the epoch) as EC2 writes timestamps:
+/// `2021-01-01T01:01:01.001Z`.
+pub fn iso8601_millis(ms: i64) -> String {
+    let t = time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
+        .unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
+    format!(
+        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:03}Z",
+        t.year(),
+        u8::from(t.month()),
+        t.day(),
+        t.hour(),
+        t.minute(),
+        t.second(),
+        t.millisecond()
+    )
+}
+
 /// Whether a task stores an AMI or restores one.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -122,15 +139,18 @@ pub struct Task {
     pub kind: TaskKind,
     /// The account that asked for it.
     pub account: AccountId,
-    /// The AMI stored (store) or being created (restore).
-    pub image_id: ImageId,
+    /// The AMI stored (store) or being created (restore; set once the new image
+    /// is registered, just after admission).
+    pub image_id: Option<ImageId>,
     /// The bucket of the archive.
     pub bucket: BucketName,
     /// The archive's key.
     pub key: ObjectKey,
     /// Sum of the AMI's volume sizes: what the task counts against the quota.
     pub size_gib: u64,
-    /// Units to transfer.
+    /// The multipart upload a store writes (set just after admission).
+    pub upload_id: Option<String>,
+    /// Units to transfer (known once the task is planned).
     pub units_total: u64,
     /// Units transferred (each counted once, however often it was retried).
     pub units_done: u64,
@@ -145,16 +165,14 @@ pub struct Task {
 }
 
 impl Task {
-    /// A new in-progress task.
-    #[allow(clippy::too_many_arguments)]
+    /// A new in-progress task, not yet planned.
     pub fn start(
         kind: TaskKind,
         account: AccountId,
-        image_id: ImageId,
+        image_id: Option<ImageId>,
         bucket: BucketName,
         key: ObjectKey,
         size_gib: u64,
-        units_total: u64,
         now_ms: i64,
     ) -> Self {
         Self {
@@ -165,7 +183,8 @@ impl Task {
             bucket,
             key,
             size_gib,
-            units_total,
+            upload_id: None,
+            units_total: 0,
             units_done: 0,
             state: TaskState::InProgress,
             started_at_ms: now_ms,
@@ -199,13 +218,14 @@ mod tests {
         let mut t = Task::start(
             TaskKind::Store,
             AccountId::local_default(),
-            ImageId::fresh(),
+            Some(ImageId::fresh()),
             "bkt".parse().unwrap(),
             "x.bin".parse().unwrap(),
             8,
-            4,
             0,
         );
+        assert_eq!(t.progress_percent(), 0, "not planned yet");
+        t.units_total = 4;
         assert_eq!(t.progress_percent(), 0);
         t.units_done = 2;
         assert_eq!(t.progress_percent(), 49);
@@ -217,5 +237,9 @@ mod tests {
         assert_eq!(TaskState::parse("InProgress"), Some(TaskState::InProgress));
         assert_eq!(TaskKind::parse("restore"), Some(TaskKind::Restore));
         assert_eq!(QuotaLimits::default().for_kind(TaskKind::Restore), 300);
+        assert_eq!(
+            iso8601_millis(1_609_462_861_001),
+            "2021-01-01T01:01:01.001Z"
+        );
     }
 }

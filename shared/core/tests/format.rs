@@ -10,7 +10,7 @@ mod support;
 use std::collections::HashSet;
 
 use amistore_core::Error;
-use amistore_core::archive::seek_table::{self, FOOTER_LEN};
+use amistore_core::archive::seek_table::FOOTER_LEN;
 use amistore_core::archive::{
     ArchiveIndex, ArchivePlan, Decoded, FrameRole, Manifest, ReadAt, encode_unit, read_units,
 };
@@ -360,32 +360,7 @@ fn a_flipped_bit_in_data_names_the_unit() {
 /// Replaces the manifest of `archive` with `edit(manifest)` serialised as JSON,
 /// rebuilding the manifest frame and the seek table exactly as the writer does.
 fn with_manifest(archive: &[u8], edit: impl FnOnce(&mut serde_json::Value)) -> Vec<u8> {
-    let index = ArchiveIndex::open(&archive.to_vec()).unwrap();
-    let mut json = serde_json::to_value(index.manifest()).unwrap();
-    edit(&mut json);
-    let json = serde_json::to_vec(&json).unwrap();
-    let mtime = index.manifest().mtime().unwrap();
-    let mut content =
-        amistore_core::archive::tar::member_header("manifest.json", json.len() as u64, mtime);
-    content.extend_from_slice(&json);
-    content.resize(
-        content.len() + amistore_core::archive::tar::padding_len(json.len() as u64) as usize + 1024,
-        0,
-    );
-    let frame = amistore_core::archive::frame::FrameCompressor::new()
-        .unwrap()
-        .compress(&content)
-        .unwrap();
-    let manifest_frame = index.frames().last().unwrap();
-    let mut entries: Vec<_> = index.frames().iter().map(|f| f.entry).collect();
-    *entries.last_mut().unwrap() = seek_table::FrameEntry {
-        compressed: frame.len() as u32,
-        decompressed: content.len() as u32,
-    };
-    let mut out = archive[..manifest_frame.offset as usize].to_vec();
-    out.extend_from_slice(&frame);
-    out.extend_from_slice(&seek_table::encode(&entries));
-    out
+    amistore_core::archive::testing::with_manifest(archive, edit).unwrap()
 }
 
 fn verify(archive: &Vec<u8>) -> amistore_core::Result<()> {

@@ -66,3 +66,19 @@ impl Error {
         }
     }
 }
+
+/// How the engine's ports see a local failure.
+impl From<Error> for amistore_core::Error {
+    fn from(e: Error) -> Self {
+        use amistore_core::Error as Core;
+        match e {
+            Error::Core(e) => e,
+            Error::InvalidInput(m) => Core::InvalidInput(m),
+            Error::NotFound(m) => Core::NotFound(m),
+            Error::Duplicate(m) => Core::AlreadyExists(m),
+            Error::LimitExceeded(m) => Core::LimitExceeded(m),
+            e @ Error::OutputExists(_) => Core::AlreadyExists(e.to_string()),
+            Error::Io { context, source } => Core::Io { context, source },
+        }
+    }
+}

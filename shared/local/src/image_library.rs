@@ -1,66 +1,74 @@
 //! The local image library: AMIs kept on disk the way EC2 keeps them, each a JSON
-//! record plus one sparse raw file per snapshot.
+//! record plus one sparse raw file per snapshot. It is the local adapter of two
+//! ports: the image catalog and the snapshot store.
 //!
 //! ```text
 //! <data-dir>/images/<ami-id>.json      the image record (metadata, snapshots, states)
 //! <data-dir>/images/.lock              held while names are checked and records written
 //! <data-dir>/snapshots/<snap-id>.raw   the snapshot's volume; holes are unwritten blocks
+//! <data-dir>/snapshots/<snap-id>.json  a snapshot not yet part of an image
 //! ```
 //!
-//! Images are scoped to an owner account. An image is `pending` from the moment
-//! its name is reserved until its snapshots are complete, then `available` (or
-//! `failed`). Records are replaced atomically (write, sync, rename).
+//! Images and snapshots are scoped to an owner account. A restore starts
+//! `pending` snapshots, registers a `pending` image over them, writes blocks,
+//! completes the snapshots and makes the image `available` (or `failed`).
+//! Records are replaced atomically (write, sync, rename).
 
 use std::fs::{self, File};
 use std::io::Write;
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 use amistore_core::archive::manifest::format_time;
+use amistore_core::blocks::{BLOCK_SIZE, BlockRanges};
 use amistore_core::ids::{AccountId, ImageId, ResourceState, SnapshotId};
-use amistore_core::image::{DeviceName, ImageMetadata, ImageSpec, Tag};
+use amistore_core::image::{ImageMetadata, ImageName, ImageSpec, Tag};
+use amistore_core::ports::{Image, ImageCatalog, Snapshot, SnapshotStore};
 use rustix::fs::FlockOperation;
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
-use crate::raw_disk::{RawDisk, copy_sparse, open_image_disks};
+use crate::raw_disk::{RawDisk, SparseFile, copy_sparse, open_image_disks, present_blocks};
 use crate::{Error, Result};
 
+/// An image in the library (the catalog's description is the stored record).
+pub type ImageRecord = Image;
 /// One snapshot of an image in the library.
+pub type SnapshotRecord = Snapshot;
+
+/// A snapshot that no image uses yet: started by a restore, or by an import.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
-pub struct SnapshotRecord {
-    /// The snapshot's id.
-    pub snapshot_id: SnapshotId,
-    /// Device it is mapped to.
-    pub device_name: DeviceName,
-    /// Volume size in bytes.
-    pub volume_size: u64,
-    /// Lifecycle state.
-    pub state: ResourceState,
-    /// Snapshot tags.
+struct LooseSnapshot {
+    snapshot_id: SnapshotId,
+    owner_id: AccountId,
+    volume_size: u64,
+    state: ResourceState,
     #[serde(default)]
-    pub tags: Vec<Tag>,
+    tags: Vec<Tag>,
+    client_token: String,
 }
 
-/// An image in the library.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct ImageRecord {
-    /// The image's id.
-    pub image_id: ImageId,
-    /// Owning account.
-    pub owner_id: AccountId,
-    /// Lifecycle state.
-    pub state: ResourceState,
-    /// Why the image failed, if it did.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub state_reason: Option<String>,
-    /// Registration time (ISO 8601, UTC).
-    pub creation_date: String,
-    /// Metadata; `blockDeviceMappings[].ebs.disk` indexes `snapshots`.
-    pub metadata: ImageMetadata,
-    /// The snapshots, in disk order.
-    pub snapshots: Vec<SnapshotRecord>,
+/// Where a snapshot's record lives.
+enum Found {
+    Loose(LooseSnapshot),
+    InImage(Box<ImageRecord>, usize),
+}
+
+impl Found {
+    fn owner(&self) -> &AccountId {
+        match self {
+            Found::Loose(l) => &l.owner_id,
+            Found::InImage(i, _) => &i.owner_id,
+        }
+    }
+
+    fn state(&self) -> ResourceState {
+        match self {
+            Found::Loose(l) => l.state,
+            Found::InImage(i, n) => i.snapshots[*n].state,
+        }
+    }
 }
 
 /// The image library rooted in a data directory.
@@ -68,6 +76,31 @@ pub struct ImageRecord {
 pub struct ImageLibrary {
     images: PathBuf,
     snapshots: PathBuf,
+}
+
+fn write_json(path: &Path, value: &impl Serialize) -> Result<()> {
+    let tmp = path.with_extension("json.tmp");
+    let json = serde_json::to_vec_pretty(value)
+        .map_err(|e| Error::InvalidInput(format!("record does not serialise: {e}")))?;
+    File::create(&tmp)
+        .and_then(|mut f| f.write_all(&json).and_then(|()| f.sync_all()))
+        .and_then(|()| fs::rename(&tmp, path))
+        .map_err(|e| Error::io(format!("writing {}", path.display()), e))
+}
+
+fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T> {
+    let bytes = fs::read(path).map_err(|e| Error::io(format!("reading {}", path.display()), e))?;
+    serde_json::from_slice(&bytes)
+        .map_err(|e| Error::InvalidInput(format!("record {} is damaged: {e}", path.display())))
+}
+
+fn remove_if_present(path: &Path) -> Result<()> {
+    match fs::remove_file(path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            Err(Error::io(format!("removing {}", path.display()), e))
+        }
+        _ => Ok(()),
+    }
 }
 
 impl ImageLibrary {
@@ -85,6 +118,10 @@ impl ImageLibrary {
     /// Where a snapshot's volume lives.
     pub fn snapshot_path(&self, id: &SnapshotId) -> PathBuf {
         self.snapshots.join(format!("{id}.raw"))
+    }
+
+    fn loose_path(&self, id: &SnapshotId) -> PathBuf {
+        self.snapshots.join(format!("{id}.json"))
     }
 
     fn record_path(&self, id: &ImageId) -> PathBuf {
@@ -106,27 +143,7 @@ impl ImageLibrary {
         f()
     }
 
-    fn write_record(&self, record: &ImageRecord) -> Result<()> {
-        let path = self.record_path(&record.image_id);
-        let tmp = path.with_extension("json.tmp");
-        let json = serde_json::to_vec_pretty(record)
-            .map_err(|e| Error::InvalidInput(format!("image record does not serialise: {e}")))?;
-        File::create(&tmp)
-            .and_then(|mut f| f.write_all(&json).and_then(|()| f.sync_all()))
-            .and_then(|()| fs::rename(&tmp, &path))
-            .map_err(|e| Error::io(format!("writing {}", path.display()), e))
-    }
-
-    fn read_record(path: &Path) -> Result<ImageRecord> {
-        let bytes =
-            fs::read(path).map_err(|e| Error::io(format!("reading {}", path.display()), e))?;
-        serde_json::from_slice(&bytes).map_err(|e| {
-            Error::InvalidInput(format!("image record {} is damaged: {e}", path.display()))
-        })
-    }
-
-    /// Every image `owner` owns, oldest first.
-    pub fn list(&self, owner: &AccountId) -> Result<Vec<ImageRecord>> {
+    fn all_images(&self) -> Result<Vec<ImageRecord>> {
         let entries = fs::read_dir(&self.images)
             .map_err(|e| Error::io(format!("listing {}", self.images.display()), e))?;
         let mut images = Vec::new();
@@ -135,10 +152,7 @@ impl ImageLibrary {
                 .map_err(|e| Error::io(format!("listing {}", self.images.display()), e))?
                 .path();
             if path.extension().is_some_and(|x| x == "json") {
-                let record = Self::read_record(&path)?;
-                if record.owner_id == *owner {
-                    images.push(record);
-                }
+                images.push(read_json::<ImageRecord>(&path)?);
             }
         }
         images
@@ -146,11 +160,18 @@ impl ImageLibrary {
         Ok(images)
     }
 
+    /// Every image `owner` owns, oldest first.
+    pub fn list(&self, owner: &AccountId) -> Result<Vec<ImageRecord>> {
+        let mut images = self.all_images()?;
+        images.retain(|i| i.owner_id == *owner);
+        Ok(images)
+    }
+
     /// The image `id`, if `owner` owns it.
     pub fn get(&self, owner: &AccountId, id: &ImageId) -> Result<ImageRecord> {
         let path = self.record_path(id);
         let record = match path.exists() {
-            true => Some(Self::read_record(&path)?),
+            true => Some(read_json::<ImageRecord>(&path)?),
             false => None,
         };
         record
@@ -158,24 +179,128 @@ impl ImageLibrary {
             .ok_or_else(|| Error::NotFound(format!("image {id} does not exist")))
     }
 
-    /// Creates a `pending` image named `metadata.name` with one pending snapshot
-    /// per `(device, size, tags)`, unless `owner` already has an image of that name.
-    pub fn reserve(
+    fn find_snapshot(&self, id: &SnapshotId) -> Result<Option<Found>> {
+        let loose = self.loose_path(id);
+        if loose.exists() {
+            return Ok(Some(Found::Loose(read_json(&loose)?)));
+        }
+        for image in self.all_images()? {
+            if let Some(n) = image.snapshots.iter().position(|s| s.snapshot_id == *id) {
+                return Ok(Some(Found::InImage(Box::new(image), n)));
+            }
+        }
+        Ok(None)
+    }
+
+    fn snapshot_of(&self, owner: Option<&AccountId>, id: &SnapshotId) -> Result<Found> {
+        self.find_snapshot(id)?
+            .filter(|f| owner.is_none_or(|o| f.owner() == o))
+            .ok_or_else(|| Error::NotFound(format!("snapshot {id} does not exist")))
+    }
+
+    /// Starts an empty `pending` snapshot of `volume_size` bytes, not yet part
+    /// of an image. The same `client_token` returns the same snapshot.
+    pub fn start_snapshot(
         &self,
         owner: &AccountId,
-        metadata: ImageMetadata,
-        disks: Vec<(DeviceName, u64, Vec<Tag>)>,
+        volume_size: u64,
+        tags: &[Tag],
+        client_token: &str,
+    ) -> Result<SnapshotId> {
+        if volume_size == 0 || !volume_size.is_multiple_of(BLOCK_SIZE) {
+            return Err(Error::InvalidInput(format!(
+                "a snapshot of {volume_size} bytes is not a whole number of 512 KiB blocks"
+            )));
+        }
+        self.locked(|| {
+            let entries = fs::read_dir(&self.snapshots)
+                .map_err(|e| Error::io(format!("listing {}", self.snapshots.display()), e))?;
+            for entry in entries.filter_map(|e| e.ok()) {
+                let path = entry.path();
+                if path.extension().is_some_and(|x| x == "json") {
+                    let loose: LooseSnapshot = read_json(&path)?;
+                    if loose.client_token == client_token && loose.owner_id == *owner {
+                        return Ok(loose.snapshot_id);
+                    }
+                }
+            }
+            let loose = LooseSnapshot {
+                snapshot_id: SnapshotId::fresh(),
+                owner_id: owner.clone(),
+                volume_size,
+                state: ResourceState::Pending,
+                tags: tags.to_vec(),
+                client_token: client_token.to_owned(),
+            };
+            let raw = self.snapshot_path(&loose.snapshot_id);
+            SparseFile::create(&raw, volume_size)?.sync()?;
+            write_json(&self.loose_path(&loose.snapshot_id), &loose).inspect_err(|_| {
+                let _ = fs::remove_file(&raw);
+            })?;
+            Ok(loose.snapshot_id)
+        })
+    }
+
+    /// Deletes a snapshot no image uses.
+    pub fn delete_snapshot(&self, id: &SnapshotId) -> Result<()> {
+        self.locked(|| match self.find_snapshot(id)? {
+            None => Ok(()),
+            Some(Found::InImage(image, _)) => Err(Error::InvalidInput(format!(
+                "snapshot {id} belongs to image {}; deregister the image instead",
+                image.image_id
+            ))),
+            Some(Found::Loose(_)) => {
+                remove_if_present(&self.snapshot_path(id))?;
+                remove_if_present(&self.loose_path(id))
+            }
+        })
+    }
+
+    /// Registers a `pending` image named `metadata.name` over loose snapshots
+    /// (mapping disk `i` is `snapshots[i]`), unless `owner` already has an image
+    /// of that name. The same `client_token` returns the first registration.
+    pub fn register(
+        &self,
+        owner: &AccountId,
+        metadata: &ImageMetadata,
+        snapshots: &[SnapshotId],
+        client_token: &str,
     ) -> Result<ImageRecord> {
         self.locked(|| {
-            if self
-                .list(owner)?
+            let mine = self.list(owner)?;
+            if let Some(same) = mine
                 .iter()
-                .any(|i| i.metadata.name == metadata.name)
+                .find(|i| i.client_token.as_deref() == Some(client_token))
             {
+                return Ok(same.clone());
+            }
+            if mine.iter().any(|i| i.metadata.name == metadata.name) {
                 return Err(Error::Duplicate(format!(
                     "an image named {:?} already exists in account {owner}",
                     metadata.name.as_str()
                 )));
+            }
+            let mut records = Vec::with_capacity(snapshots.len());
+            for (i, id) in snapshots.iter().enumerate() {
+                let Found::Loose(loose) = self.snapshot_of(Some(owner), id)? else {
+                    return Err(Error::InvalidInput(format!(
+                        "snapshot {id} already belongs to an image"
+                    )));
+                };
+                let device = metadata
+                    .block_device_mappings
+                    .iter()
+                    .find(|m| m.ebs.as_ref().and_then(|e| e.disk) == Some(i))
+                    .ok_or_else(|| {
+                        Error::InvalidInput(format!("no block device mapping uses snapshot {id}"))
+                    })?;
+                records.push(SnapshotRecord {
+                    snapshot_id: loose.snapshot_id,
+                    device_name: device.device_name.clone(),
+                    volume_size: loose.volume_size,
+                    state: loose.state,
+                    tags: loose.tags,
+                });
             }
             let record = ImageRecord {
                 image_id: ImageId::fresh(),
@@ -185,20 +310,16 @@ impl ImageLibrary {
                 creation_date: format_time(OffsetDateTime::now_utc()),
                 metadata: ImageMetadata {
                     owner_id: Some(owner.to_string()),
-                    ..metadata
+                    creation_date: None,
+                    ..metadata.clone()
                 },
-                snapshots: disks
-                    .into_iter()
-                    .map(|(device_name, volume_size, tags)| SnapshotRecord {
-                        snapshot_id: SnapshotId::fresh(),
-                        device_name,
-                        volume_size,
-                        state: ResourceState::Pending,
-                        tags,
-                    })
-                    .collect(),
+                snapshots: records,
+                client_token: Some(client_token.to_owned()),
             };
-            self.write_record(&record)?;
+            write_json(&self.record_path(&record.image_id), &record)?;
+            for id in snapshots {
+                remove_if_present(&self.loose_path(id))?;
+            }
             Ok(record)
         })
     }
@@ -218,7 +339,7 @@ impl ImageLibrary {
             for snapshot in &mut record.snapshots {
                 snapshot.state = state;
             }
-            self.write_record(&record)?;
+            write_json(&self.record_path(id), &record)?;
             Ok(record)
         })
     }
@@ -228,13 +349,7 @@ impl ImageLibrary {
         self.locked(|| {
             let record = self.get(owner, id)?;
             for snapshot in &record.snapshots {
-                let path = self.snapshot_path(&snapshot.snapshot_id);
-                match fs::remove_file(&path) {
-                    Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-                        return Err(Error::io(format!("removing {}", path.display()), e));
-                    }
-                    _ => {}
-                }
+                remove_if_present(&self.snapshot_path(&snapshot.snapshot_id))?;
             }
             let path = self.record_path(id);
             fs::remove_file(&path).map_err(|e| Error::io(format!("removing {}", path.display()), e))
@@ -247,32 +362,79 @@ impl ImageLibrary {
         &self,
         owner: &AccountId,
         spec: &ImageSpec,
-        disks: &[(DeviceName, PathBuf)],
+        disks: &[(amistore_core::image::DeviceName, PathBuf)],
     ) -> Result<ImageRecord> {
         let (metadata, opened) = open_image_disks(spec, disks)?;
-        let reserved = self.reserve(
-            owner,
-            metadata,
-            opened
-                .iter()
-                .map(|(d, r)| (d.clone(), r.size, vec![]))
-                .collect(),
-        )?;
-        let copied =
-            reserved
-                .snapshots
-                .iter()
-                .zip(&opened)
-                .try_for_each(|(snapshot, (_, disk))| {
-                    copy_sparse(disk, &self.snapshot_path(&snapshot.snapshot_id))
-                });
-        match copied {
-            Ok(()) => self.set_state(owner, &reserved.image_id, ResourceState::Available, None),
-            Err(e) => {
-                let _ = self.deregister(owner, &reserved.image_id);
-                Err(e)
+        if self.name_taken(owner, &metadata.name)? {
+            return Err(Error::Duplicate(format!(
+                "an image named {:?} already exists in account {owner}",
+                metadata.name.as_str()
+            )));
+        }
+        let token = format!("import-{}", amistore_core::ids::unique_token());
+        let mut started = Vec::new();
+        let imported = (|| {
+            for (i, (_, disk)) in opened.iter().enumerate() {
+                let id = self.start_snapshot(owner, disk.size, &[], &format!("{token}-{i}"))?;
+                started.push(id.clone());
+                // Copied beside the snapshot, then moved over its empty volume.
+                let tmp = self.snapshots.join(format!(".{id}.importing"));
+                let _ = fs::remove_file(&tmp);
+                copy_sparse(disk, &tmp)
+                    .and_then(|()| {
+                        fs::rename(&tmp, self.snapshot_path(&id))
+                            .map_err(|e| Error::io(format!("placing snapshot {id}"), e))
+                    })
+                    .inspect_err(|_| {
+                        let _ = fs::remove_file(&tmp);
+                    })?;
+                self.complete(&id, disk.present.present_count())?;
+            }
+            let image = self.register(owner, &metadata, &started, &token)?;
+            self.set_state(owner, &image.image_id, ResourceState::Available, None)
+        })();
+        if imported.is_err() {
+            for id in &started {
+                let _ = self.delete_snapshot(id);
             }
         }
+        imported
+    }
+
+    /// Whether `owner` has an image called `name`.
+    pub fn name_taken(&self, owner: &AccountId, name: &ImageName) -> Result<bool> {
+        Ok(self.list(owner)?.iter().any(|i| i.metadata.name == *name))
+    }
+
+    /// Completes a snapshot, checking that exactly `changed_blocks` blocks were
+    /// written (as CompleteSnapshot's ChangedBlocksCount is checked).
+    pub fn complete(&self, id: &SnapshotId, changed_blocks: u64) -> Result<()> {
+        let written = self.blocks_of(id)?.present_count();
+        if written != changed_blocks {
+            return Err(Error::InvalidInput(format!(
+                "snapshot {id} has {written} blocks written, not the {changed_blocks} its completion claims"
+            )));
+        }
+        self.locked(|| match self.snapshot_of(None, id)? {
+            Found::Loose(mut loose) => {
+                loose.state = ResourceState::Available;
+                write_json(&self.loose_path(id), &loose)
+            }
+            Found::InImage(mut image, n) => {
+                image.snapshots[n].state = ResourceState::Available;
+                write_json(&self.record_path(&image.image_id), &image)
+            }
+        })
+    }
+
+    fn blocks_of(&self, id: &SnapshotId) -> Result<BlockRanges> {
+        let path = self.snapshot_path(id);
+        let file = File::open(&path).map_err(|e| Error::io(format!("opening snapshot {id}"), e))?;
+        let len = file
+            .metadata()
+            .map_err(|e| Error::io(format!("reading snapshot {id}"), e))?
+            .len();
+        present_blocks(&file, len).map_err(|e| Error::io(format!("listing blocks of {id}"), e))
     }
 
     /// Writes an available image's disks into `dir` as sparse raw files named
@@ -318,6 +480,151 @@ impl ImageLibrary {
             written.push(target);
         }
         Ok(written)
+    }
+}
+
+impl ImageCatalog for ImageLibrary {
+    fn describe_image(&self, account: &AccountId, id: &ImageId) -> amistore_core::Result<Image> {
+        Ok(self.get(account, id)?)
+    }
+
+    fn image_name_taken(
+        &self,
+        account: &AccountId,
+        name: &ImageName,
+    ) -> amistore_core::Result<bool> {
+        Ok(self.name_taken(account, name)?)
+    }
+
+    fn register_image(
+        &self,
+        account: &AccountId,
+        metadata: &ImageMetadata,
+        snapshots: &[SnapshotId],
+        client_token: &str,
+    ) -> amistore_core::Result<ImageId> {
+        Ok(self
+            .register(account, metadata, snapshots, client_token)?
+            .image_id)
+    }
+
+    fn find_image_by_token(
+        &self,
+        account: &AccountId,
+        client_token: &str,
+    ) -> amistore_core::Result<Option<Image>> {
+        Ok(self
+            .list(account)?
+            .into_iter()
+            .find(|i| i.client_token.as_deref() == Some(client_token)))
+    }
+
+    fn set_image_state(
+        &self,
+        account: &AccountId,
+        id: &ImageId,
+        state: ResourceState,
+        reason: Option<&str>,
+    ) -> amistore_core::Result<()> {
+        self.set_state(account, id, state, reason.map(str::to_owned))?;
+        Ok(())
+    }
+}
+
+impl SnapshotStore for ImageLibrary {
+    fn list_blocks(
+        &self,
+        account: &AccountId,
+        snapshot: &SnapshotId,
+    ) -> amistore_core::Result<BlockRanges> {
+        let found = self.snapshot_of(Some(account), snapshot)?;
+        if found.state() != ResourceState::Available {
+            return Err(amistore_core::Error::IncorrectState(format!(
+                "snapshot {snapshot} is {}; only completed snapshots can be read",
+                found.state()
+            )));
+        }
+        Ok(self.blocks_of(snapshot)?)
+    }
+
+    fn read_blocks(
+        &self,
+        snapshot: &SnapshotId,
+        first_block: u64,
+        buf: &mut [u8],
+    ) -> amistore_core::Result<()> {
+        let path = self.snapshot_path(snapshot);
+        let file =
+            File::open(&path).map_err(|e| Error::io(format!("opening snapshot {snapshot}"), e))?;
+        file.read_exact_at(buf, first_block * BLOCK_SIZE)
+            .map_err(|e| {
+                Error::io(
+                    format!("reading blocks of {snapshot} from {first_block}"),
+                    e,
+                )
+                .into()
+            })
+    }
+
+    fn start_snapshot(
+        &self,
+        account: &AccountId,
+        volume_size: u64,
+        tags: &[Tag],
+        client_token: &str,
+    ) -> amistore_core::Result<SnapshotId> {
+        Ok(ImageLibrary::start_snapshot(
+            self,
+            account,
+            volume_size,
+            tags,
+            client_token,
+        )?)
+    }
+
+    fn write_blocks(
+        &self,
+        snapshot: &SnapshotId,
+        first_block: u64,
+        data: &[u8],
+    ) -> amistore_core::Result<()> {
+        if !(data.len() as u64).is_multiple_of(BLOCK_SIZE) {
+            return Err(amistore_core::Error::InvalidInput(format!(
+                "{} bytes is not a whole number of 512 KiB blocks",
+                data.len()
+            )));
+        }
+        let path = self.snapshot_path(snapshot);
+        let file = File::options()
+            .write(true)
+            .open(&path)
+            .map_err(|e| Error::io(format!("opening snapshot {snapshot}"), e))?;
+        let len = file
+            .metadata()
+            .map_err(|e| Error::io(format!("reading snapshot {snapshot}"), e))?
+            .len();
+        let end = first_block * BLOCK_SIZE + data.len() as u64;
+        if end > len {
+            return Err(amistore_core::Error::InvalidInput(format!(
+                "blocks {first_block}.. of {} bytes pass the end of snapshot {snapshot} ({len} bytes)",
+                data.len()
+            )));
+        }
+        file.write_all_at(data, first_block * BLOCK_SIZE)
+            .and_then(|()| file.sync_data())
+            .map_err(|e| Error::io(format!("writing blocks of {snapshot}"), e).into())
+    }
+
+    fn complete_snapshot(
+        &self,
+        snapshot: &SnapshotId,
+        changed_blocks: u64,
+    ) -> amistore_core::Result<()> {
+        Ok(self.complete(snapshot, changed_blocks)?)
+    }
+
+    fn delete_snapshot(&self, snapshot: &SnapshotId) -> amistore_core::Result<()> {
+        Ok(ImageLibrary::delete_snapshot(self, snapshot)?)
     }
 }
 
@@ -435,16 +742,25 @@ mod tests {
             0
         );
 
+        let snap = lib.start_snapshot(&me, BLOCK_SIZE, &[], "tok-1").unwrap();
+        assert_eq!(
+            lib.start_snapshot(&me, BLOCK_SIZE, &[], "tok-1").unwrap(),
+            snap,
+            "a client token makes starting idempotent"
+        );
+        let metadata = spec("pending")
+            .to_metadata(&[("/dev/xvda".parse().unwrap(), BLOCK_SIZE)])
+            .unwrap();
         let pending = lib
-            .reserve(
-                &me,
-                spec("pending")
-                    .to_metadata(&[("/dev/xvda".parse().unwrap(), BLOCK_SIZE)])
-                    .unwrap(),
-                vec![],
-            )
+            .register(&me, &metadata, std::slice::from_ref(&snap), "tok-img")
             .unwrap();
         assert_eq!(pending.state, ResourceState::Pending);
+        assert_eq!(
+            lib.register(&me, &metadata, std::slice::from_ref(&snap), "tok-img")
+                .unwrap(),
+            pending,
+            "registering again with the token returns the image"
+        );
         let err = lib
             .export(&me, &pending.image_id, &dir.path().join("x"), false)
             .unwrap_err();

@@ -1,14 +1,21 @@
-//! amistore's local adapters: everything that touches the machine's own disks.
+//! amistore's local adapters: everything that touches the machine's own disks,
+//! and the in-process workflow runner.
 //!
-//! [`raw_disk`] reads and writes sparse raw disk images; [`archive_file`] packs,
-//! verifies and extracts archives stored as local files.
+//! - [`image_library`]: images and snapshots (the image catalog and snapshot
+//!   store ports); [`bucket_store`]: buckets as folders (the object store port);
+//!   [`task_db`]: SQLite (the task store port); [`workflow`]: the runner.
+//! - [`embedded`] wires them into an engine rooted in one data directory.
+//! - [`raw_disk`] reads and writes sparse raw disk images; [`archive_file`]
+//!   packs, verifies and extracts archives stored as local files.
 
 pub mod archive_file;
 pub mod bucket_store;
+pub mod embedded;
 pub mod error;
 pub mod image_library;
 pub mod raw_disk;
 pub mod task_db;
+pub mod workflow;
 
 pub use error::{Error, Result};
 

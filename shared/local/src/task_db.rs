@@ -9,13 +9,17 @@
 //! - A unit is recorded with an insert-if-absent; only a first insert advances
 //!   the task's count, so a retried unit is counted once.
 //!
+//! - At most one store of an image into a bucket is in progress: a partial
+//!   unique index refuses the second admission, inside the same transaction.
+//!
 //! Every write transaction is `BEGIN IMMEDIATE`, so concurrent processes
 //! serialise on SQLite's write lock instead of failing on upgrade.
 
 use std::path::Path;
 use std::time::Duration;
 
-use amistore_core::ids::{AccountId, TaskId};
+use amistore_core::ids::{AccountId, ImageId, TaskId};
+use amistore_core::ports::TaskStore;
 use amistore_core::task::{Task, TaskKind, TaskState};
 use rusqlite::{Connection, OptionalExtension, Row, TransactionBehavior, params};
 
@@ -26,19 +30,23 @@ CREATE TABLE IF NOT EXISTS tasks (
     id TEXT PRIMARY KEY,
     kind TEXT NOT NULL,
     account TEXT NOT NULL,
-    image_id TEXT NOT NULL,
+    image_id TEXT,
     bucket TEXT NOT NULL,
     object_key TEXT NOT NULL,
     size_gib INTEGER NOT NULL,
+    upload_id TEXT,
     units_total INTEGER NOT NULL,
     units_done INTEGER NOT NULL DEFAULT 0,
     state TEXT NOT NULL,
     started_at_ms INTEGER NOT NULL,
     ended_at_ms INTEGER,
     failure_reason TEXT,
-    expires_at_ms INTEGER NOT NULL
+    expires_at_ms INTEGER NOT NULL,
+    owner TEXT
 );
 CREATE INDEX IF NOT EXISTS tasks_newest_first ON tasks (account, kind, started_at_ms DESC);
+CREATE UNIQUE INDEX IF NOT EXISTS one_store_per_image_and_bucket ON tasks (account, image_id, bucket)
+    WHERE kind = 'store' AND state = 'InProgress';
 CREATE TABLE IF NOT EXISTS units (
     task_id TEXT NOT NULL,
     unit INTEGER NOT NULL,
@@ -53,8 +61,8 @@ CREATE TABLE IF NOT EXISTS quota (
 );
 ";
 
-const TASK_COLUMNS: &str = "id, kind, account, image_id, bucket, object_key, size_gib, units_total, units_done, \
-                            state, started_at_ms, ended_at_ms, failure_reason";
+const TASK_COLUMNS: &str = "id, kind, account, image_id, bucket, object_key, size_gib, upload_id, units_total, \
+                            units_done, state, started_at_ms, ended_at_ms, failure_reason";
 
 fn db(context: &str) -> impl FnOnce(rusqlite::Error) -> Error + '_ {
     move |e| {
@@ -69,6 +77,7 @@ fn db(context: &str) -> impl FnOnce(rusqlite::Error) -> Error + '_ {
 /// process that needs it.
 pub struct TaskDb {
     conn: Connection,
+    owner: Option<String>,
 }
 
 impl TaskDb {
@@ -83,7 +92,35 @@ impl TaskDb {
             .map_err(db("configuring"))?;
         conn.execute_batch(SCHEMA)
             .map_err(db("creating the schema"))?;
-        Ok(Self { conn })
+        Ok(Self { conn, owner: None })
+    }
+
+    /// Marks tasks this connection admits as run by `owner` (a process lease),
+    /// so recovery can tell a live task from one whose process died.
+    pub fn with_owner(mut self, owner: impl Into<String>) -> Self {
+        self.owner = Some(owner.into());
+        self
+    }
+
+    /// Hands an in-progress task to this connection's owner (on resumption).
+    pub fn adopt(&mut self, id: &TaskId) -> Result<()> {
+        let owner = self.owner.clone();
+        self.set_column(id, "owner", owner.into())
+    }
+
+    /// Every task in progress with the owner running it, oldest first.
+    pub fn in_progress_owners(&self) -> Result<Vec<(Task, Option<String>)>> {
+        let mut stmt = self
+            .conn
+            .prepare(&format!(
+                "SELECT {TASK_COLUMNS}, owner FROM tasks WHERE state = 'InProgress' ORDER BY started_at_ms"
+            ))
+            .map_err(db("listing tasks"))?;
+        let rows = stmt
+            .query_map([], |r| Ok((task_from_row(r)?, r.get(14)?)))
+            .map_err(db("listing tasks"))?;
+        rows.collect::<rusqlite::Result<_>>()
+            .map_err(db("listing tasks"))
     }
 
     /// Admits `task` if its account's in-progress GiB of its kind are below
@@ -119,15 +156,16 @@ impl TaskDb {
             )));
         }
         let inserted = tx.execute(
-            &format!("INSERT INTO tasks ({TASK_COLUMNS}, expires_at_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)"),
+            &format!("INSERT INTO tasks ({TASK_COLUMNS}, expires_at_ms, owner) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)"),
             params![
                 task.id.as_str(),
                 kind,
                 account,
-                task.image_id.as_str(),
+                task.image_id.as_ref().map(|i| i.as_str()),
                 task.bucket.as_str(),
                 task.key.as_str(),
                 task.size_gib as i64,
+                task.upload_id,
                 task.units_total as i64,
                 task.units_done as i64,
                 task.state.as_str(),
@@ -135,14 +173,22 @@ impl TaskDb {
                 task.ended_at_ms,
                 task.failure_reason,
                 task.expires_at_ms(),
+                self.owner,
             ],
         );
         match inserted {
             Ok(_) => tx.commit().map_err(db("committing admission")),
-            Err(rusqlite::Error::SqliteFailure(e, _))
+            Err(rusqlite::Error::SqliteFailure(e, msg))
                 if e.code == rusqlite::ErrorCode::ConstraintViolation =>
             {
-                Err(Error::Duplicate(format!("task {} already exists", task.id)))
+                let copy = msg.as_deref().is_some_and(|m| m.contains("image_id"));
+                Err(Error::Duplicate(match (copy, &task.image_id) {
+                    (true, Some(image)) => format!(
+                        "image {image} is already being stored in bucket {}; an AMI can be stored once per bucket",
+                        task.bucket
+                    ),
+                    _ => format!("task {} already exists", task.id),
+                }))
             }
             Err(e) => Err(db("storing the task")(e)),
         }
@@ -184,6 +230,40 @@ impl TaskDb {
         }
         tx.commit().map_err(db("committing"))?;
         Ok(ended == 1)
+    }
+
+    fn set_column(
+        &mut self,
+        id: &TaskId,
+        column: &str,
+        value: rusqlite::types::Value,
+    ) -> Result<()> {
+        let changed = self
+            .conn
+            .execute(
+                &format!("UPDATE tasks SET {column} = ?2 WHERE id = ?1"),
+                params![id.as_str(), value],
+            )
+            .map_err(db("updating a task"))?;
+        if changed == 0 {
+            return Err(Error::NotFound(format!("task {id} does not exist")));
+        }
+        Ok(())
+    }
+
+    /// Records the multipart upload of a store task.
+    pub fn set_upload(&mut self, id: &TaskId, upload_id: &str) -> Result<()> {
+        self.set_column(id, "upload_id", upload_id.to_owned().into())
+    }
+
+    /// Records the image a restore task creates.
+    pub fn set_image(&mut self, id: &TaskId, image: &ImageId) -> Result<()> {
+        self.set_column(id, "image_id", image.to_string().into())
+    }
+
+    /// Records a task's number of units.
+    pub fn set_units_total(&mut self, id: &TaskId, units: u64) -> Result<()> {
+        self.set_column(id, "units_total", (units as i64).into())
     }
 
     /// Records unit `unit` of a task (its record as JSON) unless it is already
@@ -287,6 +367,81 @@ impl TaskDb {
     }
 }
 
+/// [`TaskDb`] as the engine's task store: one connection shared by the threads
+/// of a process (SQLite serialises writers anyway; other processes open their own).
+pub struct SqliteTaskStore {
+    db: std::sync::Mutex<TaskDb>,
+}
+
+impl SqliteTaskStore {
+    /// Wraps an open database.
+    pub fn new(db: TaskDb) -> Self {
+        Self {
+            db: std::sync::Mutex::new(db),
+        }
+    }
+
+    /// Runs `f` on the connection.
+    pub fn with<T>(&self, f: impl FnOnce(&mut TaskDb) -> Result<T>) -> amistore_core::Result<T> {
+        // A thread that panicked mid-call left no transaction open (rusqlite rolls
+        // back on drop), so the connection is still sound.
+        let mut db = self.db.lock().unwrap_or_else(|p| p.into_inner());
+        f(&mut db).map_err(Into::into)
+    }
+}
+
+impl TaskStore for SqliteTaskStore {
+    fn admit(&self, task: &Task, limit_gib: u64) -> amistore_core::Result<()> {
+        self.with(|db| db.admit(task, limit_gib))
+    }
+    fn get(&self, id: &TaskId) -> amistore_core::Result<Option<Task>> {
+        self.with(|db| db.get(id))
+    }
+    fn set_upload(&self, id: &TaskId, upload_id: &str) -> amistore_core::Result<()> {
+        self.with(|db| db.set_upload(id, upload_id))
+    }
+    fn set_image(&self, id: &TaskId, image: &ImageId) -> amistore_core::Result<()> {
+        self.with(|db| db.set_image(id, image))
+    }
+    fn set_units_total(&self, id: &TaskId, units: u64) -> amistore_core::Result<()> {
+        self.with(|db| db.set_units_total(id, units))
+    }
+    fn record_unit(
+        &self,
+        id: &TaskId,
+        unit: u64,
+        record_json: &str,
+    ) -> amistore_core::Result<bool> {
+        self.with(|db| db.record_unit(id, unit, record_json))
+    }
+    fn units(&self, id: &TaskId) -> amistore_core::Result<Vec<(u64, String)>> {
+        self.with(|db| db.units(id))
+    }
+    fn finish(
+        &self,
+        id: &TaskId,
+        state: TaskState,
+        reason: Option<&str>,
+        now_ms: i64,
+    ) -> amistore_core::Result<bool> {
+        self.with(|db| db.finish(id, state, reason, now_ms))
+    }
+    fn list(
+        &self,
+        account: &AccountId,
+        kind: TaskKind,
+        now_ms: i64,
+    ) -> amistore_core::Result<Vec<Task>> {
+        self.with(|db| db.list(account, kind, now_ms))
+    }
+    fn in_progress(&self) -> amistore_core::Result<Vec<Task>> {
+        self.with(|db| db.in_progress())
+    }
+    fn in_progress_gib(&self, account: &AccountId, kind: TaskKind) -> amistore_core::Result<u64> {
+        self.with(|db| db.in_progress_gib(account, kind))
+    }
+}
+
 fn parsed<T>(value: amistore_core::Result<T>, column: usize) -> rusqlite::Result<T> {
     value.map_err(|e| {
         rusqlite::Error::FromSqlConversionFailure(column, rusqlite::types::Type::Text, Box::new(e))
@@ -306,23 +461,26 @@ fn task_from_row(r: &Row<'_>) -> rusqlite::Result<Task> {
         id: parsed(text(0)?.parse(), 0)?,
         kind: TaskKind::parse(&text(1)?).ok_or_else(|| bad(1, "task kind"))?,
         account: parsed(text(2)?.parse(), 2)?,
-        image_id: parsed(text(3)?.parse(), 3)?,
+        image_id: r
+            .get::<_, Option<String>>(3)?
+            .map(|s| parsed(s.parse(), 3))
+            .transpose()?,
         bucket: parsed(text(4)?.parse(), 4)?,
         key: parsed(text(5)?.parse(), 5)?,
         size_gib: r.get::<_, i64>(6)? as u64,
-        units_total: r.get::<_, i64>(7)? as u64,
-        units_done: r.get::<_, i64>(8)? as u64,
-        state: TaskState::parse(&text(9)?).ok_or_else(|| bad(9, "task state"))?,
-        started_at_ms: r.get(10)?,
-        ended_at_ms: r.get(11)?,
-        failure_reason: r.get(12)?,
+        upload_id: r.get(7)?,
+        units_total: r.get::<_, i64>(8)? as u64,
+        units_done: r.get::<_, i64>(9)? as u64,
+        state: TaskState::parse(&text(10)?).ok_or_else(|| bad(10, "task state"))?,
+        started_at_ms: r.get(11)?,
+        ended_at_ms: r.get(12)?,
+        failure_reason: r.get(13)?,
     })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use amistore_core::ids::ImageId;
     use amistore_core::task::RETENTION_MS;
     use std::sync::{Arc, Barrier};
 
@@ -330,11 +488,10 @@ mod tests {
         Task::start(
             kind,
             account.clone(),
-            ImageId::fresh(),
+            Some(ImageId::fresh()),
             "bkt".parse().unwrap(),
             "a/x.bin".parse().unwrap(),
             gib,
-            4,
             started_at_ms,
         )
     }
@@ -447,6 +604,44 @@ mod tests {
             (TaskState::Failed, Some("disk on fire"), Some(20))
         );
         assert!(db.finish(&t.id, TaskState::InProgress, None, 22).is_err());
+    }
+
+    #[test]
+    fn one_store_of_an_image_into_a_bucket_runs_at_a_time() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut db = TaskDb::open(&dir.path().join("tasks.db")).unwrap();
+        let me = AccountId::local_default();
+        let first = task(&me, TaskKind::Store, 1, 1);
+        db.admit(&first, 600).unwrap();
+        let again = Task {
+            id: TaskId::fresh(),
+            ..first.clone()
+        };
+        let err = db.admit(&again, 600).unwrap_err();
+        assert!(err.to_string().contains("already being stored"), "{err}");
+        assert_eq!(db.in_progress_gib(&me, TaskKind::Store).unwrap(), 1);
+        let elsewhere = Task {
+            id: TaskId::fresh(),
+            bucket: "other-bkt".parse().unwrap(),
+            ..first.clone()
+        };
+        db.admit(&elsewhere, 600).unwrap();
+        db.finish(&first.id, TaskState::Completed, None, 2).unwrap();
+        db.admit(&again, 600).unwrap();
+
+        db.set_upload(&again.id, "up-1").unwrap();
+        db.set_units_total(&again.id, 7).unwrap();
+        let image = ImageId::fresh();
+        db.set_image(&again.id, &image).unwrap();
+        let got = db.get(&again.id).unwrap().unwrap();
+        assert_eq!(
+            (got.upload_id.as_deref(), got.units_total, got.image_id),
+            (Some("up-1"), 7, Some(image))
+        );
+        assert!(matches!(
+            db.set_upload(&TaskId::fresh(), "x"),
+            Err(Error::NotFound(_))
+        ));
     }
 
     #[test]

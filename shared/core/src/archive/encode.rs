@@ -25,7 +25,9 @@ pub trait BlockSource: Sync {
 }
 
 /// What writing one unit produced: everything the final part needs to know.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// It serialises, so units written by different workers can be finished by another.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
 pub struct UnitRecord {
     /// Index of the unit in the plan.
     pub unit: usize,
@@ -34,9 +36,26 @@ pub struct UnitRecord {
     /// Bytes the unit decompresses to.
     pub decompressed_len: u64,
     /// BLAKE3 of the header and data frames' decompressed bytes.
+    #[serde(with = "hex_hash")]
     pub hash: [u8; 32],
     /// Seek-table entries of the unit's frames, in order.
     pub frames: Vec<FrameEntry>,
+}
+
+/// A 32-byte hash as 64 hex digits.
+mod hex_hash {
+    use serde::{Deserialize, Deserializer, Serializer, de::Error as _};
+
+    pub fn serialize<S: Serializer>(hash: &[u8; 32], s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(blake3::Hash::from_bytes(*hash).to_hex().as_str())
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<[u8; 32], D::Error> {
+        let hex = String::deserialize(d)?;
+        blake3::Hash::from_hex(&hex)
+            .map(|h| *h.as_bytes())
+            .map_err(|e| D::Error::custom(format!("bad hash {hex:?}: {e}")))
+    }
 }
 
 /// Writes the frames of one unit and keeps its accounts.

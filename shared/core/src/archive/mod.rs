@@ -21,6 +21,8 @@ pub mod manifest;
 pub mod plan;
 pub mod seek_table;
 pub mod tar;
+#[doc(hidden)]
+pub mod testing;
 
 pub use decode::{Decoded, FrameDecoder, UnitVerifier, read_units};
 pub use encode::{

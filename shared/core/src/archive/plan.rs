@@ -8,6 +8,7 @@
 //! to 5 MiB). The target grows with the AMI so there are never more than 10,000
 //! parts, the final part included.
 
+use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
 use crate::archive::manifest::{Disk, MAX_VOLUME_SIZE, check_member_name, format_time, mtime_of};
@@ -43,7 +44,8 @@ pub struct DiskSource {
 }
 
 /// The block range one unit covers.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
 pub struct UnitPlan {
     /// Index of the disk.
     pub disk: usize,
@@ -81,8 +83,10 @@ pub enum FrameJob {
     },
 }
 
-/// Everything about an archive that is known before any data is read.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// Everything about an archive that is known before any data is read. It
+/// serialises, so a workflow can plan once and write units in other processes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
 pub struct ArchivePlan {
     /// Time stamp of the archive (RFC 3339).
     pub stored_at: String,

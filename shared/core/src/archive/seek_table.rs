@@ -26,7 +26,7 @@ pub const FOOTER_LEN: u64 = 9;
 pub const MAX_FRAMES: u32 = 8 * 1024 * 1024;
 
 /// Sizes of one frame, as the seek table records them.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct FrameEntry {
     /// Bytes the frame occupies in the object.
     pub compressed: u32,

@@ -4,8 +4,12 @@
 //! <data-dir>/s3/<bucket>/<key>                              the object, an ordinary file
 //! <data-dir>/s3/<bucket>/<dirs>/.amistore.<name>.json        its metadata and tags
 //! <data-dir>/s3/<bucket>/.amistore-uploads/<id>/upload.json  a multipart upload in progress
-//! <data-dir>/s3/<bucket>/.amistore-uploads/<id>/part-NNNNN.<etag>
+//! <data-dir>/s3/<bucket>/.amistore-uploads/<id>/…          its parts (see upload.rs)
 //! ```
+//!
+//! A part uploaded from a file is hard-linked into the staging folder when it
+//! can be (the engine spools units on the same file system), and parts are
+//! joined into the object as they arrive, so completing an upload costs little.
 //!
 //! A bucket exists if its directory exists. An object appears only when its
 //! upload completes (the parts are joined, synced, then renamed into place), so
@@ -23,11 +27,16 @@ use std::path::{Path, PathBuf};
 use amistore_core::archive::manifest::format_time;
 use amistore_core::ids::unique_token;
 use amistore_core::image::Tag;
+use amistore_core::ports::ObjectStore;
+pub use amistore_core::ports::{CompletedPart, ObjectInfo};
 use amistore_core::storage::{BucketName, ObjectKey};
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
 use crate::{Error, Result};
+
+mod upload;
+use upload::Staging;
 
 /// S3's smallest part (all but the last).
 pub const MIN_PART_SIZE: u64 = 5 * 1024 * 1024;
@@ -38,29 +47,6 @@ pub const MAX_METADATA_BYTES: usize = 2048;
 /// S3's limit on tags per object.
 pub const MAX_TAGS: usize = 10;
 const UPLOADS: &str = ".amistore-uploads";
-
-/// What S3's HeadObject tells about an object.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct ObjectInfo {
-    /// Size in bytes.
-    pub size: u64,
-    /// User metadata (keys lowercase, values printable ASCII).
-    pub metadata: BTreeMap<String, String>,
-    /// Object tags.
-    pub tags: Vec<Tag>,
-    /// When the object was completed (ISO 8601).
-    pub last_modified: String,
-}
-
-/// A part the caller uploaded, as CompleteMultipartUpload names it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct CompletedPart {
-    /// Part number, 1..=10,000.
-    pub part_number: u32,
-    /// The ETag UploadPart returned.
-    pub etag: String,
-}
 
 #[derive(Serialize, Deserialize)]
 struct UploadRecord {
@@ -96,7 +82,12 @@ fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
 impl BucketStore {
     /// The store under `data_dir/s3` (created if missing).
     pub fn open(data_dir: &Path) -> Result<Self> {
-        let root = data_dir.join("s3");
+        Self::at(&data_dir.join("s3"))
+    }
+
+    /// A store whose buckets are the folders of `root` (created if missing).
+    pub fn at(root: &Path) -> Result<Self> {
+        let root = root.to_owned();
         fs::create_dir_all(&root).map_err(io(format!("creating {}", root.display())))?;
         Ok(Self {
             root,
@@ -194,30 +185,48 @@ impl BucketStore {
         part_number: u32,
         body: &[u8],
     ) -> Result<String> {
+        self.stage_part(bucket, upload, part_number, |target| {
+            write_atomically(target, body)
+        })
+    }
+
+    /// [`Self::upload_part`] with the body in a file, which stays the caller's.
+    pub fn upload_part_file(
+        &self,
+        bucket: &BucketName,
+        upload: &str,
+        part_number: u32,
+        body: &Path,
+    ) -> Result<String> {
+        self.stage_part(bucket, upload, part_number, |target| {
+            if fs::hard_link(body, target).is_ok() {
+                return Ok(());
+            }
+            let tmp = target.with_extension("copying");
+            fs::copy(body, &tmp)
+                .and_then(|_| File::open(&tmp)?.sync_all())
+                .and_then(|()| fs::rename(&tmp, target))
+                .map_err(|e| {
+                    let _ = fs::remove_file(&tmp);
+                    Error::io(format!("staging {}", body.display()), e)
+                })
+        })
+    }
+
+    fn stage_part(
+        &self,
+        bucket: &BucketName,
+        upload: &str,
+        part_number: u32,
+        place: impl FnOnce(&Path) -> Result<()>,
+    ) -> Result<String> {
         if !(1..=MAX_PART_NUMBER).contains(&part_number) {
             return Err(Error::InvalidInput(format!(
                 "part number {part_number} is outside 1..={MAX_PART_NUMBER}"
             )));
         }
         let dir = self.upload_dir(bucket, upload)?;
-        let etag = blake3::hash(body).to_hex()[..32].to_owned();
-        for old in self.part_files(&dir, part_number)? {
-            let _ = fs::remove_file(old);
-        }
-        write_atomically(&dir.join(format!("part-{part_number:05}.{etag}")), body)?;
-        Ok(etag)
-    }
-
-    fn part_files(&self, dir: &Path, part_number: u32) -> Result<Vec<PathBuf>> {
-        let prefix = format!("part-{part_number:05}.");
-        let entries = fs::read_dir(dir).map_err(io(format!("listing {}", dir.display())))?;
-        Ok(entries
-            .filter_map(|e| e.ok().map(|e| e.path()))
-            .filter(|p| {
-                p.file_name()
-                    .is_some_and(|n| n.to_string_lossy().starts_with(&prefix))
-            })
-            .collect())
+        Staging::lock(&dir)?.stage(part_number, place)
     }
 
     /// Joins the named parts into the object, which appears atomically.
@@ -229,12 +238,7 @@ impl BucketStore {
         parts: &[CompletedPart],
     ) -> Result<ObjectInfo> {
         let dir = self.upload_dir(bucket, upload)?;
-        let record: UploadRecord = fs::read(dir.join("upload.json"))
-            .map_err(io(format!("reading upload {upload}")))
-            .and_then(|b| {
-                serde_json::from_slice(&b)
-                    .map_err(|e| Error::InvalidInput(format!("upload {upload} is damaged: {e}")))
-            })?;
+        let record = read_upload(&dir, upload)?;
         if record.key != *key {
             return Err(Error::InvalidInput(format!(
                 "upload {upload} is for {}, not {key}",
@@ -250,36 +254,8 @@ impl BucketStore {
                 "parts must be listed once each, in ascending order (InvalidPartOrder)".into(),
             ));
         }
-        let mut files = Vec::with_capacity(parts.len());
-        for (i, part) in parts.iter().enumerate() {
-            let path = dir.join(format!("part-{:05}.{}", part.part_number, part.etag));
-            let size = fs::metadata(&path)
-                .map_err(|_| {
-                    Error::InvalidInput(format!(
-                        "part {} with ETag {} was not uploaded (InvalidPart)",
-                        part.part_number, part.etag
-                    ))
-                })?
-                .len();
-            if i + 1 < parts.len() && size < self.min_part_size {
-                return Err(Error::InvalidInput(format!(
-                    "part {} is {size} bytes; every part but the last must be at least {} (EntityTooSmall)",
-                    part.part_number, self.min_part_size
-                )));
-            }
-            files.push(path);
-        }
-        let joined = dir.join("object");
-        let mut out =
-            File::create(&joined).map_err(io(format!("creating {}", joined.display())))?;
-        let mut size = 0;
-        for path in &files {
-            let mut part = File::open(path).map_err(io(format!("opening {}", path.display())))?;
-            size += std::io::copy(&mut part, &mut out)
-                .map_err(io(format!("joining {}", path.display())))?;
-        }
-        out.sync_all()
-            .map_err(io(format!("syncing {}", joined.display())))?;
+        let staging = Staging::lock(&dir)?;
+        let (joined, size) = staging.complete(parts, self.min_part_size)?;
         let info = ObjectInfo {
             size,
             metadata: record.metadata,
@@ -296,6 +272,20 @@ impl BucketStore {
         fs::rename(&joined, &target).map_err(io(format!("publishing {}", target.display())))?;
         fs::remove_dir_all(&dir).map_err(io(format!("removing {}", dir.display())))?;
         Ok(info)
+    }
+
+    /// Fails unless `upload` exists in `bucket` and is for `key` (S3 ties an
+    /// upload id to its key).
+    fn check_upload_key(&self, bucket: &BucketName, upload: &str, key: &ObjectKey) -> Result<()> {
+        let dir = self.upload_dir(bucket, upload)?;
+        let record = read_upload(&dir, upload)?;
+        if record.key != *key {
+            return Err(Error::NotFound(format!(
+                "upload {upload} is for {}, not {key}",
+                record.key
+            )));
+        }
+        Ok(())
     }
 
     /// Abandons an upload and deletes its parts.
@@ -352,6 +342,39 @@ impl BucketStore {
         Ok(Some(info))
     }
 
+    /// PutObject: writes a whole (small) object with no metadata, atomically.
+    pub fn put_object(&self, bucket: &BucketName, key: &ObjectKey, body: &[u8]) -> Result<()> {
+        let target = self.object_path(bucket, key)?;
+        if let Some(parent) = target.parent() {
+            fs::create_dir_all(parent).map_err(io(format!("creating {}", parent.display())))?;
+        }
+        let _ = fs::remove_file(Self::sidecar(&target));
+        write_atomically(&target, body)
+    }
+
+    /// DeleteObject: removes an object, its sidecar, and folders left empty.
+    pub fn delete_object(&self, bucket: &BucketName, key: &ObjectKey) -> Result<()> {
+        let bucket_dir = self.bucket_dir(bucket)?;
+        let target = self.object_path(bucket, key)?;
+        for path in [Self::sidecar(&target), target.clone()] {
+            match fs::remove_file(&path) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                    return Err(Error::io(format!("removing {}", path.display()), e));
+                }
+                _ => {}
+            }
+        }
+        // S3 has no folders: one that only held this object goes with it.
+        let mut dir = target.parent();
+        while let Some(d) = dir.filter(|d| *d != bucket_dir) {
+            if fs::remove_dir(d).is_err() {
+                break;
+            }
+            dir = d.parent();
+        }
+        Ok(())
+    }
+
     /// Opens an object for reading (it implements the archive reader's `ReadAt`).
     pub fn open_object(&self, bucket: &BucketName, key: &ObjectKey) -> Result<File> {
         let path = self.object_path(bucket, key)?;
@@ -384,6 +407,105 @@ impl BucketStore {
             )))?;
         Ok(buf)
     }
+}
+
+impl ObjectStore for BucketStore {
+    fn bucket_exists(&self, bucket: &BucketName) -> amistore_core::Result<bool> {
+        Ok(BucketStore::bucket_exists(self, bucket))
+    }
+
+    fn create_multipart(
+        &self,
+        bucket: &BucketName,
+        key: &ObjectKey,
+        metadata: &BTreeMap<String, String>,
+        tags: &[Tag],
+    ) -> amistore_core::Result<String> {
+        Ok(BucketStore::create_multipart(
+            self,
+            bucket,
+            key,
+            metadata.clone(),
+            tags.to_vec(),
+        )?)
+    }
+
+    fn upload_part(
+        &self,
+        bucket: &BucketName,
+        key: &ObjectKey,
+        upload_id: &str,
+        part_number: u32,
+        body: &Path,
+    ) -> amistore_core::Result<String> {
+        self.check_upload_key(bucket, upload_id, key)?;
+        Ok(self.upload_part_file(bucket, upload_id, part_number, body)?)
+    }
+
+    fn complete_multipart(
+        &self,
+        bucket: &BucketName,
+        key: &ObjectKey,
+        upload_id: &str,
+        parts: &[CompletedPart],
+    ) -> amistore_core::Result<()> {
+        BucketStore::complete_multipart(self, bucket, key, upload_id, parts)?;
+        Ok(())
+    }
+
+    fn abort_multipart(
+        &self,
+        bucket: &BucketName,
+        key: &ObjectKey,
+        upload_id: &str,
+    ) -> amistore_core::Result<()> {
+        self.check_upload_key(bucket, upload_id, key)?;
+        Ok(BucketStore::abort_multipart(self, bucket, upload_id)?)
+    }
+
+    fn list_multipart_uploads(
+        &self,
+        bucket: &BucketName,
+    ) -> amistore_core::Result<Vec<(String, ObjectKey)>> {
+        Ok(self.list_uploads(bucket)?)
+    }
+
+    fn put_object(
+        &self,
+        bucket: &BucketName,
+        key: &ObjectKey,
+        body: &[u8],
+    ) -> amistore_core::Result<()> {
+        Ok(BucketStore::put_object(self, bucket, key, body)?)
+    }
+
+    fn delete_object(&self, bucket: &BucketName, key: &ObjectKey) -> amistore_core::Result<()> {
+        Ok(BucketStore::delete_object(self, bucket, key)?)
+    }
+
+    fn head_object(
+        &self,
+        bucket: &BucketName,
+        key: &ObjectKey,
+    ) -> amistore_core::Result<Option<ObjectInfo>> {
+        Ok(self.head(bucket, key)?)
+    }
+
+    fn get_range(
+        &self,
+        bucket: &BucketName,
+        key: &ObjectKey,
+        range: Range<u64>,
+    ) -> amistore_core::Result<Vec<u8>> {
+        Ok(self.read_range(bucket, key, range)?)
+    }
+}
+
+fn read_upload(dir: &Path, upload: &str) -> Result<UploadRecord> {
+    let bytes =
+        fs::read(dir.join("upload.json")).map_err(io(format!("reading upload {upload}")))?;
+    serde_json::from_slice(&bytes)
+        .map_err(|e| Error::InvalidInput(format!("upload {upload} is damaged: {e}")))
 }
 
 fn check_metadata(metadata: &BTreeMap<String, String>) -> Result<()> {
@@ -487,6 +609,54 @@ mod tests {
             store.list_uploads(&bucket).unwrap().is_empty(),
             "staging is cleaned up"
         );
+    }
+
+    #[test]
+    fn parts_join_as_they_arrive_and_any_listed_subset_completes() {
+        let (dir, store, bucket) = store();
+        let k = key("joined.bin");
+        let upload = store
+            .create_multipart(&bucket, &k, BTreeMap::new(), vec![])
+            .unwrap();
+        let staging = dir
+            .path()
+            .join("s3/archive-bucket/.amistore-uploads")
+            .join(&upload);
+        let body = |n: u8| vec![n; 1024 + n as usize];
+        let e2 = store.upload_part(&bucket, &upload, 2, &body(2)).unwrap();
+        assert_eq!(
+            fs::metadata(staging.join("object")).map_or(0, |m| m.len()),
+            0,
+            "2 waits for 1"
+        );
+        let e1 = store.upload_part(&bucket, &upload, 1, &body(1)).unwrap();
+        let e3 = store.upload_part(&bucket, &upload, 3, &body(3)).unwrap();
+        assert_eq!(
+            fs::metadata(staging.join("object")).unwrap().len(),
+            (1025 + 1026 + 1027) as u64,
+            "1, then 2 and 3 joined on arrival"
+        );
+        // A crash in the middle of an append leaves bytes past the record: cut.
+        fs::OpenOptions::new()
+            .append(true)
+            .open(staging.join("object"))
+            .unwrap()
+            .write_all(b"torn")
+            .unwrap();
+        let e4 = store.upload_part(&bucket, &upload, 4, &body(4)).unwrap();
+        // Complete with 1, 3, 4 only: 2 is left out though it was joined.
+        let parts = [(1, e1), (3, e3), (4, e4)]
+            .map(|(part_number, etag)| CompletedPart { part_number, etag });
+        let info = store
+            .complete_multipart(&bucket, &k, &upload, &parts)
+            .unwrap();
+        let expected: Vec<u8> = [body(1), body(3), body(4)].concat();
+        assert_eq!(info.size, expected.len() as u64);
+        assert_eq!(
+            store.read_range(&bucket, &k, 0..info.size).unwrap(),
+            expected
+        );
+        let _ = e2;
     }
 
     #[test]

@@ -1,0 +1,266 @@
+//! The task commands, embedded: `store-image`, `restore-image` and
+//! `describe-store-image-tasks` run the engine in this process over the data
+//! directory, with the same workflow definitions the AWS deployment runs.
+
+use std::path::Path;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use amistore_core::archive::ArchiveIndex;
+use amistore_core::blocks::BLOCK_SIZE;
+use amistore_core::engine::describe::{DescribeQuery, describe};
+use amistore_core::engine::intake::{RestoreRequest, StoreRequest};
+use amistore_core::engine::now_ms;
+use amistore_core::ids::{AccountId, ImageId, TaskId};
+use amistore_core::image::{ImageName, Tag};
+use amistore_core::ports::SnapshotStore;
+use amistore_core::storage::{BucketName, BucketPath, ObjectKey};
+use amistore_core::task::{QuotaLimits, Task, TaskKind, TaskState, iso8601_millis};
+use amistore_local::Progress;
+use amistore_local::embedded::{LocalEngine, LocalOptions, Recovery};
+use anyhow::{Result, anyhow, bail};
+use clap::Args;
+use serde_json::{Value, json};
+
+use crate::progress::Bar;
+
+/// Quota limits (the seed's defaults).
+#[derive(Args, Clone, Copy)]
+pub struct Limits {
+    /// Admit store tasks while fewer GiB than this are in progress.
+    #[arg(
+        long,
+        global = true,
+        env = "AMISTORE_STORE_LIMIT_GIB",
+        default_value_t = 600
+    )]
+    store_limit_gib: u64,
+    /// Admit restore tasks while fewer GiB than this are in progress.
+    #[arg(
+        long,
+        global = true,
+        env = "AMISTORE_RESTORE_LIMIT_GIB",
+        default_value_t = 300
+    )]
+    restore_limit_gib: u64,
+}
+
+#[derive(Args)]
+pub struct StoreArgs {
+    /// The AMI to store.
+    #[arg(long)]
+    image_id: ImageId,
+    /// BUCKET or BUCKET/PATH; the object is PATH/<ami-id>.bin.
+    #[arg(long)]
+    bucket: BucketPath,
+    /// Tag for the object, KEY=VALUE (repeatable, at most 10).
+    #[arg(long = "s3-object-tag", value_name = "KEY=VALUE")]
+    object_tags: Vec<Tag>,
+}
+
+#[derive(Args)]
+pub struct RestoreArgs {
+    /// Bucket holding the archive.
+    #[arg(long)]
+    bucket: BucketName,
+    /// The archive's key, e.g. p1/p2/ami-0123456789abcdef0.bin.
+    #[arg(long)]
+    object_key: ObjectKey,
+    /// Name of the new AMI [default: the stored AMI's name].
+    #[arg(long)]
+    name: Option<ImageName>,
+    /// Tag for the new image or its snapshots: image:KEY=VALUE or
+    /// snapshot:KEY=VALUE (repeatable).
+    #[arg(long = "tag-specification", value_name = "image|snapshot:KEY=VALUE", value_parser = parse_tag_spec)]
+    tags: Vec<(bool, Tag)>,
+}
+
+#[derive(Args)]
+pub struct DescribeArgs {
+    /// Show the latest task of this AMI (repeatable, at most 20; filters are then ignored).
+    #[arg(long = "image-id")]
+    image_ids: Vec<ImageId>,
+    /// NAME=VALUE[,VALUE…] or Name=NAME,Values=VALUE[,VALUE…]; names: task-state, bucket.
+    #[arg(long = "filter", value_parser = parse_filter)]
+    filters: Vec<(String, Vec<String>)>,
+    /// Page size, 1 to 200.
+    #[arg(long)]
+    max_results: Option<u32>,
+    /// Token from a previous page.
+    #[arg(long)]
+    next_token: Option<String>,
+}
+
+fn parse_tag_spec(s: &str) -> Result<(bool, Tag)> {
+    let (kind, tag) = s
+        .split_once(':')
+        .ok_or_else(|| anyhow!("{s:?} is not image:KEY=VALUE or snapshot:KEY=VALUE"))?;
+    let for_image = match kind {
+        "image" => true,
+        "snapshot" => false,
+        other => bail!("resource type {other:?} is not image or snapshot"),
+    };
+    Ok((for_image, tag.parse()?))
+}
+
+fn parse_filter(s: &str) -> Result<(String, Vec<String>)> {
+    let split = |v: &str| v.split(',').map(str::to_owned).collect::<Vec<_>>();
+    if let Some(rest) = s.strip_prefix("Name=") {
+        let (name, values) = rest
+            .split_once(",Values=")
+            .ok_or_else(|| anyhow!("filter {s:?} is not Name=NAME,Values=V1,V2"))?;
+        return Ok((name.to_owned(), split(values)));
+    }
+    let (name, values) = s
+        .split_once('=')
+        .ok_or_else(|| anyhow!("filter {s:?} is not NAME=VALUE[,VALUE…]"))?;
+    Ok((name.to_owned(), split(values)))
+}
+
+/// Opens the embedded engine, failing cleanly any task an earlier process left
+/// behind when it died.
+fn open(data_dir: &Path, limits: Limits, bar: Option<&Bar>) -> Result<LocalEngine> {
+    let options = LocalOptions {
+        limits: QuotaLimits {
+            store_gib: limits.store_limit_gib,
+            restore_gib: limits.restore_limit_gib,
+        },
+        ..LocalOptions::default()
+    };
+    let progress = bar.map(|b| {
+        let handle = b.handle();
+        Arc::new(move |_: &TaskId, bytes: u64| handle.inc(bytes)) as _
+    });
+    let local = LocalEngine::open(data_dir, options, progress)?;
+    for task in local.recover(Recovery::Fail)? {
+        eprintln!(
+            "amistore: task {task} was interrupted when its process stopped; it is now Failed"
+        );
+    }
+    Ok(local)
+}
+
+fn wait_for(local: &LocalEngine, task: &Task) -> Result<Task> {
+    let done = local.wait(&task.id)?;
+    match done.state {
+        TaskState::Completed => Ok(done),
+        TaskState::Failed => bail!(
+            "task {} failed: {}",
+            done.id,
+            done.failure_reason
+                .as_deref()
+                .unwrap_or("no reason recorded")
+        ),
+        TaskState::InProgress => bail!("task {} stopped while still in progress", done.id),
+    }
+}
+
+pub fn store(args: StoreArgs, data_dir: &Path, limits: Limits, quiet: bool) -> Result<ExitCode> {
+    let mut bar = Bar::new("storing", quiet);
+    let local = open(data_dir, limits, Some(&bar))?;
+    let account = AccountId::local_default();
+    let image = local.library.get(&account, &args.image_id)?;
+    let mut present = 0;
+    for s in &image.snapshots {
+        present += local
+            .library
+            .list_blocks(&account, &s.snapshot_id)?
+            .present_count()
+            * BLOCK_SIZE;
+    }
+    let task = local.engine.create_store_task(
+        &account,
+        &StoreRequest {
+            image_id: args.image_id,
+            bucket: args.bucket,
+            object_tags: args.object_tags,
+        },
+    )?;
+    bar.begin(present);
+    let done = wait_for(&local, &task)?;
+    drop(bar);
+    println!("{}", done.key);
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn restore(
+    args: RestoreArgs,
+    data_dir: &Path,
+    limits: Limits,
+    quiet: bool,
+) -> Result<ExitCode> {
+    let mut bar = Bar::new("restoring", quiet);
+    let local = open(data_dir, limits, Some(&bar))?;
+    let account = AccountId::local_default();
+    let (image_tags, snapshot_tags): (Vec<_>, Vec<_>) =
+        args.tags.into_iter().partition(|(i, _)| *i);
+    let task = local.engine.create_restore_task(
+        &account,
+        &RestoreRequest {
+            bucket: args.bucket.clone(),
+            key: args.object_key.clone(),
+            name: args.name,
+            image_tags: image_tags.into_iter().map(|(_, t)| t).collect(),
+            snapshot_tags: snapshot_tags.into_iter().map(|(_, t)| t).collect(),
+        },
+    )?;
+    // The object was opened by intake already; opening it again for the bar's
+    // total costs one tail read.
+    if let Ok(file) = local.buckets.open_object(&args.bucket, &args.object_key)
+        && let Ok(index) = ArchiveIndex::open(&file)
+    {
+        bar.begin(index.manifest().present_bytes());
+    }
+    let done = wait_for(&local, &task)?;
+    drop(bar);
+    let image = done
+        .image_id
+        .ok_or_else(|| anyhow!("task {} completed without an image", done.id))?;
+    println!("{image}");
+    Ok(ExitCode::SUCCESS)
+}
+
+/// A task as the AWS CLI prints a StoreImageTaskResult.
+pub fn store_task_json(task: &Task) -> Value {
+    let mut item = json!({
+        "AmiId": task.image_id.as_ref().map(|i| i.as_str()),
+        "TaskStartTime": iso8601_millis(task.started_at_ms),
+        "Bucket": task.bucket.as_str(),
+        "S3objectKey": task.key.as_str(),
+        "ProgressPercentage": task.progress_percent(),
+        "StoreTaskState": task.state.as_str(),
+    });
+    if let Some(reason) = &task.failure_reason {
+        item["StoreTaskFailureReason"] = json!(reason);
+    }
+    item
+}
+
+pub fn describe_store(args: DescribeArgs, data_dir: &Path, limits: Limits) -> Result<ExitCode> {
+    let local = open(data_dir, limits, None)?;
+    let account = AccountId::local_default();
+    let tasks = local
+        .engine
+        .tasks
+        .list(&account, TaskKind::Store, now_ms())?;
+    let page = describe(
+        &local.engine.config.token_key,
+        &account,
+        TaskKind::Store,
+        tasks,
+        &DescribeQuery {
+            image_ids: args.image_ids,
+            filters: args.filters,
+            max_results: args.max_results,
+            next_token: args.next_token,
+        },
+    )?;
+    let mut out = json!({
+        "StoreImageTaskResults": page.tasks.iter().map(store_task_json).collect::<Vec<_>>(),
+    });
+    if let Some(token) = page.next_token {
+        out["NextToken"] = json!(token);
+    }
+    println!("{}", serde_json::to_string_pretty(&out)?);
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,161 @@
+//! The restore workflow's steps, each idempotent like the store's:
+//!
+//! - plan: open the archive (its tail only) and count its units.
+//! - unit: read one unit with ranged reads, verify it (zstd checksums, hole
+//!   frames, its BLAKE3 hash), and write its present blocks, zero ones included,
+//!   to the new snapshot. Absent blocks are never written. A unit's blocks are
+//!   written before it is recorded, so a retry rewrites the same blocks.
+//! - finalize: complete the snapshots and make the image `available`.
+//! - fail: mark the image and its snapshots `failed`, with the reason.
+
+use crate::archive::{ArchiveIndex, Decoded, read_units};
+use crate::engine::{Engine, now_ms};
+use crate::ids::{ImageId, ResourceState, TaskId};
+use crate::ports::{Image, ObjectReader};
+use crate::task::{Task, TaskState};
+use crate::{Error, Result};
+
+impl Engine {
+    fn restore_image(&self, task: &Task) -> Result<(ImageId, Image)> {
+        let id = task.image_id.clone().ok_or_else(|| {
+            Error::IncorrectState(format!("restore task {} has no image yet", task.id))
+        })?;
+        let image = self.catalog.describe_image(&task.account, &id)?;
+        Ok((id, image))
+    }
+
+    /// Opens the task's archive and checks it still fits the image being made
+    /// (the object could have been replaced since intake).
+    fn open_source<'a>(
+        &'a self,
+        task: &'a Task,
+        image: &Image,
+    ) -> Result<(ObjectReader<'a>, ArchiveIndex)> {
+        let info = self
+            .objects
+            .head_object(&task.bucket, &task.key)?
+            .ok_or_else(|| {
+                Error::NotFound(format!(
+                    "object {} no longer exists in bucket {}",
+                    task.key, task.bucket
+                ))
+            })?;
+        let reader = ObjectReader::new(&*self.objects, &task.bucket, &task.key, info.size);
+        let index = ArchiveIndex::open(&reader)?;
+        let disks = &index.manifest().disks;
+        let fits = disks.len() == image.snapshots.len()
+            && disks
+                .iter()
+                .zip(&image.snapshots)
+                .all(|(d, s)| d.volume_size == s.volume_size);
+        if !fits {
+            return Err(Error::Malformed(format!(
+                "{} changed during the restore: its disks no longer match image {}",
+                task.key, image.image_id
+            )));
+        }
+        Ok((reader, index))
+    }
+
+    /// Plans a restore task; returns how many units it has.
+    pub fn plan_restore(&self, id: &TaskId) -> Result<u64> {
+        let task = self.running_task(id)?;
+        let (_, image) = self.restore_image(&task)?;
+        let (_, index) = self.open_source(&task, &image)?;
+        let units = index.manifest().units.len() as u64;
+        self.tasks.set_units_total(id, units)?;
+        Ok(units)
+    }
+
+    /// Restores unit `unit`'s present blocks into the new snapshots.
+    pub fn restore_unit(&self, id: &TaskId, unit: u64) -> Result<()> {
+        let task = self.running_task(id)?;
+        if self.tasks.units(id)?.iter().any(|(u, _)| *u == unit) {
+            return Ok(());
+        }
+        let (_, image) = self.restore_image(&task)?;
+        let (reader, index) = self.open_source(&task, &image)?;
+        let index_of = usize::try_from(unit)
+            .ok()
+            .filter(|&u| u < index.manifest().units.len())
+            .ok_or_else(|| Error::InvalidInput(format!("task {id} has no unit {unit}")))?;
+        // Blocks are written as frames decode, before the unit's hash is checked
+        // at its end. A unit that fails its check fails the task, and a failed
+        // image is never made available, so no unverified data is ever served.
+        read_units(
+            &index,
+            &reader,
+            index_of..index_of + 1,
+            self.config.unit_threads,
+            |decoded| {
+                if let Decoded::Data {
+                    disk,
+                    first_block,
+                    bytes,
+                    ..
+                } = decoded
+                {
+                    let snapshot = &image.snapshots[disk].snapshot_id;
+                    self.snapshots.write_blocks(snapshot, first_block, &bytes)?;
+                    self.report(id, bytes.len() as u64);
+                }
+                Ok(())
+            },
+        )?;
+        self.tasks.record_unit(id, unit, "{}")?;
+        Ok(())
+    }
+
+    /// Completes a restore: seals the snapshots, makes the image available.
+    pub fn finalize_restore(&self, id: &TaskId) -> Result<()> {
+        let task = self.running_task(id)?;
+        let (image_id, image) = self.restore_image(&task)?;
+        let (_, index) = self.open_source(&task, &image)?;
+        let recorded = self.tasks.units(id)?.len();
+        let units = index.manifest().units.len();
+        if recorded != units {
+            return Err(Error::IncorrectState(format!(
+                "task {id} has restored {recorded} of {units} units"
+            )));
+        }
+        for (disk, snapshot) in index.manifest().disks.iter().zip(&image.snapshots) {
+            self.snapshots
+                .complete_snapshot(&snapshot.snapshot_id, disk.present.present_count())?;
+        }
+        self.catalog
+            .set_image_state(&task.account, &image_id, ResourceState::Available, None)?;
+        self.tasks
+            .finish(id, TaskState::Completed, None, now_ms())?;
+        self.drop_work(id);
+        Ok(())
+    }
+
+    /// Fails a restore task: its image and snapshots become `failed`.
+    pub fn fail_restore(&self, id: &TaskId, reason: &str) -> Result<()> {
+        let task = self.task(id)?;
+        if task.state != TaskState::InProgress {
+            return Ok(());
+        }
+        // The image may have been registered just before a crash, before the
+        // task learnt its id: the registration token finds it.
+        let image = match &task.image_id {
+            Some(image) => Some(image.clone()),
+            None => self
+                .catalog
+                .find_image_by_token(&task.account, task.id.as_str())?
+                .map(|i| i.image_id),
+        };
+        if let Some(image) = image {
+            self.catalog.set_image_state(
+                &task.account,
+                &image,
+                ResourceState::Failed,
+                Some(reason),
+            )?;
+        }
+        self.tasks
+            .finish(id, TaskState::Failed, Some(reason), now_ms())?;
+        self.drop_work(id);
+        Ok(())
+    }
+}

@@ -1,0 +1,269 @@
+//! The store workflow's steps. Each is idempotent, so Step Functions (or the
+//! local runner) may retry it, and a task interrupted anywhere can be resumed:
+//!
+//! - plan: list the snapshots' present blocks and cut units. The plan is saved
+//!   once and reused by every later attempt, so recorded units stay valid.
+//! - unit: encode one unit into a spool file, upload it as part `unit + 1`, and
+//!   record it. A recorded unit is skipped; a retried one is counted once.
+//! - finalize: build the manifest and seek table from the unit records, upload
+//!   them as the last part, complete the upload, check the object, and mark the
+//!   task Completed (releasing its quota).
+//! - fail: abort the upload (and remove an object a failed finalize completed),
+//!   and mark the task Failed with the reason (releasing its quota).
+
+use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
+
+use crate::archive::{ArchiveIndex, ArchivePlan, BlockSource, DiskSource, UnitRecord, encode_unit};
+use crate::engine::{Engine, SpoolFile, now_ms};
+use crate::ids::{SnapshotId, TaskId};
+use crate::ports::{CompletedPart, ObjectReader, SnapshotStore};
+use crate::task::{Task, TaskState};
+use crate::{Error, Result};
+
+/// Work-store name of a store task's plan.
+pub const PLAN: &str = "plan.json";
+
+/// A unit as recorded in the task store: its part's ETag and what the final
+/// part needs.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StoredUnit {
+    /// ETag of the part.
+    pub etag: String,
+    /// The unit's record.
+    pub record: UnitRecord,
+}
+
+/// A store task's plan: the archive plan and the snapshots its disks read.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StorePlan {
+    /// The archive.
+    pub archive: ArchivePlan,
+    /// Snapshot of each disk.
+    pub snapshots: Vec<SnapshotId>,
+}
+
+/// Reads blocks of an image's snapshots through the snapshot port.
+struct SnapshotBlocks<'a> {
+    store: &'a dyn SnapshotStore,
+    snapshots: &'a [SnapshotId],
+}
+
+impl BlockSource for SnapshotBlocks<'_> {
+    fn read_blocks(&self, disk: usize, first_block: u64, buf: &mut [u8]) -> Result<()> {
+        let snapshot = self.snapshots.get(disk).ok_or_else(|| {
+            Error::InvalidInput(format!("the plan has no snapshot for disk {disk}"))
+        })?;
+        self.store.read_blocks(snapshot, first_block, buf)
+    }
+}
+
+fn upload_of(task: &Task) -> Result<&str> {
+    task.upload_id
+        .as_deref()
+        .ok_or_else(|| Error::IncorrectState(format!("task {} has no upload", task.id)))
+}
+
+impl Engine {
+    fn store_plan(&self, task: &TaskId) -> Result<StorePlan> {
+        self.get_work(task, PLAN)?
+            .ok_or_else(|| Error::IncorrectState(format!("task {task} has not been planned")))
+    }
+
+    /// Plans a store task; returns how many units it has.
+    pub fn plan_store(&self, id: &TaskId) -> Result<u64> {
+        let task = self.running_task(id)?;
+        if let Some(plan) = self.get_work::<StorePlan>(id, PLAN)? {
+            return Ok(plan.archive.units.len() as u64);
+        }
+        let image_id = task
+            .image_id
+            .as_ref()
+            .ok_or_else(|| Error::IncorrectState(format!("store task {id} names no image")))?;
+        let image = self.catalog.describe_image(&task.account, image_id)?;
+        let mut sources = Vec::with_capacity(image.snapshots.len());
+        for s in &image.snapshots {
+            sources.push(DiskSource {
+                device_name: s.device_name.clone(),
+                snapshot_id: Some(s.snapshot_id.to_string()),
+                volume_size: s.volume_size,
+                present: self.snapshots.list_blocks(&task.account, &s.snapshot_id)?,
+                tags: s.tags.clone(),
+            });
+        }
+        let mut metadata = image.metadata.clone();
+        metadata.source_image_id = Some(image.image_id.to_string());
+        metadata.owner_id = Some(image.owner_id.to_string());
+        metadata.creation_date = Some(image.creation_date.clone());
+        let stored_at =
+            OffsetDateTime::from_unix_timestamp_nanos(i128::from(task.started_at_ms) * 1_000_000)
+                .map_err(|e| Error::InvalidInput(format!("task start out of range: {e}")))?;
+        let archive = ArchivePlan::with_min_unit_blocks(
+            metadata,
+            sources,
+            stored_at,
+            self.config.min_unit_blocks,
+        )?
+        .with_min_part_size(self.config.min_part_size);
+        let units = archive.units.len() as u64;
+        let plan = StorePlan {
+            archive,
+            snapshots: image
+                .snapshots
+                .iter()
+                .map(|s| s.snapshot_id.clone())
+                .collect(),
+        };
+        self.put_work(id, PLAN, &plan)?;
+        self.tasks.set_units_total(id, units)?;
+        Ok(units)
+    }
+
+    /// Writes unit `unit` of a store task as part `unit + 1`.
+    pub fn store_unit(&self, id: &TaskId, unit: u64) -> Result<()> {
+        let task = self.running_task(id)?;
+        if self.tasks.units(id)?.iter().any(|(u, _)| *u == unit) {
+            return Ok(());
+        }
+        let upload = upload_of(&task)?;
+        let plan = self.store_plan(id)?;
+        let index = usize::try_from(unit)
+            .ok()
+            .filter(|&u| u < plan.archive.units.len())
+            .ok_or_else(|| Error::InvalidInput(format!("task {id} has no unit {unit}")))?;
+        let source = SnapshotBlocks {
+            store: &*self.snapshots,
+            snapshots: &plan.snapshots,
+        };
+        let (spool, record) =
+            SpoolFile::write(&self.config.spool_dir, &format!("{id}-{unit}"), |out| {
+                let (_, record) = encode_unit(
+                    &plan.archive,
+                    index,
+                    &source,
+                    self.config.unit_threads,
+                    out,
+                    &mut |bytes| self.report(id, bytes),
+                )?;
+                Ok(record)
+            })?;
+        let etag = self.objects.upload_part(
+            &task.bucket,
+            &task.key,
+            upload,
+            part_number(unit)?,
+            &spool.path,
+        )?;
+        let json = serde_json::to_string(&StoredUnit { etag, record })
+            .map_err(|e| Error::InvalidInput(format!("unit record does not serialise: {e}")))?;
+        self.tasks.record_unit(id, unit, &json)?;
+        Ok(())
+    }
+
+    /// Completes a store task: final part, CompleteMultipartUpload, checks.
+    pub fn finalize_store(&self, id: &TaskId) -> Result<()> {
+        let task = self.running_task(id)?;
+        let upload = upload_of(&task)?;
+        let plan = self.store_plan(id)?;
+        let mut parts = Vec::new();
+        let mut records = Vec::new();
+        for (unit, json) in self.tasks.units(id)? {
+            let stored: StoredUnit = serde_json::from_str(&json).map_err(|e| {
+                Error::Malformed(format!(
+                    "record of unit {unit} of task {id} is damaged: {e}"
+                ))
+            })?;
+            parts.push(CompletedPart {
+                part_number: part_number(unit)?,
+                etag: stored.etag,
+            });
+            records.push(stored.record);
+        }
+        let last = plan.archive.final_part(&records)?;
+        let expected_size: u64 =
+            records.iter().map(|r| r.compressed_len).sum::<u64>() + last.bytes.len() as u64;
+        let (spool, ()) =
+            SpoolFile::write(&self.config.spool_dir, &format!("{id}-final"), |out| {
+                std::io::Write::write_all(out, &last.bytes)
+                    .map_err(|e| Error::io("writing the final part", e))
+            })?;
+        let final_number = part_number(records.len() as u64)?;
+        let completed = self
+            .objects
+            .upload_part(&task.bucket, &task.key, upload, final_number, &spool.path)
+            .and_then(|etag| {
+                parts.push(CompletedPart {
+                    part_number: final_number,
+                    etag,
+                });
+                self.objects
+                    .complete_multipart(&task.bucket, &task.key, upload, &parts)
+            });
+        if let Err(e) = completed {
+            // An earlier attempt may have completed the upload and then failed.
+            let done = matches!(
+                self.objects.head_object(&task.bucket, &task.key),
+                Ok(Some(info)) if info.size == expected_size
+            );
+            if !done {
+                return Err(e);
+            }
+        }
+        // Check what S3 now holds: its size, and that it opens to our manifest.
+        let info = self
+            .objects
+            .head_object(&task.bucket, &task.key)?
+            .ok_or_else(|| Error::Transient(format!("{} is not visible yet", task.key)))?;
+        if info.size != expected_size {
+            return Err(Error::Malformed(format!(
+                "the completed object is {} bytes; its parts add up to {expected_size}",
+                info.size
+            )));
+        }
+        let reader = ObjectReader::new(&*self.objects, &task.bucket, &task.key, info.size);
+        let index = ArchiveIndex::open(&reader)?;
+        if *index.manifest() != last.manifest {
+            return Err(Error::Malformed(
+                "the completed object's manifest differs from the one written".into(),
+            ));
+        }
+        self.tasks
+            .finish(id, TaskState::Completed, None, now_ms())?;
+        self.drop_work(id);
+        Ok(())
+    }
+
+    /// Fails a store task: nothing stays in the bucket, the quota is released.
+    pub fn fail_store(&self, id: &TaskId, reason: &str) -> Result<()> {
+        let task = self.task(id)?;
+        if task.state != TaskState::InProgress {
+            return Ok(());
+        }
+        if let Some(upload) = &task.upload_id {
+            match self
+                .objects
+                .abort_multipart(&task.bucket, &task.key, upload)
+            {
+                Ok(()) | Err(Error::NotFound(_)) => {}
+                Err(e) => return Err(e),
+            }
+            // A finalize that completed the upload and then failed its checks left
+            // an object that must not stay: the key was free when the task began.
+            self.objects.delete_object(&task.bucket, &task.key)?;
+        }
+        self.tasks
+            .finish(id, TaskState::Failed, Some(reason), now_ms())?;
+        self.drop_work(id);
+        Ok(())
+    }
+}
+
+/// Unit `unit` is uploaded as part `unit + 1` (part numbers start at 1).
+fn part_number(unit: u64) -> Result<u32> {
+    u32::try_from(unit + 1)
+        .ok()
+        .filter(|&n| n <= crate::archive::plan::MAX_PARTS as u32)
+        .ok_or_else(|| Error::InvalidInput(format!("unit {unit} is past S3's 10,000 parts")))
+}

@@ -1,0 +1,492 @@
+//! Contract suites: what every adapter of a port must do, written once and run
+//! against each adapter (the local ones in `amistore-local`'s tests, the AWS ones
+//! against moto). A failed expectation panics with what was expected; these are
+//! test helpers, compiled only with the `contract` feature.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Arc;
+
+use crate::Error;
+use crate::blocks::{BLOCK_SIZE, BlockRanges};
+use crate::ids::{AccountId, ImageId, ResourceState, TaskId};
+use crate::image::{Architecture, DeviceName, EbsMapping, ImageMetadata, VolumeType};
+use crate::ports::{CompletedPart, ImageCatalog, ObjectStore, SnapshotStore, TaskStore};
+use crate::storage::{BucketName, ObjectKey};
+use crate::task::{Task, TaskKind, TaskState};
+
+fn key(s: &str) -> ObjectKey {
+    s.parse().unwrap()
+}
+
+/// The object store contract. `bucket` exists and is empty; `missing` does not
+/// exist; `scratch` is a directory for part files; parts of `min_part` bytes are
+/// accepted as non-last parts.
+pub fn object_store(
+    store: &dyn ObjectStore,
+    bucket: &BucketName,
+    missing: &BucketName,
+    scratch: &Path,
+    min_part: usize,
+) {
+    assert!(store.bucket_exists(bucket).unwrap());
+    assert!(!store.bucket_exists(missing).unwrap());
+    let k = key("p1/p2/ami-0123456789abcdef0.bin");
+    assert!(matches!(
+        store.create_multipart(missing, &k, &BTreeMap::new(), &[]),
+        Err(Error::NotFound(_))
+    ));
+
+    // Multipart: parts in any order, a retried part replaces the first, the
+    // object appears whole only at completion, with its metadata and tags.
+    let metadata = BTreeMap::from([
+        ("ami-name".to_owned(), "contract".to_owned()),
+        ("ami-description".to_owned(), "=?UTF-8?B?w6k=?=".to_owned()),
+    ]);
+    let tags = vec!["team=storage".parse().unwrap(), "env=test".parse().unwrap()];
+    let upload = store
+        .create_multipart(bucket, &k, &metadata, &tags)
+        .unwrap();
+    let bodies: Vec<Vec<u8>> = vec![vec![1; min_part], vec![2; min_part + 7], vec![3; 10]];
+    let mut etags = BTreeMap::new();
+    for n in [3u32, 1, 2, 1] {
+        let path = scratch.join(format!("part{n}"));
+        let mut body = bodies[n as usize - 1].clone();
+        if etags.contains_key(&n) {
+            // The retry carries the same bytes; a first try with different ones
+            // must not survive it.
+        } else if n == 1 {
+            body = vec![9; min_part];
+        }
+        std::fs::write(&path, &body).unwrap();
+        let etag = store.upload_part(bucket, &k, &upload, n, &path).unwrap();
+        assert!(path.exists(), "the part file stays the caller's");
+        etags.insert(n, etag);
+    }
+    assert_eq!(
+        store.head_object(bucket, &k).unwrap(),
+        None,
+        "nothing before completion"
+    );
+    assert!(
+        store
+            .list_multipart_uploads(bucket)
+            .unwrap()
+            .contains(&(upload.clone(), k.clone()))
+    );
+    let parts: Vec<CompletedPart> = etags
+        .iter()
+        .map(|(&part_number, etag)| CompletedPart {
+            part_number,
+            etag: etag.clone(),
+        })
+        .collect();
+    store
+        .complete_multipart(bucket, &k, &upload, &parts)
+        .unwrap();
+    let size = bodies.iter().map(Vec::len).sum::<usize>() as u64;
+    let info = store
+        .head_object(bucket, &k)
+        .unwrap()
+        .expect("completed object");
+    assert_eq!(info.size, size);
+    assert_eq!(info.metadata, metadata);
+    let mut got_tags = info.tags.clone();
+    got_tags.sort_by(|a, b| a.key().cmp(b.key()));
+    assert_eq!(got_tags, vec![tags[1].clone(), tags[0].clone()]);
+    let edge = store
+        .get_range(bucket, &k, (min_part as u64 - 1)..(min_part as u64 + 1))
+        .unwrap();
+    assert_eq!(
+        edge,
+        vec![1, 2],
+        "the retried part 1 replaced the first try"
+    );
+    assert!(
+        !store
+            .list_multipart_uploads(bucket)
+            .unwrap()
+            .iter()
+            .any(|(u, _)| *u == upload)
+    );
+
+    // A failed completion publishes nothing; an aborted upload leaves nothing.
+    let k2 = key("aborted.bin");
+    let upload = store
+        .create_multipart(bucket, &k2, &BTreeMap::new(), &[])
+        .unwrap();
+    let small = scratch.join("small");
+    std::fs::write(&small, b"tiny").unwrap();
+    let e1 = store.upload_part(bucket, &k2, &upload, 1, &small).unwrap();
+    let e2 = store.upload_part(bucket, &k2, &upload, 2, &small).unwrap();
+    let too_small = [
+        CompletedPart {
+            part_number: 1,
+            etag: e1,
+        },
+        CompletedPart {
+            part_number: 2,
+            etag: e2,
+        },
+    ];
+    assert!(
+        store
+            .complete_multipart(bucket, &k2, &upload, &too_small)
+            .is_err()
+    );
+    assert_eq!(store.head_object(bucket, &k2).unwrap(), None);
+    store.abort_multipart(bucket, &k2, &upload).unwrap();
+    assert!(
+        !store
+            .list_multipart_uploads(bucket)
+            .unwrap()
+            .iter()
+            .any(|(u, _)| *u == upload)
+    );
+    assert!(matches!(
+        store.abort_multipart(bucket, &k2, &upload),
+        Err(Error::NotFound(_))
+    ));
+
+    // Small objects: put, read, delete (deleting twice is fine).
+    let k3 = key("tasks/t1/plan.json");
+    store.put_object(bucket, &k3, b"{\"plan\":1}").unwrap();
+    assert_eq!(store.head_object(bucket, &k3).unwrap().unwrap().size, 10);
+    assert_eq!(store.get_range(bucket, &k3, 2..6).unwrap(), b"plan");
+    store.delete_object(bucket, &k3).unwrap();
+    store.delete_object(bucket, &k3).unwrap();
+    assert_eq!(store.head_object(bucket, &k3).unwrap(), None);
+    store.delete_object(bucket, &k).unwrap();
+}
+
+fn task(
+    account: &AccountId,
+    kind: TaskKind,
+    image: Option<ImageId>,
+    bucket: &str,
+    gib: u64,
+    t: i64,
+) -> Task {
+    Task::start(
+        kind,
+        account.clone(),
+        image,
+        bucket.parse().unwrap(),
+        "k/x.bin".parse().unwrap(),
+        gib,
+        t,
+    )
+}
+
+/// The task store contract, on an empty store.
+pub fn task_store(store: Arc<dyn TaskStore>) {
+    let me: AccountId = "123456789012".parse().unwrap();
+    let other: AccountId = "210987654321".parse().unwrap();
+    let store_kind = TaskKind::Store;
+
+    // The seed's example: 100 + 200 in progress admits; a lone 800 blocks.
+    let a = task(&me, store_kind, Some(ImageId::fresh()), "bkt", 100, 1);
+    let b = task(&me, store_kind, Some(ImageId::fresh()), "bkt", 200, 2);
+    store.admit(&a, 600).unwrap();
+    store.admit(&b, 600).unwrap();
+    // One store of an image into a bucket at a time (checked below the limit).
+    let again = Task {
+        id: TaskId::fresh(),
+        started_at_ms: 8,
+        ..a.clone()
+    };
+    assert!(matches!(
+        store.admit(&again, 600),
+        Err(Error::AlreadyExists(_))
+    ));
+
+    let c = task(&me, store_kind, Some(ImageId::fresh()), "bkt", 800, 3);
+    store.admit(&c, 600).unwrap();
+    assert_eq!(store.in_progress_gib(&me, store_kind).unwrap(), 1100);
+    let refused = task(&me, store_kind, Some(ImageId::fresh()), "bkt", 1, 4);
+    assert!(matches!(
+        store.admit(&refused, 600),
+        Err(Error::LimitExceeded(_))
+    ));
+    assert_eq!(
+        store.get(&refused.id).unwrap(),
+        None,
+        "a refused task is not stored"
+    );
+    let big = task(&other, store_kind, Some(ImageId::fresh()), "bkt", 800, 5);
+    store.admit(&big, 600).unwrap();
+    assert!(matches!(
+        store.admit(
+            &task(&other, store_kind, Some(ImageId::fresh()), "bkt", 1, 6),
+            600
+        ),
+        Err(Error::LimitExceeded(_))
+    ));
+    // Restores count separately.
+    let r = task(&other, TaskKind::Restore, None, "bkt", 10, 7);
+    store.admit(&r, 300).unwrap();
+    assert_eq!(
+        store.in_progress_gib(&other, TaskKind::Restore).unwrap(),
+        10
+    );
+
+    // Setters, units counted once, release exactly once.
+    store.set_upload(&a.id, "upload-1").unwrap();
+    store.set_units_total(&a.id, 3).unwrap();
+    let img = ImageId::fresh();
+    store.set_image(&r.id, &img).unwrap();
+    assert_eq!(store.get(&r.id).unwrap().unwrap().image_id, Some(img));
+    assert!(store.record_unit(&a.id, 1, "{\"u\":1}").unwrap());
+    assert!(!store.record_unit(&a.id, 1, "{\"u\":\"retry\"}").unwrap());
+    assert!(store.record_unit(&a.id, 0, "{\"u\":0}").unwrap());
+    let got = store.get(&a.id).unwrap().unwrap();
+    assert_eq!(
+        (got.units_done, got.units_total, got.upload_id.as_deref()),
+        (2, 3, Some("upload-1"))
+    );
+    assert_eq!(
+        store.units(&a.id).unwrap(),
+        vec![(0, "{\"u\":0}".to_owned()), (1, "{\"u\":1}".to_owned())]
+    );
+    assert!(
+        store
+            .finish(&a.id, TaskState::Failed, Some("disk on fire"), 10)
+            .unwrap()
+    );
+    assert!(!store.finish(&a.id, TaskState::Completed, None, 11).unwrap());
+    assert_eq!(store.in_progress_gib(&me, store_kind).unwrap(), 1000);
+    let failed = store.get(&a.id).unwrap().unwrap();
+    assert_eq!(
+        (failed.state, failed.failure_reason.as_deref()),
+        (TaskState::Failed, Some("disk on fire"))
+    );
+    store
+        .admit(&again, 600)
+        .expect_err("still 1000 GiB in progress");
+    for t in [&b, &c] {
+        assert!(store.finish(&t.id, TaskState::Completed, None, 12).unwrap());
+    }
+    assert_eq!(store.in_progress_gib(&me, store_kind).unwrap(), 0);
+    store.admit(&again, 600).unwrap();
+
+    // Listing: per account and kind, newest first, within 31 days.
+    let day = 86_400_000;
+    let listed: Vec<TaskId> = store
+        .list(&me, store_kind, 20)
+        .unwrap()
+        .into_iter()
+        .map(|t| t.id)
+        .collect();
+    assert_eq!(
+        listed,
+        vec![again.id.clone(), c.id.clone(), b.id.clone(), a.id.clone()]
+    );
+    assert!(
+        store
+            .list(&me, store_kind, 31 * day + 2)
+            .unwrap()
+            .iter()
+            .all(|t| t.started_at_ms > 2)
+    );
+    assert_eq!(store.list(&other, TaskKind::Restore, 20).unwrap().len(), 1);
+    let live: Vec<TaskId> = store
+        .in_progress()
+        .unwrap()
+        .into_iter()
+        .map(|t| t.id)
+        .collect();
+    assert_eq!(live, vec![big.id, r.id, again.id]);
+}
+
+/// The image catalog and snapshot store contract: a restore's sequence, then a
+/// store's reads. `account` starts with no images.
+pub fn catalog_and_snapshots(
+    catalog: &dyn ImageCatalog,
+    snapshots: &dyn SnapshotStore,
+    account: &AccountId,
+) {
+    let other: AccountId = "999999999999".parse().unwrap();
+    let volume = 8 * BLOCK_SIZE;
+    let s0 = snapshots
+        .start_snapshot(account, volume, &["disk=root".parse().unwrap()], "ct-0")
+        .unwrap();
+    assert_eq!(
+        snapshots
+            .start_snapshot(account, volume, &[], "ct-0")
+            .unwrap(),
+        s0,
+        "idempotent by token"
+    );
+    let s1 = snapshots
+        .start_snapshot(account, 2 * BLOCK_SIZE, &[], "ct-1")
+        .unwrap();
+    assert_ne!(s0, s1);
+
+    let mut data = vec![0u8; 2 * BLOCK_SIZE as usize];
+    data[..BLOCK_SIZE as usize].fill(0xab);
+    snapshots.write_blocks(&s0, 3, &data).unwrap(); // block 3 data, block 4 written zeros
+    snapshots.write_blocks(&s0, 3, &data).unwrap(); // rewriting is harmless
+    assert!(
+        snapshots.write_blocks(&s0, 7, &data).is_err(),
+        "past the end"
+    );
+    assert!(
+        snapshots.complete_snapshot(&s0, 5).is_err(),
+        "wrong changed-block count"
+    );
+    snapshots.complete_snapshot(&s0, 2).unwrap();
+    snapshots.complete_snapshot(&s1, 0).unwrap();
+
+    let name = "contract image".parse().unwrap();
+    assert!(!catalog.image_name_taken(account, &name).unwrap());
+    let mapping = |device: &str, disk: usize, gib: u64| crate::image::BlockDeviceMapping {
+        device_name: device.parse::<DeviceName>().unwrap(),
+        ebs: Some(EbsMapping {
+            disk: Some(disk),
+            volume_size_gib: gib,
+            volume_type: VolumeType::Gp3,
+            iops: Some(3000),
+            throughput: Some(125),
+            delete_on_termination: true,
+            encrypted: false,
+        }),
+        virtual_name: None,
+        no_device: false,
+    };
+    let metadata = ImageMetadata {
+        description: Some("from the contract".into()),
+        block_device_mappings: vec![mapping("/dev/xvda", 0, 1), mapping("/dev/xvdb", 1, 1)],
+        tags: vec!["Name=contract".parse().unwrap()],
+        ..ImageMetadata::minimal(
+            name.clone(),
+            Architecture::Arm64,
+            "/dev/xvda".parse().unwrap(),
+        )
+    };
+    let id = catalog
+        .register_image(account, &metadata, &[s0.clone(), s1.clone()], "img-token")
+        .unwrap();
+    assert_eq!(
+        catalog
+            .register_image(account, &metadata, &[s0.clone(), s1.clone()], "img-token")
+            .unwrap(),
+        id,
+        "idempotent by token"
+    );
+    assert!(catalog.image_name_taken(account, &name).unwrap());
+    assert!(!catalog.image_name_taken(&other, &name).unwrap());
+    let image = catalog.describe_image(account, &id).unwrap();
+    assert_eq!(image.state, ResourceState::Pending);
+    assert_eq!(image.owner_id, *account);
+    assert_eq!(
+        image.metadata.description.as_deref(),
+        Some("from the contract")
+    );
+    assert_eq!(
+        image.metadata.block_device_mappings,
+        metadata.block_device_mappings
+    );
+    assert_eq!(image.metadata.tags, metadata.tags);
+    let snaps: Vec<_> = image
+        .snapshots
+        .iter()
+        .map(|s| {
+            (
+                s.snapshot_id.clone(),
+                s.device_name.to_string(),
+                s.volume_size,
+            )
+        })
+        .collect();
+    assert_eq!(
+        snaps,
+        vec![
+            (s0.clone(), "/dev/xvda".into(), volume),
+            (s1.clone(), "/dev/xvdb".into(), 2 * BLOCK_SIZE)
+        ]
+    );
+    assert_eq!(image.snapshots[0].tags, vec!["disk=root".parse().unwrap()]);
+    assert_eq!(
+        catalog
+            .find_image_by_token(account, "img-token")
+            .unwrap()
+            .map(|i| i.image_id),
+        Some(id.clone())
+    );
+    assert_eq!(catalog.find_image_by_token(account, "nope").unwrap(), None);
+    let mut other_meta = metadata.clone();
+    other_meta.block_device_mappings.truncate(1);
+    let s2 = snapshots
+        .start_snapshot(account, volume, &[], "ct-2")
+        .unwrap();
+    assert!(matches!(
+        catalog.register_image(
+            account,
+            &other_meta,
+            std::slice::from_ref(&s2),
+            "img-token-2"
+        ),
+        Err(Error::AlreadyExists(_))
+    ));
+    snapshots.delete_snapshot(&s2).unwrap();
+
+    catalog
+        .set_image_state(account, &id, ResourceState::Available, None)
+        .unwrap();
+    let image = catalog.describe_image(account, &id).unwrap();
+    assert_eq!(image.state, ResourceState::Available);
+    assert!(
+        image
+            .snapshots
+            .iter()
+            .all(|s| s.state == ResourceState::Available)
+    );
+
+    // What a store reads back: present blocks (written zeros included) and data.
+    assert_eq!(
+        snapshots.list_blocks(account, &s0).unwrap(),
+        BlockRanges::from_unsorted(vec![3..5])
+    );
+    assert_eq!(
+        snapshots.list_blocks(account, &s1).unwrap(),
+        BlockRanges::default()
+    );
+    let mut back = vec![1u8; 3 * BLOCK_SIZE as usize];
+    snapshots.read_blocks(&s0, 2, &mut back).unwrap();
+    assert!(
+        back[..BLOCK_SIZE as usize].iter().all(|&b| b == 0),
+        "absent blocks read as zeros"
+    );
+    assert_eq!(&back[BLOCK_SIZE as usize..], &data[..]);
+
+    // Other accounts see nothing.
+    assert!(matches!(
+        catalog.describe_image(&other, &id),
+        Err(Error::NotFound(_))
+    ));
+    assert!(matches!(
+        snapshots.list_blocks(&other, &s0),
+        Err(Error::NotFound(_))
+    ));
+    assert!(matches!(
+        catalog.describe_image(account, &ImageId::fresh()),
+        Err(Error::NotFound(_))
+    ));
+
+    catalog
+        .set_image_state(account, &id, ResourceState::Failed, Some("contract"))
+        .unwrap();
+    let failed = catalog.describe_image(account, &id).unwrap();
+    assert_eq!(
+        (failed.state, failed.state_reason.as_deref()),
+        (ResourceState::Failed, Some("contract"))
+    );
+    assert!(
+        failed
+            .snapshots
+            .iter()
+            .all(|s| s.state == ResourceState::Failed)
+    );
+}

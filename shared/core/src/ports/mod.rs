@@ -1,0 +1,337 @@
+//! The engine's ports: small traits, in amistore's own types, over everything the
+//! store and restore workflows touch. Local adapters (a data directory) and AWS
+//! adapters (EC2, EBS direct APIs, S3, DynamoDB, Step Functions) implement them;
+//! no SDK type ever crosses one.
+//!
+//! The ports are synchronous. The engine's heavy work (compression, hashing) runs
+//! on threads, and an adapter over an async SDK bridges with its runtime's handle.
+//! Every method reports failures as [`Error`]: [`Error::NotFound`] for what the
+//! caller cannot see, [`Error::Transient`] for what may pass on retry.
+
+use std::collections::BTreeMap;
+use std::ops::Range;
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+use crate::blocks::BlockRanges;
+use crate::ids::{AccountId, ImageId, ResourceState, SnapshotId, TaskId};
+use crate::image::{DeviceName, ImageMetadata, ImageName, Tag};
+use crate::storage::{BucketName, ObjectKey};
+use crate::task::{Task, TaskKind, TaskState};
+use crate::{Error, Result};
+
+/// A snapshot as the image catalog describes it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Snapshot {
+    /// The snapshot's id.
+    pub snapshot_id: SnapshotId,
+    /// Device the image maps it to.
+    pub device_name: DeviceName,
+    /// Volume size in bytes (a whole number of 512 KiB blocks).
+    pub volume_size: u64,
+    /// Lifecycle state.
+    pub state: ResourceState,
+    /// Snapshot tags.
+    #[serde(default)]
+    pub tags: Vec<Tag>,
+}
+
+/// An image as the image catalog describes it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Image {
+    /// The image's id.
+    pub image_id: ImageId,
+    /// Owning account.
+    pub owner_id: AccountId,
+    /// Lifecycle state.
+    pub state: ResourceState,
+    /// Why the image failed, if it did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state_reason: Option<String>,
+    /// Registration time (ISO 8601, UTC).
+    pub creation_date: String,
+    /// Metadata; `blockDeviceMappings[].ebs.disk` indexes `snapshots`.
+    pub metadata: ImageMetadata,
+    /// The snapshots, in disk order.
+    pub snapshots: Vec<Snapshot>,
+    /// The token the image was registered with, if any (makes registration
+    /// idempotent, and lets recovery find an image a crashed task registered).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_token: Option<String>,
+}
+
+impl Image {
+    /// Sum of the volume sizes in whole GiB: what a task on this image counts
+    /// against the quota.
+    pub fn size_gib(&self) -> u64 {
+        self.snapshots
+            .iter()
+            .map(|s| s.volume_size.div_ceil(crate::image::GIB))
+            .sum()
+    }
+}
+
+/// The image catalog: EC2's images and their snapshots' descriptions.
+pub trait ImageCatalog: Send + Sync {
+    /// The image `id` with its snapshots and tags, if `account` can see it.
+    fn describe_image(&self, account: &AccountId, id: &ImageId) -> Result<Image>;
+
+    /// Whether `account` already has an image called `name`.
+    fn image_name_taken(&self, account: &AccountId, name: &ImageName) -> Result<bool>;
+
+    /// Registers a `pending` image over `snapshots` (mapping disk `i` is
+    /// `snapshots[i]`). Fails with [`Error::AlreadyExists`] if the name is taken.
+    /// Registering again with the same `client_token` returns the first image.
+    fn register_image(
+        &self,
+        account: &AccountId,
+        metadata: &ImageMetadata,
+        snapshots: &[SnapshotId],
+        client_token: &str,
+    ) -> Result<ImageId>;
+
+    /// The image registered with `client_token`, if there is one.
+    fn find_image_by_token(&self, account: &AccountId, client_token: &str)
+    -> Result<Option<Image>>;
+
+    /// Sets the state of an image and all its snapshots.
+    fn set_image_state(
+        &self,
+        account: &AccountId,
+        id: &ImageId,
+        state: ResourceState,
+        reason: Option<&str>,
+    ) -> Result<()>;
+}
+
+/// Snapshot blocks: EBS direct APIs' view of snapshot contents, in 512 KiB blocks.
+pub trait SnapshotStore: Send + Sync {
+    /// Blocks of a completed snapshot that hold data (zero blocks that were
+    /// written count; blocks never written do not).
+    fn list_blocks(&self, account: &AccountId, snapshot: &SnapshotId) -> Result<BlockRanges>;
+
+    /// Fills `buf` (a whole number of blocks) with blocks from `first_block`.
+    /// Blocks that hold no data read as zeros.
+    fn read_blocks(&self, snapshot: &SnapshotId, first_block: u64, buf: &mut [u8]) -> Result<()>;
+
+    /// Starts a new, empty, `pending` snapshot of `volume_size` bytes. Starting
+    /// again with the same `client_token` returns the same snapshot.
+    fn start_snapshot(
+        &self,
+        account: &AccountId,
+        volume_size: u64,
+        tags: &[Tag],
+        client_token: &str,
+    ) -> Result<SnapshotId>;
+
+    /// Writes `data` (a whole number of blocks) from `first_block`. Writing the
+    /// same blocks again is harmless.
+    fn write_blocks(&self, snapshot: &SnapshotId, first_block: u64, data: &[u8]) -> Result<()>;
+
+    /// Seals a snapshot once `changed_blocks` blocks have been written.
+    fn complete_snapshot(&self, snapshot: &SnapshotId, changed_blocks: u64) -> Result<()>;
+
+    /// Deletes a snapshot no image uses (one a failed restore started);
+    /// deleting an absent one is fine.
+    fn delete_snapshot(&self, snapshot: &SnapshotId) -> Result<()>;
+}
+
+/// What HeadObject tells about an object.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ObjectInfo {
+    /// Size in bytes.
+    pub size: u64,
+    /// User metadata (keys lowercase, values printable ASCII).
+    pub metadata: BTreeMap<String, String>,
+    /// Object tags.
+    pub tags: Vec<Tag>,
+    /// When the object was completed (ISO 8601).
+    pub last_modified: String,
+}
+
+/// A part the caller uploaded, as CompleteMultipartUpload names it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CompletedPart {
+    /// Part number, 1..=10,000.
+    pub part_number: u32,
+    /// The ETag UploadPart returned.
+    pub etag: String,
+}
+
+/// The object store: S3's multipart upload, whole-object put and ranged reads.
+pub trait ObjectStore: Send + Sync {
+    /// Whether `bucket` exists.
+    fn bucket_exists(&self, bucket: &BucketName) -> Result<bool>;
+
+    /// Starts a multipart upload of `key` with user metadata and object tags;
+    /// returns the upload id.
+    fn create_multipart(
+        &self,
+        bucket: &BucketName,
+        key: &ObjectKey,
+        metadata: &BTreeMap<String, String>,
+        tags: &[Tag],
+    ) -> Result<String>;
+
+    /// Uploads the file at `body` as part `part_number`; returns its ETag once
+    /// the part is durable. The file stays the caller's. Uploading a number
+    /// again replaces the part.
+    fn upload_part(
+        &self,
+        bucket: &BucketName,
+        key: &ObjectKey,
+        upload_id: &str,
+        part_number: u32,
+        body: &Path,
+    ) -> Result<String>;
+
+    /// Joins the parts into the object, which appears only now, whole.
+    fn complete_multipart(
+        &self,
+        bucket: &BucketName,
+        key: &ObjectKey,
+        upload_id: &str,
+        parts: &[CompletedPart],
+    ) -> Result<()>;
+
+    /// Abandons an upload and deletes its parts. An unknown upload is
+    /// [`Error::NotFound`].
+    fn abort_multipart(&self, bucket: &BucketName, key: &ObjectKey, upload_id: &str) -> Result<()>;
+
+    /// Uploads in progress in `bucket`, as (upload id, key).
+    fn list_multipart_uploads(&self, bucket: &BucketName) -> Result<Vec<(String, ObjectKey)>>;
+
+    /// Writes a small whole object.
+    fn put_object(&self, bucket: &BucketName, key: &ObjectKey, body: &[u8]) -> Result<()>;
+
+    /// Deletes an object; deleting an absent one is fine.
+    fn delete_object(&self, bucket: &BucketName, key: &ObjectKey) -> Result<()>;
+
+    /// The object's size, metadata and tags, or `None` if it does not exist.
+    fn head_object(&self, bucket: &BucketName, key: &ObjectKey) -> Result<Option<ObjectInfo>>;
+
+    /// Bytes `range` of the object.
+    fn get_range(&self, bucket: &BucketName, key: &ObjectKey, range: Range<u64>)
+    -> Result<Vec<u8>>;
+}
+
+/// An object seen through ranged reads: lets the archive reader open and decode
+/// an archive in any object store.
+pub struct ObjectReader<'a> {
+    store: &'a dyn ObjectStore,
+    bucket: &'a BucketName,
+    key: &'a ObjectKey,
+    size: u64,
+}
+
+impl<'a> ObjectReader<'a> {
+    /// A reader over an object of `size` bytes (from [`ObjectStore::head_object`]).
+    pub fn new(
+        store: &'a dyn ObjectStore,
+        bucket: &'a BucketName,
+        key: &'a ObjectKey,
+        size: u64,
+    ) -> Self {
+        Self {
+            store,
+            bucket,
+            key,
+            size,
+        }
+    }
+}
+
+impl crate::archive::ReadAt for ObjectReader<'_> {
+    fn size(&self) -> Result<u64> {
+        Ok(self.size)
+    }
+
+    fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> Result<()> {
+        let end = offset + buf.len() as u64;
+        if end > self.size {
+            return Err(Error::Truncated(format!(
+                "read of {} bytes at {offset} passes the end of {} ({} bytes)",
+                buf.len(),
+                self.key,
+                self.size
+            )));
+        }
+        let bytes = self.store.get_range(self.bucket, self.key, offset..end)?;
+        if bytes.len() != buf.len() {
+            return Err(Error::Truncated(format!(
+                "{} returned {} bytes for a {}-byte range",
+                self.key,
+                bytes.len(),
+                buf.len()
+            )));
+        }
+        buf.copy_from_slice(&bytes);
+        Ok(())
+    }
+}
+
+/// The task store: tasks, their units and the per-account quota counters, with
+/// the conditional semantics of the design (admission and release are atomic,
+/// a unit counts once).
+pub trait TaskStore: Send + Sync {
+    /// Admits `task` if its account's in-progress GiB of its kind are below
+    /// `limit_gib`: adds its size to the counter and stores the task, atomically
+    /// ([`Error::LimitExceeded`] otherwise). A store task is also refused with
+    /// [`Error::AlreadyExists`] while another store of the same image into the
+    /// same bucket is in progress.
+    fn admit(&self, task: &Task, limit_gib: u64) -> Result<()>;
+
+    /// One task.
+    fn get(&self, id: &TaskId) -> Result<Option<Task>>;
+
+    /// Records the multipart upload of a store task.
+    fn set_upload(&self, id: &TaskId, upload_id: &str) -> Result<()>;
+
+    /// Records the image a restore task creates.
+    fn set_image(&self, id: &TaskId, image: &ImageId) -> Result<()>;
+
+    /// Records how many units a task has, once planned.
+    fn set_units_total(&self, id: &TaskId, units: u64) -> Result<()>;
+
+    /// Records unit `unit` (its record, as JSON) unless already recorded, and
+    /// counts it. Returns whether this call recorded it.
+    fn record_unit(&self, id: &TaskId, unit: u64, record_json: &str) -> Result<bool>;
+
+    /// The recorded units of a task, in unit order.
+    fn units(&self, id: &TaskId) -> Result<Vec<(u64, String)>>;
+
+    /// Moves an in-progress task to Completed or Failed and releases its quota,
+    /// atomically. Returns false, changing nothing, if it had already ended.
+    fn finish(
+        &self,
+        id: &TaskId,
+        state: TaskState,
+        reason: Option<&str>,
+        now_ms: i64,
+    ) -> Result<bool>;
+
+    /// An account's tasks of `kind` started within the retention window
+    /// before `now_ms`, newest first.
+    fn list(&self, account: &AccountId, kind: TaskKind, now_ms: i64) -> Result<Vec<Task>>;
+
+    /// Every task still in progress, oldest first.
+    fn in_progress(&self) -> Result<Vec<Task>>;
+
+    /// GiB of `kind` tasks in progress for `account`.
+    fn in_progress_gib(&self, account: &AccountId, kind: TaskKind) -> Result<u64>;
+}
+
+/// Runs the store and restore state machines.
+pub trait WorkflowRunner: Send + Sync {
+    /// Starts the workflow of `kind` for task `task`; the execution is named after
+    /// the task, so starting it twice starts it once.
+    fn start(&self, kind: TaskKind, task: &TaskId) -> Result<()>;
+}
+
+#[cfg(feature = "contract")]
+pub mod contract;

@@ -1,0 +1,286 @@
+//! The embedded engine: every port's local adapter, rooted in one data
+//! directory, wired to the in-process runner.
+//!
+//! ```text
+//! <data-dir>/images/, snapshots/   the image library
+//! <data-dir>/s3/<bucket>/<key>     buckets
+//! <data-dir>/tasks.db              tasks, units, quota counters (SQLite)
+//! <data-dir>/work/amistore-work/   the work bucket: plans and Map item lists
+//! <data-dir>/work/spool/           units on their way into a part
+//! <data-dir>/work/leases/          one locked file per live amistore process
+//! <data-dir>/token.key             the key that makes pagination tokens tamper-evident
+//! ```
+//!
+//! Every process that opens the engine holds a lease (an flock'd file) for its
+//! lifetime, and each task it admits records that lease. The kernel drops the
+//! lock when the process dies however it dies (`kill -9` included), so
+//! [`LocalEngine::recover`] can tell a task whose process is gone from one that
+//! is merely slow, and resume it or fail it cleanly.
+
+use std::fs::{self, File};
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use amistore_core::engine::{Engine, EngineConfig, ProgressSink};
+use amistore_core::ids::{TaskId, unique_token};
+use amistore_core::ports::{ImageCatalog, ObjectStore, SnapshotStore, TaskStore};
+use amistore_core::task::{QuotaLimits, Task, TaskKind};
+use rustix::fs::FlockOperation;
+
+use crate::bucket_store::BucketStore;
+use crate::image_library::ImageLibrary;
+use crate::task_db::{SqliteTaskStore, TaskDb};
+use crate::workflow::{LocalRunner, RunnerOptions};
+use crate::{Error, Result};
+
+/// The local work bucket's name.
+pub const WORK_BUCKET: &str = "amistore-work";
+
+/// How to run the embedded engine.
+#[derive(Debug, Clone, Default)]
+pub struct LocalOptions {
+    /// Quota limits.
+    pub limits: QuotaLimits,
+    /// Runner settings.
+    pub runner: RunnerOptions,
+    /// Overrides of the engine's unit sizing (tests use small units).
+    pub min_unit_blocks: Option<u64>,
+    /// Override of the parts' padding target.
+    pub min_part_size: Option<u64>,
+}
+
+/// The ports an engine works through; [`LocalEngine::open_with`] lets a caller
+/// wrap them (tests inject faults this way).
+#[derive(Clone)]
+pub struct Ports {
+    /// Image catalog.
+    pub catalog: Arc<dyn ImageCatalog>,
+    /// Snapshot store.
+    pub snapshots: Arc<dyn SnapshotStore>,
+    /// User buckets.
+    pub objects: Arc<dyn ObjectStore>,
+    /// Work bucket store.
+    pub work: Arc<dyn ObjectStore>,
+    /// Task store.
+    pub tasks: Arc<dyn TaskStore>,
+}
+
+/// A process's lease on its tasks: a locked file that lives as long as the process.
+struct Lease {
+    id: String,
+    path: PathBuf,
+    _file: File,
+}
+
+impl Lease {
+    fn take(dir: &Path) -> Result<Self> {
+        fs::create_dir_all(dir).map_err(|e| Error::io(format!("creating {}", dir.display()), e))?;
+        let id = unique_token()[..20].to_owned();
+        let path = dir.join(format!("{id}.lock"));
+        let file = File::create(&path)
+            .map_err(|e| Error::io(format!("creating {}", path.display()), e))?;
+        rustix::fs::flock(&file, FlockOperation::LockExclusive)
+            .map_err(|e| Error::io(format!("locking {}", path.display()), e.into()))?;
+        Ok(Self {
+            id,
+            path,
+            _file: file,
+        })
+    }
+
+    /// Whether the process holding lease `id` is still alive.
+    fn alive(dir: &Path, id: &str) -> bool {
+        let path = dir.join(format!("{id}.lock"));
+        let Ok(file) = File::open(&path) else {
+            return false;
+        };
+        let free = rustix::fs::flock(&file, FlockOperation::NonBlockingLockExclusive).is_ok();
+        if free {
+            let _ = fs::remove_file(&path);
+        }
+        !free
+    }
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        let _ = fs::remove_file(&self.path);
+    }
+}
+
+/// What [`LocalEngine::recover`] does with a task whose process died.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Recovery {
+    /// Run it again from where it stopped (its steps are idempotent).
+    Resume,
+    /// Fail it cleanly: abort its upload or fail its image, release its quota.
+    Fail,
+}
+
+/// The reason an interrupted task fails with under [`Recovery::Fail`].
+pub const INTERRUPTED: &str =
+    "interrupted: the amistore process running the task stopped before it finished";
+
+/// The engine over a data directory.
+pub struct LocalEngine {
+    /// The engine.
+    pub engine: Arc<Engine>,
+    /// The image library (for commands that manage it directly).
+    pub library: ImageLibrary,
+    /// The buckets.
+    pub buckets: BucketStore,
+    runner: LocalRunner,
+    tasks: Arc<SqliteTaskStore>,
+    leases: PathBuf,
+    lease: Lease,
+}
+
+fn token_key(path: &Path) -> Result<[u8; 32]> {
+    let mut key = [0u8; 32];
+    match fs::read(path) {
+        Ok(bytes) if bytes.len() == 32 => {
+            key.copy_from_slice(&bytes);
+            return Ok(key);
+        }
+        Ok(_) => {
+            return Err(Error::InvalidInput(format!(
+                "{} is damaged (expected 32 bytes)",
+                path.display()
+            )));
+        }
+        Err(_) => {}
+    }
+    File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut key))
+        .map_err(|e| Error::io("reading /dev/urandom", e))?;
+    let tmp = path.with_extension(format!("tmp.{}", std::process::id()));
+    fs::write(&tmp, key)
+        .and_then(|()| File::open(&tmp)?.sync_all())
+        .map_err(|e| Error::io(format!("writing {}", tmp.display()), e))?;
+    // Two processes starting at once: the first key to land wins, both use it.
+    match fs::hard_link(&tmp, path) {
+        Ok(()) => {
+            let _ = fs::remove_file(&tmp);
+            Ok(key)
+        }
+        Err(_) => {
+            let _ = fs::remove_file(&tmp);
+            token_key(path)
+        }
+    }
+}
+
+impl LocalEngine {
+    /// Opens the engine over `data_dir` (created if missing).
+    pub fn open(
+        data_dir: &Path,
+        options: LocalOptions,
+        progress: Option<ProgressSink>,
+    ) -> Result<Self> {
+        Self::open_with(data_dir, options, progress, |ports| ports)
+    }
+
+    /// [`Self::open`], letting `wrap` replace or wrap the ports.
+    pub fn open_with(
+        data_dir: &Path,
+        options: LocalOptions,
+        progress: Option<ProgressSink>,
+        wrap: impl FnOnce(Ports) -> Ports,
+    ) -> Result<Self> {
+        fs::create_dir_all(data_dir)
+            .map_err(|e| Error::io(format!("creating {}", data_dir.display()), e))?;
+        let leases = data_dir.join("work/leases");
+        let lease = Lease::take(&leases)?;
+        let library = ImageLibrary::open(data_dir)?;
+        let buckets = BucketStore::open(data_dir)?;
+        let work = BucketStore::at(&data_dir.join("work"))?;
+        let work_bucket = WORK_BUCKET.parse().map_err(Error::Core)?;
+        work.create_bucket(&work_bucket)?;
+        let tasks = Arc::new(SqliteTaskStore::new(
+            TaskDb::open(&data_dir.join("tasks.db"))?.with_owner(lease.id.clone()),
+        ));
+        let ports = wrap(Ports {
+            catalog: Arc::new(library.clone()),
+            snapshots: Arc::new(library.clone()),
+            objects: Arc::new(buckets.clone()),
+            work: Arc::new(work),
+            tasks: tasks.clone(),
+        });
+        let runner = LocalRunner::new(options.runner.clone())?;
+        let mut config = EngineConfig::new(
+            work_bucket,
+            data_dir.join("work/spool"),
+            token_key(&data_dir.join("token.key"))?,
+        );
+        config.limits = options.limits;
+        if let Some(b) = options.min_unit_blocks {
+            config.min_unit_blocks = b;
+        }
+        // Units run side by side, one per CPU, each compressing on one thread:
+        // more throughput than fewer units on more threads (no pipeline drains
+        // at unit ends, reads and writes overlap), and less memory.
+        let cpus = std::thread::available_parallelism().map_or(2, |n| n.get());
+        config.unit_threads = (cpus / options.runner.max_map_concurrency.max(1)).max(1);
+        if let Some(p) = options.min_part_size {
+            config.min_part_size = p;
+        }
+        let engine = Arc::new(Engine {
+            catalog: ports.catalog,
+            snapshots: ports.snapshots,
+            objects: ports.objects,
+            work: ports.work,
+            tasks: ports.tasks,
+            runner: Arc::new(runner.clone()),
+            config,
+            progress,
+        });
+        runner.attach(&engine);
+        Ok(Self {
+            engine,
+            library,
+            buckets,
+            runner,
+            tasks,
+            leases,
+            lease,
+        })
+    }
+
+    /// Waits until the execution of `task` this process started has ended, and
+    /// returns the task as it then is.
+    pub fn wait(&self, task: &TaskId) -> Result<Task> {
+        self.runner.wait(task);
+        Ok(self.engine.task(task)?)
+    }
+
+    /// Finds in-progress tasks whose process died and resumes or fails them.
+    /// Returns them with what became of them.
+    pub fn recover(&self, how: Recovery) -> Result<Vec<TaskId>> {
+        let orphans: Vec<Task> = self
+            .tasks
+            .with(|db| db.in_progress_owners())?
+            .into_iter()
+            .filter(|(_, owner)| {
+                owner
+                    .as_deref()
+                    .is_none_or(|o| o != self.lease.id && !Lease::alive(&self.leases, o))
+            })
+            .map(|(task, _)| task)
+            .collect();
+        for task in &orphans {
+            match how {
+                Recovery::Resume => {
+                    self.tasks.with(|db| db.adopt(&task.id))?;
+                    use amistore_core::ports::WorkflowRunner;
+                    self.runner.start(task.kind, &task.id)?;
+                }
+                Recovery::Fail => match task.kind {
+                    TaskKind::Store => self.engine.fail_store(&task.id, INTERRUPTED)?,
+                    TaskKind::Restore => self.engine.fail_restore(&task.id, INTERRUPTED)?,
+                },
+            }
+        }
+        Ok(orphans.into_iter().map(|t| t.id).collect())
+    }
+}

@@ -1,0 +1,231 @@
+//! The in-process workflow runner: it executes the very state machine
+//! definitions the AWS deployment uses (`infra/statemachine/*.asl.json`), with
+//! their Task resources mapped to the library's steps, so every local run
+//! exercises the deployed workflow.
+//!
+//! Each started execution runs on its own thread; [`LocalRunner::wait`] joins it.
+
+pub mod asl;
+pub mod execute;
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
+use std::thread::JoinHandle;
+
+use amistore_core::engine::Engine;
+use amistore_core::engine::steps::run_step;
+use amistore_core::ids::TaskId;
+use amistore_core::ports::WorkflowRunner;
+use amistore_core::storage::{BucketName, ObjectKey};
+use amistore_core::task::TaskKind;
+use serde_json::{Value, json};
+
+use crate::workflow::asl::StateMachine;
+use crate::workflow::execute::{Failure, Function, Host, execute};
+use crate::{Error, Result};
+
+/// The store state machine, as deployed.
+pub const STORE_DEFINITION: &str = include_str!("../../../../infra/statemachine/store.asl.json");
+/// The restore state machine, as deployed.
+pub const RESTORE_DEFINITION: &str =
+    include_str!("../../../../infra/statemachine/restore.asl.json");
+
+/// The Lambda functions the definitions name, by their template placeholders.
+pub const FUNCTIONS: [&str; 2] = ["${ChunkTransferFunctionArn}", "${FinalizeFunctionArn}"];
+
+/// How the local runner runs executions.
+#[derive(Debug, Clone)]
+pub struct RunnerOptions {
+    /// Cap on any Map's concurrency.
+    pub max_map_concurrency: usize,
+    /// Multiplies every retry delay (1 honours the definitions; tests use 0).
+    pub retry_delay_scale: f64,
+}
+
+impl Default for RunnerOptions {
+    fn default() -> Self {
+        Self {
+            max_map_concurrency: std::thread::available_parallelism().map_or(2, |n| n.get()),
+            retry_delay_scale: 1.0,
+        }
+    }
+}
+
+/// Runs store and restore executions on threads of this process. Clones share
+/// the same executions.
+#[derive(Clone)]
+pub struct LocalRunner(Arc<Shared>);
+
+struct Shared {
+    store: StateMachine,
+    restore: StateMachine,
+    options: RunnerOptions,
+    engine: OnceLock<Weak<Engine>>,
+    running: Mutex<HashMap<TaskId, JoinHandle<()>>>,
+}
+
+impl LocalRunner {
+    /// Loads the definitions; an unsupported construct in them is an error here.
+    pub fn new(options: RunnerOptions) -> Result<Self> {
+        let resources: BTreeSet<String> = FUNCTIONS.iter().map(|f| f.to_string()).collect();
+        Ok(Self(Arc::new(Shared {
+            store: StateMachine::parse(STORE_DEFINITION, &resources)?,
+            restore: StateMachine::parse(RESTORE_DEFINITION, &resources)?,
+            options,
+            engine: OnceLock::new(),
+            running: Mutex::new(HashMap::new()),
+        })))
+    }
+
+    /// Connects the runner to the engine whose steps it runs (the engine holds
+    /// the runner, so this is set once both exist).
+    pub fn attach(&self, engine: &Arc<Engine>) {
+        let _ = self.0.engine.set(Arc::downgrade(engine));
+    }
+
+    fn host(&self, engine: Arc<Engine>) -> Host {
+        let step: Function = {
+            let engine = engine.clone();
+            Arc::new(move |input: &Value| {
+                run_step(&engine, input).map_err(|e| Failure {
+                    error: e.name.to_owned(),
+                    cause: e.cause,
+                })
+            })
+        };
+        let functions: BTreeMap<String, Function> = FUNCTIONS
+            .iter()
+            .map(|f| (f.to_string(), step.clone()))
+            .collect();
+        let work = engine.clone();
+        Host {
+            functions,
+            items: Arc::new(move |bucket: &str, key: &str| {
+                let read = || -> amistore_core::Result<Value> {
+                    let bucket: BucketName = bucket.parse()?;
+                    let key: ObjectKey = key.parse()?;
+                    let info = work.work.head_object(&bucket, &key)?.ok_or_else(|| {
+                        amistore_core::Error::NotFound(format!("{bucket}/{key} does not exist"))
+                    })?;
+                    let bytes = work.work.get_range(&bucket, &key, 0..info.size)?;
+                    serde_json::from_slice(&bytes)
+                        .map_err(|e| amistore_core::Error::Malformed(format!("{key}: {e}")))
+                };
+                read().map_err(|e| Failure {
+                    error: "States.ItemReaderFailed".into(),
+                    cause: e.to_string(),
+                })
+            }),
+            max_map_concurrency: self.0.options.max_map_concurrency.max(1),
+            retry_delay_scale: self.0.options.retry_delay_scale,
+        }
+    }
+
+    /// Waits for the execution of `task` started by this runner, if any.
+    pub fn wait(&self, task: &TaskId) {
+        let handle = self
+            .0
+            .running
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(task);
+        if let Some(h) = handle {
+            let _ = h.join();
+        }
+    }
+
+    /// Runs an execution on the calling thread.
+    pub fn run(&self, kind: TaskKind, task: &TaskId) -> std::result::Result<Value, Failure> {
+        let engine = self
+            .0
+            .engine
+            .get()
+            .and_then(Weak::upgrade)
+            .ok_or_else(|| Failure {
+                error: "States.Runtime".into(),
+                cause: "the runner is not attached to an engine".into(),
+            })?;
+        let machine = match kind {
+            TaskKind::Store => &self.0.store,
+            TaskKind::Restore => &self.0.restore,
+        };
+        execute(
+            &self.host(engine),
+            machine,
+            json!({ "taskId": task }),
+            task.as_str(),
+        )
+    }
+}
+
+impl WorkflowRunner for LocalRunner {
+    fn start(&self, kind: TaskKind, task: &TaskId) -> amistore_core::Result<()> {
+        let mut running = self.0.running.lock().unwrap_or_else(|p| p.into_inner());
+        if running.get(task).is_some_and(|h| !h.is_finished()) {
+            return Ok(());
+        }
+        let runner = self.clone();
+        let id = task.clone();
+        let handle = std::thread::Builder::new()
+            .name(format!("exec-{task}"))
+            .spawn(move || {
+                // The state machine ends in its Fail state after the fail step has
+                // recorded the reason; nothing more to do with the outcome here.
+                let _ = runner.run(kind, &id);
+            })
+            .map_err(|e| Error::io("starting a workflow thread", e))?;
+        running.insert(task.clone(), handle);
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use amistore_core::engine::steps::ERROR_NAMES;
+
+    fn error_names(v: &Value, out: &mut Vec<String>) {
+        match v {
+            Value::Object(map) => {
+                for (k, v) in map {
+                    if k == "ErrorEquals" {
+                        out.extend(
+                            v.as_array()
+                                .into_iter()
+                                .flatten()
+                                .filter_map(|n| n.as_str().map(str::to_owned)),
+                        );
+                    } else {
+                        error_names(v, out);
+                    }
+                }
+            }
+            Value::Array(items) => items.iter().for_each(|i| error_names(i, out)),
+            _ => {}
+        }
+    }
+
+    #[test]
+    fn the_definitions_load_and_match_only_errors_that_can_happen() {
+        LocalRunner::new(RunnerOptions::default()).unwrap();
+        for def in [STORE_DEFINITION, RESTORE_DEFINITION] {
+            let mut names = Vec::new();
+            error_names(&serde_json::from_str(def).unwrap(), &mut names);
+            assert!(names.iter().any(|n| n == "Retryable"));
+            for name in names {
+                // A step reports one of ERROR_NAMES; the Lambda service and Step
+                // Functions report their own, documented names.
+                let known = ERROR_NAMES.contains(&name.as_str())
+                    || name == "States.ALL"
+                    || [
+                        "Lambda.ServiceException",
+                        "Lambda.AWSLambdaException",
+                        "Lambda.SdkClientException",
+                        "Lambda.TooManyRequestsException",
+                    ]
+                    .contains(&name.as_str());
+                assert!(known, "{name} is matched but nothing reports it");
+            }
+        }
+    }
+}

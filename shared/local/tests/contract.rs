@@ -1,0 +1,42 @@
+//! The port contract suites (written once in `amistore-core`), run against the
+//! local adapters.
+
+#![allow(clippy::unwrap_used)]
+
+use std::sync::Arc;
+
+use amistore_core::ports::contract;
+use amistore_local::bucket_store::BucketStore;
+use amistore_local::image_library::ImageLibrary;
+use amistore_local::task_db::{SqliteTaskStore, TaskDb};
+
+#[test]
+fn bucket_store_keeps_the_object_store_contract() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = BucketStore::open(&dir.path().join("data"))
+        .unwrap()
+        .with_min_part_size(1024);
+    let bucket = "contract-bucket".parse().unwrap();
+    store.create_bucket(&bucket).unwrap();
+    contract::object_store(
+        &store,
+        &bucket,
+        &"no-such-bucket".parse().unwrap(),
+        dir.path(),
+        1024,
+    );
+}
+
+#[test]
+fn sqlite_keeps_the_task_store_contract() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = TaskDb::open(&dir.path().join("tasks.db")).unwrap();
+    contract::task_store(Arc::new(SqliteTaskStore::new(db)));
+}
+
+#[test]
+fn image_library_keeps_the_catalog_and_snapshot_contracts() {
+    let dir = tempfile::tempdir().unwrap();
+    let library = ImageLibrary::open(dir.path()).unwrap();
+    contract::catalog_and_snapshots(&library, &library, &"123456789012".parse().unwrap());
+}

@@ -1,0 +1,582 @@
+//! The engine end to end over the local adapters, driven through the library
+//! exactly as the CLI and the server drive it: intake, then the store and
+//! restore state machines in the in-process runner. Faults are injected into
+//! each port to show that failures leave nothing half-done.
+
+#![allow(clippy::unwrap_used)]
+
+mod support;
+
+use std::fs;
+
+use amistore_core::Error;
+use amistore_core::archive::ArchiveIndex;
+use amistore_core::engine::intake::{RestoreRequest, StoreRequest};
+use amistore_core::engine::metadata;
+use amistore_core::ids::{ImageId, ResourceState};
+use amistore_core::image::Tag;
+use amistore_core::storage::ObjectKey;
+use amistore_core::task::{Task, TaskKind, TaskState};
+use support::*;
+
+fn store_request(w: &World, image: &ImageId, path: &str) -> StoreRequest {
+    StoreRequest {
+        image_id: image.clone(),
+        bucket: format!("{}{path}", w.bucket).parse().unwrap(),
+        object_tags: vec!["team=storage".parse().unwrap()],
+    }
+}
+
+fn store(w: &World, image: &ImageId) -> Task {
+    let task = w
+        .local
+        .engine
+        .create_store_task(&me(), &store_request(w, image, "/p1/p2"))
+        .unwrap();
+    w.local.wait(&task.id).unwrap()
+}
+
+fn restore_request(w: &World, key: &ObjectKey, name: &str) -> RestoreRequest {
+    RestoreRequest {
+        bucket: w.bucket.clone(),
+        key: key.clone(),
+        name: Some(name.parse().unwrap()),
+        image_tags: vec![
+            "restored=yes".parse().unwrap(),
+            "Name=copy".parse().unwrap(),
+        ],
+        snapshot_tags: vec!["snap=1".parse().unwrap()],
+    }
+}
+
+fn restore(w: &World, key: &ObjectKey, name: &str) -> Task {
+    let task = w
+        .local
+        .engine
+        .create_restore_task(&me(), &restore_request(w, key, name))
+        .unwrap();
+    let image = task.image_id.clone().unwrap();
+    let pending = w.local.library.get(&me(), &image).unwrap();
+    assert!(
+        pending.state == ResourceState::Pending || pending.state == ResourceState::Available,
+        "the image exists from the start"
+    );
+    w.local.wait(&task.id).unwrap()
+}
+
+fn tags(list: &[Tag]) -> Vec<String> {
+    let mut v: Vec<String> = list
+        .iter()
+        .map(|t| format!("{}={}", t.key(), t.value()))
+        .collect();
+    v.sort();
+    v
+}
+
+fn assert_clean_failure(w: &World, task: &Task, needle: &str) {
+    assert_eq!(task.state, TaskState::Failed, "{task:?}");
+    let reason = task.failure_reason.as_deref().unwrap_or_default();
+    assert!(
+        reason.contains(needle),
+        "reason {reason:?} should mention {needle:?}"
+    );
+    assert_eq!(w.in_progress_gib(task.kind), 0, "quota released");
+    if task.kind == TaskKind::Store {
+        assert_eq!(
+            w.local.buckets.head(&w.bucket, &task.key).unwrap(),
+            None,
+            "no object"
+        );
+        assert_eq!(w.uploads(), 0, "no staged parts");
+    }
+    assert_eq!(task.progress_percent(), task.progress_percent().min(99));
+}
+
+#[test]
+fn a_store_then_a_restore_gives_back_every_block_with_metadata_and_tags() {
+    let w = world();
+    let (image, disks) = w.image("round trip");
+    let task = store(&w, &image);
+    assert_eq!(
+        task.state,
+        TaskState::Completed,
+        "{:?}",
+        task.failure_reason
+    );
+    assert_eq!(task.progress_percent(), 100);
+    assert!(task.units_total >= 4, "small units make several parts");
+    assert_eq!(task.units_done, task.units_total);
+    assert_eq!(task.key.as_str(), format!("p1/p2/{image}.bin"));
+    assert_eq!(w.in_progress_gib(TaskKind::Store), 0);
+
+    // The object: S3 metadata, tags, and an archive whose manifest keeps the
+    // AMI's metadata and tags.
+    let info = w.local.buckets.head(&w.bucket, &task.key).unwrap().unwrap();
+    assert_eq!(info.metadata[metadata::AMI_NAME], "round trip");
+    assert_eq!(info.metadata[metadata::AMI_DESCRIPTION], "engine test");
+    assert_eq!(info.metadata[metadata::AMI_OWNER_ACCOUNT], me().as_str());
+    for k in [metadata::AMI_REGISTRATION_DATE, metadata::AMI_STORE_DATE] {
+        assert!(info.metadata[k].ends_with('Z'), "{k}: {}", info.metadata[k]);
+    }
+    assert_eq!(tags(&info.tags), ["team=storage"]);
+    let file = w.local.buckets.open_object(&w.bucket, &task.key).unwrap();
+    let index = ArchiveIndex::open(&file).unwrap();
+    let m = index.manifest();
+    assert_eq!(m.image.source_image_id.as_deref(), Some(image.as_str()));
+    assert_eq!(tags(&m.image.tags), ["Name=source"]);
+    assert_eq!(m.units.len() as u64, task.units_total);
+
+    // Restore: a new id, the requested name, merged tags, identical disks.
+    let r = restore(&w, &task.key, "restored copy");
+    assert_eq!(r.state, TaskState::Completed, "{:?}", r.failure_reason);
+    let new = r.image_id.unwrap();
+    assert_ne!(new, image);
+    let restored = w.local.library.get(&me(), &new).unwrap();
+    assert_eq!(restored.state, ResourceState::Available);
+    assert_eq!(restored.metadata.name.as_str(), "restored copy");
+    assert_eq!(
+        restored.metadata.description.as_deref(),
+        Some("engine test")
+    );
+    assert_eq!(tags(&restored.metadata.tags), ["Name=copy", "restored=yes"]);
+    let source = w.local.library.get(&me(), &image).unwrap();
+    assert_eq!(
+        restored.metadata.block_device_mappings,
+        source.metadata.block_device_mappings
+    );
+    assert_eq!(w.in_progress_gib(TaskKind::Restore), 0);
+    for (snap, original) in restored.snapshots.iter().zip(&disks) {
+        assert_eq!(snap.state, ResourceState::Available);
+        assert_eq!(tags(&snap.tags), ["snap=1"]);
+        let path = w.local.library.snapshot_path(&snap.snapshot_id);
+        assert_eq!(fs::read(&path).unwrap(), fs::read(original).unwrap());
+        assert_eq!(
+            layout(&path),
+            layout(original),
+            "absent blocks stay absent, zeros stay present"
+        );
+    }
+    // Its work objects are gone.
+    let left: Vec<_> = fs::read_dir(w.dir.path().join("data/work/amistore-work"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
+}
+
+#[test]
+fn the_seed_quota_example_holds_and_concurrent_requests_never_pass_the_limit() {
+    // Huge sparse volumes cost nothing to store, so the seed's real sizes are used.
+    let w = world();
+    let sized = |name: &str, gib: u64| {
+        let path = disk(w.dir.path(), name, gib * 2048, &[0..1]);
+        let spec = amistore_core::image::ImageSpec {
+            name: name.parse().unwrap(),
+            description: None,
+            architecture: amistore_core::image::Architecture::X86_64,
+            boot_mode: None,
+            root_device_name: None,
+            tags: vec![],
+        };
+        w.local
+            .library
+            .import(&me(), &spec, &[("/dev/xvda".parse().unwrap(), path)])
+            .unwrap()
+            .image_id
+    };
+    let request = |image: &ImageId| -> Result<Task, Error> {
+        w.local
+            .engine
+            .create_store_task(&me(), &store_request(&w, image, ""))
+    };
+    let finish_all = |tasks: &[&Task]| {
+        for t in tasks {
+            assert_eq!(w.local.wait(&t.id).unwrap().state, TaskState::Completed);
+        }
+        assert_eq!(
+            w.in_progress_gib(TaskKind::Store),
+            0,
+            "counters return to zero"
+        );
+    };
+
+    // Tasks wait in their plan step while the gate is held.
+    let gate = w.faults.hold("list_blocks");
+    let a = request(&sized("a100", 100)).unwrap();
+    let b = request(&sized("b200", 200)).unwrap();
+    let c = request(&sized("c800", 800)).expect("300 GiB < 600 in progress: admitted");
+    assert_eq!(w.in_progress_gib(TaskKind::Store), 1100);
+    let d = sized("d001", 1);
+    assert!(matches!(request(&d), Err(Error::LimitExceeded(_))));
+    drop(gate);
+    finish_all(&[&a, &b, &c]);
+
+    let gate = w.faults.hold("list_blocks");
+    let e = request(&sized("e800", 800)).expect("a lone 800 GiB task is admitted");
+    let err = request(&d).unwrap_err();
+    assert!(err.to_string().contains("800 GiB"), "{err}");
+    drop(gate);
+    finish_all(&[&e]);
+    finish_all(&[&request(&d).unwrap()]);
+
+    // 20 requests at once, 100 GiB each, while none can finish: admitted at
+    // 0, 100, … 500 GiB in progress, never at 600 or more.
+    let images: Vec<ImageId> = (0..20).map(|i| sized(&format!("par{i:02}"), 100)).collect();
+    let gate = w.faults.hold("list_blocks");
+    let results: Vec<Result<Task, Error>> = std::thread::scope(|s| {
+        let handles: Vec<_> = images.iter().map(|i| s.spawn(move || request(i))).collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let admitted: Vec<&Task> = results.iter().filter_map(|r| r.as_ref().ok()).collect();
+    for r in &results {
+        if let Err(e) = r {
+            assert!(matches!(e, Error::LimitExceeded(_)), "{e}");
+        }
+    }
+    assert_eq!(admitted.len(), 6);
+    assert_eq!(w.in_progress_gib(TaskKind::Store), 600);
+    drop(gate);
+    finish_all(&admitted);
+}
+
+#[test]
+fn transient_failures_in_each_store_port_are_retried_and_units_count_once() {
+    for (method, nth) in [
+        ("read_blocks", vec![2, 3]),
+        ("upload_part", vec![1]),
+        ("record_unit", vec![2]),
+        ("complete_multipart", vec![1]),
+        ("list_blocks", vec![1]),
+        ("work.put_object", vec![1]),
+        ("finish", vec![1]),
+    ] {
+        let w = world();
+        let (image, _) = w.image("retried");
+        w.faults.fail(method, &nth, transient);
+        let task = store(&w, &image);
+        assert_eq!(
+            task.state,
+            TaskState::Completed,
+            "{method}: {:?}",
+            task.failure_reason
+        );
+        assert_eq!(
+            task.units_done, task.units_total,
+            "{method}: each unit counted once"
+        );
+        assert!(w.faults.calls(method) > nth.len(), "{method} was retried");
+        let file = w.local.buckets.open_object(&w.bucket, &task.key).unwrap();
+        let index = ArchiveIndex::open(&file).unwrap();
+        amistore_core::archive::read_units(
+            &index,
+            &file,
+            0..index.manifest().units.len(),
+            1,
+            |_| Ok(()),
+        )
+        .unwrap();
+        assert_eq!(w.uploads(), 0);
+        assert_eq!(w.in_progress_gib(TaskKind::Store), 0);
+    }
+}
+
+#[test]
+fn permanent_failures_in_each_store_port_fail_the_task_cleanly() {
+    for method in [
+        "read_blocks",
+        "upload_part",
+        "record_unit",
+        "complete_multipart",
+        "list_blocks",
+        "describe_image",
+        "work.put_object",
+        "set_units_total",
+    ] {
+        let w = world();
+        let (image, _) = w.image("doomed");
+        // Intake's own calls pass; the workflow's fail.
+        let from = if method == "describe_image" { 2 } else { 1 };
+        w.faults
+            .fail(method, &(from..100).collect::<Vec<_>>(), permanent);
+        let task = store(&w, &image);
+        assert_clean_failure(&w, &task, &format!("injected failure of {method}"));
+    }
+    // Retryable failures that never stop are given up on, and fail cleanly too.
+    let w = world();
+    let (image, _) = w.image("flaky");
+    w.faults
+        .fail("read_blocks", &(1..1000).collect::<Vec<_>>(), transient);
+    let task = store(&w, &image);
+    assert_clean_failure(&w, &task, "read_blocks");
+}
+
+#[test]
+fn intake_failures_after_admission_release_the_quota() {
+    for method in ["create_multipart", "set_upload"] {
+        let w = world();
+        let (image, _) = w.image("intake");
+        w.faults.fail(method, &[1], permanent);
+        let err = w
+            .local
+            .engine
+            .create_store_task(&me(), &store_request(&w, &image, ""))
+            .unwrap_err();
+        assert!(err.to_string().contains(method), "{err}");
+        let tasks = w
+            .local
+            .engine
+            .tasks
+            .list(&me(), TaskKind::Store, amistore_core::engine::now_ms())
+            .unwrap();
+        assert_eq!(tasks.len(), 1);
+        assert_clean_failure(&w, &tasks[0], method);
+    }
+}
+
+fn stored(w: &World) -> ObjectKey {
+    stored_image(w).1
+}
+
+fn stored_image(w: &World) -> (ImageId, ObjectKey) {
+    let (image, _) = w.image("to restore");
+    let task = store(w, &image);
+    assert_eq!(task.state, TaskState::Completed);
+    (image, task.key)
+}
+
+#[test]
+fn restore_failures_leave_a_failed_image_and_release_the_quota() {
+    for (method, error, expect) in [
+        (
+            "write_blocks",
+            permanent as fn(String) -> Error,
+            TaskState::Failed,
+        ),
+        ("complete_snapshot", permanent, TaskState::Failed),
+        ("get_range", transient, TaskState::Completed),
+        ("write_blocks", transient, TaskState::Completed),
+        ("set_image_state", transient, TaskState::Completed),
+        ("record_unit", transient, TaskState::Completed),
+    ] {
+        let w = world();
+        let key = stored(&w);
+        // Past intake's own reads (which are not retried: the caller gets the error).
+        let first = w.faults.calls(method) + if method == "get_range" { 3 } else { 1 };
+        let nth: Vec<usize> = match expect {
+            TaskState::Failed => (first..first + 100).collect(),
+            _ => vec![first],
+        };
+        w.faults.fail(method, &nth, error);
+        let task = restore(&w, &key, "restored");
+        assert_eq!(task.state, expect, "{method}: {:?}", task.failure_reason);
+        let image = w
+            .local
+            .library
+            .get(&me(), task.image_id.as_ref().unwrap())
+            .unwrap();
+        assert_eq!(w.in_progress_gib(TaskKind::Restore), 0, "{method}");
+        match expect {
+            TaskState::Failed => {
+                assert_clean_failure(&w, &task, method);
+                assert_eq!(image.state, ResourceState::Failed);
+                assert!(
+                    image
+                        .snapshots
+                        .iter()
+                        .all(|s| s.state == ResourceState::Failed)
+                );
+                assert!(image.state_reason.unwrap().contains(method));
+            }
+            _ => {
+                assert_eq!(image.state, ResourceState::Available);
+                assert_eq!(task.units_done, task.units_total);
+            }
+        }
+    }
+}
+
+#[test]
+fn a_corrupted_archive_fails_the_restore_naming_the_unit() {
+    let w = world();
+    let key = stored(&w);
+    let path = w
+        .dir
+        .path()
+        .join("data/s3")
+        .join(w.bucket.as_str())
+        .join(key.as_str());
+    let mut bytes = fs::read(&path).unwrap();
+    let file = fs::File::open(&path).unwrap();
+    let index = ArchiveIndex::open(&file).unwrap();
+    let unit = &index.manifest().units[1];
+    bytes[(unit.offset + unit.compressed_len / 2) as usize] ^= 0x20;
+    fs::write(&path, &bytes).unwrap();
+    let task = restore(&w, &key, "from corrupt");
+    assert_clean_failure(&w, &task, "corrupt");
+    let image = w
+        .local
+        .library
+        .get(&me(), task.image_id.as_ref().unwrap())
+        .unwrap();
+    assert_eq!(image.state, ResourceState::Failed);
+}
+
+#[test]
+fn bad_requests_are_refused_with_clear_errors_and_change_nothing() {
+    let w = world();
+    let (image, key) = stored_image(&w);
+    let engine = &w.local.engine;
+    let nothing_changed = |w: &World, images: usize, tasks: usize| {
+        assert_eq!(w.local.library.list(&me()).unwrap().len(), images);
+        let all = w
+            .local
+            .engine
+            .tasks
+            .list(&me(), TaskKind::Store, amistore_core::engine::now_ms())
+            .unwrap()
+            .len()
+            + w.local
+                .engine
+                .tasks
+                .list(&me(), TaskKind::Restore, amistore_core::engine::now_ms())
+                .unwrap()
+                .len();
+        assert_eq!(all, tasks);
+        assert_eq!(
+            w.in_progress_gib(TaskKind::Store) + w.in_progress_gib(TaskKind::Restore),
+            0
+        );
+    };
+    let images = w.local.library.list(&me()).unwrap().len();
+    let check = |err: Error, needle: &str| {
+        assert!(
+            err.to_string().contains(needle),
+            "{err} should mention {needle:?}"
+        );
+        nothing_changed(&w, images, 1);
+    };
+
+    let unknown = ImageId::fresh();
+    let req = |image: &ImageId, bucket: &str| StoreRequest {
+        image_id: image.clone(),
+        bucket: bucket.parse().unwrap(),
+        object_tags: vec![],
+    };
+    let e = engine
+        .create_store_task(&me(), &req(&unknown, "test-bucket"))
+        .unwrap_err();
+    assert!(matches!(e, Error::NotFound(_)));
+    check(e, unknown.as_str());
+    let e = engine
+        .create_store_task(&me(), &req(&image, "no-such-bucket/x"))
+        .unwrap_err();
+    assert!(matches!(e, Error::NotFound(_)));
+    check(e, "no-such-bucket");
+    let other: amistore_core::ids::AccountId = "111122223333".parse().unwrap();
+    check(
+        engine
+            .create_store_task(&other, &req(&image, "test-bucket"))
+            .unwrap_err(),
+        "does not exist",
+    );
+    let e = engine
+        .create_store_task(&me(), &req(&image, "test-bucket/again"))
+        .unwrap_err();
+    assert!(
+        matches!(e, Error::AlreadyExists(_)),
+        "a second copy in the same bucket"
+    );
+    check(e, "once per bucket");
+    let eleven = StoreRequest {
+        object_tags: (0..11)
+            .map(|i| format!("k{i}=v").parse().unwrap())
+            .collect(),
+        ..req(&image, "test-bucket/x")
+    };
+    check(
+        engine.create_store_task(&me(), &eleven).unwrap_err(),
+        "11 object tags",
+    );
+    for bad in ["test-bucket/../x", "test-bucket//x", "test-bucket/a\u{1}b"] {
+        assert!(
+            bad.parse::<amistore_core::storage::BucketPath>().is_err(),
+            "{bad}"
+        );
+    }
+
+    // Restore: duplicate name, missing object or bucket, not an archive,
+    // truncated, another format version.
+    let rreq = |key: &str, name: Option<&str>| RestoreRequest {
+        bucket: w.bucket.clone(),
+        key: key.parse().unwrap(),
+        name: name.map(|n| n.parse().unwrap()),
+        image_tags: vec![],
+        snapshot_tags: vec![],
+    };
+    let e = engine
+        .create_restore_task(&me(), &rreq(key.as_str(), None))
+        .unwrap_err();
+    assert!(
+        matches!(e, Error::AlreadyExists(_)),
+        "the stored name is taken: {e}"
+    );
+    check(e, "to restore");
+    check(
+        engine
+            .create_restore_task(&me(), &rreq("missing.bin", Some("x-1")))
+            .unwrap_err(),
+        "missing.bin",
+    );
+    let missing_bucket = RestoreRequest {
+        bucket: "nope-bucket".parse().unwrap(),
+        ..rreq(key.as_str(), Some("x-2"))
+    };
+    check(
+        engine
+            .create_restore_task(&me(), &missing_bucket)
+            .unwrap_err(),
+        "nope-bucket",
+    );
+    let object = fs::read(w.dir.path().join("data/s3/test-bucket").join(key.as_str())).unwrap();
+    let put = |k: &str, bytes: &[u8]| {
+        w.local
+            .buckets
+            .put_object(&w.bucket, &k.parse().unwrap(), bytes)
+            .unwrap();
+    };
+    put(
+        "foreign.bin",
+        b"this is not an archive at all, just some text",
+    );
+    let e = engine
+        .create_restore_task(&me(), &rreq("foreign.bin", Some("x-3")))
+        .unwrap_err();
+    assert!(matches!(e, Error::NotAnArchive(_)), "{e}");
+    put("truncated.bin", &object[..object.len() - 5000]);
+    let e = engine
+        .create_restore_task(&me(), &rreq("truncated.bin", Some("x-4")))
+        .unwrap_err();
+    assert!(
+        matches!(
+            e,
+            Error::NotAnArchive(_) | Error::Truncated(_) | Error::Malformed(_)
+        ),
+        "{e}"
+    );
+    let v2 = amistore_core::archive::testing::with_manifest(&object, |m| m["version"] = 2.into())
+        .unwrap();
+    put("v2.bin", &v2);
+    let e = engine
+        .create_restore_task(&me(), &rreq("v2.bin", Some("x-5")))
+        .unwrap_err();
+    assert!(
+        matches!(e, Error::UnsupportedVersion { found: 2, .. }),
+        "{e}"
+    );
+    assert!(
+        "a".repeat(129)
+            .parse::<amistore_core::image::ImageName>()
+            .is_err()
+    );
+    nothing_changed(&w, images, 1);
+}

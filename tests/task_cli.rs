@@ -1,0 +1,478 @@
+//! End to end: `amistore store-image`, `restore-image` and
+//! `describe-store-image-tasks` in embedded mode over a temporary data
+//! directory, checked with the stock `zstd` and GNU `tar`, and a process killed
+//! with SIGKILL in the middle of a store.
+
+// In a test a panic is the failure report.
+#![allow(clippy::unwrap_used)]
+
+mod support;
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use amistore_core::task::{TaskKind, TaskState};
+use amistore_local::embedded::{LocalEngine, LocalOptions, Recovery};
+use amistore_local::task_db::TaskDb;
+use serde_json::Value;
+use support::*;
+
+struct Data {
+    path: PathBuf,
+}
+
+impl Data {
+    fn new(image: &Image) -> Self {
+        let data = Self {
+            path: image.dir.path().join("data"),
+        };
+        data.ok(&["bucket", "create", "archive-bucket"]);
+        data
+    }
+    fn ok(&self, args: &[&str]) -> String {
+        ok_in(args, Some(&self.path)).trim().to_owned()
+    }
+    fn fails(&self, args: &[&str]) -> String {
+        fails_in(args, Some(&self.path))
+    }
+    fn json(&self, args: &[&str]) -> Value {
+        serde_json::from_str(&self.ok(args)).unwrap()
+    }
+    fn object(&self, key: &str) -> PathBuf {
+        self.path.join("s3/archive-bucket").join(key)
+    }
+    fn import(&self, image: &Image, name: &str) -> String {
+        let mut args = vec![
+            "image",
+            "import",
+            "--name",
+            name,
+            "--description",
+            "ウェブ server",
+            "--tag",
+            "Name=web",
+        ];
+        let disks = image.disk_args();
+        args.extend(disks.iter().map(String::as_str));
+        self.ok(&args)
+    }
+    fn in_progress_gib(&self) -> u64 {
+        let db = TaskDb::open(&self.path.join("tasks.db")).unwrap();
+        let me = amistore_core::ids::AccountId::local_default();
+        db.in_progress_gib(&me, TaskKind::Store).unwrap()
+            + db.in_progress_gib(&me, TaskKind::Restore).unwrap()
+    }
+}
+
+#[test]
+fn store_then_restore_gives_back_identical_disks_and_describe_reports_it() {
+    let image = make_image();
+    let data = Data::new(&image);
+    let ami = data.import(&image, "e2e source (v1)");
+
+    let key = data.ok(&[
+        "store-image",
+        "--image-id",
+        &ami,
+        "--bucket",
+        "archive-bucket/p1/p2",
+        "--s3-object-tag",
+        "team=storage",
+        "--s3-object-tag",
+        "cost-center=42",
+    ]);
+    assert_eq!(key, format!("p1/p2/{ami}.bin"));
+    let object = data.object(&key);
+
+    // Stock tools read the object.
+    assert!(
+        sh("zstd -q -t \"$1\"", &[&object]),
+        "zstd -t rejected the object"
+    );
+    let out = image.dir.path().join("tar");
+    fs::create_dir(&out).unwrap();
+    assert!(sh(
+        "zstd -dc \"$1\" | tar -x -C \"$2\" manifest.json disk0-xvda.raw disk2-xvdg.raw",
+        &[&object, &out]
+    ));
+    same_file(&image.disks[0].1, &out.join("disk0-xvda.raw"));
+    same_file(&image.disks[2].1, &out.join("disk2-xvdg.raw"));
+    assert!(
+        sh(
+            "zstd -dc \"$1\" | tar -x -O disk1-xvdf.raw | cmp - \"$2\"",
+            &[&object, &image.disks[1].1]
+        ),
+        "the 9 GiB member differs through tar"
+    );
+    let manifest: Value =
+        serde_json::from_slice(&fs::read(out.join("manifest.json")).unwrap()).unwrap();
+    assert_eq!(manifest["image"]["sourceImageId"], ami.as_str());
+    assert_eq!(manifest["image"]["tags"][0]["key"], "Name");
+
+    // Metadata and tags sit beside the object.
+    let sidecar = object.with_file_name(format!(".amistore.{ami}.bin.json"));
+    let info: Value = serde_json::from_slice(&fs::read(sidecar).unwrap()).unwrap();
+    let meta = &info["metadata"];
+    assert_eq!(meta["ami-name"], "e2e source (v1)");
+    assert_eq!(
+        meta["ami-description"], "=?UTF-8?B?44Km44Kn44OWIHNlcnZlcg==?=",
+        "RFC 2047"
+    );
+    assert_eq!(meta["ami-owner-account"], "000000000000");
+    assert!(
+        meta["ami-registration-date"]
+            .as_str()
+            .unwrap()
+            .ends_with('Z')
+    );
+    assert!(meta["ami-store-date"].as_str().unwrap().ends_with('Z'));
+    assert_eq!(info["tags"].as_array().unwrap().len(), 2);
+
+    // Restore under a new name; export; compare byte for byte and hole for hole.
+    let restored = data.ok(&[
+        "restore-image",
+        "--bucket",
+        "archive-bucket",
+        "--object-key",
+        &key,
+        "--name",
+        "e2e restored",
+        "--tag-specification",
+        "image:restored=yes",
+        "--tag-specification",
+        "snapshot:copy=1",
+    ]);
+    assert!(
+        restored.starts_with("ami-") && restored != ami,
+        "{restored}"
+    );
+    let exported = image.dir.path().join("exported");
+    let files = data.ok(&["image", "export", &restored, "--out", s(&exported)]);
+    let files: Vec<&str> = files.lines().collect();
+    assert_eq!(files.len(), 3);
+    for ((_, src), got) in image.disks.iter().zip(&files) {
+        same_file(src, Path::new(got));
+        assert_eq!(
+            layout(Path::new(got)),
+            layout(src),
+            "{got}: allocated blocks differ"
+        );
+    }
+    let list: Value = data.json(&["image", "list", "--json"]);
+    let new = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|i| i["imageId"] == restored.as_str())
+        .unwrap();
+    assert_eq!(new["state"], "available");
+    assert_eq!(new["metadata"]["name"], "e2e restored");
+    assert_eq!(new["metadata"]["description"], "ウェブ server");
+    let tags: Vec<&str> = new["metadata"]["tags"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["key"].as_str().unwrap())
+        .collect();
+    assert_eq!(tags, ["Name", "restored"]);
+    assert_eq!(new["snapshots"][1]["tags"][0]["key"], "copy");
+
+    // Describe: Completed at 100, shaped like the AWS CLI's output.
+    let tasks = data.json(&["describe-store-image-tasks"]);
+    let results = tasks["StoreImageTaskResults"].as_array().unwrap();
+    assert_eq!(results.len(), 1);
+    let t = &results[0];
+    assert_eq!(t["AmiId"], ami.as_str());
+    assert_eq!(t["Bucket"], "archive-bucket");
+    assert_eq!(t["S3objectKey"], key.as_str());
+    assert_eq!(t["StoreTaskState"], "Completed");
+    assert_eq!(t["ProgressPercentage"], 100);
+    assert!(t.get("StoreTaskFailureReason").is_none());
+    assert!(t["TaskStartTime"].as_str().unwrap().ends_with('Z'));
+    assert!(tasks.get("NextToken").is_none());
+
+    // A second store (another path in another bucket), then filters and pages.
+    data.ok(&["bucket", "create", "second-bucket"]);
+    data.ok(&[
+        "store-image",
+        "--image-id",
+        &restored,
+        "--bucket",
+        "second-bucket",
+    ]);
+    let by_id = data.json(&["describe-store-image-tasks", "--image-id", &restored]);
+    assert_eq!(by_id["StoreImageTaskResults"][0]["Bucket"], "second-bucket");
+    let by_bucket = data.json(&[
+        "describe-store-image-tasks",
+        "--filter",
+        "Name=bucket,Values=archive-bucket",
+    ]);
+    assert_eq!(
+        by_bucket["StoreImageTaskResults"].as_array().unwrap().len(),
+        1
+    );
+    let none = data.json(&[
+        "describe-store-image-tasks",
+        "--filter",
+        "task-state=Failed,InProgress",
+    ]);
+    assert!(none["StoreImageTaskResults"].as_array().unwrap().is_empty());
+    let page1 = data.json(&["describe-store-image-tasks", "--max-results", "1"]);
+    assert_eq!(
+        page1["StoreImageTaskResults"][0]["AmiId"],
+        restored.as_str(),
+        "newest first"
+    );
+    let token = page1["NextToken"].as_str().unwrap();
+    let page2 = data.json(&[
+        "describe-store-image-tasks",
+        "--max-results",
+        "1",
+        "--next-token",
+        token,
+    ]);
+    assert_eq!(page2["StoreImageTaskResults"][0]["AmiId"], ami.as_str());
+    assert!(page2.get("NextToken").is_none());
+    let err = data.fails(&[
+        "describe-store-image-tasks",
+        "--next-token",
+        &format!("{token}x"),
+    ]);
+    assert!(err.contains("not valid"), "{err}");
+    let err = data.fails(&[
+        "describe-store-image-tasks",
+        "--image-id",
+        &ami,
+        "--max-results",
+        "5",
+    ]);
+    assert!(err.contains("cannot be used together"), "{err}");
+    assert_eq!(data.in_progress_gib(), 0);
+}
+
+#[test]
+fn bad_input_gets_a_clear_error_and_changes_nothing() {
+    let image = make_image();
+    let data = Data::new(&image);
+    let ami = data.import(&image, "bad input source");
+    let key = data.ok(&[
+        "store-image",
+        "--image-id",
+        &ami,
+        "--bucket",
+        "archive-bucket",
+    ]);
+    let before = data.ok(&["describe-store-image-tasks"]);
+    let images_before = data.ok(&["image", "list"]);
+
+    let store =
+        |bucket: &str, id: &str| data.fails(&["store-image", "--image-id", id, "--bucket", bucket]);
+    for (err, needle) in [
+        (store("archive-bucket", "ami-xyz"), "not a valid image id"),
+        (
+            store("archive-bucket", "ami-0123456789abcdef0"),
+            "does not exist",
+        ),
+        (
+            store("missing-bucket", &ami),
+            "bucket missing-bucket does not exist",
+        ),
+        (store("archive-bucket/../etc", &ami), "\"..\""),
+        (store("archive-bucket//x", &ami), "empty path segment"),
+        (store("archive-bucket/a\u{7}b", &ami), "control character"),
+        (store("Archive_Bucket", &ami), "not a valid bucket name"),
+        (store("archive-bucket/again", &ami), "once per bucket"),
+    ] {
+        assert!(err.contains(needle), "{err:?} should mention {needle:?}");
+        assert!(err.contains("error"), "{err}");
+    }
+    let restore = |key: &str, name: Option<&str>| {
+        let mut args = vec![
+            "restore-image",
+            "--bucket",
+            "archive-bucket",
+            "--object-key",
+            key,
+        ];
+        if let Some(n) = name {
+            args.extend(["--name", n]);
+        }
+        data.fails(&args)
+    };
+    let object = fs::read(data.object(&key)).unwrap();
+    fs::write(data.object("truncated.bin"), &object[..object.len() / 2]).unwrap();
+    fs::write(data.object("notes.bin"), b"just some text, not an archive").unwrap();
+    let v2 = amistore_core::archive::testing::with_manifest(&object, |m| m["version"] = 2.into())
+        .unwrap();
+    fs::write(data.object("v2.bin"), v2).unwrap();
+    let long = "n".repeat(129);
+    for (err, needle) in [
+        (restore(&key, None), "already exists"),
+        (restore("missing.bin", Some("x-1")), "does not exist"),
+        (restore("../escape.bin", Some("x-2")), "\"..\""),
+        (restore("truncated.bin", Some("x-3")), "archive"),
+        (restore("notes.bin", Some("x-4")), "not an amistore archive"),
+        (
+            restore("v2.bin", Some("x-5")),
+            "unsupported archive format version 2",
+        ),
+        (restore(&key, Some(&long)), "3 to 128 characters"),
+    ] {
+        assert!(err.contains(needle), "{err:?} should mention {needle:?}");
+    }
+    assert_eq!(
+        data.ok(&["describe-store-image-tasks"]),
+        before,
+        "no task was added"
+    );
+    assert_eq!(
+        data.ok(&["image", "list"]),
+        images_before,
+        "no image was added"
+    );
+    assert_eq!(data.in_progress_gib(), 0);
+}
+
+/// Starts a store of a ~768 MiB image and SIGKILLs it once its first part is
+/// staged. Returns the data directory and the image id.
+fn kill_mid_store(dir: &Path) -> (Data, String) {
+    let disk = dir.join("big-random.raw");
+    assert!(sh(
+        "head -c 805306368 /dev/urandom > \"$1\" && truncate -s 1G \"$1\"",
+        &[&disk]
+    ));
+    let data = Data {
+        path: dir.join("data"),
+    };
+    data.ok(&["bucket", "create", "archive-bucket"]);
+    let ami = data.ok(&[
+        "image",
+        "import",
+        "--name",
+        "killed mid-store",
+        "--disk",
+        &format!("/dev/xvda={}", disk.display()),
+    ]);
+    fs::remove_file(&disk).unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_amistore"))
+        .args([
+            "store-image",
+            "--image-id",
+            &ami,
+            "--bucket",
+            "archive-bucket",
+        ])
+        .env("AMISTORE_DATA_DIR", &data.path)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let uploads = data.path.join("s3/archive-bucket/.amistore-uploads");
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let staged = fs::read_dir(&uploads)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .any(|u| {
+                fs::read_dir(u.path())
+                    .into_iter()
+                    .flatten()
+                    .flatten()
+                    .any(|p| p.file_name().to_string_lossy().starts_with("part-"))
+            });
+        if staged {
+            break;
+        }
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the store ended before a part was staged"
+        );
+        assert!(Instant::now() < deadline, "no part was staged");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+    (data, ami)
+}
+
+#[test]
+fn a_store_killed_with_sigkill_is_failed_cleanly_at_the_next_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let (data, ami) = kill_mid_store(dir.path());
+    assert!(
+        data.in_progress_gib() > 0,
+        "the killed task still holds its quota"
+    );
+
+    let out = amistore_in(&["describe-store-image-tasks"], Some(&data.path));
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("was interrupted"));
+    let tasks: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let t = &tasks["StoreImageTaskResults"][0];
+    assert_eq!(t["AmiId"], ami.as_str());
+    assert_eq!(t["StoreTaskState"], "Failed");
+    assert!(
+        t["StoreTaskFailureReason"]
+            .as_str()
+            .unwrap()
+            .contains("interrupted")
+    );
+    assert_eq!(data.in_progress_gib(), 0, "quota released");
+    let bucket = data.path.join("s3/archive-bucket");
+    let left: Vec<_> = fs::read_dir(&bucket)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name())
+        .collect();
+    let uploads = fs::read_dir(bucket.join(".amistore-uploads")).map_or(0, |d| d.count());
+    assert_eq!(
+        (left.len(), uploads),
+        (1, 0),
+        "only the empty staging folder remains: {left:?}"
+    );
+    // The image can be stored again.
+    let key = data.ok(&[
+        "store-image",
+        "--image-id",
+        &ami,
+        "--bucket",
+        "archive-bucket",
+    ]);
+    assert!(sh("zstd -q -t \"$1\"", &[&data.object(&key)]));
+}
+
+#[test]
+fn a_store_killed_with_sigkill_resumes_where_it_stopped() {
+    let dir = tempfile::tempdir().unwrap();
+    let (data, _) = kill_mid_store(dir.path());
+    let local = LocalEngine::open(&data.path, LocalOptions::default(), None).unwrap();
+    let resumed = local.recover(Recovery::Resume).unwrap();
+    assert_eq!(resumed.len(), 1);
+    let task = local.wait(&resumed[0]).unwrap();
+    assert_eq!(
+        task.state,
+        TaskState::Completed,
+        "{:?}",
+        task.failure_reason
+    );
+    assert_eq!(task.units_done, task.units_total);
+    assert!(task.units_total >= 3);
+    let me = amistore_core::ids::AccountId::local_default();
+    assert_eq!(
+        local
+            .engine
+            .tasks
+            .in_progress_gib(&me, TaskKind::Store)
+            .unwrap(),
+        0
+    );
+    assert!(sh("zstd -q -t \"$1\"", &[&data.object(task.key.as_str())]));
+    data.ok(&["archive", "verify", s(&data.object(task.key.as_str()))]);
+    assert!(
+        local.recover(Recovery::Resume).unwrap().is_empty(),
+        "nothing left to recover"
+    );
+}
