@@ -58,6 +58,12 @@ impl Data {
         args.extend(disks.iter().map(String::as_str));
         self.ok(&args)
     }
+    /// Stores `ami` into `bucket` (BUCKET[/PATH]); returns the key.
+    fn store(&self, ami: &str, bucket: &str, extra: &[&str]) -> String {
+        let mut args = vec!["store-image", "--image-id", ami, "--bucket", bucket];
+        args.extend(extra);
+        self.ok(&args)
+    }
     fn in_progress_gib(&self) -> u64 {
         let db = TaskDb::open(&self.path.join("tasks.db")).unwrap();
         let me = amistore_core::ids::AccountId::local_default();
@@ -72,17 +78,16 @@ fn store_then_restore_gives_back_identical_disks_and_describe_reports_it() {
     let data = Data::new(&image);
     let ami = data.import(&image, "e2e source (v1)");
 
-    let key = data.ok(&[
-        "store-image",
-        "--image-id",
+    let key = data.store(
         &ami,
-        "--bucket",
         "archive-bucket/p1/p2",
-        "--s3-object-tag",
-        "team=storage",
-        "--s3-object-tag",
-        "cost-center=42",
-    ]);
+        &[
+            "--s3-object-tag",
+            "team=storage",
+            "--s3-object-tag",
+            "cost-center=42",
+        ],
+    );
     assert_eq!(key, format!("p1/p2/{ami}.bin"));
     let object = data.object(&key);
 
@@ -195,13 +200,7 @@ fn store_then_restore_gives_back_identical_disks_and_describe_reports_it() {
 
     // A second store (another path in another bucket), then filters and pages.
     data.ok(&["bucket", "create", "second-bucket"]);
-    data.ok(&[
-        "store-image",
-        "--image-id",
-        &restored,
-        "--bucket",
-        "second-bucket",
-    ]);
+    data.store(&restored, "second-bucket", &[]);
     let by_id = data.json(&["describe-store-image-tasks", "--image-id", &restored]);
     assert_eq!(by_id["StoreImageTaskResults"][0]["Bucket"], "second-bucket");
     let by_bucket = data.json(&[
@@ -257,13 +256,7 @@ fn bad_input_gets_a_clear_error_and_changes_nothing() {
     let image = make_image();
     let data = Data::new(&image);
     let ami = data.import(&image, "bad input source");
-    let key = data.ok(&[
-        "store-image",
-        "--image-id",
-        &ami,
-        "--bucket",
-        "archive-bucket",
-    ]);
+    let key = data.store(&ami, "archive-bucket", &[]);
     let before = data.ok(&["describe-store-image-tasks"]);
     let images_before = data.ok(&["image", "list"]);
 
@@ -421,6 +414,8 @@ fn a_store_killed_with_sigkill_is_failed_cleanly_at_the_next_start() {
             .contains("interrupted")
     );
     assert_eq!(data.in_progress_gib(), 0, "quota released");
+    let spooled = fs::read_dir(data.path.join("work/spool")).map_or(0, |d| d.count());
+    assert_eq!(spooled, 0, "the dead process's spooled units are removed");
     let bucket = data.path.join("s3/archive-bucket");
     let left: Vec<_> = fs::read_dir(&bucket)
         .unwrap()
@@ -434,13 +429,7 @@ fn a_store_killed_with_sigkill_is_failed_cleanly_at_the_next_start() {
         "only the empty staging folder remains: {left:?}"
     );
     // The image can be stored again.
-    let key = data.ok(&[
-        "store-image",
-        "--image-id",
-        &ami,
-        "--bucket",
-        "archive-bucket",
-    ]);
+    let key = data.store(&ami, "archive-bucket", &[]);
     assert!(sh("zstd -q -t \"$1\"", &[&data.object(&key)]));
 }
 

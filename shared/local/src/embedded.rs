@@ -89,7 +89,8 @@ impl Lease {
         })
     }
 
-    /// Whether the process holding lease `id` is still alive.
+    /// Whether the process holding lease `id` is still alive (a dead one's
+    /// lease file is removed).
     fn alive(dir: &Path, id: &str) -> bool {
         let path = dir.join(format!("{id}.lock"));
         let Ok(file) = File::open(&path) else {
@@ -132,6 +133,7 @@ pub struct LocalEngine {
     pub buckets: BucketStore,
     runner: LocalRunner,
     tasks: Arc<SqliteTaskStore>,
+    spool: PathBuf,
     leases: PathBuf,
     lease: Lease,
 }
@@ -208,9 +210,10 @@ impl LocalEngine {
             tasks: tasks.clone(),
         });
         let runner = LocalRunner::new(options.runner.clone())?;
+        let spool = data_dir.join("work/spool");
         let mut config = EngineConfig::new(
             work_bucket,
-            data_dir.join("work/spool"),
+            spool.clone(),
             token_key(&data_dir.join("token.key"))?,
         );
         config.limits = options.limits;
@@ -242,6 +245,7 @@ impl LocalEngine {
             buckets,
             runner,
             tasks,
+            spool,
             leases,
             lease,
         })
@@ -269,6 +273,8 @@ impl LocalEngine {
             .map(|(task, _)| task)
             .collect();
         for task in &orphans {
+            // Units the dead process was spooling.
+            remove_matching(&self.spool, &format!("{}-", task.id));
             match how {
                 Recovery::Resume => {
                     self.tasks.with(|db| db.adopt(&task.id))?;
@@ -281,6 +287,28 @@ impl LocalEngine {
                 },
             }
         }
+        // Leases of processes that died owning no task.
+        if let Ok(entries) = fs::read_dir(&self.leases) {
+            for entry in entries.flatten() {
+                let name = entry.file_name().to_string_lossy().into_owned();
+                if let Some(id) = name.strip_suffix(".lock")
+                    && id != self.lease.id
+                {
+                    Lease::alive(&self.leases, id);
+                }
+            }
+        }
         Ok(orphans.into_iter().map(|t| t.id).collect())
+    }
+}
+
+/// Removes the files in `dir` whose names start with `prefix` (best effort).
+fn remove_matching(dir: &Path, prefix: &str) {
+    if let Ok(entries) = fs::read_dir(dir) {
+        for entry in entries.flatten() {
+            if entry.file_name().to_string_lossy().starts_with(prefix) {
+                let _ = fs::remove_file(entry.path());
+            }
+        }
     }
 }

@@ -333,6 +333,33 @@ fn intake_failures_after_admission_release_the_quota() {
     }
 }
 
+#[test]
+fn a_task_that_died_before_recording_its_upload_still_has_it_aborted() {
+    use amistore_core::ports::ObjectStore;
+    let w = world();
+    let (image, _) = w.image("crashed early");
+    let key: ObjectKey = format!("{image}.bin").parse().unwrap();
+    // What intake did before the crash: admission, then CreateMultipartUpload.
+    let task = Task::start(
+        TaskKind::Store,
+        me(),
+        Some(image),
+        w.bucket.clone(),
+        key.clone(),
+        1,
+        0,
+    );
+    w.local.engine.tasks.admit(&task, 600).unwrap();
+    w.local
+        .engine
+        .objects
+        .create_multipart(&w.bucket, &key, &Default::default(), &[])
+        .unwrap();
+    assert_eq!(w.uploads(), 1);
+    w.local.engine.fail_store(&task.id, "interrupted").unwrap();
+    assert_clean_failure(&w, &w.task(&task.id), "interrupted");
+}
+
 fn stored(w: &World) -> ObjectKey {
     stored_image(w).1
 }

@@ -268,6 +268,24 @@ mod tests {
 
     const KEY: [u8; 32] = [7; 32];
 
+    /// The NextToken after a one-task first page.
+    fn first_page_token(tasks: &[Task]) -> String {
+        let q = DescribeQuery {
+            max_results: Some(1),
+            ..Default::default()
+        };
+        describe(
+            &KEY,
+            &AccountId::local_default(),
+            TaskKind::Store,
+            tasks.to_vec(),
+            &q,
+        )
+        .unwrap()
+        .next_token
+        .unwrap()
+    }
+
     #[test]
     fn image_ids_give_the_latest_task_per_image_and_ignore_filters() {
         let (images, tasks) = history();
@@ -343,18 +361,7 @@ mod tests {
     fn any_token_string_is_refused_cleanly() {
         let (_, tasks) = history();
         let me = AccountId::local_default();
-        let page = describe(
-            &KEY,
-            &me,
-            TaskKind::Store,
-            tasks.clone(),
-            &DescribeQuery {
-                max_results: Some(1),
-                ..Default::default()
-            },
-        )
-        .unwrap();
-        let good = page.next_token.unwrap();
+        let good = first_page_token(&tasks);
         // Seeded mutations of a real token, and arbitrary bytes: each is refused
         // as an invalid token, never a panic and never another task list.
         let mut x: u64 = 0x2545_f491_4f6c_dd1d;
@@ -407,18 +414,7 @@ mod tests {
         }
         assert_eq!(seen, vec![5, 4, 3, 2, 1]);
 
-        let first = describe(
-            &KEY,
-            &me,
-            TaskKind::Store,
-            tasks.clone(),
-            &DescribeQuery {
-                max_results: Some(1),
-                ..Default::default()
-            },
-        )
-        .unwrap();
-        let token = first.next_token.unwrap();
+        let token = first_page_token(&tasks);
         let with = |account: &AccountId, kind, token: String, filters| {
             describe(
                 &KEY,

@@ -241,7 +241,20 @@ impl Engine {
         if task.state != TaskState::InProgress {
             return Ok(());
         }
-        if let Some(upload) = &task.upload_id {
+        // A task that died between creating its upload and recording it does not
+        // know its id; the key is the task's alone (one store of an image into a
+        // bucket runs at a time), so any upload of the key is its.
+        let uploads = match &task.upload_id {
+            Some(upload) => vec![upload.clone()],
+            None => self
+                .objects
+                .list_multipart_uploads(&task.bucket)?
+                .into_iter()
+                .filter(|(_, key)| *key == task.key)
+                .map(|(upload, _)| upload)
+                .collect(),
+        };
+        for upload in &uploads {
             match self
                 .objects
                 .abort_multipart(&task.bucket, &task.key, upload)
@@ -249,6 +262,8 @@ impl Engine {
                 Ok(()) | Err(Error::NotFound(_)) => {}
                 Err(e) => return Err(e),
             }
+        }
+        if task.upload_id.is_some() {
             // A finalize that completed the upload and then failed its checks left
             // an object that must not stay: the key was free when the task began.
             self.objects.delete_object(&task.bucket, &task.key)?;

@@ -109,6 +109,18 @@ impl Staging {
             .map_err(io(format!("opening {}", path.display())))
     }
 
+    /// The object file, cut to `end` bytes and positioned there for appending.
+    fn object_cut_at(&self, end: u64) -> Result<File> {
+        let mut object = self.object()?;
+        object
+            .set_len(end)
+            .map_err(io("cutting the joined object"))?;
+        object
+            .seek(SeekFrom::Start(end))
+            .map_err(io("seeking the joined object"))?;
+        Ok(object)
+    }
+
     fn sync_dir(&self) -> Result<()> {
         File::open(&self.dir)
             .and_then(|d| d.sync_all())
@@ -169,15 +181,8 @@ impl Staging {
     /// any was appended. They are durable when this returns.
     fn join_ready(&self) -> Result<bool> {
         let mut joined = self.joined();
-        let mut object = self.object()?;
-        let end: u64 = joined.iter().map(|p| p.len).sum();
         // Bytes past the recorded end are from an append a crash interrupted.
-        object
-            .set_len(end)
-            .map_err(io("cutting the joined object"))?;
-        object
-            .seek(SeekFrom::Start(end))
-            .map_err(io("seeking the joined object"))?;
+        let mut object = self.object_cut_at(joined.iter().map(|p| p.len).sum())?;
         let mut appended = Vec::new();
         loop {
             let number = joined.len() as u32 + 1;
@@ -248,14 +253,8 @@ impl Staging {
                 parts[i].part_number
             )));
         }
-        let mut object = self.object()?;
         let mut end: u64 = sizes[..prefix].iter().sum();
-        object
-            .set_len(end)
-            .map_err(io("cutting the joined object"))?;
-        object
-            .seek(SeekFrom::Start(end))
-            .map_err(io("seeking the joined object"))?;
+        let mut object = self.object_cut_at(end)?;
         for path in &files {
             let mut src = File::open(path).map_err(io(format!("opening {}", path.display())))?;
             end += std::io::copy(&mut src, &mut object)

@@ -145,15 +145,11 @@ pub struct Catcher {
     pub comment: Option<String>,
 }
 
-/// A `Task` state.
-#[derive(Debug, Clone, Deserialize)]
+/// What `Task` and `Map` states share: where the result goes, how failures
+/// are handled, and what comes next.
+#[derive(Debug, Clone, Default, Deserialize)]
 #[serde(rename_all = "PascalCase", deny_unknown_fields)]
-pub struct TaskState {
-    /// The resource (a function) to call.
-    pub resource: String,
-    /// Template of the resource's input.
-    #[serde(default)]
-    pub parameters: Option<Value>,
+pub struct Flow {
     /// Where the result goes.
     #[serde(default, deserialize_with = "result_path")]
     pub result_path: Option<Option<String>>,
@@ -172,6 +168,20 @@ pub struct TaskState {
     /// Documentation.
     #[serde(default)]
     pub comment: Option<String>,
+}
+
+/// The fields of [`Flow`], as they are spelled in a definition.
+const FLOW_FIELDS: [&str; 6] = ["ResultPath", "Retry", "Catch", "Next", "End", "Comment"];
+
+/// A `Task` state (besides its [`Flow`]).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "PascalCase", deny_unknown_fields)]
+pub struct TaskState {
+    /// The resource (a function) to call.
+    pub resource: String,
+    /// Template of the resource's input.
+    #[serde(default)]
+    pub parameters: Option<Value>,
 }
 
 /// A Map's S3 item reader.
@@ -209,7 +219,7 @@ pub struct ItemProcessor {
     pub states: BTreeMap<String, Value>,
 }
 
-/// A `Map` state.
+/// A `Map` state (besides its [`Flow`]).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(rename_all = "PascalCase", deny_unknown_fields)]
 pub struct MapState {
@@ -227,24 +237,6 @@ pub struct MapState {
     pub max_concurrency: usize,
     /// The iteration machine.
     pub item_processor: ItemProcessor,
-    /// Where the results go.
-    #[serde(default, deserialize_with = "result_path")]
-    pub result_path: Option<Option<String>>,
-    /// Retry policies.
-    #[serde(default)]
-    pub retry: Vec<Retrier>,
-    /// Fallbacks.
-    #[serde(default)]
-    pub catch: Vec<Catcher>,
-    /// Next state.
-    #[serde(default)]
-    pub next: Option<String>,
-    /// Whether this ends the machine.
-    #[serde(default)]
-    pub end: bool,
-    /// Documentation.
-    #[serde(default)]
-    pub comment: Option<String>,
 }
 
 /// A `Fail` state.
@@ -275,9 +267,9 @@ pub struct SucceedState {
 #[derive(Debug, Clone)]
 pub enum State {
     /// Calls a resource.
-    Task(TaskState),
+    Task(TaskState, Flow),
     /// Runs a machine per item.
-    Map(Box<MapState>, Box<StateMachine>),
+    Map(Box<MapState>, Box<StateMachine>, Flow),
     /// Ends in failure.
     Fail(FailState),
     /// Ends in success.
@@ -309,6 +301,42 @@ fn typed<T: DeserializeOwned>(name: &str, mut raw: Value) -> Result<T> {
     serde_json::from_value(raw).map_err(|e| invalid(format!("state {name:?}: {e}")))
 }
 
+/// Parses a state that has a [`Flow`]: the flow fields, then the rest.
+fn with_flow<T: DeserializeOwned>(
+    name: &str,
+    raw: &Value,
+    states: &BTreeSet<&str>,
+) -> Result<(T, Flow)> {
+    let mut own = raw.clone();
+    let mut flow = serde_json::Map::new();
+    if let Some(map) = own.as_object_mut() {
+        for field in FLOW_FIELDS {
+            if let Some(v) = map.remove(field) {
+                flow.insert(field.to_owned(), v);
+            }
+        }
+    }
+    let flow: Flow = typed(name, Value::Object(flow))?;
+    flow.check(name, states)?;
+    Ok((typed(name, own)?, flow))
+}
+
+impl Flow {
+    fn check(&self, name: &str, states: &BTreeSet<&str>) -> Result<()> {
+        if let Some(Some(p)) = &self.result_path {
+            Path::parse(p)?;
+        }
+        check_retry_and_catch(name, &self.retry, &self.catch, states)?;
+        match (&self.next, self.end) {
+            (Some(n), false) if states.contains(n.as_str()) => Ok(()),
+            (None, true) => Ok(()),
+            _ => Err(invalid(format!(
+                "state {name:?} needs exactly one of an existing Next or End"
+            ))),
+        }
+    }
+}
+
 fn check_retry_and_catch(
     name: &str,
     retry: &[Retrier],
@@ -334,21 +362,6 @@ fn check_retry_and_catch(
         }
     }
     Ok(())
-}
-
-fn check_transition(
-    name: &str,
-    next: &Option<String>,
-    end: bool,
-    states: &BTreeSet<&str>,
-) -> Result<()> {
-    match (next, end) {
-        (Some(n), false) if states.contains(n.as_str()) => Ok(()),
-        (None, true) => Ok(()),
-        _ => Err(invalid(format!(
-            "state {name:?} needs exactly one of an existing Next or End"
-        ))),
-    }
 }
 
 impl StateMachine {
@@ -377,7 +390,7 @@ impl StateMachine {
                 .unwrap_or_default();
             let state = match kind {
                 "Task" => {
-                    let t: TaskState = typed(name, value.clone())?;
+                    let (t, flow): (TaskState, Flow) = with_flow(name, value, &names)?;
                     if !resources.contains(&t.resource) {
                         return Err(invalid(format!(
                             "state {name:?}: resource {:?} is not one this runner provides",
@@ -387,15 +400,10 @@ impl StateMachine {
                     if let Some(p) = &t.parameters {
                         check_template(p)?;
                     }
-                    if let Some(Some(p)) = &t.result_path {
-                        Path::parse(p)?;
-                    }
-                    check_retry_and_catch(name, &t.retry, &t.catch, &names)?;
-                    check_transition(name, &t.next, t.end, &names)?;
-                    State::Task(t)
+                    State::Task(t, flow)
                 }
                 "Map" => {
-                    let m: MapState = typed(name, value.clone())?;
+                    let (m, flow): (MapState, Flow) = with_flow(name, value, &names)?;
                     match (&m.item_reader, &m.items_path) {
                         (Some(r), None) => {
                             let json_input = r.reader_config.get("InputType").map(String::as_str)
@@ -436,17 +444,12 @@ impl StateMachine {
                             "state {name:?}: ProcessorConfig must be INLINE, or DISTRIBUTED with an ExecutionType"
                         )));
                     }
-                    if let Some(Some(p)) = &m.result_path {
-                        Path::parse(p)?;
-                    }
-                    check_retry_and_catch(name, &m.retry, &m.catch, &names)?;
-                    check_transition(name, &m.next, m.end, &names)?;
                     let inner = serde_json::json!({
                         "StartAt": m.item_processor.start_at,
                         "States": m.item_processor.states,
                     });
                     let processor = StateMachine::from_value(inner, resources)?;
-                    State::Map(Box::new(m), Box::new(processor))
+                    State::Map(Box::new(m), Box::new(processor), flow)
                 }
                 "Fail" => State::Fail(typed(name, value.clone())?),
                 "Succeed" => State::Succeed(typed(name, value.clone())?),

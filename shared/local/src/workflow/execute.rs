@@ -223,7 +223,7 @@ fn run(
             .states
             .get(&current)
             .ok_or_else(|| Failure::runtime(format!("no state {current:?}")))?;
-        let (outcome, result_path, catchers, next, end) = match state {
+        let (outcome, flow) = match state {
             State::Succeed(_) => return Ok(input),
             State::Fail(f) => {
                 return Err(Failure::new(
@@ -231,7 +231,7 @@ fn run(
                     f.cause.clone().unwrap_or_default(),
                 ));
             }
-            State::Task(t) => {
+            State::Task(t, flow) => {
                 let function = host
                     .functions
                     .get(&t.resource)
@@ -240,25 +240,26 @@ fn run(
                     Some(p) => fill(p, &input, ctx),
                     None => Ok(input.clone()),
                 }
-                .and_then(|args| with_retry(host, &t.retry, || function(&args)));
-                (outcome, &t.result_path, &t.catch, &t.next, t.end)
+                .and_then(|args| with_retry(host, &flow.retry, || function(&args)));
+                (outcome, flow)
             }
-            State::Map(m, processor) => {
-                let outcome =
-                    with_retry(host, &m.retry, || run_map(host, m, processor, &input, ctx));
-                (outcome, &m.result_path, &m.catch, &m.next, m.end)
+            State::Map(m, processor, flow) => {
+                let outcome = with_retry(host, &flow.retry, || {
+                    run_map(host, m, processor, &input, ctx)
+                });
+                (outcome, flow)
             }
         };
         let next_state = match outcome {
             Ok(result) => {
-                input = place(&input, result, result_path)?;
-                match next {
-                    Some(n) if !end => n.clone(),
+                input = place(&input, result, &flow.result_path)?;
+                match &flow.next {
+                    Some(n) if !flow.end => n.clone(),
                     _ => return Ok(input),
                 }
             }
             Err(failure) => {
-                let c = catch(catchers, &failure).ok_or_else(|| failure.clone())?;
+                let c = catch(&flow.catch, &failure).ok_or_else(|| failure.clone())?;
                 input = place(&input, failure.output(), &c.result_path)?;
                 c.next.clone()
             }
