@@ -335,7 +335,6 @@ fn intake_failures_after_admission_release_the_quota() {
 
 #[test]
 fn a_task_that_died_before_recording_its_upload_still_has_it_aborted() {
-    use amistore_core::ports::ObjectStore;
     let w = world();
     let (image, _) = w.image("crashed early");
     let key: ObjectKey = format!("{image}.bin").parse().unwrap();

@@ -150,6 +150,13 @@ impl Engine {
             .map_err(|e| Error::Malformed(format!("{name} of task {task} is damaged: {e}")))
     }
 
+    /// Ends an in-progress task (releasing its quota) and drops its work objects.
+    fn end(&self, id: &TaskId, state: TaskState, reason: Option<&str>) -> Result<()> {
+        self.tasks.finish(id, state, reason, now_ms())?;
+        self.drop_work(id);
+        Ok(())
+    }
+
     /// Removes a task's work objects (best effort: they are only caches).
     fn drop_work(&self, task: &TaskId) {
         for name in [store::PLAN, steps::ITEMS] {

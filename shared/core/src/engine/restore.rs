@@ -9,7 +9,7 @@
 //! - fail: mark the image and its snapshots `failed`, with the reason.
 
 use crate::archive::{ArchiveIndex, Decoded, read_units};
-use crate::engine::{Engine, now_ms};
+use crate::engine::Engine;
 use crate::ids::{ImageId, ResourceState, TaskId};
 use crate::ports::{Image, ObjectReader};
 use crate::task::{Task, TaskState};
@@ -124,10 +124,7 @@ impl Engine {
         }
         self.catalog
             .set_image_state(&task.account, &image_id, ResourceState::Available, None)?;
-        self.tasks
-            .finish(id, TaskState::Completed, None, now_ms())?;
-        self.drop_work(id);
-        Ok(())
+        self.end(id, TaskState::Completed, None)
     }
 
     /// Fails a restore task: its image and snapshots become `failed`.
@@ -153,9 +150,6 @@ impl Engine {
                 Some(reason),
             )?;
         }
-        self.tasks
-            .finish(id, TaskState::Failed, Some(reason), now_ms())?;
-        self.drop_work(id);
-        Ok(())
+        self.end(id, TaskState::Failed, Some(reason))
     }
 }

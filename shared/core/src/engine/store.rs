@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
 use crate::archive::{ArchiveIndex, ArchivePlan, BlockSource, DiskSource, UnitRecord, encode_unit};
-use crate::engine::{Engine, SpoolFile, now_ms};
+use crate::engine::{Engine, SpoolFile};
 use crate::ids::{SnapshotId, TaskId};
 use crate::ports::{CompletedPart, ObjectReader, SnapshotStore};
 use crate::task::{Task, TaskState};
@@ -229,10 +229,7 @@ impl Engine {
                 "the completed object's manifest differs from the one written".into(),
             ));
         }
-        self.tasks
-            .finish(id, TaskState::Completed, None, now_ms())?;
-        self.drop_work(id);
-        Ok(())
+        self.end(id, TaskState::Completed, None)
     }
 
     /// Fails a store task: nothing stays in the bucket, the quota is released.
@@ -268,10 +265,7 @@ impl Engine {
             // an object that must not stay: the key was free when the task began.
             self.objects.delete_object(&task.bucket, &task.key)?;
         }
-        self.tasks
-            .finish(id, TaskState::Failed, Some(reason), now_ms())?;
-        self.drop_work(id);
-        Ok(())
+        self.end(id, TaskState::Failed, Some(reason))
     }
 }
 
