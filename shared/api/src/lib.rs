@@ -1,0 +1,17 @@
+//! amistore's EC2-compatible API, as library code so that the local server
+//! (`amistore serve`) and the API Gateway front of the Lambda deployment speak
+//! exactly the same protocol.
+//!
+//! - [`query`]: EC2 Query requests (form-encoded, flattened 1-based lists),
+//!   parsed into typed parameters; every parameter must be consumed.
+//! - [`xml`]: responses in the `http://ec2.amazonaws.com/doc/2016-11-15/`
+//!   namespace and EC2's `<Response><Errors>…` error documents.
+//! - [`error`]: EC2's error codes and HTTP statuses.
+//! - [`actions`]: the actions over the engine, scoped to the caller's account.
+
+pub mod actions;
+pub mod error;
+pub mod query;
+pub mod xml;
+
+pub use error::ApiError;

@@ -1,0 +1,131 @@
+//! EC2's XML: success documents in the 2016-11-15 namespace (a `<requestId>`
+//! first, then the result's members by their model `locationName`s, lists as
+//! wrappers of `<item>`s), and `<Response><Errors>` error documents.
+
+use crate::ApiError;
+
+/// The namespace EC2 puts on every success document (with the trailing slash
+/// the wire has and the model omits).
+pub const NAMESPACE: &str = "http://ec2.amazonaws.com/doc/2016-11-15/";
+
+/// Escapes text for an element's content.
+pub fn escape(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&apos;"),
+            // XML 1.0 cannot carry other control characters even escaped.
+            c if c.is_control() && !matches!(c, '\t' | '\n' | '\r') => {
+                out.push_str(&format!("\\u{{{:x}}}", c as u32))
+            }
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// Builds the body of a success document.
+#[derive(Debug, Default)]
+pub struct Body(String);
+
+impl Body {
+    /// An empty body.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// `<name>text</name>`.
+    pub fn text(&mut self, name: &str, text: &str) -> &mut Self {
+        self.0
+            .push_str(&format!("<{name}>{}</{name}>", escape(text)));
+        self
+    }
+
+    /// `<name>text</name>` if there is a text; nothing otherwise (SDKs read an
+    /// absent element as null).
+    pub fn opt(&mut self, name: &str, text: Option<&str>) -> &mut Self {
+        if let Some(t) = text {
+            self.text(name, t);
+        }
+        self
+    }
+
+    /// `<name>` + whatever `fill` writes + `</name>`.
+    pub fn element(&mut self, name: &str, fill: impl FnOnce(&mut Body)) -> &mut Self {
+        self.0.push_str(&format!("<{name}>"));
+        fill(self);
+        self.0.push_str(&format!("</{name}>"));
+        self
+    }
+
+    /// A list: `<name>` with one `<item>` per entry (`<name/>` when empty).
+    pub fn list<T>(
+        &mut self,
+        name: &str,
+        items: &[T],
+        mut fill: impl FnMut(&mut Body, &T),
+    ) -> &mut Self {
+        if items.is_empty() {
+            self.0.push_str(&format!("<{name}/>"));
+            return self;
+        }
+        self.element(name, |b| {
+            for item in items {
+                b.element("item", |b| fill(b, item));
+            }
+        })
+    }
+
+    /// The whole document for `action`.
+    pub fn document(&self, action: &str, request_id: &str) -> String {
+        format!(
+            "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<{action}Response xmlns=\"{NAMESPACE}\"><requestId>{}</requestId>{}</{action}Response>",
+            escape(request_id),
+            self.0
+        )
+    }
+}
+
+/// The error document for `error` (no namespace, `RequestID` with a capital ID).
+pub fn error_document(error: &ApiError, request_id: &str) -> String {
+    format!(
+        "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Response><Errors><Error><Code>{}</Code><Message>{}</Message></Error></Errors><RequestID>{}</RequestID></Response>",
+        escape(error.code),
+        escape(&error.message),
+        escape(request_id)
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn documents_have_ec2_shapes() {
+        let mut b = Body::new();
+        b.list("storeImageTaskResultSet", &["ami-1"], |b, id| {
+            b.text("amiId", id)
+                .text("s3objectKey", "a<b>&.bin")
+                .opt("storeTaskFailureReason", None);
+        })
+        .opt("nextToken", None);
+        assert_eq!(
+            b.document("DescribeStoreImageTasks", "req-1"),
+            "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<DescribeStoreImageTasksResponse xmlns=\"http://ec2.amazonaws.com/doc/2016-11-15/\">\
+             <requestId>req-1</requestId><storeImageTaskResultSet><item><amiId>ami-1</amiId>\
+             <s3objectKey>a&lt;b&gt;&amp;.bin</s3objectKey></item></storeImageTaskResultSet></DescribeStoreImageTasksResponse>"
+        );
+        let empty = Body::new()
+            .list("storeImageTaskResultSet", &[] as &[u8], |_, _| {})
+            .document("X", "r");
+        assert!(empty.contains("<storeImageTaskResultSet/>"));
+        let err = error_document(&ApiError::dry_run(), "r-2");
+        assert!(err.contains("<Response><Errors><Error><Code>DryRunOperation</Code>"));
+        assert!(err.ends_with("<RequestID>r-2</RequestID></Response>"));
+        assert_eq!(escape("a\u{1}b"), "a\\u{1}b");
+    }
+}
