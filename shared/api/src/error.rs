@@ -55,7 +55,7 @@ pub fn status_of(code: &str) -> u16 {
     match code {
         "DryRunOperation" => 412,
         "AuthFailure" | "IncompleteSignature" | "SignatureDoesNotMatch" => 401,
-        "UnauthorizedOperation" | "RequestExpired" => 403,
+        "UnauthorizedOperation" => 403,
         "RequestLimitExceeded" | "ServiceUnavailable" => 503,
         "InternalError" => 500,
         _ => 400,

@@ -7,11 +7,13 @@
 //! - [`xml`]: responses in the `http://ec2.amazonaws.com/doc/2016-11-15/`
 //!   namespace and EC2's `<Response><Errors>…` error documents.
 //! - [`error`]: EC2's error codes and HTTP statuses.
+//! - [`sigv4`]: verifying AWS Signature Version 4 (header and query forms).
 //! - [`actions`]: the actions over the engine, scoped to the caller's account.
 
 pub mod actions;
 pub mod error;
 pub mod query;
+pub mod sigv4;
 pub mod xml;
 
 pub use error::ApiError;
