@@ -5,6 +5,7 @@ mod archive_cmd;
 mod bucket_cmd;
 mod image_cmd;
 mod progress;
+mod serve_cmd;
 mod task_cmd;
 
 use std::path::PathBuf;
@@ -52,6 +53,9 @@ enum Command {
     /// Restore an AMI from a stored object (CreateRestoreImageTask), waiting for
     /// it to finish; prints the new AMI id.
     RestoreImage(task_cmd::RestoreArgs),
+    /// Serve the EC2 API (CreateStoreImageTask, DescribeStoreImageTasks,
+    /// CreateRestoreImageTask, …) for the stock AWS CLI and SDKs.
+    Serve(serve_cmd::ServeArgs),
     /// List store tasks of the last 31 days, newest first, as JSON shaped like
     /// the AWS CLI's output (DescribeStoreImageTasks).
     DescribeStoreImageTasks(task_cmd::DescribeArgs),
@@ -80,6 +84,9 @@ fn main() -> ExitCode {
         }
         Command::DescribeStoreImageTasks(args) => {
             data_dir(cli.data_dir).and_then(|dir| task_cmd::describe_store(args, &dir, limits))
+        }
+        Command::Serve(args) => {
+            data_dir(cli.data_dir).and_then(|dir| serve_cmd::run(args, &dir, limits))
         }
     };
     match result {

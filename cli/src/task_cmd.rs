@@ -91,6 +91,16 @@ pub struct DescribeArgs {
     next_token: Option<String>,
 }
 
+impl Limits {
+    /// The limits as the engine takes them.
+    pub fn quota(&self) -> QuotaLimits {
+        QuotaLimits {
+            store_gib: self.store_limit_gib,
+            restore_gib: self.restore_limit_gib,
+        }
+    }
+}
+
 fn parse_tag_spec(s: &str) -> Result<(bool, Tag)> {
     let (kind, tag) = s
         .split_once(':')
@@ -121,10 +131,7 @@ fn parse_filter(s: &str) -> Result<(String, Vec<String>)> {
 /// behind when it died.
 fn open(data_dir: &Path, limits: Limits, bar: Option<&Bar>) -> Result<LocalEngine> {
     let options = LocalOptions {
-        limits: QuotaLimits {
-            store_gib: limits.store_limit_gib,
-            restore_gib: limits.restore_limit_gib,
-        },
+        limits: limits.quota(),
         ..LocalOptions::default()
     };
     let progress = bar.map(|b| {

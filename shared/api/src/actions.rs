@@ -4,6 +4,8 @@
 //! scopes everything.
 //!
 //! EC2's: CreateStoreImageTask, DescribeStoreImageTasks, CreateRestoreImageTask.
+//! EC2's DescribeImages, over the caller's images, so that `aws ec2 wait
+//! image-available` follows a restore.
 //! amistore's extension: DescribeRestoreImageTasks (same request shape as
 //! DescribeStoreImageTasks; `restoreImageTaskResultSet` items with `imageId`,
 //! `taskStartTime`, `bucket`, `objectKey`, `progressPercentage`,
@@ -80,6 +82,7 @@ pub fn handle(
         "DescribeStoreImageTasks" => describe_tasks(engine, account, params, TaskKind::Store)?,
         "CreateRestoreImageTask" => create_restore(engine, account, params)?,
         "DescribeRestoreImageTasks" => describe_tasks(engine, account, params, TaskKind::Restore)?,
+        "DescribeImages" => describe_images(engine, account, params)?,
         other => {
             return Err(ApiError::new(
                 "InvalidAction",
@@ -229,4 +232,157 @@ fn restore_item(b: &mut Body, t: &Task) {
         .text("progressPercentage", &t.progress_percent().to_string())
         .text("restoreTaskState", t.state.as_str())
         .opt("restoreTaskFailureReason", t.failure_reason.as_deref());
+}
+
+/// DescribeImages over the caller's images: `ImageId.N`, `Owner.N` (`self` or
+/// the caller's account), and the filters `name`, `state` and `tag:KEY`
+/// (values ORed, filters ANDed; `*` and `?` wildcards as EC2 allows).
+fn describe_images(engine: &Engine, account: &AccountId, mut p: Params) -> Result<Body, ApiError> {
+    let ids = p
+        .list("ImageId")?
+        .iter()
+        .map(|i| image_id(i))
+        .collect::<Result<Vec<_>, _>>()?;
+    let owners = p.list("Owner")?;
+    let mut filters = Vec::new();
+    for mut f in p.groups("Filter")? {
+        let name = f.req("Name")?;
+        let values = f.list("Value")?;
+        f.finish()?;
+        if !(name == "name" || name == "state" || name.starts_with("tag:")) {
+            return Err(ApiError::new(
+                "InvalidParameterValue",
+                format!("The filter '{name}' is invalid; supported: name, state, tag:KEY"),
+            ));
+        }
+        filters.push((name, values));
+    }
+    finish(p)?;
+    let mine = owners.is_empty() || owners.iter().any(|o| o == "self" || o == account.as_str());
+    let images = if mine {
+        engine.catalog.list_images(account)?
+    } else {
+        Vec::new()
+    };
+    if let Some(missing) = ids
+        .iter()
+        .find(|id| !images.iter().any(|i| i.image_id == **id))
+    {
+        return Err(ApiError::new(
+            "InvalidAMIID.NotFound",
+            format!("The image id '[{missing}]' does not exist"),
+        ));
+    }
+    let shown: Vec<_> = images
+        .into_iter()
+        .filter(|i| ids.is_empty() || ids.contains(&i.image_id))
+        .filter(|i| {
+            filters.iter().all(|(name, values)| {
+                let actual: Option<&str> = match name.as_str() {
+                    "name" => Some(i.metadata.name.as_str()),
+                    "state" => Some(i.state.as_str()),
+                    tag => i
+                        .metadata
+                        .tags
+                        .iter()
+                        .find(|t| Some(t.key()) == tag.strip_prefix("tag:"))
+                        .map(|t| t.value()),
+                };
+                actual.is_some_and(|a| values.iter().any(|v| wildcard(v, a)))
+            })
+        })
+        .collect();
+    let mut body = Body::new();
+    body.list("imagesSet", &shown, |b, i| {
+        let m = &i.metadata;
+        b.text("imageId", i.image_id.as_str())
+            .text("imageState", i.state.as_str())
+            .text("imageOwnerId", i.owner_id.as_str())
+            .text("creationDate", &i.creation_date)
+            .text("isPublic", "false")
+            .text("architecture", m.architecture.as_str())
+            .text("imageType", "machine")
+            .text("name", m.name.as_str())
+            .opt("description", m.description.as_deref())
+            .text("rootDeviceType", "ebs")
+            .text("rootDeviceName", m.root_device_name.as_str())
+            .text("virtualizationType", m.virtualization_type.as_str())
+            .text("enaSupport", if m.ena_support { "true" } else { "false" })
+            .opt("bootMode", m.boot_mode.map(|b| b.as_str()))
+            .opt("tpmSupport", m.tpm_support.as_deref())
+            .opt("imdsSupport", m.imds_support.as_deref())
+            .opt("sourceImageId", m.source_image_id.as_deref());
+        b.list("blockDeviceMapping", &m.block_device_mappings, |b, bdm| {
+            b.text("deviceName", bdm.device_name.as_str());
+            if let Some(ebs) = &bdm.ebs {
+                b.element("ebs", |b| {
+                    let snapshot = ebs.disk.and_then(|d| i.snapshots.get(d));
+                    b.opt("snapshotId", snapshot.map(|s| s.snapshot_id.as_str()))
+                        .text("volumeSize", &ebs.volume_size_gib.to_string())
+                        .text(
+                            "deleteOnTermination",
+                            if ebs.delete_on_termination {
+                                "true"
+                            } else {
+                                "false"
+                            },
+                        )
+                        .text("volumeType", ebs.volume_type.as_str())
+                        .opt("iops", ebs.iops.map(|n| n.to_string()).as_deref())
+                        .opt(
+                            "throughput",
+                            ebs.throughput.map(|n| n.to_string()).as_deref(),
+                        )
+                        .text("encrypted", if ebs.encrypted { "true" } else { "false" });
+                });
+            }
+            b.opt("virtualName", bdm.virtual_name.as_deref());
+        });
+        b.list("tagSet", &m.tags, |b, t| {
+            b.text("key", t.key()).text("value", t.value());
+        });
+        if let Some(reason) = &i.state_reason {
+            b.element("stateReason", |b| {
+                b.text("code", "Client.RestoreFailed")
+                    .text("message", reason);
+            });
+        }
+    });
+    Ok(body)
+}
+
+/// EC2's filter wildcards: `*` any run, `?` any one character.
+fn wildcard(pattern: &str, text: &str) -> bool {
+    let (p, t): (Vec<char>, Vec<char>) = (pattern.chars().collect(), text.chars().collect());
+    // Classic two-row dynamic programme; inputs are short (names, tag values).
+    let mut prev = vec![false; t.len() + 1];
+    prev[0] = true;
+    for pc in &p {
+        let mut cur = vec![false; t.len() + 1];
+        cur[0] = *pc == '*' && prev[0];
+        for j in 1..=t.len() {
+            cur[j] = match pc {
+                '*' => cur[j - 1] || prev[j],
+                '?' => prev[j - 1],
+                c => prev[j - 1] && *c == t[j - 1],
+            };
+        }
+        prev = cur;
+    }
+    prev[t.len()]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::wildcard;
+
+    #[test]
+    fn wildcards_match_as_ec2_filters_do() {
+        assert!(wildcard("web*", "web-server"));
+        assert!(wildcard("w?b", "web"));
+        assert!(wildcard("*", ""));
+        assert!(!wildcard("web", "web-server"));
+        assert!(!wildcard("w?b", "wb"));
+        assert!(wildcard("a*b*c", "aXXbYYc"));
+    }
 }

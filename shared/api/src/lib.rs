@@ -9,10 +9,12 @@
 //! - [`error`]: EC2's error codes and HTTP statuses.
 //! - [`sigv4`]: verifying AWS Signature Version 4 (header and query forms).
 //! - [`actions`]: the actions over the engine, scoped to the caller's account.
+//! - [`service`]: one HTTP request to one response, authentication included.
 
 pub mod actions;
 pub mod error;
 pub mod query;
+pub mod service;
 pub mod sigv4;
 pub mod xml;
 

@@ -89,6 +89,17 @@ impl Params {
         format!("{}{name}", self.prefix)
     }
 
+    /// Reads a parameter without taking it.
+    pub fn peek(&self, name: &str) -> Option<String> {
+        self.values.get(name).cloned()
+    }
+
+    /// Drops the query-string signature parameters (`X-Amz-…`), which the
+    /// signature check has already read.
+    pub fn drop_auth(&mut self) {
+        self.values.retain(|k, _| !k.starts_with("X-Amz-"));
+    }
+
     /// Takes an optional parameter.
     pub fn opt(&mut self, name: &str) -> Option<String> {
         self.values.remove(name)

@@ -488,6 +488,10 @@ impl ImageCatalog for ImageLibrary {
         Ok(self.get(account, id)?)
     }
 
+    fn list_images(&self, account: &AccountId) -> amistore_core::Result<Vec<Image>> {
+        Ok(self.list(account)?)
+    }
+
     fn image_name_taken(
         &self,
         account: &AccountId,

@@ -369,6 +369,14 @@ pub fn catalog_and_snapshots(
     );
     assert!(catalog.image_name_taken(account, &name).unwrap());
     assert!(!catalog.image_name_taken(&other, &name).unwrap());
+    let listed: Vec<ImageId> = catalog
+        .list_images(account)
+        .unwrap()
+        .into_iter()
+        .map(|i| i.image_id)
+        .collect();
+    assert_eq!(listed, vec![id.clone()]);
+    assert!(catalog.list_images(&other).unwrap().is_empty());
     let image = catalog.describe_image(account, &id).unwrap();
     assert_eq!(image.state, ResourceState::Pending);
     assert_eq!(image.owner_id, *account);

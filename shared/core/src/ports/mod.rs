@@ -79,6 +79,9 @@ pub trait ImageCatalog: Send + Sync {
     /// The image `id` with its snapshots and tags, if `account` can see it.
     fn describe_image(&self, account: &AccountId, id: &ImageId) -> Result<Image>;
 
+    /// Every image `account` owns, oldest first.
+    fn list_images(&self, account: &AccountId) -> Result<Vec<Image>>;
+
     /// Whether `account` already has an image called `name`.
     fn image_name_taken(&self, account: &AccountId, name: &ImageName) -> Result<bool>;
 

@@ -266,6 +266,10 @@ impl ImageCatalog for Faulty<dyn ImageCatalog> {
         self.1.check("describe_image")?;
         self.0.describe_image(a, id)
     }
+    fn list_images(&self, a: &AccountId) -> Result<Vec<Image>> {
+        self.1.check("list_images")?;
+        self.0.list_images(a)
+    }
     fn image_name_taken(&self, a: &AccountId, n: &ImageName) -> Result<bool> {
         self.1.check("image_name_taken")?;
         self.0.image_name_taken(a, n)

@@ -1,0 +1,219 @@
+//! One HTTP request in, one HTTP response out: authentication (SigV4 against
+//! the configured credentials, which map access keys to accounts), parameter
+//! parsing, the action, and the XML answer. Free of any HTTP library, so the
+//! local server and a Lambda front end share it.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use amistore_core::engine::Engine;
+use amistore_core::ids::{AccountId, unique_token};
+use time::OffsetDateTime;
+
+use crate::query::{MAX_REQUEST_BYTES, Params};
+use crate::sigv4::{SignedRequest, verify};
+use crate::xml::error_document;
+use crate::{ApiError, actions};
+
+/// An HTTP request, as the server received it.
+#[derive(Debug, Clone, Default)]
+pub struct HttpRequest {
+    /// Method.
+    pub method: String,
+    /// Path, still percent-encoded.
+    pub path: String,
+    /// Query string without `?`.
+    pub query: String,
+    /// Headers.
+    pub headers: Vec<(String, String)>,
+    /// Body.
+    pub body: Vec<u8>,
+}
+
+/// The answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HttpResponse {
+    /// HTTP status.
+    pub status: u16,
+    /// XML body.
+    pub body: String,
+}
+
+/// What one request did, for the server's log line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Outcome {
+    /// The request id sent back.
+    pub request_id: String,
+    /// The action, if the request named one.
+    pub action: Option<String>,
+    /// The caller's account, once authenticated.
+    pub account: Option<AccountId>,
+    /// The error code, if it failed.
+    pub error: Option<&'static str>,
+}
+
+/// Access keys and the secrets and accounts they stand for.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Credentials {
+    keys: BTreeMap<String, (String, AccountId)>,
+}
+
+/// The credentials local use runs with when none are configured (documented;
+/// accepted only while the server listens on loopback).
+pub const DEFAULT_ACCESS_KEY: &str = "test";
+/// The secret of [`DEFAULT_ACCESS_KEY`].
+pub const DEFAULT_SECRET: &str = "test";
+
+impl Credentials {
+    /// Parses a credentials file: one `ACCESS_KEY SECRET ACCOUNT_ID` per line;
+    /// blank lines and lines starting with `#` are ignored.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let mut keys = BTreeMap::new();
+        for (n, line) in text.lines().enumerate() {
+            let line = line.trim();
+            if line.is_empty() || line.starts_with('#') {
+                continue;
+            }
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let [key, secret, account] = fields.as_slice() else {
+                return Err(format!(
+                    "line {}: expected ACCESS_KEY SECRET ACCOUNT_ID",
+                    n + 1
+                ));
+            };
+            let account: AccountId = account
+                .parse()
+                .map_err(|e| format!("line {}: {e}", n + 1))?;
+            if keys
+                .insert(key.to_string(), (secret.to_string(), account))
+                .is_some()
+            {
+                return Err(format!("line {}: access key {key} is given twice", n + 1));
+            }
+        }
+        if keys.is_empty() {
+            return Err("no credentials are configured".into());
+        }
+        Ok(Self { keys })
+    }
+
+    /// `test`/`test` for the local default account.
+    pub fn local_default() -> Self {
+        let mut keys = BTreeMap::new();
+        keys.insert(
+            DEFAULT_ACCESS_KEY.to_owned(),
+            (DEFAULT_SECRET.to_owned(), AccountId::local_default()),
+        );
+        Self { keys }
+    }
+
+    fn secret(&self, key: &str) -> Option<String> {
+        self.keys.get(key).map(|(s, _)| s.clone())
+    }
+
+    fn account(&self, key: &str) -> Option<AccountId> {
+        self.keys.get(key).map(|(_, a)| a.clone())
+    }
+}
+
+/// The API over an engine.
+pub struct Service {
+    engine: Arc<Engine>,
+    credentials: Credentials,
+}
+
+impl Service {
+    /// A service answering for `credentials`' accounts.
+    pub fn new(engine: Arc<Engine>, credentials: Credentials) -> Self {
+        Self {
+            engine,
+            credentials,
+        }
+    }
+
+    /// Answers one request.
+    pub fn handle(&self, req: &HttpRequest, now: OffsetDateTime) -> (HttpResponse, Outcome) {
+        let request_id = unique_token()[..36].to_owned();
+        let mut outcome = Outcome {
+            request_id: request_id.clone(),
+            action: None,
+            account: None,
+            error: None,
+        };
+        let result = self.answer(req, now, &mut outcome);
+        let response = match result {
+            Ok(body) => HttpResponse { status: 200, body },
+            Err(e) => {
+                outcome.error = Some(e.code);
+                HttpResponse {
+                    status: e.status,
+                    body: error_document(&e, &request_id),
+                }
+            }
+        };
+        (response, outcome)
+    }
+
+    fn answer(
+        &self,
+        req: &HttpRequest,
+        now: OffsetDateTime,
+        outcome: &mut Outcome,
+    ) -> Result<String, ApiError> {
+        if req.body.len() > MAX_REQUEST_BYTES || req.query.len() > MAX_REQUEST_BYTES {
+            return Err(ApiError {
+                code: "RequestEntityTooLarge",
+                message: format!("requests are limited to {MAX_REQUEST_BYTES} bytes"),
+                status: 413,
+            });
+        }
+        let mut params = match req.method.as_str() {
+            "POST" => Params::parse(&req.body)?,
+            "GET" => Params::parse(req.query.as_bytes())?,
+            other => {
+                return Err(ApiError::new(
+                    "UnsupportedProtocol",
+                    format!("method {other} is not supported; use POST or GET"),
+                ));
+            }
+        };
+        outcome.action = params.peek("Action");
+        let signed = SignedRequest {
+            method: &req.method,
+            path: &req.path,
+            query: &req.query,
+            headers: &req.headers,
+            body: &req.body,
+        };
+        let signer = verify(&signed, |k| self.credentials.secret(k), now)?;
+        let account = self
+            .credentials
+            .account(&signer.access_key)
+            .ok_or_else(|| ApiError::new("AuthFailure", "unknown access key"))?;
+        outcome.account = Some(account.clone());
+        params.drop_auth();
+        actions::handle(&self.engine, &account, params, &outcome.request_id)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn credentials_files_parse_strictly() {
+        let c =
+            Credentials::parse("# keys\nAKIA1 s1 111122223333\n\nAKIA2 s2 444455556666\n").unwrap();
+        assert_eq!(c.secret("AKIA2").as_deref(), Some("s2"));
+        assert_eq!(c.account("AKIA1").unwrap().as_str(), "111122223333");
+        for bad in [
+            "",
+            "# none",
+            "k s",
+            "k s 123",
+            "k s 111122223333\nk t 111122223333",
+        ] {
+            assert!(Credentials::parse(bad).is_err(), "{bad:?}");
+        }
+    }
+}

@@ -1,0 +1,423 @@
+//! End to end with the stock AWS CLI (`awscli` from PyPI, which `scripts/test`
+//! installs into `.venv`) against `amistore serve`: store, wait, describe,
+//! restore, wait for the image, and EC2's errors with their HTTP statuses.
+
+// In a test a panic is the failure report.
+#![allow(clippy::unwrap_used)]
+
+mod support;
+
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use support::*;
+
+fn aws_cli() -> PathBuf {
+    let path = std::env::var_os("AMISTORE_AWS_CLI")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../.venv/bin/aws"));
+    assert!(
+        path.exists(),
+        "the AWS CLI is not at {} (scripts/test installs it; or set AMISTORE_AWS_CLI)",
+        path.display()
+    );
+    path
+}
+
+/// `amistore serve` on a free loopback port, stopped (SIGTERM) when dropped.
+struct Server {
+    child: Child,
+    port: u16,
+    config: PathBuf,
+}
+
+impl Server {
+    fn start(data: &Path, extra: &[&str]) -> Self {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let listen = format!("127.0.0.1:{port}");
+        let child = Command::new(env!("CARGO_BIN_EXE_amistore"))
+            .args(["serve", "--listen", &listen, "--data-dir", s(data)])
+            .args(extra)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while TcpStream::connect(&listen).is_err() {
+            assert!(Instant::now() < deadline, "the server did not start");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        // Client-side parameter validation off, so that requests the server
+        // must refuse (a missing ImageId, MaxResults 0) reach it.
+        let config = data.with_file_name(format!("aws-config-{port}"));
+        std::fs::write(&config, "[default]\nparameter_validation = false\n").unwrap();
+        Self {
+            child,
+            port,
+            config,
+        }
+    }
+
+    /// Runs `aws ec2 ARGS` signed with `secret` for access key `test`.
+    fn aws_as(&self, secret: &str, args: &[&str]) -> Output {
+        Command::new(aws_cli())
+            .args([
+                "--endpoint-url",
+                &format!("http://127.0.0.1:{}", self.port),
+                "--output",
+                "json",
+                "ec2",
+            ])
+            .args(args)
+            .env("AWS_ACCESS_KEY_ID", "test")
+            .env("AWS_SECRET_ACCESS_KEY", secret)
+            .env("AWS_DEFAULT_REGION", "us-east-1")
+            .env("AWS_CONFIG_FILE", &self.config)
+            .env("AWS_SHARED_CREDENTIALS_FILE", "/dev/null")
+            .env("AWS_MAX_ATTEMPTS", "1")
+            .output()
+            .unwrap()
+    }
+
+    fn json(&self, args: &[&str]) -> Value {
+        let out = self.aws_as("test", args);
+        assert!(
+            out.status.success(),
+            "aws ec2 {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).unwrap()
+    }
+
+    fn wait(&self, args: &[&str]) {
+        let out = self.aws_as("test", args);
+        assert!(
+            out.status.success(),
+            "aws ec2 {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// Runs a call that must fail with `code` and HTTP `status`.
+    fn fails_with(&self, secret: &str, args: &[&str], code: &str, status: u16) {
+        let mut with_debug = args.to_vec();
+        with_debug.push("--debug");
+        let out = self.aws_as(secret, &with_debug);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "aws ec2 {args:?} should fail");
+        assert!(
+            stderr.contains(&format!("An error occurred ({code})")),
+            "aws ec2 {args:?}: expected {code}: {}",
+            stderr.lines().rev().take(3).collect::<Vec<_>>().join(" | ")
+        );
+        assert!(
+            stderr.contains(&format!("\"POST / HTTP/1.1\" {status}")),
+            "aws ec2 {args:?}: expected HTTP {status}"
+        );
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn the_aws_cli_stores_waits_describes_restores_and_waits_for_the_image() {
+    let image = make_image();
+    let data = image.dir.path().join("data");
+    let local = |args: &[&str]| ok_in(args, Some(&data)).trim().to_owned();
+    let mut import = vec!["image", "import", "--name", "aws cli source"];
+    let disks = image.disk_args();
+    import.extend(disks.iter().map(String::as_str));
+    let ami = local(&import);
+    for b in ["bucket-a", "bucket-b", "bucket-c"] {
+        local(&["bucket", "create", b]);
+    }
+    let server = Server::start(&data, &[]);
+
+    let created = server.json(&[
+        "create-store-image-task",
+        "--image-id",
+        &ami,
+        "--bucket",
+        "bucket-a/p1/p2",
+    ]);
+    let key = created["ObjectKey"].as_str().unwrap().to_owned();
+    assert_eq!(key, format!("p1/p2/{ami}.bin"));
+    server.wait(&["wait", "store-image-task-complete", "--image-ids", &ami]);
+    for b in ["bucket-b", "bucket-c"] {
+        server.json(&["create-store-image-task", "--image-id", &ami, "--bucket", b]);
+        server.wait(&["wait", "store-image-task-complete", "--image-ids", &ami]);
+    }
+
+    let results = |v: &Value| v["StoreImageTaskResults"].as_array().unwrap().clone();
+    let latest = results(&server.json(&["describe-store-image-tasks", "--image-ids", &ami]));
+    assert_eq!(latest.len(), 1, "only the latest task of the AMI");
+    assert_eq!(latest[0]["Bucket"], "bucket-c");
+    assert_eq!(latest[0]["StoreTaskState"], "Completed");
+    assert_eq!(latest[0]["ProgressPercentage"], 100);
+    let completed = results(&server.json(&[
+        "describe-store-image-tasks",
+        "--filters",
+        "Name=task-state,Values=Completed",
+    ]));
+    assert_eq!(completed.len(), 3);
+    let in_a = results(&server.json(&[
+        "describe-store-image-tasks",
+        "--filters",
+        "Name=bucket,Values=bucket-a",
+    ]));
+    assert_eq!(in_a.len(), 1);
+    assert_eq!(in_a[0]["S3objectKey"], key.as_str());
+    // The CLI follows NextToken page by page (MaxResults=1 per page).
+    let paged = results(&server.json(&["describe-store-image-tasks", "--page-size", "1"]));
+    let buckets: Vec<&str> = paged
+        .iter()
+        .map(|t| t["Bucket"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        buckets,
+        ["bucket-c", "bucket-b", "bucket-a"],
+        "newest first, across pages"
+    );
+    let one = server.json(&[
+        "describe-store-image-tasks",
+        "--max-results",
+        "1",
+        "--no-paginate",
+    ]);
+    assert_eq!(results(&one).len(), 1);
+    assert!(one["NextToken"].is_string());
+
+    let restored = server.json(&[
+        "create-restore-image-task",
+        "--bucket",
+        "bucket-a",
+        "--object-key",
+        &key,
+        "--name",
+        "aws cli restored",
+    ]);
+    let new = restored["ImageId"].as_str().unwrap().to_owned();
+    server.wait(&["wait", "image-available", "--image-ids", &new]);
+    let images = server.json(&["describe-images", "--image-ids", &new]);
+    assert_eq!(images["Images"][0]["State"], "available");
+    assert_eq!(images["Images"][0]["Name"], "aws cli restored");
+    assert_eq!(
+        images["Images"][0]["BlockDeviceMappings"]
+            .as_array()
+            .unwrap()
+            .len(),
+        3
+    );
+
+    let out = image.dir.path().join("exported");
+    let files = local(&["image", "export", &new, "--out", s(&out)]);
+    for ((_, src), got) in image.disks.iter().zip(files.lines()) {
+        same_file(src, Path::new(got));
+        assert_eq!(layout(Path::new(got)), layout(src));
+    }
+}
+
+#[test]
+fn the_aws_cli_sees_ec2_error_codes_and_statuses() {
+    let image = make_image();
+    let data = image.dir.path().join("data");
+    let local = |args: &[&str]| ok_in(args, Some(&data)).trim().to_owned();
+    let disk = format!("/dev/xvda={}", image.disks[0].1.display());
+    let ami = local(&[
+        "image",
+        "import",
+        "--name",
+        "errors source",
+        "--disk",
+        &disk,
+    ]);
+    local(&["bucket", "create", "bucket-a"]);
+    local(&["bucket", "create", "bucket-b"]);
+    let server = Server::start(&data, &[]);
+    let created = server.json(&[
+        "create-store-image-task",
+        "--image-id",
+        &ami,
+        "--bucket",
+        "bucket-a",
+    ]);
+    server.wait(&["wait", "store-image-task-complete", "--image-ids", &ami]);
+    let key = created["ObjectKey"].as_str().unwrap().to_owned();
+
+    for (args, code, status) in [
+        (
+            vec![
+                "create-store-image-task",
+                "--image-id",
+                &ami,
+                "--bucket",
+                "bucket-a",
+                "--dry-run",
+            ],
+            "DryRunOperation",
+            412,
+        ),
+        (
+            vec!["describe-store-image-tasks", "--dry-run"],
+            "DryRunOperation",
+            412,
+        ),
+        (
+            vec![
+                "create-restore-image-task",
+                "--bucket",
+                "bucket-a",
+                "--object-key",
+                &key,
+                "--dry-run",
+            ],
+            "DryRunOperation",
+            412,
+        ),
+        (
+            vec![
+                "create-store-image-task",
+                "--image-id",
+                "ami-xyz",
+                "--bucket",
+                "bucket-a",
+            ],
+            "InvalidAMIID.Malformed",
+            400,
+        ),
+        (
+            vec![
+                "create-store-image-task",
+                "--image-id",
+                "ami-0123456789abcdef0",
+                "--bucket",
+                "bucket-a",
+            ],
+            "InvalidAMIID.NotFound",
+            400,
+        ),
+        (
+            // The CLI's own check wants --image-id; JSON input goes past it.
+            vec![
+                "create-store-image-task",
+                "--cli-input-json",
+                r#"{"Bucket": "bucket-a"}"#,
+            ],
+            "MissingParameter",
+            400,
+        ),
+        (
+            vec![
+                "create-store-image-task",
+                "--image-id",
+                &ami,
+                "--bucket",
+                "no-such-bucket",
+            ],
+            "InvalidParameterValue",
+            400,
+        ),
+        (
+            vec![
+                "describe-store-image-tasks",
+                "--image-ids",
+                &ami,
+                "--max-results",
+                "5",
+                "--no-paginate",
+            ],
+            "InvalidParameterCombination",
+            400,
+        ),
+        (
+            vec![
+                "describe-store-image-tasks",
+                "--max-results",
+                "0",
+                "--no-paginate",
+            ],
+            "InvalidParameterValue",
+            400,
+        ),
+        (
+            vec![
+                "describe-store-image-tasks",
+                "--next-token",
+                "not-a-token",
+                "--no-paginate",
+            ],
+            "InvalidNextToken",
+            400,
+        ),
+        (
+            vec![
+                "create-restore-image-task",
+                "--bucket",
+                "bucket-a",
+                "--object-key",
+                &key,
+            ],
+            "InvalidAMIName.Duplicate",
+            400,
+        ),
+        (
+            vec![
+                "create-restore-image-task",
+                "--bucket",
+                "bucket-a",
+                "--object-key",
+                &key,
+                "--name",
+                "x*",
+            ],
+            "InvalidAMIName.Malformed",
+            400,
+        ),
+        (vec!["describe-instances"], "InvalidAction", 400),
+    ] {
+        server.fails_with("test", &args, code, status);
+    }
+    server.fails_with(
+        "wrong-secret",
+        &["describe-store-image-tasks"],
+        "AuthFailure",
+        401,
+    );
+    drop(server);
+
+    // The quota: no store is admitted while 0 GiB or more are in progress.
+    let server = Server::start(&data, &["--store-limit-gib", "0"]);
+    server.fails_with(
+        "test",
+        &[
+            "create-store-image-task",
+            "--image-id",
+            &ami,
+            "--bucket",
+            "bucket-b",
+        ],
+        "ResourceLimitExceeded",
+        400,
+    );
+}
+
+#[test]
+fn serving_beyond_loopback_needs_configured_credentials() {
+    let dir = tempfile::tempdir().unwrap();
+    let err = fails_in(&["serve", "--listen", "0.0.0.0:0"], Some(dir.path()));
+    assert!(err.contains("without --credentials"), "{err}");
+}
