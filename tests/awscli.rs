@@ -67,6 +67,11 @@ impl Server {
 
     /// Runs `aws ec2 ARGS` signed with `secret` for access key `test`.
     fn aws_as(&self, secret: &str, args: &[&str]) -> Output {
+        self.aws_with("test", secret, args)
+    }
+
+    /// Runs `aws ec2 ARGS` signed with `key` and `secret`.
+    fn aws_with(&self, key: &str, secret: &str, args: &[&str]) -> Output {
         Command::new(aws_cli())
             .args([
                 "--endpoint-url",
@@ -76,7 +81,7 @@ impl Server {
                 "ec2",
             ])
             .args(args)
-            .env("AWS_ACCESS_KEY_ID", "test")
+            .env("AWS_ACCESS_KEY_ID", key)
             .env("AWS_SECRET_ACCESS_KEY", secret)
             .env("AWS_DEFAULT_REGION", "us-east-1")
             .env("AWS_CONFIG_FILE", &self.config)
@@ -420,4 +425,131 @@ fn serving_beyond_loopback_needs_configured_credentials() {
     let dir = tempfile::tempdir().unwrap();
     let err = fails_in(&["serve", "--listen", "0.0.0.0:0"], Some(dir.path()));
     assert!(err.contains("without --credentials"), "{err}");
+}
+
+#[test]
+fn two_accounts_never_see_or_touch_each_others_tasks_images_buckets_or_tokens() {
+    let image = make_image();
+    let data = image.dir.path().join("data");
+    let local = |args: &[&str]| ok_in(args, Some(&data)).trim().to_owned();
+    let disk = format!("/dev/xvda={}", image.disks[0].1.display());
+    let ami = local(&[
+        "image",
+        "import",
+        "--name",
+        "account a image",
+        "--disk",
+        &disk,
+    ]);
+    local(&["bucket", "create", "bucket-a"]);
+    local(&["bucket", "create", "bucket-a2"]);
+    local(&["bucket", "create", "bucket-b", "--owner", "111122223333"]);
+    let creds = image.dir.path().join("credentials");
+    std::fs::write(
+        &creds,
+        "# two accounts\nKEYA secret-a 000000000000\nKEYB secret-b 111122223333\n",
+    )
+    .unwrap();
+    let server = Server::start(&data, &["--credentials", s(&creds)]);
+    let a = |args: &[&str]| server.aws_with("KEYA", "secret-a", args);
+    let b = |args: &[&str]| server.aws_with("KEYB", "secret-b", args);
+    let json = |out: Output| -> Value {
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).unwrap()
+    };
+    let error = |out: Output| String::from_utf8_lossy(&out.stderr).into_owned();
+
+    // The default test/test key is not configured here.
+    assert!(
+        error(server.aws_as("test", &["describe-store-image-tasks"])).contains("(AuthFailure)")
+    );
+    let created = json(a(&[
+        "create-store-image-task",
+        "--image-id",
+        &ami,
+        "--bucket",
+        "bucket-a",
+    ]));
+    let key = created["ObjectKey"].as_str().unwrap().to_owned();
+    json(a(&[
+        "create-store-image-task",
+        "--image-id",
+        &ami,
+        "--bucket",
+        "bucket-a2",
+    ]));
+    let out = a(&["wait", "store-image-task-complete", "--image-ids", &ami]);
+    assert!(out.status.success(), "{}", error(out));
+
+    // B sees no task, no image, and cannot use A's image, bucket or token.
+    let tasks = json(b(&["describe-store-image-tasks"]));
+    assert!(
+        tasks["StoreImageTaskResults"]
+            .as_array()
+            .unwrap()
+            .is_empty()
+    );
+    let images = json(b(&["describe-images"]));
+    assert!(images["Images"].as_array().unwrap().is_empty());
+    assert!(
+        error(b(&[
+            "create-store-image-task",
+            "--image-id",
+            &ami,
+            "--bucket",
+            "bucket-b"
+        ]))
+        .contains("(InvalidAMIID.NotFound)")
+    );
+    assert!(
+        error(b(&[
+            "create-restore-image-task",
+            "--bucket",
+            "bucket-a",
+            "--object-key",
+            &key,
+            "--name",
+            "stolen"
+        ]))
+        .contains("bucket bucket-a does not exist")
+    );
+    let page = json(a(&["describe-store-image-tasks", "--max-results", "1"]));
+    let token = page["NextToken"].as_str().unwrap().to_owned();
+    assert!(
+        error(b(&[
+            "describe-store-image-tasks",
+            "--max-results",
+            "1",
+            "--next-token",
+            &token
+        ]))
+        .contains("(InvalidNextToken)")
+    );
+    let next = json(a(&[
+        "describe-store-image-tasks",
+        "--max-results",
+        "1",
+        "--next-token",
+        &token,
+    ]));
+    assert_eq!(
+        next["StoreImageTaskResults"].as_array().unwrap().len(),
+        1,
+        "A's own token works"
+    );
+    // Nor can A store into B's bucket.
+    assert!(
+        error(a(&[
+            "create-store-image-task",
+            "--image-id",
+            &ami,
+            "--bucket",
+            "bucket-b"
+        ]))
+        .contains("bucket bucket-b does not exist")
+    );
 }

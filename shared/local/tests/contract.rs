@@ -20,6 +20,7 @@ fn bucket_store_keeps_the_object_store_contract() {
     store.create_bucket(&bucket).unwrap();
     contract::object_store(
         &store,
+        &amistore_core::ids::AccountId::local_default(),
         &bucket,
         &"no-such-bucket".parse().unwrap(),
         dir.path(),

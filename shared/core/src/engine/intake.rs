@@ -110,7 +110,7 @@ impl Engine {
             )));
         }
         let bucket = &req.bucket.bucket;
-        if !self.objects.bucket_exists(bucket)? {
+        if !self.objects.bucket_exists(account, bucket)? {
             return Err(Error::NotFound(format!("bucket {bucket} does not exist")));
         }
         let key = req.bucket.key_for(id);
@@ -188,7 +188,7 @@ impl Engine {
     pub fn create_restore_task(&self, account: &AccountId, req: &RestoreRequest) -> Result<Task> {
         check_unique_tag_keys(&req.image_tags)?;
         check_unique_tag_keys(&req.snapshot_tags)?;
-        if !self.objects.bucket_exists(&req.bucket)? {
+        if !self.objects.bucket_exists(account, &req.bucket)? {
             return Err(Error::NotFound(format!(
                 "bucket {} does not exist",
                 req.bucket

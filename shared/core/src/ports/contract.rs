@@ -30,18 +30,24 @@ fn key(s: &str) -> ObjectKey {
     s.parse().unwrap()
 }
 
-/// The object store contract. `bucket` exists and is empty; `missing` does not
-/// exist; `scratch` is a directory for part files; parts of `min_part` bytes are
-/// accepted as non-last parts.
+/// The object store contract. `bucket` exists, is empty and belongs to
+/// `owner`; `missing` does not exist; `scratch` is a directory for part files;
+/// parts of `min_part` bytes are accepted as non-last parts.
 pub fn object_store(
     store: &dyn ObjectStore,
+    owner: &AccountId,
     bucket: &BucketName,
     missing: &BucketName,
     scratch: &Path,
     min_part: usize,
 ) {
-    assert!(store.bucket_exists(bucket).unwrap());
-    assert!(!store.bucket_exists(missing).unwrap());
+    assert!(store.bucket_exists(owner, bucket).unwrap());
+    assert!(!store.bucket_exists(owner, missing).unwrap());
+    let stranger: AccountId = "999999999999".parse().unwrap();
+    assert!(
+        !store.bucket_exists(&stranger, bucket).unwrap(),
+        "another account's bucket is not there for it"
+    );
     let k = key("p1/p2/ami-0123456789abcdef0.bin");
     assert!(matches!(
         store.create_multipart(missing, &k, &BTreeMap::new(), &[]),

@@ -168,8 +168,10 @@ pub struct CompletedPart {
 
 /// The object store: S3's multipart upload, whole-object put and ranged reads.
 pub trait ObjectStore: Send + Sync {
-    /// Whether `bucket` exists.
-    fn bucket_exists(&self, bucket: &BucketName) -> Result<bool>;
+    /// Whether `bucket` exists and belongs to `account` (on S3: HeadBucket with
+    /// ExpectedBucketOwner), so one account never writes to or restores from
+    /// another's bucket.
+    fn bucket_exists(&self, account: &AccountId, bucket: &BucketName) -> Result<bool>;
 
     /// Starts a multipart upload of `key` with user metadata and object tags;
     /// returns the upload id.

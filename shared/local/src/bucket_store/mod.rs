@@ -2,6 +2,7 @@
 //!
 //! ```text
 //! <data-dir>/s3/<bucket>/<key>                              the object, an ordinary file
+//! <data-dir>/s3/<bucket>/.amistore-owner                     the owning account (absent: the local default)
 //! <data-dir>/s3/<bucket>/<dirs>/.amistore.<name>.json        its metadata and tags
 //! <data-dir>/s3/<bucket>/.amistore-uploads/<id>/upload.json  a multipart upload in progress
 //! <data-dir>/s3/<bucket>/.amistore-uploads/<id>/…          its parts (see upload.rs)
@@ -25,7 +26,7 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 use amistore_core::archive::manifest::format_time;
-use amistore_core::ids::unique_token;
+use amistore_core::ids::{AccountId, unique_token};
 use amistore_core::image::Tag;
 use amistore_core::ports::ObjectStore;
 pub use amistore_core::ports::{CompletedPart, ObjectInfo};
@@ -47,6 +48,8 @@ pub const MAX_METADATA_BYTES: usize = 2048;
 /// S3's limit on tags per object.
 pub const MAX_TAGS: usize = 10;
 const UPLOADS: &str = ".amistore-uploads";
+/// Names the account a bucket belongs to (absent: the local default account).
+const OWNER_FILE: &str = ".amistore-owner";
 
 #[derive(Serialize, Deserialize)]
 struct UploadRecord {
@@ -141,10 +144,44 @@ impl BucketStore {
         self.root.join(bucket.as_str()).is_dir()
     }
 
-    /// Creates a bucket (a directory); creating an existing one is fine.
+    /// Creates a bucket (a directory) for the local default account; creating
+    /// an existing one is fine.
     pub fn create_bucket(&self, bucket: &BucketName) -> Result<()> {
+        self.create_bucket_for(bucket, &AccountId::local_default())
+    }
+
+    /// Creates a bucket owned by `owner`. Creating one that `owner` already
+    /// has is fine; one another account owns is refused.
+    pub fn create_bucket_for(&self, bucket: &BucketName, owner: &AccountId) -> Result<()> {
         let dir = self.root.join(bucket.as_str());
-        fs::create_dir_all(&dir).map_err(io(format!("creating {}", dir.display())))
+        if dir.is_dir() {
+            let current = self.bucket_owner(bucket)?;
+            if current != *owner {
+                return Err(Error::Duplicate(format!(
+                    "bucket {bucket} already exists and belongs to another account"
+                )));
+            }
+            return Ok(());
+        }
+        fs::create_dir_all(&dir).map_err(io(format!("creating {}", dir.display())))?;
+        if *owner != AccountId::local_default() {
+            write_atomically(&dir.join(OWNER_FILE), owner.as_str().as_bytes())?;
+        }
+        Ok(())
+    }
+
+    /// The account a bucket belongs to: the one in its owner file, or the
+    /// local default account for a folder made by hand.
+    pub fn bucket_owner(&self, bucket: &BucketName) -> Result<AccountId> {
+        let dir = self.bucket_dir(bucket)?;
+        match fs::read_to_string(dir.join(OWNER_FILE)) {
+            Ok(owner) => owner.trim().parse().map_err(Error::Core),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(AccountId::local_default()),
+            Err(e) => Err(Error::io(
+                format!("reading the owner of bucket {bucket}"),
+                e,
+            )),
+        }
     }
 
     /// Starts a multipart upload of `key` with user metadata and tags.
@@ -410,8 +447,15 @@ impl BucketStore {
 }
 
 impl ObjectStore for BucketStore {
-    fn bucket_exists(&self, bucket: &BucketName) -> amistore_core::Result<bool> {
-        Ok(BucketStore::bucket_exists(self, bucket))
+    fn bucket_exists(
+        &self,
+        account: &AccountId,
+        bucket: &BucketName,
+    ) -> amistore_core::Result<bool> {
+        if !BucketStore::bucket_exists(self, bucket) {
+            return Ok(false);
+        }
+        Ok(self.bucket_owner(bucket)? == *account)
     }
 
     fn create_multipart(

@@ -334,9 +334,9 @@ impl SnapshotStore for Faulty<dyn SnapshotStore> {
 }
 
 impl ObjectStore for Faulty<dyn ObjectStore> {
-    fn bucket_exists(&self, b: &BucketName) -> Result<bool> {
+    fn bucket_exists(&self, a: &AccountId, b: &BucketName) -> Result<bool> {
         self.1.check("bucket_exists")?;
-        self.0.bucket_exists(b)
+        self.0.bucket_exists(a, b)
     }
     fn create_multipart(
         &self,
