@@ -6,6 +6,10 @@
 //! EC2's: CreateStoreImageTask, DescribeStoreImageTasks, CreateRestoreImageTask.
 //! EC2's DescribeImages, over the caller's images, so that `aws ec2 wait
 //! image-available` follows a restore.
+//! amistore's extension CancelStoreImageTask: `ImageId` (required) and
+//! `Bucket` (optional) name an in-progress store, which ends Failed with reason
+//! "cancelled" and leaves no object; the answer is the task as
+//! DescribeStoreImageTasks shows it, in a `storeImageTaskResult` element.
 //! amistore's extension: DescribeRestoreImageTasks (same request shape as
 //! DescribeStoreImageTasks; `restoreImageTaskResultSet` items with `imageId`,
 //! `taskStartTime`, `bucket`, `objectKey`, `progressPercentage`,
@@ -83,6 +87,7 @@ pub fn handle(
         "CreateRestoreImageTask" => create_restore(engine, account, params)?,
         "DescribeRestoreImageTasks" => describe_tasks(engine, account, params, TaskKind::Restore)?,
         "DescribeImages" => describe_images(engine, account, params)?,
+        "CancelStoreImageTask" => cancel_store(engine, account, params)?,
         other => {
             return Err(ApiError::new(
                 "InvalidAction",
@@ -232,6 +237,21 @@ fn restore_item(b: &mut Body, t: &Task) {
         .text("progressPercentage", &t.progress_percent().to_string())
         .text("restoreTaskState", t.state.as_str())
         .opt("restoreTaskFailureReason", t.failure_reason.as_deref());
+}
+
+fn cancel_store(engine: &Engine, account: &AccountId, mut p: Params) -> Result<Body, ApiError> {
+    let id = image_id(&p.req("ImageId")?)?;
+    let bucket: Option<BucketName> = p.opt("Bucket").map(|b| parsed("Bucket", &b)).transpose()?;
+    finish(p)?;
+    let task = engine
+        .cancel_store(account, &id, bucket.as_ref())
+        .map_err(|e| match e {
+            CoreError::NotFound(m) => ApiError::new("IncorrectState", m),
+            other => other.into(),
+        })?;
+    let mut body = Body::new();
+    body.element("storeImageTaskResult", |b| store_item(b, &task));
+    Ok(body)
 }
 
 /// DescribeImages over the caller's images: `ImageId.N`, `Owner.N` (`self` or

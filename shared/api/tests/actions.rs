@@ -227,6 +227,16 @@ fn errors_have_ec2_codes_and_dry_runs_change_nothing() {
         ),
         (format!("Action=StealImage&{V}"), "InvalidAction", 400),
         (
+            format!("Action=CancelStoreImageTask&{V}&ImageId={img}"),
+            "IncorrectState",
+            400,
+        ),
+        (
+            format!("Action=CancelStoreImageTask&{V}"),
+            "MissingParameter",
+            400,
+        ),
+        (
             "Action=DescribeStoreImageTasks".to_owned(),
             "MissingParameter",
             400,

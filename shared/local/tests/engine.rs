@@ -359,6 +359,31 @@ fn a_task_that_died_before_recording_its_upload_still_has_it_aborted() {
     assert_clean_failure(&w, &w.task(&task.id), "interrupted");
 }
 
+#[test]
+fn a_cancelled_store_ends_failed_with_nothing_left() {
+    let w = world();
+    let (image, _) = w.image("to cancel");
+    let gate = w.faults.hold("upload_part");
+    let task = w
+        .local
+        .engine
+        .create_store_task(&me(), &store_request(&w, &image, "/p"))
+        .unwrap();
+    // Wait until a unit is under way (reading; its upload held), then cancel.
+    while w.faults.calls("read_blocks") == 0 {
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    let cancelled = w.local.engine.cancel_store(&me(), &image, None).unwrap();
+    assert_eq!(cancelled.failure_reason.as_deref(), Some("cancelled"));
+    drop(gate);
+    let done = w.local.wait(&task.id).unwrap();
+    assert_clean_failure(&w, &done, "cancelled");
+    assert!(matches!(
+        w.local.engine.cancel_store(&me(), &image, None),
+        Err(Error::NotFound(_))
+    ));
+}
+
 fn stored(w: &World) -> ObjectKey {
     stored_image(w).1
 }

@@ -15,10 +15,12 @@ use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
 use crate::archive::{ArchiveIndex, ArchivePlan, BlockSource, DiskSource, UnitRecord, encode_unit};
+use crate::engine::now_ms;
 use crate::engine::{Engine, SpoolFile};
-use crate::ids::{SnapshotId, TaskId};
+use crate::ids::{AccountId, ImageId, SnapshotId, TaskId};
 use crate::ports::{CompletedPart, ObjectReader, SnapshotStore};
-use crate::task::{Task, TaskState};
+use crate::storage::BucketName;
+use crate::task::{Task, TaskKind, TaskState};
 use crate::{Error, Result};
 
 /// Work-store name of a store task's plan.
@@ -266,6 +268,37 @@ impl Engine {
             self.objects.delete_object(&task.bucket, &task.key)?;
         }
         self.end(id, TaskState::Failed, Some(reason))
+    }
+}
+
+/// The failure reason of a cancelled task.
+pub const CANCELLED: &str = "cancelled";
+
+impl Engine {
+    /// Cancels `account`'s in-progress store of `image` (into `bucket`, if
+    /// given; the newest such task otherwise): it ends Failed with reason
+    /// "cancelled", its upload aborted, so no object appears. Steps still
+    /// running see the task has ended and stop.
+    pub fn cancel_store(
+        &self,
+        account: &AccountId,
+        image: &ImageId,
+        bucket: Option<&BucketName>,
+    ) -> Result<Task> {
+        let task = self
+            .tasks
+            .list(account, TaskKind::Store, now_ms())?
+            .into_iter()
+            .find(|t| {
+                t.state == TaskState::InProgress
+                    && t.image_id.as_ref() == Some(image)
+                    && bucket.is_none_or(|b| t.bucket == *b)
+            })
+            .ok_or_else(|| {
+                Error::NotFound(format!("no store task of image {image} is in progress"))
+            })?;
+        self.fail_store(&task.id, CANCELLED)?;
+        self.task(&task.id)
     }
 }
 
