@@ -228,12 +228,27 @@ fn the_aws_cli_stores_waits_describes_restores_and_waits_for_the_image() {
         3
     );
 
+    let snapshot = images["Images"][0]["BlockDeviceMappings"][0]["Ebs"]["SnapshotId"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let snaps = server.json(&["describe-snapshots", "--snapshot-ids", &snapshot]);
+    assert_eq!(snaps["Snapshots"][0]["State"], "completed");
+
     let out = image.dir.path().join("exported");
     let files = local(&["image", "export", &new, "--out", s(&out)]);
     for ((_, src), got) in image.disks.iter().zip(files.lines()) {
         same_file(src, Path::new(got));
         assert_eq!(layout(Path::new(got)), layout(src));
     }
+    let out = server.aws_as("test", &["deregister-image", "--image-id", &new]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let gone = server.aws_as("test", &["describe-images", "--image-ids", &new]);
+    assert!(String::from_utf8_lossy(&gone.stderr).contains("(InvalidAMIID.NotFound)"));
 }
 
 #[test]

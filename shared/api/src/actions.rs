@@ -4,8 +4,8 @@
 //! scopes everything.
 //!
 //! EC2's: CreateStoreImageTask, DescribeStoreImageTasks, CreateRestoreImageTask.
-//! EC2's DescribeImages, over the caller's images, so that `aws ec2 wait
-//! image-available` follows a restore.
+//! EC2's DescribeImages, DescribeSnapshots and DeregisterImage, over the
+//! caller's images, so that `aws ec2 wait image-available` follows a restore.
 //! amistore's extension CancelStoreImageTask: `ImageId` (required) and
 //! `Bucket` (optional) name an in-progress store, which ends Failed with reason
 //! "cancelled" and leaves no object; the answer is the task as
@@ -19,7 +19,7 @@ use amistore_core::Error as CoreError;
 use amistore_core::engine::describe::{DescribeQuery, describe};
 use amistore_core::engine::intake::{RestoreRequest, StoreRequest};
 use amistore_core::engine::{Engine, now_ms};
-use amistore_core::ids::{AccountId, ImageId};
+use amistore_core::ids::{AccountId, ImageId, ResourceState};
 use amistore_core::image::{ImageName, Tag};
 use amistore_core::storage::{BucketName, BucketPath, ObjectKey};
 use amistore_core::task::{Task, TaskKind, iso8601_millis};
@@ -88,6 +88,8 @@ pub fn handle(
         "DescribeRestoreImageTasks" => describe_tasks(engine, account, params, TaskKind::Restore)?,
         "DescribeImages" => describe_images(engine, account, params)?,
         "CancelStoreImageTask" => cancel_store(engine, account, params)?,
+        "DescribeSnapshots" => describe_snapshots(engine, account, params)?,
+        "DeregisterImage" => deregister_image(engine, account, params)?,
         other => {
             return Err(ApiError::new(
                 "InvalidAction",
@@ -367,6 +369,101 @@ fn describe_images(engine: &Engine, account: &AccountId, mut p: Params) -> Resul
                     .text("message", reason);
             });
         }
+    });
+    Ok(body)
+}
+
+fn deregister_image(engine: &Engine, account: &AccountId, mut p: Params) -> Result<Body, ApiError> {
+    let id = image_id(&p.req("ImageId")?)?;
+    let _ = p.opt_bool("DeleteAssociatedSnapshots")?;
+    finish(p)?;
+    engine
+        .catalog
+        .deregister_image(account, &id)
+        .map_err(|e| match e {
+            CoreError::NotFound(_) => ApiError::new(
+                "InvalidAMIID.NotFound",
+                format!("The image id '[{id}]' does not exist"),
+            ),
+            other => other.into(),
+        })?;
+    let mut body = Body::new();
+    body.text("return", "true");
+    Ok(body)
+}
+
+/// DescribeSnapshots over the snapshots of the caller's images (`SnapshotId.N`,
+/// `Owner.N`); states as EC2 spells them for snapshots.
+fn describe_snapshots(
+    engine: &Engine,
+    account: &AccountId,
+    mut p: Params,
+) -> Result<Body, ApiError> {
+    let ids = p.list("SnapshotId")?;
+    let owners = p.list("OwnerId")?;
+    // Accepted for the CLI's paginator; one page holds everything.
+    let _ = p.opt_u32("MaxResults")?;
+    if let Some(token) = p.opt("NextToken") {
+        return Err(ApiError::new(
+            "InvalidNextToken",
+            format!("The token '{token}' is invalid"),
+        ));
+    }
+    finish(p)?;
+    let mine = owners.is_empty() || owners.iter().any(|o| o == "self" || o == account.as_str());
+    let images = if mine {
+        engine.catalog.list_images(account)?
+    } else {
+        Vec::new()
+    };
+    let snapshots: Vec<(
+        &amistore_core::ports::Image,
+        &amistore_core::ports::Snapshot,
+    )> = images
+        .iter()
+        .flat_map(|i| i.snapshots.iter().map(move |s| (i, s)))
+        .filter(|(_, s)| ids.is_empty() || ids.iter().any(|id| id == s.snapshot_id.as_str()))
+        .collect();
+    if let Some(missing) = ids.iter().find(|id| {
+        !snapshots
+            .iter()
+            .any(|(_, s)| s.snapshot_id.as_str() == id.as_str())
+    }) {
+        return Err(ApiError::new(
+            "InvalidSnapshot.NotFound",
+            format!("The snapshot '{missing}' does not exist."),
+        ));
+    }
+    let mut body = Body::new();
+    body.list("snapshotSet", &snapshots, |b, (image, s)| {
+        let status = match s.state {
+            ResourceState::Pending => "pending",
+            ResourceState::Available => "completed",
+            ResourceState::Failed => "error",
+        };
+        b.text("snapshotId", s.snapshot_id.as_str())
+            .text("volumeId", "vol-ffffffff")
+            .text("status", status)
+            .text("startTime", &image.creation_date)
+            .text(
+                "progress",
+                if status == "completed" { "100%" } else { "0%" },
+            )
+            .text("ownerId", image.owner_id.as_str())
+            .text(
+                "volumeSize",
+                &s.volume_size
+                    .div_ceil(amistore_core::image::GIB)
+                    .to_string(),
+            )
+            .text(
+                "description",
+                &format!("{} of {}", s.device_name, image.image_id),
+            )
+            .text("encrypted", "false");
+        b.list("tagSet", &s.tags, |b, t| {
+            b.text("key", t.key()).text("value", t.value());
+        });
     });
     Ok(body)
 }

@@ -523,6 +523,16 @@ impl ImageCatalog for ImageLibrary {
             .find(|i| i.client_token.as_deref() == Some(client_token)))
     }
 
+    fn deregister_image(&self, account: &AccountId, id: &ImageId) -> amistore_core::Result<()> {
+        let image = self.get(account, id)?;
+        if image.state == ResourceState::Pending {
+            return Err(amistore_core::Error::IncorrectState(format!(
+                "image {id} is pending (a restore is writing it) and cannot be deregistered"
+            )));
+        }
+        Ok(self.deregister(account, id)?)
+    }
+
     fn set_image_state(
         &self,
         account: &AccountId,

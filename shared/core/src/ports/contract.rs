@@ -481,6 +481,10 @@ pub fn catalog_and_snapshots(
         Err(Error::NotFound(_))
     ));
 
+    assert!(matches!(
+        catalog.deregister_image(&other, &id),
+        Err(Error::NotFound(_))
+    ));
     catalog
         .set_image_state(account, &id, ResourceState::Failed, Some("contract"))
         .unwrap();
@@ -495,4 +499,13 @@ pub fn catalog_and_snapshots(
             .iter()
             .all(|s| s.state == ResourceState::Failed)
     );
+    catalog.deregister_image(account, &id).unwrap();
+    assert!(matches!(
+        catalog.describe_image(account, &id),
+        Err(Error::NotFound(_))
+    ));
+    assert!(matches!(
+        snapshots.list_blocks(account, &s0),
+        Err(Error::NotFound(_))
+    ));
 }

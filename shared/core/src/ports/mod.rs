@@ -100,6 +100,10 @@ pub trait ImageCatalog: Send + Sync {
     fn find_image_by_token(&self, account: &AccountId, client_token: &str)
     -> Result<Option<Image>>;
 
+    /// Removes an image and its snapshots (DeregisterImage). An image still
+    /// being restored (`pending`) cannot be removed ([`Error::IncorrectState`]).
+    fn deregister_image(&self, account: &AccountId, id: &ImageId) -> Result<()>;
+
     /// Sets the state of an image and all its snapshots.
     fn set_image_state(
         &self,

@@ -288,6 +288,10 @@ impl ImageCatalog for Faulty<dyn ImageCatalog> {
         self.1.check("find_image_by_token")?;
         self.0.find_image_by_token(a, t)
     }
+    fn deregister_image(&self, a: &AccountId, id: &ImageId) -> Result<()> {
+        self.1.check("deregister_image")?;
+        self.0.deregister_image(a, id)
+    }
     fn set_image_state(
         &self,
         a: &AccountId,
