@@ -12,7 +12,9 @@ use std::time::{Duration, Instant};
 
 use amistore_api::query::MAX_REQUEST_BYTES;
 use amistore_api::service::{Credentials, HttpRequest, Service};
-use amistore_local::embedded::{LocalEngine, LocalOptions, Recovery};
+use amistore_local::embedded::{LocalEngine, LocalOptions, Ports, Recovery};
+use amistore_local::throttle::{Bandwidth, Throttled};
+use amistore_local::workflow::RunnerOptions;
 use anyhow::{Context, Result, bail};
 use clap::Args;
 use serde_json::json;
@@ -33,6 +35,12 @@ pub struct ServeArgs {
     /// Threads answering requests.
     #[arg(long, default_value_t = 4)]
     request_threads: usize,
+    /// Most tasks running at once; later ones wait, InProgress at 0%.
+    #[arg(long, value_name = "N")]
+    max_concurrent_tasks: Option<usize>,
+    /// Cap on all task data (snapshot blocks read and written), in MiB/s.
+    #[arg(long, value_name = "MIB_PER_S")]
+    max_bandwidth: Option<u64>,
 }
 
 fn log(event: serde_json::Value) {
@@ -57,14 +65,25 @@ pub fn run(args: ServeArgs, data_dir: &Path, limits: Limits) -> Result<ExitCode>
             args.listen
         ),
     };
-    let local = LocalEngine::open(
-        data_dir,
-        LocalOptions {
-            limits: limits.quota(),
-            ..LocalOptions::default()
+    let options = LocalOptions {
+        limits: limits.quota(),
+        runner: RunnerOptions {
+            max_executions: args.max_concurrent_tasks,
+            ..RunnerOptions::default()
         },
-        None,
-    )?;
+        ..LocalOptions::default()
+    };
+    let bandwidth = args.max_bandwidth.map(|m| Arc::new(Bandwidth::new(m)));
+    let local = LocalEngine::open_with(data_dir, options, None, |ports| match bandwidth {
+        Some(cap) => Ports {
+            snapshots: Arc::new(Throttled(ports.snapshots.clone(), cap)),
+            ..ports
+        },
+        None => ports,
+    })?;
+    local.observe(Arc::new(|task, kind, state| {
+        log(json!({"event": "task", "taskId": task.as_str(), "kind": kind.as_str(), "state": state}));
+    }));
     for task in local.recover(Recovery::Resume)? {
         log(json!({"event": "task-resumed", "taskId": task.as_str()}));
     }

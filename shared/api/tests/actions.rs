@@ -34,6 +34,7 @@ fn world(limits: QuotaLimits) -> World {
             runner: RunnerOptions {
                 max_map_concurrency: 2,
                 retry_delay_scale: 0.0,
+                ..RunnerOptions::default()
             },
             ..LocalOptions::default()
         },

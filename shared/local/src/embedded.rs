@@ -251,6 +251,11 @@ impl LocalEngine {
         })
     }
 
+    /// Reports what happens to executions (queued, running, their end).
+    pub fn observe(&self, observer: crate::workflow::Observer) {
+        self.runner.observe(observer);
+    }
+
     /// Waits until the execution of `task` this process started has ended, and
     /// returns the task as it then is.
     pub fn wait(&self, task: &TaskId) -> Result<Task> {

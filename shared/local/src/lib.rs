@@ -15,6 +15,7 @@ pub mod error;
 pub mod image_library;
 pub mod raw_disk;
 pub mod task_db;
+pub mod throttle;
 pub mod workflow;
 
 pub use error::{Error, Result};

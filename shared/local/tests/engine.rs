@@ -384,6 +384,75 @@ fn a_cancelled_store_ends_failed_with_nothing_left() {
     ));
 }
 
+#[test]
+fn tasks_beyond_the_execution_limit_wait_their_turn() {
+    let w = world_with(amistore_local::embedded::LocalOptions {
+        runner: amistore_local::workflow::RunnerOptions {
+            max_executions: Some(1),
+            ..options().runner
+        },
+        ..options()
+    });
+    let events = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let log = events.clone();
+    w.local.observe(std::sync::Arc::new(move |task, _, what| {
+        log.lock().unwrap().push((task.clone(), what.to_owned()));
+    }));
+    let (first_image, _) = w.image("first");
+    let (second_image, _) = w.image("second");
+    let gate = w.faults.hold("list_blocks");
+    let first = w
+        .local
+        .engine
+        .create_store_task(&me(), &store_request(&w, &first_image, ""))
+        .unwrap();
+    let second = w
+        .local
+        .engine
+        .create_store_task(&me(), &store_request(&w, &second_image, ""))
+        .unwrap();
+    while w.faults.calls("list_blocks") == 0
+        && !events
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|(t, e)| *t == first.id && e == "running")
+    {
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    std::thread::sleep(std::time::Duration::from_millis(100));
+    let waiting = w.task(&second.id);
+    assert_eq!(
+        (waiting.state, waiting.progress_percent()),
+        (TaskState::InProgress, 0)
+    );
+    assert!(
+        !events
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|(t, e)| *t == second.id && e == "running"),
+        "the second task waits while the first runs"
+    );
+    drop(gate);
+    for t in [&first, &second] {
+        assert_eq!(w.local.wait(&t.id).unwrap().state, TaskState::Completed);
+    }
+    let order: Vec<(bool, String)> = events
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|(t, e)| (*t == first.id, e.clone()))
+        .collect();
+    let pos = |first: bool, e: &str| {
+        order
+            .iter()
+            .position(|(f, x)| *f == first && x == e)
+            .unwrap()
+    };
+    assert!(pos(true, "Completed") < pos(false, "running"), "{order:?}");
+}
+
 fn stored(w: &World) -> ObjectKey {
     stored_image(w).1
 }

@@ -9,7 +9,7 @@ pub mod asl;
 pub mod execute;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::sync::{Arc, Mutex, OnceLock, Weak};
+use std::sync::{Arc, Condvar, Mutex, OnceLock, Weak};
 use std::thread::JoinHandle;
 
 use amistore_core::engine::Engine;
@@ -40,6 +40,9 @@ pub struct RunnerOptions {
     pub max_map_concurrency: usize,
     /// Multiplies every retry delay (1 honours the definitions; tests use 0).
     pub retry_delay_scale: f64,
+    /// Most executions running at once; the rest wait their turn (their tasks
+    /// show InProgress at 0%). `None`: no limit.
+    pub max_executions: Option<usize>,
 }
 
 impl Default for RunnerOptions {
@@ -47,8 +50,20 @@ impl Default for RunnerOptions {
         Self {
             max_map_concurrency: std::thread::available_parallelism().map_or(2, |n| n.get()),
             retry_delay_scale: 1.0,
+            max_executions: None,
         }
     }
+}
+
+/// What happened to an execution: `queued`, `running`, or its end (the task's
+/// state then: `Completed`, `Failed`, or `InProgress` if it stopped short).
+pub type Observer = Arc<dyn Fn(&TaskId, TaskKind, &str) + Send + Sync>;
+
+/// Counts running executions against [`RunnerOptions::max_executions`].
+#[derive(Default)]
+struct Slots {
+    running: Mutex<usize>,
+    freed: Condvar,
 }
 
 /// Runs store and restore executions on threads of this process. Clones share
@@ -62,6 +77,8 @@ struct Shared {
     options: RunnerOptions,
     engine: OnceLock<Weak<Engine>>,
     running: Mutex<HashMap<TaskId, JoinHandle<()>>>,
+    slots: Slots,
+    observer: OnceLock<Observer>,
 }
 
 impl LocalRunner {
@@ -74,7 +91,33 @@ impl LocalRunner {
             options,
             engine: OnceLock::new(),
             running: Mutex::new(HashMap::new()),
+            slots: Slots::default(),
+            observer: OnceLock::new(),
         })))
+    }
+
+    /// Reports what happens to executions to `observer` (the server logs it).
+    pub fn observe(&self, observer: Observer) {
+        let _ = self.0.observer.set(observer);
+    }
+
+    fn event(&self, task: &TaskId, kind: TaskKind, what: &str) {
+        if let Some(o) = self.0.observer.get() {
+            o(task, kind, what);
+        }
+    }
+
+    /// Waits for a free execution slot; the slot is freed when the guard drops.
+    fn slot(&self) -> SlotGuard<'_> {
+        let slots = &self.0.slots;
+        let mut running = slots.running.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(max) = self.0.options.max_executions {
+            while *running >= max.max(1) {
+                running = slots.freed.wait(running).unwrap_or_else(|p| p.into_inner());
+            }
+        }
+        *running += 1;
+        SlotGuard(slots)
     }
 
     /// Connects the runner to the engine whose steps it runs (the engine holds
@@ -158,6 +201,16 @@ impl LocalRunner {
     }
 }
 
+/// A running execution's slot.
+struct SlotGuard<'a>(&'a Slots);
+
+impl Drop for SlotGuard<'_> {
+    fn drop(&mut self) {
+        *self.0.running.lock().unwrap_or_else(|p| p.into_inner()) -= 1;
+        self.0.freed.notify_one();
+    }
+}
+
 impl WorkflowRunner for LocalRunner {
     fn start(&self, kind: TaskKind, task: &TaskId) -> amistore_core::Result<()> {
         let mut running = self.0.running.lock().unwrap_or_else(|p| p.into_inner());
@@ -166,12 +219,23 @@ impl WorkflowRunner for LocalRunner {
         }
         let runner = self.clone();
         let id = task.clone();
+        self.event(task, kind, "queued");
         let handle = std::thread::Builder::new()
             .name(format!("exec-{task}"))
             .spawn(move || {
+                let _slot = runner.slot();
+                runner.event(&id, kind, "running");
                 // The state machine ends in its Fail state after the fail step has
-                // recorded the reason; nothing more to do with the outcome here.
+                // recorded the reason; the task's state tells how it ended.
                 let _ = runner.run(kind, &id);
+                let state = runner
+                    .0
+                    .engine
+                    .get()
+                    .and_then(Weak::upgrade)
+                    .and_then(|e| e.task(&id).ok())
+                    .map_or("unknown", |t| t.state.as_str());
+                runner.event(&id, kind, state);
             })
             .map_err(|e| Error::io("starting a workflow thread", e))?;
         running.insert(task.clone(), handle);

@@ -74,6 +74,7 @@ pub fn options() -> LocalOptions {
         runner: RunnerOptions {
             max_map_concurrency: 3,
             retry_delay_scale: 0.0,
+            ..RunnerOptions::default()
         },
         min_unit_blocks: Some(2),
         min_part_size: Some(64 * 1024),
