@@ -205,6 +205,38 @@ impl Params {
     }
 }
 
+/// Parses `data` and consumes it as the actions do (scalars, lists, nested
+/// groups, booleans, numbers). The fuzz target and the seeded test call this: it
+/// must return, never panic, on any input.
+#[doc(hidden)]
+pub fn fuzz_parse_and_consume(data: &[u8]) {
+    let Ok(mut p) = Params::parse(data) else {
+        return;
+    };
+    let _ = p.peek("Action");
+    let _ = p.req("Action");
+    let _ = p.opt_bool("DryRun");
+    let _ = p.opt_u32("MaxResults");
+    let _ = p.list("ImageId");
+    for prefix in ["Filter", "TagSpecification", "S3ObjectTag"] {
+        if let Ok(groups) = p.groups(prefix) {
+            for mut g in groups {
+                let _ = g.req("Name");
+                let _ = g.list("Value");
+                if let Ok(tags) = g.groups("Tag") {
+                    for mut t in tags {
+                        let _ = t.req("Key");
+                        let _ = t.finish();
+                    }
+                }
+                let _ = g.finish();
+            }
+        }
+    }
+    p.drop_auth();
+    let _ = p.finish();
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -316,19 +348,7 @@ mod tests {
                 1 => bytes.truncate(x as usize % bytes.len()),
                 _ => bytes = (0..x % 300).map(|j| (x >> (j % 57)) as u8).collect(),
             }
-            if let Ok(mut p) = Params::parse(&bytes) {
-                let _ = p.req("Action");
-                let _ = p.opt_bool("DryRun");
-                for g in ["S3ObjectTag", "Filter"] {
-                    if let Ok(groups) = p.groups(g) {
-                        for mut g in groups {
-                            let _ = g.list("Value");
-                            let _ = g.finish();
-                        }
-                    }
-                }
-                let _ = p.finish();
-            }
+            fuzz_parse_and_consume(&bytes);
         }
     }
 }
