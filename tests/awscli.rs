@@ -138,6 +138,29 @@ impl Drop for Server {
     }
 }
 
+/// A data directory with a one-disk image named `name` and the given buckets
+/// (`NAME` or `NAME:OWNER`); returns the image files, the data directory and the AMI id.
+fn one_disk_world(name: &str, buckets: &[&str]) -> (Image, PathBuf, String) {
+    let image = make_image();
+    let data = image.dir.path().join("data");
+    let disk = format!("/dev/xvda={}", image.disks[0].1.display());
+    let ami = ok_in(
+        &["image", "import", "--name", name, "--disk", &disk],
+        Some(&data),
+    )
+    .trim()
+    .to_owned();
+    for b in buckets {
+        let mut args = vec!["bucket", "create"];
+        match b.split_once(':') {
+            Some((bucket, owner)) => args.extend([bucket, "--owner", owner]),
+            None => args.push(b),
+        }
+        ok_in(&args, Some(&data));
+    }
+    (image, data, ami)
+}
+
 #[test]
 fn the_aws_cli_stores_waits_describes_restores_and_waits_for_the_image() {
     let image = make_image();
@@ -253,20 +276,7 @@ fn the_aws_cli_stores_waits_describes_restores_and_waits_for_the_image() {
 
 #[test]
 fn the_aws_cli_sees_ec2_error_codes_and_statuses() {
-    let image = make_image();
-    let data = image.dir.path().join("data");
-    let local = |args: &[&str]| ok_in(args, Some(&data)).trim().to_owned();
-    let disk = format!("/dev/xvda={}", image.disks[0].1.display());
-    let ami = local(&[
-        "image",
-        "import",
-        "--name",
-        "errors source",
-        "--disk",
-        &disk,
-    ]);
-    local(&["bucket", "create", "bucket-a"]);
-    local(&["bucket", "create", "bucket-b"]);
+    let (_image, data, ami) = one_disk_world("errors source", &["bucket-a", "bucket-b"]);
     let server = Server::start(&data, &[]);
     let created = server.json(&[
         "create-store-image-task",
@@ -444,21 +454,10 @@ fn serving_beyond_loopback_needs_configured_credentials() {
 
 #[test]
 fn two_accounts_never_see_or_touch_each_others_tasks_images_buckets_or_tokens() {
-    let image = make_image();
-    let data = image.dir.path().join("data");
-    let local = |args: &[&str]| ok_in(args, Some(&data)).trim().to_owned();
-    let disk = format!("/dev/xvda={}", image.disks[0].1.display());
-    let ami = local(&[
-        "image",
-        "import",
-        "--name",
+    let (image, data, ami) = one_disk_world(
         "account a image",
-        "--disk",
-        &disk,
-    ]);
-    local(&["bucket", "create", "bucket-a"]);
-    local(&["bucket", "create", "bucket-a2"]);
-    local(&["bucket", "create", "bucket-b", "--owner", "111122223333"]);
+        &["bucket-a", "bucket-a2", "bucket-b:111122223333"],
+    );
     let creds = image.dir.path().join("credentials");
     std::fs::write(
         &creds,

@@ -214,31 +214,47 @@ fn describe_tasks(
     let page = describe(&engine.config.token_key, account, kind, tasks, &query)?;
     let mut body = Body::new();
     match kind {
-        TaskKind::Store => body.list("storeImageTaskResultSet", &page.tasks, store_item),
-        TaskKind::Restore => body.list("restoreImageTaskResultSet", &page.tasks, restore_item),
+        TaskKind::Store => body.list("storeImageTaskResultSet", &page.tasks, |b, t| {
+            task_item(b, t, &STORE_ITEM)
+        }),
+        TaskKind::Restore => body.list("restoreImageTaskResultSet", &page.tasks, |b, t| {
+            task_item(b, t, &RESTORE_ITEM)
+        }),
     };
     body.opt("nextToken", page.next_token.as_deref());
     Ok(body)
 }
 
-fn store_item(b: &mut Body, t: &Task) {
-    b.opt("amiId", t.image_id.as_ref().map(|i| i.as_str()))
-        .text("taskStartTime", &iso8601_millis(t.started_at_ms))
-        .text("bucket", t.bucket.as_str())
-        .text("s3objectKey", t.key.as_str())
-        .text("progressPercentage", &t.progress_percent().to_string())
-        .text("storeTaskState", t.state.as_str())
-        .opt("storeTaskFailureReason", t.failure_reason.as_deref());
+/// A task as a describe item; store and restore items differ in four names.
+struct ItemNames {
+    image: &'static str,
+    key: &'static str,
+    state: &'static str,
+    reason: &'static str,
 }
 
-fn restore_item(b: &mut Body, t: &Task) {
-    b.opt("imageId", t.image_id.as_ref().map(|i| i.as_str()))
+const STORE_ITEM: ItemNames = ItemNames {
+    image: "amiId",
+    key: "s3objectKey",
+    state: "storeTaskState",
+    reason: "storeTaskFailureReason",
+};
+
+const RESTORE_ITEM: ItemNames = ItemNames {
+    image: "imageId",
+    key: "objectKey",
+    state: "restoreTaskState",
+    reason: "restoreTaskFailureReason",
+};
+
+fn task_item(b: &mut Body, t: &Task, names: &ItemNames) {
+    b.opt(names.image, t.image_id.as_ref().map(|i| i.as_str()))
         .text("taskStartTime", &iso8601_millis(t.started_at_ms))
         .text("bucket", t.bucket.as_str())
-        .text("objectKey", t.key.as_str())
+        .text(names.key, t.key.as_str())
         .text("progressPercentage", &t.progress_percent().to_string())
-        .text("restoreTaskState", t.state.as_str())
-        .opt("restoreTaskFailureReason", t.failure_reason.as_deref());
+        .text(names.state, t.state.as_str())
+        .opt(names.reason, t.failure_reason.as_deref());
 }
 
 fn cancel_store(engine: &Engine, account: &AccountId, mut p: Params) -> Result<Body, ApiError> {
@@ -252,7 +268,7 @@ fn cancel_store(engine: &Engine, account: &AccountId, mut p: Params) -> Result<B
             other => other.into(),
         })?;
     let mut body = Body::new();
-    body.element("storeImageTaskResult", |b| store_item(b, &task));
+    body.element("storeImageTaskResult", |b| task_item(b, &task, &STORE_ITEM));
     Ok(body)
 }
 
