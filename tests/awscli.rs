@@ -112,9 +112,14 @@ impl Server {
 
     /// Runs a call that must fail with `code` and HTTP `status`.
     fn fails_with(&self, secret: &str, args: &[&str], code: &str, status: u16) {
+        self.fails_as("test", secret, args, code, status);
+    }
+
+    /// Runs a call signed with `key` that must fail with `code` and HTTP `status`.
+    fn fails_as(&self, key: &str, secret: &str, args: &[&str], code: &str, status: u16) {
         let mut with_debug = args.to_vec();
         with_debug.push("--debug");
-        let out = self.aws_as(secret, &with_debug);
+        let out = self.aws_with(key, secret, &with_debug);
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(!out.status.success(), "aws ec2 {args:?} should fail");
         assert!(
@@ -461,7 +466,7 @@ fn two_accounts_never_see_or_touch_each_others_tasks_images_buckets_or_tokens() 
     let creds = image.dir.path().join("credentials");
     std::fs::write(
         &creds,
-        "# two accounts\nKEYA secret-a 000000000000\nKEYB secret-b 111122223333\n",
+        "# two accounts\nKEYA secret-a 000000000000\nKEYB secret-b 111122223333\nKEYR secret-r 000000000000 read-only\n",
     )
     .unwrap();
     let server = Server::start(&data, &["--credentials", s(&creds)]);
@@ -555,6 +560,26 @@ fn two_accounts_never_see_or_touch_each_others_tasks_images_buckets_or_tokens() 
         1,
         "A's own token works"
     );
+    // A read-only key of A's account describes, and may do nothing else.
+    let r = server.aws_with("KEYR", "secret-r", &["describe-store-image-tasks"]);
+    assert_eq!(
+        json(r)["StoreImageTaskResults"].as_array().unwrap().len(),
+        2
+    );
+    server.fails_as(
+        "KEYR",
+        "secret-r",
+        &[
+            "create-store-image-task",
+            "--image-id",
+            &ami,
+            "--bucket",
+            "bucket-a2",
+            "--dry-run",
+        ],
+        "UnauthorizedOperation",
+        403,
+    );
     // Nor can A store into B's bucket.
     assert!(
         error(a(&[
@@ -566,4 +591,139 @@ fn two_accounts_never_see_or_touch_each_others_tasks_images_buckets_or_tokens() 
         ]))
         .contains("bucket bucket-b does not exist")
     );
+}
+
+#[test]
+fn the_amistore_cli_drives_a_server_with_endpoint() {
+    let (image, data, ami) = one_disk_world("client source", &["bucket-a"]);
+    let server = Server::start(&data, &[]);
+    let endpoint = format!("http://127.0.0.1:{}", server.port);
+    // No data directory: everything goes through the server.
+    let client = |secret: &str, args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_amistore"))
+            .args(["--endpoint", &endpoint])
+            .args(args)
+            .env_remove("AMISTORE_DATA_DIR")
+            .env("AWS_ACCESS_KEY_ID", "test")
+            .env("AWS_SECRET_ACCESS_KEY", secret)
+            .env("AWS_DEFAULT_REGION", "us-east-1")
+            .output()
+            .unwrap()
+    };
+    let ok = |out: Output| -> String {
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap().trim().to_owned()
+    };
+    let key = ok(client(
+        "test",
+        &[
+            "store-image",
+            "--image-id",
+            &ami,
+            "--bucket",
+            "bucket-a/p1",
+            "--wait",
+        ],
+    ));
+    assert_eq!(key, format!("p1/{ami}.bin"));
+    let tasks: Value = serde_json::from_str(&ok(client(
+        "test",
+        &["describe-store-image-tasks", "--image-id", &ami],
+    )))
+    .unwrap();
+    assert_eq!(
+        tasks["StoreImageTaskResults"][0]["StoreTaskState"],
+        "Completed"
+    );
+    assert_eq!(tasks["StoreImageTaskResults"][0]["ProgressPercentage"], 100);
+    let new = ok(client(
+        "test",
+        &[
+            "restore-image",
+            "--bucket",
+            "bucket-a",
+            "--object-key",
+            &key,
+            "--name",
+            "client copy",
+            "--tag-specification",
+            "image:via=client",
+            "--wait",
+        ],
+    ));
+    assert!(new.starts_with("ami-"), "{new}");
+    let images = server.json(&["describe-images", "--image-ids", &new]);
+    assert_eq!(images["Images"][0]["State"], "available");
+    assert_eq!(images["Images"][0]["Tags"][0]["Key"], "via");
+    let out = image.dir.path().join("exported");
+    let files = ok_in(&["image", "export", &new, "--out", s(&out)], Some(&data));
+    same_file(&image.disks[0].1, Path::new(files.lines().next().unwrap()));
+
+    let denied = client("wrong", &["describe-store-image-tasks"]);
+    assert!(!denied.status.success());
+    assert!(String::from_utf8_lossy(&denied.stderr).contains("AuthFailure"));
+    let https = Command::new(env!("CARGO_BIN_EXE_amistore"))
+        .args([
+            "--endpoint",
+            "https://example.com",
+            "describe-store-image-tasks",
+        ])
+        .env("AWS_ACCESS_KEY_ID", "test")
+        .env("AWS_SECRET_ACCESS_KEY", "test")
+        .output()
+        .unwrap();
+    assert!(!https.status.success());
+    let err = String::from_utf8_lossy(&https.stderr);
+    assert!(err.contains("must start with http://"), "{err}");
+}
+
+#[test]
+fn a_server_stopped_with_sigterm_resumes_its_task_at_the_next_start() {
+    let image = make_image();
+    let data = image.dir.path().join("data");
+    // 20 MiB of data at 2 MiB/s: the store is still running when the server stops.
+    let disk = image.dir.path().join("slow.raw");
+    std::fs::write(&disk, bytes(20 << 20, 5)).unwrap();
+    let ami = ok_in(
+        &[
+            "image",
+            "import",
+            "--name",
+            "slow source",
+            "--disk",
+            &format!("/dev/xvda={}", disk.display()),
+        ],
+        Some(&data),
+    )
+    .trim()
+    .to_owned();
+    ok_in(&["bucket", "create", "bucket-a"], Some(&data));
+    let server = Server::start(&data, &["--max-bandwidth", "2"]);
+    server.json(&[
+        "create-store-image-task",
+        "--image-id",
+        &ami,
+        "--bucket",
+        "bucket-a",
+    ]);
+    std::thread::sleep(Duration::from_millis(1500));
+    let tasks = server.json(&["describe-store-image-tasks"]);
+    assert_eq!(
+        tasks["StoreImageTaskResults"][0]["StoreTaskState"],
+        "InProgress"
+    );
+    drop(server); // SIGTERM, and wait for the exit
+    let server = Server::start(&data, &[]);
+    server.wait(&["wait", "store-image-task-complete", "--image-ids", &ami]);
+    let tasks = server.json(&["describe-store-image-tasks", "--image-ids", &ami]);
+    assert_eq!(
+        tasks["StoreImageTaskResults"][0]["StoreTaskState"],
+        "Completed"
+    );
+    let object = data.join("s3/bucket-a").join(format!("{ami}.bin"));
+    assert!(sh("zstd -q -t \"$1\"", &[&object]));
 }

@@ -5,6 +5,7 @@ mod archive_cmd;
 mod bucket_cmd;
 mod image_cmd;
 mod progress;
+mod remote;
 mod serve_cmd;
 mod task_cmd;
 
@@ -31,6 +32,11 @@ struct Cli {
 
     #[command(flatten)]
     limits: task_cmd::Limits,
+
+    /// Send the task commands to this server (http://HOST:PORT) instead of
+    /// running them here, signed with the usual AWS credentials.
+    #[arg(long, global = true, env = "AMISTORE_ENDPOINT", value_name = "URL")]
+    endpoint: Option<String>,
 
     #[command(subcommand)]
     command: Command,
@@ -76,15 +82,30 @@ fn main() -> ExitCode {
         Command::Archive(cmd) => archive_cmd::run(cmd, quiet),
         Command::Image(cmd) => data_dir(cli.data_dir).and_then(|dir| image_cmd::run(cmd, &dir)),
         Command::Bucket(cmd) => data_dir(cli.data_dir).and_then(|dir| bucket_cmd::run(cmd, &dir)),
-        Command::StoreImage(args) => {
-            data_dir(cli.data_dir).and_then(|dir| task_cmd::store(args, &dir, limits, quiet))
-        }
-        Command::RestoreImage(args) => {
-            data_dir(cli.data_dir).and_then(|dir| task_cmd::restore(args, &dir, limits, quiet))
-        }
-        Command::DescribeStoreImageTasks(args) => {
-            data_dir(cli.data_dir).and_then(|dir| task_cmd::describe_store(args, &dir, limits))
-        }
+        Command::StoreImage(args) => match &cli.endpoint {
+            Some(url) => remote::Remote::new(url).and_then(|r| {
+                let wait = args.wait;
+                r.store(args, wait, quiet)
+            }),
+            None => {
+                data_dir(cli.data_dir).and_then(|dir| task_cmd::store(args, &dir, limits, quiet))
+            }
+        },
+        Command::RestoreImage(args) => match &cli.endpoint {
+            Some(url) => remote::Remote::new(url).and_then(|r| {
+                let wait = args.wait;
+                r.restore(args, wait, quiet)
+            }),
+            None => {
+                data_dir(cli.data_dir).and_then(|dir| task_cmd::restore(args, &dir, limits, quiet))
+            }
+        },
+        Command::DescribeStoreImageTasks(args) => match &cli.endpoint {
+            Some(url) => remote::Remote::new(url).and_then(|r| r.describe_store(args)),
+            None => {
+                data_dir(cli.data_dir).and_then(|dir| task_cmd::describe_store(args, &dir, limits))
+            }
+        },
         Command::Serve(args) => {
             data_dir(cli.data_dir).and_then(|dir| serve_cmd::run(args, &dir, limits))
         }

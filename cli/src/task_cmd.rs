@@ -47,48 +47,56 @@ pub struct Limits {
 
 #[derive(Args)]
 pub struct StoreArgs {
+    /// With --endpoint: wait for the task to end, with a progress bar
+    /// (embedded runs always wait).
+    #[arg(long)]
+    pub wait: bool,
     /// The AMI to store.
     #[arg(long)]
-    image_id: ImageId,
+    pub image_id: ImageId,
     /// BUCKET or BUCKET/PATH; the object is PATH/<ami-id>.bin.
     #[arg(long)]
-    bucket: BucketPath,
+    pub bucket: BucketPath,
     /// Tag for the object, KEY=VALUE (repeatable, at most 10).
     #[arg(long = "s3-object-tag", value_name = "KEY=VALUE")]
-    object_tags: Vec<Tag>,
+    pub object_tags: Vec<Tag>,
 }
 
 #[derive(Args)]
 pub struct RestoreArgs {
+    /// With --endpoint: wait for the task to end, with a progress bar
+    /// (embedded runs always wait).
+    #[arg(long)]
+    pub wait: bool,
     /// Bucket holding the archive.
     #[arg(long)]
-    bucket: BucketName,
+    pub bucket: BucketName,
     /// The archive's key, e.g. p1/p2/ami-0123456789abcdef0.bin.
     #[arg(long)]
-    object_key: ObjectKey,
+    pub object_key: ObjectKey,
     /// Name of the new AMI [default: the stored AMI's name].
     #[arg(long)]
-    name: Option<ImageName>,
+    pub name: Option<ImageName>,
     /// Tag for the new image or its snapshots: image:KEY=VALUE or
     /// snapshot:KEY=VALUE (repeatable).
     #[arg(long = "tag-specification", value_name = "image|snapshot:KEY=VALUE", value_parser = parse_tag_spec)]
-    tags: Vec<(bool, Tag)>,
+    pub tags: Vec<(bool, Tag)>,
 }
 
 #[derive(Args)]
 pub struct DescribeArgs {
     /// Show the latest task of this AMI (repeatable, at most 20; filters are then ignored).
     #[arg(long = "image-id")]
-    image_ids: Vec<ImageId>,
+    pub image_ids: Vec<ImageId>,
     /// NAME=VALUE[,VALUE…] or Name=NAME,Values=VALUE[,VALUE…]; names: task-state, bucket.
     #[arg(long = "filter", value_parser = parse_filter)]
-    filters: Vec<(String, Vec<String>)>,
+    pub filters: Vec<(String, Vec<String>)>,
     /// Page size, 1 to 200.
     #[arg(long)]
-    max_results: Option<u32>,
+    pub max_results: Option<u32>,
     /// Token from a previous page.
     #[arg(long)]
-    next_token: Option<String>,
+    pub next_token: Option<String>,
 }
 
 impl Limits {

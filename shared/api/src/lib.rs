@@ -10,8 +10,10 @@
 //! - [`sigv4`]: verifying AWS Signature Version 4 (header and query forms).
 //! - [`actions`]: the actions over the engine, scoped to the caller's account.
 //! - [`service`]: one HTTP request to one response, authentication included.
+//! - [`client`]: signing and sending requests (the CLI's remote mode).
 
 pub mod actions;
+pub mod client;
 pub mod error;
 pub mod query;
 pub mod service;

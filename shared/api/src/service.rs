@@ -52,10 +52,20 @@ pub struct Outcome {
     pub error: Option<&'static str>,
 }
 
-/// Access keys and the secrets and accounts they stand for.
+/// What an access key may do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Permission {
+    /// Every action.
+    Full,
+    /// Only the `Describe…` actions; anything else (DryRun included) is
+    /// `UnauthorizedOperation`.
+    ReadOnly,
+}
+
+/// Access keys and the secrets, accounts and permissions they stand for.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Credentials {
-    keys: BTreeMap<String, (String, AccountId)>,
+    keys: BTreeMap<String, (String, AccountId, Permission)>,
 }
 
 /// The credentials local use runs with when none are configured (documented;
@@ -65,8 +75,8 @@ pub const DEFAULT_ACCESS_KEY: &str = "test";
 pub const DEFAULT_SECRET: &str = "test";
 
 impl Credentials {
-    /// Parses a credentials file: one `ACCESS_KEY SECRET ACCOUNT_ID` per line;
-    /// blank lines and lines starting with `#` are ignored.
+    /// Parses a credentials file: one `ACCESS_KEY SECRET ACCOUNT_ID [read-only]`
+    /// per line; blank lines and lines starting with `#` are ignored.
     pub fn parse(text: &str) -> Result<Self, String> {
         let mut keys = BTreeMap::new();
         for (n, line) in text.lines().enumerate() {
@@ -75,17 +85,21 @@ impl Credentials {
                 continue;
             }
             let fields: Vec<&str> = line.split_whitespace().collect();
-            let [key, secret, account] = fields.as_slice() else {
-                return Err(format!(
-                    "line {}: expected ACCESS_KEY SECRET ACCOUNT_ID",
-                    n + 1
-                ));
+            let (key, secret, account, permission) = match fields.as_slice() {
+                [k, s, a] => (k, s, a, Permission::Full),
+                [k, s, a, "read-only"] => (k, s, a, Permission::ReadOnly),
+                _ => {
+                    return Err(format!(
+                        "line {}: expected ACCESS_KEY SECRET ACCOUNT_ID [read-only]",
+                        n + 1
+                    ));
+                }
             };
             let account: AccountId = account
                 .parse()
                 .map_err(|e| format!("line {}: {e}", n + 1))?;
             if keys
-                .insert(key.to_string(), (secret.to_string(), account))
+                .insert(key.to_string(), (secret.to_string(), account, permission))
                 .is_some()
             {
                 return Err(format!("line {}: access key {key} is given twice", n + 1));
@@ -102,17 +116,21 @@ impl Credentials {
         let mut keys = BTreeMap::new();
         keys.insert(
             DEFAULT_ACCESS_KEY.to_owned(),
-            (DEFAULT_SECRET.to_owned(), AccountId::local_default()),
+            (
+                DEFAULT_SECRET.to_owned(),
+                AccountId::local_default(),
+                Permission::Full,
+            ),
         );
         Self { keys }
     }
 
     fn secret(&self, key: &str) -> Option<String> {
-        self.keys.get(key).map(|(s, _)| s.clone())
+        self.keys.get(key).map(|(s, _, _)| s.clone())
     }
 
-    fn account(&self, key: &str) -> Option<AccountId> {
-        self.keys.get(key).map(|(_, a)| a.clone())
+    fn account(&self, key: &str) -> Option<(AccountId, Permission)> {
+        self.keys.get(key).map(|(_, a, p)| (a.clone(), *p))
     }
 }
 
@@ -186,11 +204,21 @@ impl Service {
             body: &req.body,
         };
         let signer = verify(&signed, |k| self.credentials.secret(k), now)?;
-        let account = self
+        let (account, permission) = self
             .credentials
             .account(&signer.access_key)
             .ok_or_else(|| ApiError::new("AuthFailure", "unknown access key"))?;
         outcome.account = Some(account.clone());
+        let reads = outcome
+            .action
+            .as_deref()
+            .is_some_and(|a| a.starts_with("Describe"));
+        if permission == Permission::ReadOnly && !reads {
+            return Err(ApiError::new(
+                "UnauthorizedOperation",
+                "You are not authorized to perform this operation.",
+            ));
+        }
         params.drop_auth();
         actions::handle(&self.engine, &account, params, &outcome.request_id)
     }
@@ -202,15 +230,23 @@ mod tests {
 
     #[test]
     fn credentials_files_parse_strictly() {
-        let c =
-            Credentials::parse("# keys\nAKIA1 s1 111122223333\n\nAKIA2 s2 444455556666\n").unwrap();
+        let c = Credentials::parse(
+            "# keys\nAKIA1 s1 111122223333\n\nAKIA2 s2 444455556666 read-only\n",
+        )
+        .unwrap();
         assert_eq!(c.secret("AKIA2").as_deref(), Some("s2"));
-        assert_eq!(c.account("AKIA1").unwrap().as_str(), "111122223333");
+        let (account, permission) = c.account("AKIA1").unwrap();
+        assert_eq!(
+            (account.as_str(), permission),
+            ("111122223333", Permission::Full)
+        );
+        assert_eq!(c.account("AKIA2").unwrap().1, Permission::ReadOnly);
         for bad in [
             "",
             "# none",
             "k s",
             "k s 123",
+            "k s 111122223333 admin",
             "k s 111122223333\nk t 111122223333",
         ] {
             assert!(Credentials::parse(bad).is_err(), "{bad:?}");

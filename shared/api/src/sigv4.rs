@@ -125,7 +125,7 @@ fn query_pairs(query: &str) -> Result<Vec<(String, String)>, ApiError> {
 }
 
 /// The canonical request, without its last line (the payload hash).
-fn canonical_request(
+pub(crate) fn canonical_request(
     req: &SignedRequest,
     signed_headers: &[String],
     skip_query: Option<&str>,

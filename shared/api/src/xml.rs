@@ -100,6 +100,57 @@ pub fn error_document(error: &ApiError, request_id: &str) -> String {
     )
 }
 
+/// Reverses [`escape`] for the five XML entities.
+fn unescape(text: &str) -> String {
+    text.replace("&lt;", "<")
+        .replace("&gt;", ">")
+        .replace("&quot;", "\"")
+        .replace("&apos;", "'")
+        .replace("&amp;", "&")
+}
+
+/// The text of the first `<tag>…</tag>` in `doc` (for reading the flat
+/// documents this API returns).
+pub fn text_of(doc: &str, tag: &str) -> Option<String> {
+    let open = format!("<{tag}>");
+    let start = doc.find(&open)? + open.len();
+    let end = doc[start..].find(&format!("</{tag}>"))? + start;
+    Some(unescape(&doc[start..end]))
+}
+
+/// The contents of each `<item>` directly inside the first `<list>`.
+pub fn items<'a>(doc: &'a str, list: &str) -> Vec<&'a str> {
+    let open = format!("<{list}>");
+    let Some(start) = doc.find(&open).map(|i| i + open.len()) else {
+        return vec![];
+    };
+    let Some(end) = doc[start..].find(&format!("</{list}>")).map(|i| i + start) else {
+        return vec![];
+    };
+    let inner = &doc[start..end];
+    let mut out = Vec::new();
+    let (mut depth, mut from, mut at) = (0usize, 0usize, 0usize);
+    while at < inner.len() {
+        let rest = &inner[at..];
+        if rest.starts_with("<item>") {
+            if depth == 0 {
+                from = at + "<item>".len();
+            }
+            depth += 1;
+            at += "<item>".len();
+        } else if rest.starts_with("</item>") {
+            depth = depth.saturating_sub(1);
+            if depth == 0 {
+                out.push(&inner[from..at]);
+            }
+            at += "</item>".len();
+        } else {
+            at += rest.chars().next().map_or(1, char::len_utf8);
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -127,5 +178,13 @@ mod tests {
         assert!(err.contains("<Response><Errors><Error><Code>DryRunOperation</Code>"));
         assert!(err.ends_with("<RequestID>r-2</RequestID></Response>"));
         assert_eq!(escape("a\u{1}b"), "a\\u{1}b");
+        let doc = b.document("DescribeStoreImageTasks", "req-1");
+        let found = items(&doc, "storeImageTaskResultSet");
+        assert_eq!(found.len(), 1);
+        assert_eq!(
+            text_of(found[0], "s3objectKey").as_deref(),
+            Some("a<b>&.bin")
+        );
+        assert!(items(&empty, "storeImageTaskResultSet").is_empty());
     }
 }

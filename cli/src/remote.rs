@@ -1,0 +1,252 @@
+//! The task commands' remote mode (`--endpoint URL`): the same commands, sent to
+//! an amistore server (or any EC2-compatible endpoint) instead of run in this
+//! process, signed with the usual AWS credentials (`AWS_ACCESS_KEY_ID` /
+//! `AWS_SECRET_ACCESS_KEY` / `AWS_SESSION_TOKEN`, else `~/.aws/credentials`
+//! under `AWS_PROFILE` or `default`) for `AWS_REGION` / `AWS_DEFAULT_REGION`
+//! (default `us-east-1`).
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use amistore_api::client::{ClientCredentials, Endpoint, call};
+use amistore_api::xml::{items, text_of};
+use anyhow::{Context, Result, anyhow, bail};
+use serde_json::{Value, json};
+
+use crate::progress::Bar;
+use crate::task_cmd::{DescribeArgs, RestoreArgs, StoreArgs};
+use amistore_local::Progress;
+
+/// A server to send the task commands to.
+pub struct Remote {
+    endpoint: Endpoint,
+    credentials: ClientCredentials,
+    region: String,
+}
+
+fn from_credentials_file(profile: &str) -> Option<ClientCredentials> {
+    let path = std::env::var_os("AWS_SHARED_CREDENTIALS_FILE")
+        .map(std::path::PathBuf::from)
+        .or_else(|| dirs::home_dir().map(|h| h.join(".aws/credentials")))?;
+    let text = std::fs::read_to_string(path).ok()?;
+    let mut in_profile = false;
+    let (mut key, mut secret, mut token) = (None, None, None);
+    for line in text.lines().map(str::trim) {
+        if let Some(name) = line.strip_prefix('[').and_then(|l| l.strip_suffix(']')) {
+            in_profile = name.trim() == profile;
+        } else if in_profile && let Some((k, v)) = line.split_once('=') {
+            let v = Some(v.trim().to_owned());
+            match k.trim() {
+                "aws_access_key_id" => key = v,
+                "aws_secret_access_key" => secret = v,
+                "aws_session_token" => token = v,
+                _ => {}
+            }
+        }
+    }
+    Some(ClientCredentials {
+        access_key: key?,
+        secret: secret?,
+        session_token: token,
+    })
+}
+
+impl Remote {
+    /// The server at `url`, with credentials and region from the environment.
+    pub fn new(url: &str) -> Result<Self> {
+        let endpoint = Endpoint::parse(url).map_err(|e| anyhow!(e))?;
+        let env = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
+        let credentials = match (env("AWS_ACCESS_KEY_ID"), env("AWS_SECRET_ACCESS_KEY")) {
+            (Some(access_key), Some(secret)) => ClientCredentials {
+                access_key,
+                secret,
+                session_token: env("AWS_SESSION_TOKEN"),
+            },
+            _ => {
+                let profile = env("AWS_PROFILE").unwrap_or_else(|| "default".into());
+                from_credentials_file(&profile).ok_or_else(|| {
+                    anyhow!("no AWS credentials: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or profile {profile:?} in ~/.aws/credentials")
+                })?
+            }
+        };
+        let region = env("AWS_REGION")
+            .or_else(|| env("AWS_DEFAULT_REGION"))
+            .unwrap_or_else(|| "us-east-1".into());
+        Ok(Self {
+            endpoint,
+            credentials,
+            region,
+        })
+    }
+
+    fn call(&self, action: &str, params: Vec<(String, String)>) -> Result<String> {
+        call(
+            &self.endpoint,
+            &self.credentials,
+            &self.region,
+            action,
+            &params,
+        )
+        .map_err(|e| anyhow!("{}", e.message))
+    }
+
+    /// Follows the task of `image` through `describe` until it ends, with a
+    /// percentage bar; fails if it failed.
+    fn wait(
+        &self,
+        describe: &str,
+        list: &str,
+        image: &str,
+        state_tag: &str,
+        reason_tag: &str,
+        bar: &mut Bar,
+    ) -> Result<()> {
+        bar.begin(100);
+        let mut shown = 0u64;
+        loop {
+            let doc = self.call(describe, vec![("ImageId.1".into(), image.into())])?;
+            let item = items(&doc, list)
+                .first()
+                .map(|s| s.to_string())
+                .ok_or_else(|| anyhow!("the server shows no task for {image}"))?;
+            let percent: u64 = text_of(&item, "progressPercentage")
+                .and_then(|p| p.parse().ok())
+                .unwrap_or(0);
+            bar.advance(percent.saturating_sub(shown));
+            shown = shown.max(percent);
+            match text_of(&item, state_tag).as_deref() {
+                Some("Completed") => return Ok(()),
+                Some("Failed") => bail!(
+                    "the task failed: {}",
+                    text_of(&item, reason_tag).unwrap_or_else(|| "no reason given".into())
+                ),
+                _ => std::thread::sleep(Duration::from_millis(500)),
+            }
+        }
+    }
+
+    pub fn store(&self, args: StoreArgs, wait: bool, quiet: bool) -> Result<ExitCode> {
+        let mut params = vec![
+            ("ImageId".to_owned(), args.image_id.to_string()),
+            ("Bucket".to_owned(), args.bucket.to_string()),
+        ];
+        for (i, tag) in args.object_tags.iter().enumerate() {
+            params.push((format!("S3ObjectTag.{}.Key", i + 1), tag.key().to_owned()));
+            params.push((
+                format!("S3ObjectTag.{}.Value", i + 1),
+                tag.value().to_owned(),
+            ));
+        }
+        let doc = self.call("CreateStoreImageTask", params)?;
+        let key = text_of(&doc, "objectKey").context("the answer has no objectKey")?;
+        if wait {
+            let mut bar = Bar::new("storing %", quiet);
+            self.wait(
+                "DescribeStoreImageTasks",
+                "storeImageTaskResultSet",
+                args.image_id.as_str(),
+                "storeTaskState",
+                "storeTaskFailureReason",
+                &mut bar,
+            )?;
+        }
+        println!("{key}");
+        Ok(ExitCode::SUCCESS)
+    }
+
+    pub fn restore(&self, args: RestoreArgs, wait: bool, quiet: bool) -> Result<ExitCode> {
+        let mut params = vec![
+            ("Bucket".to_owned(), args.bucket.to_string()),
+            ("ObjectKey".to_owned(), args.object_key.to_string()),
+        ];
+        if let Some(name) = &args.name {
+            params.push(("Name".into(), name.to_string()));
+        }
+        let mut n = 0;
+        for (resource, for_image) in [("image", true), ("snapshot", false)] {
+            let tags: Vec<_> = args
+                .tags
+                .iter()
+                .filter(|(i, _)| *i == for_image)
+                .map(|(_, t)| t)
+                .collect();
+            if tags.is_empty() {
+                continue;
+            }
+            n += 1;
+            params.push((
+                format!("TagSpecification.{n}.ResourceType"),
+                resource.into(),
+            ));
+            for (i, tag) in tags.iter().enumerate() {
+                params.push((
+                    format!("TagSpecification.{n}.Tag.{}.Key", i + 1),
+                    tag.key().into(),
+                ));
+                params.push((
+                    format!("TagSpecification.{n}.Tag.{}.Value", i + 1),
+                    tag.value().into(),
+                ));
+            }
+        }
+        let doc = self.call("CreateRestoreImageTask", params)?;
+        let image = text_of(&doc, "imageId").context("the answer has no imageId")?;
+        if wait {
+            let mut bar = Bar::new("restoring %", quiet);
+            self.wait(
+                "DescribeRestoreImageTasks",
+                "restoreImageTaskResultSet",
+                &image,
+                "restoreTaskState",
+                "restoreTaskFailureReason",
+                &mut bar,
+            )?;
+        }
+        println!("{image}");
+        Ok(ExitCode::SUCCESS)
+    }
+
+    pub fn describe_store(&self, args: DescribeArgs) -> Result<ExitCode> {
+        let mut params = Vec::new();
+        for (i, id) in args.image_ids.iter().enumerate() {
+            params.push((format!("ImageId.{}", i + 1), id.to_string()));
+        }
+        for (i, (name, values)) in args.filters.iter().enumerate() {
+            params.push((format!("Filter.{}.Name", i + 1), name.clone()));
+            for (j, v) in values.iter().enumerate() {
+                params.push((format!("Filter.{}.Value.{}", i + 1, j + 1), v.clone()));
+            }
+        }
+        if let Some(m) = args.max_results {
+            params.push(("MaxResults".into(), m.to_string()));
+        }
+        if let Some(t) = &args.next_token {
+            params.push(("NextToken".into(), t.clone()));
+        }
+        let doc = self.call("DescribeStoreImageTasks", params)?;
+        let results: Vec<Value> = items(&doc, "storeImageTaskResultSet")
+            .iter()
+            .map(|item| {
+                let field = |tag: &str| text_of(item, tag);
+                let mut v = json!({
+                    "AmiId": field("amiId"),
+                    "TaskStartTime": field("taskStartTime"),
+                    "Bucket": field("bucket"),
+                    "S3objectKey": field("s3objectKey"),
+                    "ProgressPercentage": field("progressPercentage").and_then(|p| p.parse::<u64>().ok()),
+                    "StoreTaskState": field("storeTaskState"),
+                });
+                if let Some(r) = field("storeTaskFailureReason") {
+                    v["StoreTaskFailureReason"] = json!(r);
+                }
+                v
+            })
+            .collect();
+        let mut out = json!({ "StoreImageTaskResults": results });
+        if let Some(t) = text_of(&doc, "nextToken") {
+            out["NextToken"] = json!(t);
+        }
+        println!("{}", serde_json::to_string_pretty(&out)?);
+        Ok(ExitCode::SUCCESS)
+    }
+}
