@@ -296,12 +296,7 @@ fn describe_images(engine: &Engine, account: &AccountId, mut p: Params) -> Resul
         filters.push((name, values));
     }
     finish(p)?;
-    let mine = owners.is_empty() || owners.iter().any(|o| o == "self" || o == account.as_str());
-    let images = if mine {
-        engine.catalog.list_images(account)?
-    } else {
-        Vec::new()
-    };
+    let images = owned_images(engine, account, &owners)?;
     if let Some(missing) = ids
         .iter()
         .find(|id| !images.iter().any(|i| i.image_id == **id))
@@ -426,12 +421,7 @@ fn describe_snapshots(
         ));
     }
     finish(p)?;
-    let mine = owners.is_empty() || owners.iter().any(|o| o == "self" || o == account.as_str());
-    let images = if mine {
-        engine.catalog.list_images(account)?
-    } else {
-        Vec::new()
-    };
+    let images = owned_images(engine, account, &owners)?;
     let snapshots: Vec<(
         &amistore_core::ports::Image,
         &amistore_core::ports::Snapshot,
@@ -482,6 +472,21 @@ fn describe_snapshots(
         });
     });
     Ok(body)
+}
+
+/// The caller's images, if `owners` (an `Owner.N` list) includes the caller
+/// (`self` or its account id) or is empty: other accounts' images are never shown.
+fn owned_images(
+    engine: &Engine,
+    account: &AccountId,
+    owners: &[String],
+) -> Result<Vec<amistore_core::ports::Image>, ApiError> {
+    let mine = owners.is_empty() || owners.iter().any(|o| o == "self" || o == account.as_str());
+    Ok(if mine {
+        engine.catalog.list_images(account)?
+    } else {
+        Vec::new()
+    })
 }
 
 /// EC2's filter wildcards: `*` any run, `?` any one character.
