@@ -290,6 +290,19 @@ impl TaskDb {
         Ok(new == 1)
     }
 
+    /// Whether unit `unit` of a task is recorded.
+    pub fn unit_recorded(&self, id: &TaskId, unit: u64) -> Result<bool> {
+        self.conn
+            .query_row(
+                "SELECT 1 FROM units WHERE task_id = ?1 AND unit = ?2",
+                params![id.as_str(), unit as i64],
+                |_| Ok(()),
+            )
+            .optional()
+            .map(|found| found.is_some())
+            .map_err(db("reading a unit"))
+    }
+
     /// The recorded units of a task, in unit order.
     pub fn units(&self, id: &TaskId) -> Result<Vec<(u64, String)>> {
         let mut stmt = self
@@ -413,6 +426,9 @@ impl TaskStore for SqliteTaskStore {
         record_json: &str,
     ) -> amistore_core::Result<bool> {
         self.with(|db| db.record_unit(id, unit, record_json))
+    }
+    fn unit_recorded(&self, id: &TaskId, unit: u64) -> amistore_core::Result<bool> {
+        self.with(|db| db.unit_recorded(id, unit))
     }
     fn units(&self, id: &TaskId) -> amistore_core::Result<Vec<(u64, String)>> {
         self.with(|db| db.units(id))

@@ -70,7 +70,7 @@ impl Engine {
     /// Restores unit `unit`'s present blocks into the new snapshots.
     pub fn restore_unit(&self, id: &TaskId, unit: u64) -> Result<()> {
         let task = self.running_task(id)?;
-        if self.tasks.units(id)?.iter().any(|(u, _)| *u == unit) {
+        if self.tasks.unit_recorded(id, unit)? {
             return Ok(());
         }
         let (_, image) = self.restore_image(&task)?;

@@ -126,7 +126,7 @@ impl Engine {
     /// Writes unit `unit` of a store task as part `unit + 1`.
     pub fn store_unit(&self, id: &TaskId, unit: u64) -> Result<()> {
         let task = self.running_task(id)?;
-        if self.tasks.units(id)?.iter().any(|(u, _)| *u == unit) {
+        if self.tasks.unit_recorded(id, unit)? {
             return Ok(());
         }
         let upload = upload_of(&task)?;

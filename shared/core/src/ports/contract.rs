@@ -239,6 +239,8 @@ pub fn task_store(store: Arc<dyn TaskStore>) {
     assert!(store.record_unit(&a.id, 1, "{\"u\":1}").unwrap());
     assert!(!store.record_unit(&a.id, 1, "{\"u\":\"retry\"}").unwrap());
     assert!(store.record_unit(&a.id, 0, "{\"u\":0}").unwrap());
+    assert!(store.unit_recorded(&a.id, 1).unwrap());
+    assert!(!store.unit_recorded(&a.id, 2).unwrap());
     let got = store.get(&a.id).unwrap().unwrap();
     assert_eq!(
         (got.units_done, got.units_total, got.upload_id.as_deref()),

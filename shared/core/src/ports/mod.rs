@@ -311,6 +311,10 @@ pub trait TaskStore: Send + Sync {
     /// counts it. Returns whether this call recorded it.
     fn record_unit(&self, id: &TaskId, unit: u64, record_json: &str) -> Result<bool>;
 
+    /// Whether unit `unit` of a task is recorded (one key lookup: a unit step
+    /// asks this before doing its work).
+    fn unit_recorded(&self, id: &TaskId, unit: u64) -> Result<bool>;
+
     /// The recorded units of a task, in unit order.
     fn units(&self, id: &TaskId) -> Result<Vec<(u64, String)>>;
 

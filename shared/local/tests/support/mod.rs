@@ -424,6 +424,9 @@ impl TaskStore for Faulty<dyn TaskStore> {
         self.1.check("record_unit")?;
         self.0.record_unit(id, u, r)
     }
+    fn unit_recorded(&self, id: &TaskId, u: u64) -> Result<bool> {
+        self.0.unit_recorded(id, u)
+    }
     fn units(&self, id: &TaskId) -> Result<Vec<(u64, String)>> {
         self.0.units(id)
     }
