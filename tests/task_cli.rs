@@ -329,7 +329,7 @@ fn bad_input_gets_a_clear_error_and_changes_nothing() {
 }
 
 /// Starts a store of a ~768 MiB image and SIGKILLs it once its first part is
-/// staged. Returns the data directory and the image id.
+/// uploaded. Returns the data directory and the image id.
 fn kill_mid_store(dir: &Path) -> (Data, String) {
     let disk = dir.join("big-random.raw");
     assert!(sh(
@@ -374,7 +374,12 @@ fn kill_mid_store(dir: &Path) -> (Data, String) {
                     .into_iter()
                     .flatten()
                     .flatten()
-                    .any(|p| p.file_name().to_string_lossy().starts_with("part-"))
+                    .any(|p| {
+                        // A part waits as part-NNNNN.<etag> or, once joined into
+                        // the object, is listed in joined.json.
+                        let name = p.file_name().to_string_lossy().into_owned();
+                        name.starts_with("part-") || name == "joined.json"
+                    })
             });
         if staged {
             break;
