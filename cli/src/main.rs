@@ -2,6 +2,8 @@
 //! the command line and reports errors; the work is done by the library crates.
 
 mod archive_cmd;
+#[cfg(feature = "aws")]
+mod aws_backend;
 mod bucket_cmd;
 mod image_cmd;
 mod progress;
@@ -32,6 +34,9 @@ struct Cli {
 
     #[command(flatten)]
     limits: task_cmd::Limits,
+
+    #[command(flatten)]
+    backend: task_cmd::Backend,
 
     /// Send the task commands to this server (http://HOST:PORT) instead of
     /// running them here, signed with the usual AWS credentials.
@@ -77,7 +82,7 @@ fn data_dir(given: Option<PathBuf>) -> anyhow::Result<PathBuf> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let (quiet, limits) = (cli.quiet, cli.limits);
+    let (quiet, limits, backend) = (cli.quiet, cli.limits, cli.backend);
     let result = match cli.command {
         Command::Archive(cmd) => archive_cmd::run(cmd, quiet),
         Command::Image(cmd) => data_dir(cli.data_dir).and_then(|dir| image_cmd::run(cmd, &dir)),
@@ -87,24 +92,21 @@ fn main() -> ExitCode {
                 let wait = args.wait;
                 r.store(args, wait, quiet)
             }),
-            None => {
-                data_dir(cli.data_dir).and_then(|dir| task_cmd::store(args, &dir, limits, quiet))
-            }
+            None => data_dir(cli.data_dir)
+                .and_then(|dir| task_cmd::store(args, &dir, limits, &backend, quiet)),
         },
         Command::RestoreImage(args) => match &cli.endpoint {
             Some(url) => remote::Remote::new(url).and_then(|r| {
                 let wait = args.wait;
                 r.restore(args, wait, quiet)
             }),
-            None => {
-                data_dir(cli.data_dir).and_then(|dir| task_cmd::restore(args, &dir, limits, quiet))
-            }
+            None => data_dir(cli.data_dir)
+                .and_then(|dir| task_cmd::restore(args, &dir, limits, &backend, quiet)),
         },
         Command::DescribeStoreImageTasks(args) => match &cli.endpoint {
             Some(url) => remote::Remote::new(url).and_then(|r| r.describe_store(args)),
-            None => {
-                data_dir(cli.data_dir).and_then(|dir| task_cmd::describe_store(args, &dir, limits))
-            }
+            None => data_dir(cli.data_dir)
+                .and_then(|dir| task_cmd::describe_store(args, &dir, limits, &backend)),
         },
         Command::Serve(args) => {
             data_dir(cli.data_dir).and_then(|dir| serve_cmd::run(args, &dir, limits))

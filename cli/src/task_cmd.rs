@@ -13,7 +13,7 @@ use amistore_core::engine::intake::{RestoreRequest, StoreRequest};
 use amistore_core::engine::now_ms;
 use amistore_core::ids::{AccountId, ImageId, TaskId};
 use amistore_core::image::{ImageName, Tag};
-use amistore_core::ports::SnapshotStore;
+use amistore_core::ports::ObjectReader;
 use amistore_core::storage::{BucketName, BucketPath, ObjectKey};
 use amistore_core::task::{QuotaLimits, Task, TaskKind, TaskState, iso8601_millis};
 use amistore_local::Progress;
@@ -137,7 +137,58 @@ fn parse_filter(s: &str) -> Result<(String, Vec<String>)> {
 
 /// Opens the embedded engine, failing cleanly any task an earlier process left
 /// behind when it died.
-fn open(data_dir: &Path, limits: Limits, bar: Option<&Bar>) -> Result<LocalEngine> {
+/// Which adapters the embedded engine runs over.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum BackendKind {
+    /// The data directory: image library, bucket folders, SQLite.
+    Local,
+    /// EC2, EBS direct APIs, S3 and DynamoDB (standard AWS configuration).
+    Aws,
+}
+
+/// The backend options.
+#[derive(Args, Clone, Debug)]
+pub struct Backend {
+    /// Where images, archives and tasks live.
+    #[arg(
+        long,
+        global = true,
+        env = "AMISTORE_BACKEND",
+        value_enum,
+        default_value = "local"
+    )]
+    backend: BackendKind,
+    #[cfg(feature = "aws")]
+    #[command(flatten)]
+    aws: crate::aws_backend::AwsArgs,
+}
+
+/// An open engine and the account it acts for.
+enum Opened {
+    Local(LocalEngine),
+    #[cfg(feature = "aws")]
+    Aws(crate::aws_backend::AwsEngine),
+}
+
+impl Opened {
+    fn local(&self) -> &LocalEngine {
+        match self {
+            Opened::Local(l) => l,
+            #[cfg(feature = "aws")]
+            Opened::Aws(a) => &a.local,
+        }
+    }
+
+    fn account(&self) -> AccountId {
+        match self {
+            Opened::Local(_) => AccountId::local_default(),
+            #[cfg(feature = "aws")]
+            Opened::Aws(a) => a.account.clone(),
+        }
+    }
+}
+
+fn open(data_dir: &Path, limits: Limits, backend: &Backend, bar: Option<&Bar>) -> Result<Opened> {
     let options = LocalOptions {
         limits: limits.quota(),
         ..LocalOptions::default()
@@ -146,13 +197,26 @@ fn open(data_dir: &Path, limits: Limits, bar: Option<&Bar>) -> Result<LocalEngin
         let handle = b.handle();
         Arc::new(move |_: &TaskId, bytes: u64| handle.inc(bytes)) as _
     });
-    let local = LocalEngine::open(data_dir, options, progress)?;
-    for task in local.recover(Recovery::Fail)? {
-        eprintln!(
-            "amistore: task {task} was interrupted when its process stopped; it is now Failed"
-        );
+    match backend.backend {
+        BackendKind::Local => {
+            let local = LocalEngine::open(data_dir, options, progress)?;
+            for task in local.recover(Recovery::Fail)? {
+                eprintln!(
+                    "amistore: task {task} was interrupted when its process stopped; it is now Failed"
+                );
+            }
+            Ok(Opened::Local(local))
+        }
+        #[cfg(feature = "aws")]
+        BackendKind::Aws => Ok(Opened::Aws(crate::aws_backend::open(
+            &backend.aws,
+            data_dir,
+            options,
+            progress,
+        )?)),
+        #[cfg(not(feature = "aws"))]
+        BackendKind::Aws => bail!("this amistore was built without the `aws` feature"),
     }
-    Ok(local)
 }
 
 fn wait_for(local: &LocalEngine, task: &Task) -> Result<Task> {
@@ -170,15 +234,25 @@ fn wait_for(local: &LocalEngine, task: &Task) -> Result<Task> {
     }
 }
 
-pub fn store(args: StoreArgs, data_dir: &Path, limits: Limits, quiet: bool) -> Result<ExitCode> {
+pub fn store(
+    args: StoreArgs,
+    data_dir: &Path,
+    limits: Limits,
+    backend: &Backend,
+    quiet: bool,
+) -> Result<ExitCode> {
     let mut bar = Bar::new("storing", quiet);
-    let local = open(data_dir, limits, Some(&bar))?;
-    let account = AccountId::local_default();
-    let image = local.library.get(&account, &args.image_id)?;
+    let opened = open(data_dir, limits, backend, Some(&bar))?;
+    let (local, account) = (opened.local(), opened.account());
+    let image = local
+        .engine
+        .catalog
+        .describe_image(&account, &args.image_id)?;
     let mut present = 0;
     for s in &image.snapshots {
         present += local
-            .library
+            .engine
+            .snapshots
             .list_blocks(&account, &s.snapshot_id)?
             .present_count()
             * BLOCK_SIZE;
@@ -192,7 +266,7 @@ pub fn store(args: StoreArgs, data_dir: &Path, limits: Limits, quiet: bool) -> R
         },
     )?;
     bar.begin(present);
-    let done = wait_for(&local, &task)?;
+    let done = wait_for(local, &task)?;
     drop(bar);
     println!("{}", done.key);
     Ok(ExitCode::SUCCESS)
@@ -202,11 +276,12 @@ pub fn restore(
     args: RestoreArgs,
     data_dir: &Path,
     limits: Limits,
+    backend: &Backend,
     quiet: bool,
 ) -> Result<ExitCode> {
     let mut bar = Bar::new("restoring", quiet);
-    let local = open(data_dir, limits, Some(&bar))?;
-    let account = AccountId::local_default();
+    let opened = open(data_dir, limits, backend, Some(&bar))?;
+    let (local, account) = (opened.local(), opened.account());
     let (image_tags, snapshot_tags): (Vec<_>, Vec<_>) =
         args.tags.into_iter().partition(|(i, _)| *i);
     let task = local.engine.create_restore_task(
@@ -221,12 +296,18 @@ pub fn restore(
     )?;
     // The object was opened by intake already; opening it again for the bar's
     // total costs one tail read.
-    if let Ok(file) = local.buckets.open_object(&args.bucket, &args.object_key)
-        && let Ok(index) = ArchiveIndex::open(&file)
+    let objects = local.engine.objects.as_ref();
+    if let Ok(Some(info)) = objects.head_object(&args.bucket, &args.object_key)
+        && let Ok(index) = ArchiveIndex::open(&ObjectReader::new(
+            objects,
+            &args.bucket,
+            &args.object_key,
+            info.size,
+        ))
     {
         bar.begin(index.manifest().present_bytes());
     }
-    let done = wait_for(&local, &task)?;
+    let done = wait_for(local, &task)?;
     drop(bar);
     let image = done
         .image_id
@@ -251,9 +332,14 @@ pub fn store_task_json(task: &Task) -> Value {
     item
 }
 
-pub fn describe_store(args: DescribeArgs, data_dir: &Path, limits: Limits) -> Result<ExitCode> {
-    let local = open(data_dir, limits, None)?;
-    let account = AccountId::local_default();
+pub fn describe_store(
+    args: DescribeArgs,
+    data_dir: &Path,
+    limits: Limits,
+    backend: &Backend,
+) -> Result<ExitCode> {
+    let opened = open(data_dir, limits, backend, None)?;
+    let (local, account) = (opened.local(), opened.account());
     let tasks = local
         .engine
         .tasks

@@ -151,25 +151,7 @@ impl Service {
 
     /// Answers one request.
     pub fn handle(&self, req: &HttpRequest, now: OffsetDateTime) -> (HttpResponse, Outcome) {
-        let request_id = unique_token()[..36].to_owned();
-        let mut outcome = Outcome {
-            request_id: request_id.clone(),
-            action: None,
-            account: None,
-            error: None,
-        };
-        let result = self.answer(req, now, &mut outcome);
-        let response = match result {
-            Ok(body) => HttpResponse { status: 200, body },
-            Err(e) => {
-                outcome.error = Some(e.code);
-                HttpResponse {
-                    status: e.status,
-                    body: error_document(&e, &request_id),
-                }
-            }
-        };
-        (response, outcome)
+        respond(|outcome| self.answer(req, now, outcome))
     }
 
     fn answer(
@@ -178,23 +160,7 @@ impl Service {
         now: OffsetDateTime,
         outcome: &mut Outcome,
     ) -> Result<String, ApiError> {
-        if req.body.len() > MAX_REQUEST_BYTES || req.query.len() > MAX_REQUEST_BYTES {
-            return Err(ApiError {
-                code: "RequestEntityTooLarge",
-                message: format!("requests are limited to {MAX_REQUEST_BYTES} bytes"),
-                status: 413,
-            });
-        }
-        let mut params = match req.method.as_str() {
-            "POST" => Params::parse(&req.body)?,
-            "GET" => Params::parse(req.query.as_bytes())?,
-            other => {
-                return Err(ApiError::new(
-                    "UnsupportedProtocol",
-                    format!("method {other} is not supported; use POST or GET"),
-                ));
-            }
-        };
+        let mut params = request_params(req)?;
         outcome.action = params.peek("Action");
         let signed = SignedRequest {
             method: &req.method,
@@ -209,19 +175,84 @@ impl Service {
             .account(&signer.access_key)
             .ok_or_else(|| ApiError::new("AuthFailure", "unknown access key"))?;
         outcome.account = Some(account.clone());
-        let reads = outcome
-            .action
-            .as_deref()
-            .is_some_and(|a| a.starts_with("Describe"));
-        if permission == Permission::ReadOnly && !reads {
-            return Err(ApiError::new(
-                "UnauthorizedOperation",
-                "You are not authorized to perform this operation.",
-            ));
-        }
+        authorize(permission, outcome.action.as_deref())?;
         params.drop_auth();
         actions::handle(&self.engine, &account, params, &outcome.request_id)
     }
+}
+
+/// Answers a request whose caller a front door has already authenticated as
+/// `account` (API Gateway's IAM authorization, on AWS): no signature is
+/// checked here, and `permission` is what the front door's route allows.
+pub fn handle_authenticated(
+    engine: &Engine,
+    req: &HttpRequest,
+    account: &AccountId,
+    permission: Permission,
+) -> (HttpResponse, Outcome) {
+    respond(|outcome| {
+        let mut params = request_params(req)?;
+        outcome.action = params.peek("Action");
+        outcome.account = Some(account.clone());
+        authorize(permission, outcome.action.as_deref())?;
+        params.drop_auth();
+        actions::handle(engine, account, params, &outcome.request_id)
+    })
+}
+
+/// Runs `answer` under a fresh request id and turns its result into a response.
+fn respond(
+    answer: impl FnOnce(&mut Outcome) -> Result<String, ApiError>,
+) -> (HttpResponse, Outcome) {
+    let request_id = unique_token()[..36].to_owned();
+    let mut outcome = Outcome {
+        request_id: request_id.clone(),
+        action: None,
+        account: None,
+        error: None,
+    };
+    let response = match answer(&mut outcome) {
+        Ok(body) => HttpResponse { status: 200, body },
+        Err(e) => {
+            outcome.error = Some(e.code);
+            HttpResponse {
+                status: e.status,
+                body: error_document(&e, &request_id),
+            }
+        }
+    };
+    (response, outcome)
+}
+
+/// The request's parameters: the form body of a POST, the query of a GET.
+fn request_params(req: &HttpRequest) -> Result<Params, ApiError> {
+    if req.body.len() > MAX_REQUEST_BYTES || req.query.len() > MAX_REQUEST_BYTES {
+        return Err(ApiError {
+            code: "RequestEntityTooLarge",
+            message: format!("requests are limited to {MAX_REQUEST_BYTES} bytes"),
+            status: 413,
+        });
+    }
+    match req.method.as_str() {
+        "POST" => Params::parse(&req.body),
+        "GET" => Params::parse(req.query.as_bytes()),
+        other => Err(ApiError::new(
+            "UnsupportedProtocol",
+            format!("method {other} is not supported; use POST or GET"),
+        )),
+    }
+}
+
+/// Read-only callers may only describe.
+fn authorize(permission: Permission, action: Option<&str>) -> Result<(), ApiError> {
+    let reads = action.is_some_and(|a| a.starts_with("Describe"));
+    if permission == Permission::ReadOnly && !reads {
+        return Err(ApiError::new(
+            "UnauthorizedOperation",
+            "You are not authorized to perform this operation.",
+        ));
+    }
+    Ok(())
 }
 
 #[cfg(test)]

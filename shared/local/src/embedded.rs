@@ -24,7 +24,8 @@ use std::sync::Arc;
 
 use amistore_core::engine::{Engine, EngineConfig, ProgressSink};
 use amistore_core::ids::{TaskId, unique_token};
-use amistore_core::ports::{ImageCatalog, ObjectStore, SnapshotStore, TaskStore};
+use amistore_core::ports::{ImageCatalog, ObjectStore, SnapshotStore, TaskStore, WorkflowRunner};
+use amistore_core::storage::BucketName;
 use amistore_core::task::{QuotaLimits, Task, TaskKind};
 use rustix::fs::FlockOperation;
 
@@ -48,6 +49,9 @@ pub struct LocalOptions {
     pub min_unit_blocks: Option<u64>,
     /// Override of the parts' padding target.
     pub min_part_size: Option<u64>,
+    /// The work bucket, when the work store is not the data directory's (the
+    /// CLI's AWS backend keeps plans in an S3 bucket).
+    pub work_bucket: Option<BucketName>,
 }
 
 /// The ports an engine works through; [`LocalEngine::open_with`] lets a caller
@@ -64,6 +68,10 @@ pub struct Ports {
     pub work: Arc<dyn ObjectStore>,
     /// Task store.
     pub tasks: Arc<dyn TaskStore>,
+    /// Workflow runner; `None` runs the state machines in this process. (A
+    /// Lambda handler test stands in for Step Functions with a runner that
+    /// only records what it was asked to start.)
+    pub runner: Option<Arc<dyn WorkflowRunner>>,
 }
 
 /// A process's lease on its tasks: a locked file that lives as long as the process.
@@ -197,8 +205,9 @@ impl LocalEngine {
         let library = ImageLibrary::open(data_dir)?;
         let buckets = BucketStore::open(data_dir)?;
         let work = BucketStore::at(&data_dir.join("work"))?;
-        let work_bucket = WORK_BUCKET.parse().map_err(Error::Core)?;
-        work.create_bucket(&work_bucket)?;
+        let local_work: BucketName = WORK_BUCKET.parse().map_err(Error::Core)?;
+        work.create_bucket(&local_work)?;
+        let work_bucket = options.work_bucket.clone().unwrap_or(local_work);
         let tasks = Arc::new(SqliteTaskStore::new(
             TaskDb::open(&data_dir.join("tasks.db"))?.with_owner(lease.id.clone()),
         ));
@@ -208,6 +217,7 @@ impl LocalEngine {
             objects: Arc::new(buckets.clone()),
             work: Arc::new(work),
             tasks: tasks.clone(),
+            runner: None,
         });
         let runner = LocalRunner::new(options.runner.clone())?;
         let spool = data_dir.join("work/spool");
@@ -234,7 +244,7 @@ impl LocalEngine {
             objects: ports.objects,
             work: ports.work,
             tasks: ports.tasks,
-            runner: Arc::new(runner.clone()),
+            runner: ports.runner.unwrap_or_else(|| Arc::new(runner.clone())),
             config,
             progress,
         });
@@ -283,7 +293,6 @@ impl LocalEngine {
             match how {
                 Recovery::Resume => {
                     self.tasks.with(|db| db.adopt(&task.id))?;
-                    use amistore_core::ports::WorkflowRunner;
                     self.runner.start(task.kind, &task.id)?;
                 }
                 Recovery::Fail => match task.kind {

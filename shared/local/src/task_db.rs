@@ -378,6 +378,49 @@ impl TaskDb {
             .map_err(db("reading the quota"))?;
         Ok(gib.unwrap_or(0) as u64)
     }
+
+    /// Every quota counter.
+    pub fn counters(&self) -> Result<Vec<(AccountId, TaskKind, u64)>> {
+        let mut stmt = self
+            .conn
+            .prepare("SELECT account, kind, in_progress_gib FROM quota ORDER BY account, kind")
+            .map_err(db("reading the counters"))?;
+        let rows = stmt
+            .query_map([], |r| {
+                let account: String = r.get(0)?;
+                let kind: String = r.get(1)?;
+                let gib: i64 = r.get(2)?;
+                Ok((account, kind, gib))
+            })
+            .map_err(db("reading the counters"))?;
+        let mut counters = Vec::new();
+        for row in rows {
+            let (account, kind, gib) = row.map_err(db("reading the counters"))?;
+            let kind = TaskKind::parse(&kind).ok_or_else(|| {
+                Error::InvalidInput(format!("the quota table holds an unknown kind {kind:?}"))
+            })?;
+            counters.push((account.parse()?, kind, gib.max(0) as u64));
+        }
+        Ok(counters)
+    }
+
+    /// Sets a counter to `to` if it reads `from`.
+    pub fn correct_counter(
+        &mut self,
+        account: &AccountId,
+        kind: TaskKind,
+        from: u64,
+        to: u64,
+    ) -> Result<bool> {
+        let changed = self
+            .conn
+            .execute(
+                "UPDATE quota SET in_progress_gib = ?4 WHERE account = ?1 AND kind = ?2 AND in_progress_gib = ?3",
+                params![account.as_str(), kind.as_str(), from as i64, to as i64],
+            )
+            .map_err(db("correcting a counter"))?;
+        Ok(changed == 1)
+    }
 }
 
 /// [`TaskDb`] as the engine's task store: one connection shared by the threads
@@ -455,6 +498,18 @@ impl TaskStore for SqliteTaskStore {
     }
     fn in_progress_gib(&self, account: &AccountId, kind: TaskKind) -> amistore_core::Result<u64> {
         self.with(|db| db.in_progress_gib(account, kind))
+    }
+    fn counters(&self) -> amistore_core::Result<Vec<(AccountId, TaskKind, u64)>> {
+        self.with(|db| db.counters())
+    }
+    fn correct_counter(
+        &self,
+        account: &AccountId,
+        kind: TaskKind,
+        from: u64,
+        to: u64,
+    ) -> amistore_core::Result<bool> {
+        self.with(|db| db.correct_counter(account, kind, from, to))
     }
 }
 

@@ -39,5 +39,5 @@ fn sqlite_keeps_the_task_store_contract() {
 fn image_library_keeps_the_catalog_and_snapshot_contracts() {
     let dir = tempfile::tempdir().unwrap();
     let library = ImageLibrary::open(dir.path()).unwrap();
-    contract::catalog_and_snapshots(&library, &library, &"123456789012".parse().unwrap());
+    contract::catalog_and_snapshots(&library, &library, &"123456789012".parse().unwrap(), true);
 }

@@ -16,6 +16,7 @@ pub mod metadata;
 pub mod restore;
 pub mod steps;
 pub mod store;
+pub mod sweep;
 
 use std::fs::File;
 use std::io::{BufWriter, Write};
@@ -113,6 +114,21 @@ impl Engine {
             )));
         }
         Ok(task)
+    }
+
+    /// The task `id` for its finalize step: `None` if it has already
+    /// completed (a finalize retried after it succeeded, say because its answer
+    /// was lost, succeeds again without doing anything); an error if it ended
+    /// any other way.
+    fn task_to_finalize(&self, id: &TaskId) -> Result<Option<Task>> {
+        let task = self.task(id)?;
+        match task.state {
+            TaskState::Completed => Ok(None),
+            TaskState::InProgress => Ok(Some(task)),
+            TaskState::Failed => Err(Error::IncorrectState(format!(
+                "task {id} has already ended (Failed)"
+            ))),
+        }
     }
 
     fn work_key(&self, task: &TaskId, name: &str) -> Result<ObjectKey> {

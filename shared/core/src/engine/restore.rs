@@ -108,7 +108,9 @@ impl Engine {
 
     /// Completes a restore: seals the snapshots, makes the image available.
     pub fn finalize_restore(&self, id: &TaskId) -> Result<()> {
-        let task = self.running_task(id)?;
+        let Some(task) = self.task_to_finalize(id)? else {
+            return Ok(());
+        };
         let (image_id, image) = self.restore_image(&task)?;
         let (_, index) = self.open_source(&task, &image)?;
         let recorded = self.tasks.units(id)?.len();

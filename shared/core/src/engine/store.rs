@@ -166,7 +166,9 @@ impl Engine {
 
     /// Completes a store task: final part, CompleteMultipartUpload, checks.
     pub fn finalize_store(&self, id: &TaskId) -> Result<()> {
-        let task = self.running_task(id)?;
+        let Some(task) = self.task_to_finalize(id)? else {
+            return Ok(());
+        };
         let upload = upload_of(&task)?;
         let plan = self.store_plan(id)?;
         let mut parts = Vec::new();
@@ -298,6 +300,9 @@ impl Engine {
                 Error::NotFound(format!("no store task of image {image} is in progress"))
             })?;
         self.fail_store(&task.id, CANCELLED)?;
+        // The steps would stop by themselves at their next look at the task;
+        // stopping the execution saves the units in between.
+        self.runner.stop(TaskKind::Store, &task.id, CANCELLED)?;
         self.task(&task.id)
     }
 }

@@ -298,14 +298,38 @@ pub fn task_store(store: Arc<dyn TaskStore>) {
         .map(|t| t.id)
         .collect();
     assert_eq!(live, vec![big.id, r.id, again.id]);
+
+    // Counters, as the sweeper reconciles them: corrected only from the value
+    // read, so a concurrent admission or release wins.
+    let mut counters = store.counters().unwrap();
+    counters.sort_by(|x, y| (x.0.as_str(), x.1.as_str()).cmp(&(y.0.as_str(), y.1.as_str())));
+    assert_eq!(
+        counters,
+        vec![
+            (me.clone(), TaskKind::Store, 100),
+            (other.clone(), TaskKind::Restore, 10),
+            (other.clone(), TaskKind::Store, 800),
+        ]
+    );
+    assert!(
+        !store.correct_counter(&me, TaskKind::Store, 99, 7).unwrap(),
+        "the counter no longer reads 99"
+    );
+    assert!(store.correct_counter(&me, TaskKind::Store, 100, 7).unwrap());
+    assert_eq!(store.in_progress_gib(&me, TaskKind::Store).unwrap(), 7);
+    assert!(store.correct_counter(&me, TaskKind::Store, 7, 100).unwrap());
 }
 
 /// The image catalog and snapshot store contract: a restore's sequence, then a
-/// store's reads. `account` starts with no images.
+/// store's reads. `account` starts with no images. `checks_changed_blocks`:
+/// whether the store refuses a CompleteSnapshot whose changed-block count is
+/// wrong (EBS does; moto does not, so the AWS adapter's request is checked by a
+/// request-capturing test instead).
 pub fn catalog_and_snapshots(
     catalog: &dyn ImageCatalog,
     snapshots: &dyn SnapshotStore,
     account: &AccountId,
+    checks_changed_blocks: bool,
 ) {
     let other: AccountId = "999999999999".parse().unwrap();
     let volume = 8 * BLOCK_SIZE;
@@ -332,10 +356,12 @@ pub fn catalog_and_snapshots(
         snapshots.write_blocks(&s0, 7, &data).is_err(),
         "past the end"
     );
-    assert!(
-        snapshots.complete_snapshot(&s0, 5).is_err(),
-        "wrong changed-block count"
-    );
+    if checks_changed_blocks {
+        assert!(
+            snapshots.complete_snapshot(&s0, 5).is_err(),
+            "wrong changed-block count"
+        );
+    }
     snapshots.complete_snapshot(&s0, 2).unwrap();
     snapshots.complete_snapshot(&s1, 0).unwrap();
 

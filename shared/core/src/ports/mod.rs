@@ -337,6 +337,31 @@ pub trait TaskStore: Send + Sync {
 
     /// GiB of `kind` tasks in progress for `account`.
     fn in_progress_gib(&self, account: &AccountId, kind: TaskKind) -> Result<u64>;
+
+    /// Every quota counter, as (account, kind, GiB in progress).
+    fn counters(&self) -> Result<Vec<(AccountId, TaskKind, u64)>>;
+
+    /// Sets a counter to `to` if it still reads `from` (the sweeper's
+    /// reconciliation: a concurrent admission or release makes it a no-op).
+    /// Returns whether it changed.
+    fn correct_counter(
+        &self,
+        account: &AccountId,
+        kind: TaskKind,
+        from: u64,
+        to: u64,
+    ) -> Result<bool>;
+}
+
+/// Whether a task's workflow execution is still running.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExecutionStatus {
+    /// Still running: its steps will end the task.
+    Running,
+    /// Ended (succeeded, failed, timed out or stopped).
+    Ended,
+    /// The runner knows no execution for the task.
+    Missing,
 }
 
 /// Runs the store and restore state machines.
@@ -344,6 +369,14 @@ pub trait WorkflowRunner: Send + Sync {
     /// Starts the workflow of `kind` for task `task`; the execution is named after
     /// the task, so starting it twice starts it once.
     fn start(&self, kind: TaskKind, task: &TaskId) -> Result<()>;
+
+    /// Whether the execution of `task` is running (the sweeper fails in-progress
+    /// tasks whose execution is gone).
+    fn status(&self, kind: TaskKind, task: &TaskId) -> Result<ExecutionStatus>;
+
+    /// Stops the execution of `task` (a cancelled task); stopping one that has
+    /// ended, or was never started, is fine.
+    fn stop(&self, kind: TaskKind, task: &TaskId, cause: &str) -> Result<()>;
 }
 
 #[cfg(feature = "contract")]

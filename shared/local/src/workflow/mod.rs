@@ -15,7 +15,7 @@ use std::thread::JoinHandle;
 use amistore_core::engine::Engine;
 use amistore_core::engine::steps::run_step;
 use amistore_core::ids::TaskId;
-use amistore_core::ports::WorkflowRunner;
+use amistore_core::ports::{ExecutionStatus, WorkflowRunner};
 use amistore_core::storage::{BucketName, ObjectKey};
 use amistore_core::task::TaskKind;
 use serde_json::{Value, json};
@@ -239,6 +239,21 @@ impl WorkflowRunner for LocalRunner {
             })
             .map_err(|e| Error::io("starting a workflow thread", e))?;
         running.insert(task.clone(), handle);
+        Ok(())
+    }
+
+    fn status(&self, _kind: TaskKind, task: &TaskId) -> amistore_core::Result<ExecutionStatus> {
+        let running = self.0.running.lock().unwrap_or_else(|p| p.into_inner());
+        Ok(match running.get(task) {
+            Some(h) if !h.is_finished() => ExecutionStatus::Running,
+            Some(_) => ExecutionStatus::Ended,
+            None => ExecutionStatus::Missing,
+        })
+    }
+
+    /// A thread cannot be stopped from outside; the execution stops by itself at
+    /// its next step, which finds the task ended.
+    fn stop(&self, _kind: TaskKind, _task: &TaskId, _cause: &str) -> amistore_core::Result<()> {
         Ok(())
     }
 }

@@ -98,6 +98,7 @@ pub fn world_with(options: LocalOptions) -> World {
             objects: Arc::new(Faulty(Arc::new(objects) as Arc<dyn ObjectStore>, f.clone())),
             work: Arc::new(Faulty(ports.work, f.named("work."))),
             tasks: Arc::new(Faulty(ports.tasks, f.clone())),
+            runner: None,
         }
     })
     .unwrap();
@@ -442,6 +443,13 @@ impl TaskStore for Faulty<dyn TaskStore> {
     }
     fn in_progress_gib(&self, a: &AccountId, k: TaskKind) -> Result<u64> {
         self.0.in_progress_gib(a, k)
+    }
+    fn counters(&self) -> Result<Vec<(AccountId, TaskKind, u64)>> {
+        self.0.counters()
+    }
+    fn correct_counter(&self, a: &AccountId, k: TaskKind, from: u64, to: u64) -> Result<bool> {
+        self.1.check("correct_counter")?;
+        self.0.correct_counter(a, k, from, to)
     }
 }
 

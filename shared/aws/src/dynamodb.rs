@@ -1,0 +1,705 @@
+//! [`TaskStore`] over one DynamoDB table (the design's single-table layout).
+//!
+//! | item | `pk` | `sk` | attributes |
+//! |---|---|---|---|
+//! | task | `TASK#<id>` | `TASK` | the task's fields; `byAccount` (`<account>#<kind>`) and `startedAt` key the newest-first GSI; `expiresAt` is the TTL |
+//! | unit | `TASK#<id>` | `UNIT#<n, 10 digits>` | `record` (JSON); `expiresAt` |
+//! | quota counter | `QUOTA#<account>#<kind>` | `QUOTA` | `gib`: GiB of tasks in progress |
+//! | copy lock | `COPY#<account>#<image>#<bucket>` | `COPY` | `taskId`: the store in progress |
+//!
+//! Admission is one TransactWriteItems: put the task if absent, `ADD` its size to
+//! the counter on condition the counter is below the limit, and (for a store)
+//! put the copy lock if absent. Finishing is another: set the terminal state on
+//! condition the task is still `InProgress`, subtract from the counter, delete
+//! the lock. So a quota is taken and released exactly once, whatever retries.
+//! TTL deletion lags by up to days, so listings also filter by start time.
+
+use std::collections::HashMap;
+
+use amistore_core::ids::{AccountId, ImageId, TaskId};
+use amistore_core::ports::TaskStore;
+use amistore_core::task::{RETENTION_MS, Task, TaskKind, TaskState};
+use amistore_core::{Error, Result};
+use aws_sdk_dynamodb::Client;
+use aws_sdk_dynamodb::error::SdkError;
+use aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError;
+use aws_sdk_dynamodb::types::{
+    AttributeDefinition, AttributeValue, BillingMode, Delete, GlobalSecondaryIndex,
+    KeySchemaElement, KeyType, Projection, ProjectionType, Put, ScalarAttributeType,
+    TimeToLiveSpecification, TransactWriteItem, Update,
+};
+
+use crate::bridge::Bridge;
+use crate::error::{code_of, sdk};
+
+/// The GSI that lists an account's tasks of one kind, newest first.
+pub const BY_ACCOUNT_INDEX: &str = "byAccount";
+/// The TTL attribute (epoch seconds).
+pub const TTL_ATTRIBUTE: &str = "expiresAt";
+
+type Item = HashMap<String, AttributeValue>;
+
+/// DynamoDB as the engine's task store.
+#[derive(Clone, Debug)]
+pub struct DynamoTaskStore {
+    client: Client,
+    bridge: Bridge,
+    table: String,
+}
+
+fn s(v: impl Into<String>) -> AttributeValue {
+    AttributeValue::S(v.into())
+}
+
+fn n(v: impl ToString) -> AttributeValue {
+    AttributeValue::N(v.to_string())
+}
+
+fn task_pk(id: &TaskId) -> String {
+    format!("TASK#{id}")
+}
+
+fn quota_pk(account: &AccountId, kind: TaskKind) -> String {
+    format!("QUOTA#{account}#{}", kind.as_str())
+}
+
+fn unit_sk(unit: u64) -> String {
+    format!("UNIT#{unit:010}")
+}
+
+fn key(pk: String, sk: &str) -> Item {
+    HashMap::from([("pk".to_owned(), s(pk)), ("sk".to_owned(), s(sk))])
+}
+
+/// The copy lock a store task holds: one in-progress store per image and bucket.
+fn copy_lock(task: &Task) -> Option<Item> {
+    let image = task.image_id.as_ref()?;
+    (task.kind == TaskKind::Store).then(|| {
+        key(
+            format!("COPY#{}#{image}#{}", task.account, task.bucket),
+            "COPY",
+        )
+    })
+}
+
+fn expires_at_secs(ms: i64) -> i64 {
+    ms.div_euclid(1000)
+}
+
+fn task_item(task: &Task) -> Item {
+    let mut item = key(task_pk(&task.id), "TASK");
+    let mut put = |k: &str, v: AttributeValue| {
+        item.insert(k.to_owned(), v);
+    };
+    put("id", s(task.id.as_str()));
+    put("kind", s(task.kind.as_str()));
+    put("account", s(task.account.as_str()));
+    if let Some(image) = &task.image_id {
+        put("imageId", s(image.as_str()));
+    }
+    put("bucket", s(task.bucket.as_str()));
+    put("objectKey", s(task.key.as_str()));
+    put("sizeGib", n(task.size_gib));
+    if let Some(upload) = &task.upload_id {
+        put("uploadId", s(upload));
+    }
+    put("unitsTotal", n(task.units_total));
+    put("unitsDone", n(task.units_done));
+    put("state", s(task.state.as_str()));
+    put("startedAt", n(task.started_at_ms));
+    if let Some(ended) = task.ended_at_ms {
+        put("endedAt", n(ended));
+    }
+    if let Some(reason) = &task.failure_reason {
+        put("reason", s(reason));
+    }
+    put(
+        BY_ACCOUNT_INDEX,
+        s(format!("{}#{}", task.account, task.kind.as_str())),
+    );
+    put(TTL_ATTRIBUTE, n(expires_at_secs(task.expires_at_ms())));
+    item
+}
+
+fn damaged(what: &str, item: &Item) -> Error {
+    let id = item.get("pk").and_then(|v| v.as_s().ok()).cloned();
+    Error::Malformed(format!(
+        "task item {} has no valid {what}",
+        id.unwrap_or_default()
+    ))
+}
+
+fn text<'a>(item: &'a Item, name: &str) -> Option<&'a str> {
+    item.get(name)
+        .and_then(|v| v.as_s().ok())
+        .map(String::as_str)
+}
+
+fn number<T: std::str::FromStr>(item: &Item, name: &str) -> Option<T> {
+    item.get(name)
+        .and_then(|v| v.as_n().ok())
+        .and_then(|v| v.parse().ok())
+}
+
+fn parsed<T: std::str::FromStr>(item: &Item, name: &'static str) -> Result<T> {
+    text(item, name)
+        .and_then(|v| v.parse().ok())
+        .ok_or_else(|| damaged(name, item))
+}
+
+fn task_from(item: &Item) -> Result<Task> {
+    Ok(Task {
+        id: parsed(item, "id")?,
+        kind: text(item, "kind")
+            .and_then(TaskKind::parse)
+            .ok_or_else(|| damaged("kind", item))?,
+        account: parsed(item, "account")?,
+        image_id: text(item, "imageId").map(str::parse).transpose()?,
+        bucket: parsed(item, "bucket")?,
+        key: parsed(item, "objectKey")?,
+        size_gib: number(item, "sizeGib").ok_or_else(|| damaged("sizeGib", item))?,
+        upload_id: text(item, "uploadId").map(str::to_owned),
+        units_total: number(item, "unitsTotal").unwrap_or(0),
+        units_done: number(item, "unitsDone").unwrap_or(0),
+        state: text(item, "state")
+            .and_then(TaskState::parse)
+            .ok_or_else(|| damaged("state", item))?,
+        started_at_ms: number(item, "startedAt").ok_or_else(|| damaged("startedAt", item))?,
+        ended_at_ms: number(item, "endedAt"),
+        failure_reason: text(item, "reason").map(str::to_owned),
+    })
+}
+
+/// Which items of a cancelled transaction failed their condition.
+fn failed_conditions(err: &SdkError<TransactWriteItemsError>) -> Option<Vec<bool>> {
+    match err {
+        SdkError::ServiceError(e) => match e.err() {
+            TransactWriteItemsError::TransactionCanceledException(c) => Some(
+                c.cancellation_reasons()
+                    .iter()
+                    .map(|r| r.code() == Some("ConditionalCheckFailed"))
+                    .collect(),
+            ),
+            _ => None,
+        },
+        _ => None,
+    }
+}
+
+fn built<T, E: std::fmt::Display>(what: &str, r: std::result::Result<T, E>) -> Result<T> {
+    r.map_err(|e| Error::InvalidInput(format!("building {what}: {e}")))
+}
+
+impl DynamoTaskStore {
+    /// A task store over `table`.
+    pub fn new(client: Client, bridge: Bridge, table: impl Into<String>) -> Self {
+        Self {
+            client,
+            bridge,
+            table: table.into(),
+        }
+    }
+
+    /// Creates the table (with its GSI and TTL) unless it exists: for tests and
+    /// one-machine use against an emulator. Deployments create it from the
+    /// template.
+    pub fn ensure_table(&self) -> Result<()> {
+        let described = self
+            .bridge
+            .run(self.client.describe_table().table_name(&self.table).send());
+        match described {
+            Ok(_) => return Ok(()),
+            Err(e) if code_of(&e) == Some("ResourceNotFoundException") => {}
+            Err(e) => return Err(sdk(format_args!("describing table {}", self.table), e)),
+        }
+        let attr = |name: &str, t: ScalarAttributeType| {
+            built(
+                "an attribute",
+                AttributeDefinition::builder()
+                    .attribute_name(name)
+                    .attribute_type(t)
+                    .build(),
+            )
+        };
+        let key = |name: &str, t: KeyType| {
+            built(
+                "a key",
+                KeySchemaElement::builder()
+                    .attribute_name(name)
+                    .key_type(t)
+                    .build(),
+            )
+        };
+        let index = built(
+            "the index",
+            GlobalSecondaryIndex::builder()
+                .index_name(BY_ACCOUNT_INDEX)
+                .key_schema(key(BY_ACCOUNT_INDEX, KeyType::Hash)?)
+                .key_schema(key("startedAt", KeyType::Range)?)
+                .projection(
+                    Projection::builder()
+                        .projection_type(ProjectionType::All)
+                        .build(),
+                )
+                .build(),
+        )?;
+        let create = self
+            .client
+            .create_table()
+            .table_name(&self.table)
+            .billing_mode(BillingMode::PayPerRequest)
+            .attribute_definitions(attr("pk", ScalarAttributeType::S)?)
+            .attribute_definitions(attr("sk", ScalarAttributeType::S)?)
+            .attribute_definitions(attr(BY_ACCOUNT_INDEX, ScalarAttributeType::S)?)
+            .attribute_definitions(attr("startedAt", ScalarAttributeType::N)?)
+            .key_schema(key("pk", KeyType::Hash)?)
+            .key_schema(key("sk", KeyType::Range)?)
+            .global_secondary_indexes(index)
+            .send();
+        match self.bridge.run(create) {
+            Ok(_) => {}
+            Err(e) if code_of(&e) == Some("ResourceInUseException") => return Ok(()),
+            Err(e) => return Err(sdk(format_args!("creating table {}", self.table), e)),
+        }
+        // A new table is CREATING for a while; TTL and items need it ACTIVE.
+        for _ in 0..120 {
+            let status = self
+                .bridge
+                .run(self.client.describe_table().table_name(&self.table).send())
+                .map_err(|e| sdk(format_args!("describing table {}", self.table), e))?
+                .table
+                .and_then(|t| t.table_status)
+                .map(|s| s.as_str().to_owned());
+            if status.as_deref() == Some("ACTIVE") {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(500));
+        }
+        let ttl = self
+            .client
+            .update_time_to_live()
+            .table_name(&self.table)
+            .time_to_live_specification(built(
+                "the TTL",
+                TimeToLiveSpecification::builder()
+                    .enabled(true)
+                    .attribute_name(TTL_ATTRIBUTE)
+                    .build(),
+            )?)
+            .send();
+        self.bridge
+            .run(ttl)
+            .map(|_| ())
+            .map_err(|e| sdk("enabling the TTL", e))
+    }
+
+    fn get_item(&self, pk: String, sk: &str) -> Result<Option<Item>> {
+        let call = self
+            .client
+            .get_item()
+            .table_name(&self.table)
+            .set_key(Some(key(pk, sk)))
+            .consistent_read(true)
+            .send();
+        self.bridge
+            .run(call)
+            .map(|out| out.item)
+            .map_err(|e| sdk("reading the task table", e))
+    }
+
+    /// Sets one attribute of an existing task.
+    fn set(&self, id: &TaskId, name: &str, value: AttributeValue) -> Result<()> {
+        let call = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .set_key(Some(key(task_pk(id), "TASK")))
+            .update_expression("SET #a = :v")
+            .condition_expression("attribute_exists(pk)")
+            .expression_attribute_names("#a", name)
+            .expression_attribute_values(":v", value)
+            .send();
+        match self.bridge.run(call) {
+            Ok(_) => Ok(()),
+            Err(e) if code_of(&e) == Some("ConditionalCheckFailedException") => {
+                Err(Error::NotFound(format!("task {id} does not exist")))
+            }
+            Err(e) => Err(sdk(format_args!("updating task {id}"), e)),
+        }
+    }
+
+    /// Every item a paged Query or Scan returns; `page` runs one page from a start key.
+    fn all_pages<F, Fut>(&self, mut page: F) -> Result<Vec<Item>>
+    where
+        F: FnMut(Option<Item>) -> Fut,
+        Fut: std::future::Future<Output = Result<(Vec<Item>, Option<Item>)>>,
+    {
+        let mut items = Vec::new();
+        let mut start = None;
+        loop {
+            let (mut got, next) = self.bridge.run(page(start))?;
+            items.append(&mut got);
+            match next {
+                Some(next) if !next.is_empty() => start = Some(next),
+                _ => return Ok(items),
+            }
+        }
+    }
+
+    /// A consistent scan for items matching `filter` (which may name `#state`).
+    fn scan(&self, filter: &str, values: Item) -> Result<Vec<Item>> {
+        let names = filter
+            .contains("#state")
+            .then(|| HashMap::from([("#state".to_owned(), "state".to_owned())]));
+        self.all_pages(|start| {
+            let call = self
+                .client
+                .scan()
+                .table_name(&self.table)
+                .consistent_read(true)
+                .filter_expression(filter)
+                .set_expression_attribute_values(Some(values.clone()))
+                .set_expression_attribute_names(names.clone())
+                .set_exclusive_start_key(start)
+                .send();
+            async move {
+                let out = call.await.map_err(|e| sdk("scanning the task table", e))?;
+                Ok((out.items.unwrap_or_default(), out.last_evaluated_key))
+            }
+        })
+    }
+}
+
+impl TaskStore for DynamoTaskStore {
+    fn admit(&self, task: &Task, limit_gib: u64) -> Result<()> {
+        let put_task = built(
+            "the task",
+            Put::builder()
+                .table_name(&self.table)
+                .set_item(Some(task_item(task)))
+                .condition_expression("attribute_not_exists(pk)")
+                .build(),
+        )?;
+        let take_quota = built(
+            "the quota update",
+            Update::builder()
+                .table_name(&self.table)
+                .set_key(Some(key(quota_pk(&task.account, task.kind), "QUOTA")))
+                .update_expression("ADD gib :size")
+                .condition_expression("attribute_not_exists(gib) OR gib < :limit")
+                .expression_attribute_values(":size", n(task.size_gib))
+                .expression_attribute_values(":limit", n(limit_gib))
+                .build(),
+        )?;
+        let mut items = vec![
+            TransactWriteItem::builder().put(put_task).build(),
+            TransactWriteItem::builder().update(take_quota).build(),
+        ];
+        if let Some(mut lock) = copy_lock(task) {
+            lock.insert("taskId".into(), s(task.id.as_str()));
+            let put_lock = built(
+                "the copy lock",
+                Put::builder()
+                    .table_name(&self.table)
+                    .set_item(Some(lock))
+                    .condition_expression("attribute_not_exists(pk)")
+                    .build(),
+            )?;
+            items.push(TransactWriteItem::builder().put(put_lock).build());
+        }
+        let call = self
+            .client
+            .transact_write_items()
+            .set_transact_items(Some(items))
+            // The SDK retries a lost response; the token makes the retry answer
+            // success instead of tripping over the task it already wrote.
+            .client_request_token(task.id.as_str())
+            .send();
+        let err = match self.bridge.run(call) {
+            Ok(_) => return Ok(()),
+            Err(err) => err,
+        };
+        match failed_conditions(&err).as_deref() {
+            Some([true, ..]) => Err(Error::AlreadyExists(format!(
+                "task {} already exists",
+                task.id
+            ))),
+            Some([_, true, ..]) => {
+                let now = self.in_progress_gib(&task.account, task.kind)?;
+                Err(Error::LimitExceeded(format!(
+                    "account {} already has {now} GiB of {} tasks in progress; new ones are admitted below {limit_gib} GiB",
+                    task.account,
+                    task.kind.as_str()
+                )))
+            }
+            Some([_, _, true, ..]) => Err(Error::AlreadyExists(format!(
+                "image {} is already being stored in bucket {}; an AMI can be stored once per bucket",
+                task.image_id.as_ref().map_or("", |i| i.as_str()),
+                task.bucket
+            ))),
+            _ => Err(sdk(format_args!("admitting task {}", task.id), err)),
+        }
+    }
+
+    fn get(&self, id: &TaskId) -> Result<Option<Task>> {
+        self.get_item(task_pk(id), "TASK")?
+            .map(|item| task_from(&item))
+            .transpose()
+    }
+
+    fn set_upload(&self, id: &TaskId, upload_id: &str) -> Result<()> {
+        self.set(id, "uploadId", s(upload_id))
+    }
+
+    fn set_image(&self, id: &TaskId, image: &ImageId) -> Result<()> {
+        self.set(id, "imageId", s(image.as_str()))
+    }
+
+    fn set_units_total(&self, id: &TaskId, units: u64) -> Result<()> {
+        self.set(id, "unitsTotal", n(units))
+    }
+
+    fn record_unit(&self, id: &TaskId, unit: u64, record_json: &str) -> Result<bool> {
+        let mut item = key(task_pk(id), &unit_sk(unit));
+        item.insert("record".into(), s(record_json));
+        item.insert(
+            TTL_ATTRIBUTE.into(),
+            n(expires_at_secs(
+                amistore_core::engine::now_ms() + RETENTION_MS,
+            )),
+        );
+        let put_unit = built(
+            "the unit",
+            Put::builder()
+                .table_name(&self.table)
+                .set_item(Some(item))
+                .condition_expression("attribute_not_exists(pk)")
+                .build(),
+        )?;
+        let count = built(
+            "the unit count",
+            Update::builder()
+                .table_name(&self.table)
+                .set_key(Some(key(task_pk(id), "TASK")))
+                .update_expression("ADD unitsDone :one")
+                .condition_expression("attribute_exists(pk)")
+                .expression_attribute_values(":one", n(1))
+                .build(),
+        )?;
+        let call = self
+            .client
+            .transact_write_items()
+            .transact_items(TransactWriteItem::builder().put(put_unit).build())
+            .transact_items(TransactWriteItem::builder().update(count).build())
+            .send();
+        let err = match self.bridge.run(call) {
+            Ok(_) => return Ok(true),
+            Err(err) => err,
+        };
+        match failed_conditions(&err).as_deref() {
+            Some([true, ..]) => Ok(false),
+            Some([_, true, ..]) => Err(Error::NotFound(format!("task {id} does not exist"))),
+            _ => Err(sdk(format_args!("recording unit {unit} of {id}"), err)),
+        }
+    }
+
+    fn unit_recorded(&self, id: &TaskId, unit: u64) -> Result<bool> {
+        Ok(self.get_item(task_pk(id), &unit_sk(unit))?.is_some())
+    }
+
+    fn units(&self, id: &TaskId) -> Result<Vec<(u64, String)>> {
+        let items = self.all_pages(|start| {
+            let call = self
+                .client
+                .query()
+                .table_name(&self.table)
+                .consistent_read(true)
+                .key_condition_expression("pk = :pk AND begins_with(sk, :unit)")
+                .expression_attribute_values(":pk", s(task_pk(id)))
+                .expression_attribute_values(":unit", s("UNIT#"))
+                .set_exclusive_start_key(start)
+                .send();
+            async move {
+                let out = call.await.map_err(|e| sdk("reading units", e))?;
+                Ok((out.items.unwrap_or_default(), out.last_evaluated_key))
+            }
+        })?;
+        items
+            .iter()
+            .map(|item| {
+                let unit = text(item, "sk")
+                    .and_then(|sk| sk.strip_prefix("UNIT#"))
+                    .and_then(|n| n.parse().ok())
+                    .ok_or_else(|| damaged("unit number", item))?;
+                let record = text(item, "record").ok_or_else(|| damaged("record", item))?;
+                Ok((unit, record.to_owned()))
+            })
+            .collect()
+    }
+
+    fn finish(
+        &self,
+        id: &TaskId,
+        state: TaskState,
+        reason: Option<&str>,
+        now_ms: i64,
+    ) -> Result<bool> {
+        if state == TaskState::InProgress {
+            return Err(Error::InvalidInput(
+                "a task can only finish as Completed or Failed".into(),
+            ));
+        }
+        let task = self
+            .get(id)?
+            .ok_or_else(|| Error::NotFound(format!("task {id} does not exist")))?;
+        if task.state != TaskState::InProgress {
+            return Ok(false);
+        }
+        let mut end = Update::builder()
+            .table_name(&self.table)
+            .set_key(Some(key(task_pk(id), "TASK")))
+            .condition_expression("#state = :running")
+            .expression_attribute_names("#state", "state")
+            .expression_attribute_values(":running", s(TaskState::InProgress.as_str()))
+            .expression_attribute_values(":state", s(state.as_str()))
+            .expression_attribute_values(":ended", n(now_ms));
+        end = match reason {
+            Some(r) => end
+                .update_expression("SET #state = :state, endedAt = :ended, reason = :reason")
+                .expression_attribute_values(":reason", s(r)),
+            None => end.update_expression("SET #state = :state, endedAt = :ended"),
+        };
+        let release = built(
+            "the quota release",
+            Update::builder()
+                .table_name(&self.table)
+                .set_key(Some(key(quota_pk(&task.account, task.kind), "QUOTA")))
+                .update_expression("ADD gib :minus")
+                .expression_attribute_values(":minus", n(-(task.size_gib as i64)))
+                .build(),
+        )?;
+        let mut items = vec![
+            TransactWriteItem::builder()
+                .update(built("the state change", end.build())?)
+                .build(),
+            TransactWriteItem::builder().update(release).build(),
+        ];
+        if let Some(lock) = copy_lock(&task) {
+            let unlock = built(
+                "the copy unlock",
+                Delete::builder()
+                    .table_name(&self.table)
+                    .set_key(Some(lock))
+                    .condition_expression("attribute_not_exists(pk) OR taskId = :id")
+                    .expression_attribute_values(":id", s(id.as_str()))
+                    .build(),
+            )?;
+            items.push(TransactWriteItem::builder().delete(unlock).build());
+        }
+        let call = self
+            .client
+            .transact_write_items()
+            .set_transact_items(Some(items))
+            .send();
+        let err = match self.bridge.run(call) {
+            Ok(_) => return Ok(true),
+            Err(err) => err,
+        };
+        match failed_conditions(&err).as_deref() {
+            // Someone else ended it between our read and our write.
+            Some([true, ..]) => Ok(false),
+            _ => Err(sdk(format_args!("ending task {id}"), err)),
+        }
+    }
+
+    fn list(&self, account: &AccountId, kind: TaskKind, now_ms: i64) -> Result<Vec<Task>> {
+        let since = now_ms - RETENTION_MS;
+        let items = self.all_pages(|start| {
+            let call = self
+                .client
+                .query()
+                .table_name(&self.table)
+                .index_name(BY_ACCOUNT_INDEX)
+                .key_condition_expression("#by = :by AND startedAt > :since")
+                .expression_attribute_names("#by", BY_ACCOUNT_INDEX)
+                .expression_attribute_values(":by", s(format!("{account}#{}", kind.as_str())))
+                .expression_attribute_values(":since", n(since))
+                .scan_index_forward(false)
+                .set_exclusive_start_key(start)
+                .send();
+            async move {
+                let out = call.await.map_err(|e| sdk("listing tasks", e))?;
+                Ok((out.items.unwrap_or_default(), out.last_evaluated_key))
+            }
+        })?;
+        let mut tasks = items.iter().map(task_from).collect::<Result<Vec<_>>>()?;
+        // Newest first; equal start times in a stable order (the index's).
+        tasks.sort_by_key(|t| std::cmp::Reverse(t.started_at_ms));
+        Ok(tasks)
+    }
+
+    fn in_progress(&self) -> Result<Vec<Task>> {
+        // A consistent scan, not an index: the sweeper reconciles counters
+        // against this list, and an index could lag behind an admission.
+        let items = self.scan(
+            "sk = :task AND #state = :running",
+            HashMap::from([
+                (":task".to_owned(), s("TASK")),
+                (":running".to_owned(), s(TaskState::InProgress.as_str())),
+            ]),
+        )?;
+        let mut tasks = items.iter().map(task_from).collect::<Result<Vec<_>>>()?;
+        tasks.sort_by_key(|t| t.started_at_ms);
+        Ok(tasks)
+    }
+
+    fn in_progress_gib(&self, account: &AccountId, kind: TaskKind) -> Result<u64> {
+        Ok(self
+            .get_item(quota_pk(account, kind), "QUOTA")?
+            .and_then(|item| number::<i64>(&item, "gib"))
+            .map_or(0, |g| g.max(0) as u64))
+    }
+
+    fn counters(&self) -> Result<Vec<(AccountId, TaskKind, u64)>> {
+        let items = self.scan(
+            "sk = :quota",
+            HashMap::from([(":quota".to_owned(), s("QUOTA"))]),
+        )?;
+        items
+            .iter()
+            .map(|item| {
+                let (account, kind) = text(item, "pk")
+                    .and_then(|pk| pk.strip_prefix("QUOTA#"))
+                    .and_then(|rest| rest.split_once('#'))
+                    .and_then(|(a, k)| Some((a.parse().ok()?, TaskKind::parse(k)?)))
+                    .ok_or_else(|| damaged("counter key", item))?;
+                let gib = number::<i64>(item, "gib").unwrap_or(0);
+                Ok((account, kind, gib.max(0) as u64))
+            })
+            .collect()
+    }
+
+    fn correct_counter(
+        &self,
+        account: &AccountId,
+        kind: TaskKind,
+        from: u64,
+        to: u64,
+    ) -> Result<bool> {
+        let call = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .set_key(Some(key(quota_pk(account, kind), "QUOTA")))
+            .update_expression("SET gib = :to")
+            .condition_expression("gib = :from")
+            .expression_attribute_values(":from", n(from))
+            .expression_attribute_values(":to", n(to))
+            .send();
+        match self.bridge.run(call) {
+            Ok(_) => Ok(true),
+            Err(e) if code_of(&e) == Some("ConditionalCheckFailedException") => Ok(false),
+            Err(e) => Err(sdk("correcting a quota counter", e)),
+        }
+    }
+}

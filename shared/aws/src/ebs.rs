@@ -1,0 +1,492 @@
+//! [`SnapshotStore`] over the EBS direct APIs: ListSnapshotBlocks (paged),
+//! GetSnapshotBlock (SHA-256 verified), StartSnapshot (ClientToken, Timeout),
+//! PutSnapshotBlock (SHA-256 checksums), CompleteSnapshot (changed-block count).
+//!
+//! Block requests run concurrently, at most [`EbsLimits::concurrency`] at once
+//! and at most [`EbsLimits::requests_per_second`] per process, paced evenly. The
+//! SDK clients retry throttling and 5xx answers with full-jitter exponential
+//! backoff (see [`crate::setup`]). The defaults keep one process inside EBS's
+//! 1,000 GetSnapshotBlock/PutSnapshotBlock requests per second per snapshot
+//! and per account; a deployment that runs N units at once gives each 1,000/N.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use amistore_core::blocks::{BLOCK_SIZE, BlockRanges};
+use amistore_core::ids::{AccountId, SnapshotId};
+use amistore_core::image::{GIB, Tag};
+use amistore_core::ports::SnapshotStore;
+use amistore_core::{Error, Result};
+use aws_sdk_ebs::primitives::ByteStream;
+use aws_sdk_ebs::types::{ChecksumAlgorithm, Tag as EbsTag};
+use aws_sdk_ec2::types::Filter;
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as BASE64;
+use sha2::{Digest, Sha256};
+use tokio::sync::Semaphore;
+use tokio::time::Instant;
+
+use crate::ec2::{Ec2Images, TOKEN_TAG, VOLUME_BYTES_TAG};
+use crate::error::{code_of, sdk};
+
+/// How hard the snapshot store may push the EBS direct APIs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EbsLimits {
+    /// Block requests in flight at once.
+    pub concurrency: usize,
+    /// Block requests per second (EBS allows 1,000 per snapshot and per account).
+    pub requests_per_second: u32,
+    /// StartSnapshot's Timeout, minutes (10..=4320): how long a snapshot may wait
+    /// between writes before EBS cancels it. Restores queue and plan before
+    /// they write, so the default is the maximum.
+    pub snapshot_timeout_minutes: i32,
+}
+
+impl Default for EbsLimits {
+    fn default() -> Self {
+        Self {
+            concurrency: 64,
+            requests_per_second: 1000,
+            snapshot_timeout_minutes: 4320,
+        }
+    }
+}
+
+/// Spaces requests evenly at a fixed rate (one per interval, no bursts).
+#[derive(Debug)]
+pub struct Pacer {
+    interval: Duration,
+    next: tokio::sync::Mutex<Option<Instant>>,
+}
+
+impl Pacer {
+    /// A pacer allowing `per_second` requests a second.
+    pub fn new(per_second: u32) -> Self {
+        Self {
+            interval: Duration::from_secs(1) / per_second.max(1),
+            next: tokio::sync::Mutex::new(None),
+        }
+    }
+
+    /// Waits for this request's turn.
+    pub async fn wait(&self) {
+        let at = {
+            let mut next = self.next.lock().await;
+            let now = Instant::now();
+            let at = next.map_or(now, |n| n.max(now));
+            *next = Some(at + self.interval);
+            at
+        };
+        tokio::time::sleep_until(at).await;
+    }
+}
+
+/// Block tokens of one snapshot for blocks `covered` (absent blocks in the
+/// window have no token: they hold no data).
+#[derive(Debug, Default, Clone)]
+pub struct TokenWindow {
+    covered: std::ops::Range<u64>,
+    tokens: BTreeMap<u64, String>,
+}
+
+fn checksum(data: &[u8]) -> String {
+    BASE64.encode(Sha256::digest(data))
+}
+
+fn whole_blocks(len: usize) -> Result<u64> {
+    if !(len as u64).is_multiple_of(BLOCK_SIZE) {
+        return Err(Error::InvalidInput(format!(
+            "{len} bytes is not a whole number of 512 KiB blocks"
+        )));
+    }
+    Ok(len as u64 / BLOCK_SIZE)
+}
+
+impl Ec2Images {
+    /// One page of ListSnapshotBlocks from `start` (or `page`): the blocks as
+    /// (index, token) and the next page's token.
+    async fn list_page(
+        &self,
+        snapshot: &SnapshotId,
+        start: u64,
+        page: Option<String>,
+    ) -> Result<(Vec<(u64, String)>, Option<String>)> {
+        let out = self
+            .ebs
+            .list_snapshot_blocks()
+            .snapshot_id(snapshot.as_str())
+            .max_results(10_000)
+            .starting_block_index(start as i32)
+            .set_next_token(page)
+            .send()
+            .await
+            .map_err(|e| sdk(format_args!("listing the blocks of {snapshot}"), e))?;
+        let blocks = out
+            .blocks()
+            .iter()
+            .filter_map(|b| Some((b.block_index()? as u64, b.block_token()?.to_owned())))
+            .collect();
+        Ok((blocks, out.next_token().map(str::to_owned)))
+    }
+
+    /// Tokens for the blocks of `window`, listed once and kept: a unit's reads
+    /// fall in one window, and ListSnapshotBlocks allows only 50 calls/s.
+    fn tokens_for(
+        &self,
+        snapshot: &SnapshotId,
+        window: std::ops::Range<u64>,
+    ) -> Result<BTreeMap<u64, String>> {
+        let cached = {
+            let tokens = self.tokens.lock().unwrap_or_else(|p| p.into_inner());
+            tokens.get(snapshot).cloned()
+        };
+        let listed = match cached {
+            Some(w) if w.covered.start <= window.start && window.end <= w.covered.end => w,
+            _ => {
+                let listed = self.bridge.run(async {
+                    let mut tokens = BTreeMap::new();
+                    let mut page = None;
+                    let mut covered_to;
+                    loop {
+                        let (blocks, next) = self.list_page(snapshot, window.start, page).await?;
+                        covered_to = blocks.last().map_or(window.start, |(i, _)| i + 1);
+                        tokens.extend(blocks);
+                        match next {
+                            Some(next) if covered_to < window.end => page = Some(next),
+                            Some(_) => break,
+                            None => {
+                                covered_to = u64::MAX;
+                                break;
+                            }
+                        }
+                    }
+                    Ok::<_, Error>(TokenWindow {
+                        covered: window.start..covered_to.max(window.end.min(covered_to)),
+                        tokens,
+                    })
+                })?;
+                self.tokens
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .insert(snapshot.clone(), listed.clone());
+                listed
+            }
+        };
+        Ok(listed
+            .tokens
+            .range(window)
+            .map(|(i, t)| (*i, t.clone()))
+            .collect())
+    }
+
+    /// The snapshot's size in blocks (from the cache or EC2).
+    fn volume_blocks(&self, snapshot: &SnapshotId) -> Result<u64> {
+        let known = self
+            .sizes
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(snapshot)
+            .copied();
+        let bytes = match known {
+            Some(b) => b,
+            None => self.snapshot_facts(snapshot)?.volume_bytes,
+        };
+        Ok(bytes.div_ceil(BLOCK_SIZE))
+    }
+
+    async fn get_block(&self, snapshot: &SnapshotId, index: u64, token: &str) -> Result<Vec<u8>> {
+        self.pacer.wait().await;
+        let out = self
+            .ebs
+            .get_snapshot_block()
+            .snapshot_id(snapshot.as_str())
+            .block_index(index as i32)
+            .block_token(token)
+            .send()
+            .await
+            .map_err(|e| sdk(format_args!("reading block {index} of {snapshot}"), e))?;
+        let expected = out.checksum().map(str::to_owned);
+        let data = out
+            .block_data
+            .collect()
+            .await
+            .map_err(|e| Error::Transient(format!("reading block {index} of {snapshot}: {e}")))?
+            .to_vec();
+        if data.len() as u64 != BLOCK_SIZE {
+            return Err(Error::Transient(format!(
+                "block {index} of {snapshot} came back with {} bytes, not 524288",
+                data.len()
+            )));
+        }
+        match expected {
+            Some(sum) if sum == checksum(&data) => Ok(data),
+            Some(_) => Err(Error::Transient(format!(
+                "block {index} of {snapshot} does not match its SHA-256 checksum (damaged in transit)"
+            ))),
+            None => Err(Error::Transient(format!(
+                "block {index} of {snapshot} came without a checksum"
+            ))),
+        }
+    }
+
+    async fn put_block(&self, snapshot: &SnapshotId, index: u64, data: Vec<u8>) -> Result<()> {
+        self.pacer.wait().await;
+        let sum = checksum(&data);
+        self.ebs
+            .put_snapshot_block()
+            .snapshot_id(snapshot.as_str())
+            .block_index(index as i32)
+            .data_length(BLOCK_SIZE as i32)
+            .checksum(sum)
+            .checksum_algorithm(ChecksumAlgorithm::ChecksumAlgorithmSha256)
+            .block_data(ByteStream::from(data))
+            .send()
+            .await
+            .map(|_| ())
+            .map_err(|e| sdk(format_args!("writing block {index} of {snapshot}"), e))
+    }
+
+    /// A snapshot started with `client_token`, if there is one.
+    fn find_snapshot_by_token(&self, client_token: &str) -> Result<Option<SnapshotId>> {
+        let call = self
+            .ec2
+            .describe_snapshots()
+            .owner_ids(self.account.as_str())
+            .filters(
+                Filter::builder()
+                    .name(format!("tag:{TOKEN_TAG}"))
+                    .values(client_token)
+                    .build(),
+            )
+            .send();
+        let out = self
+            .bridge
+            .run(call)
+            .map_err(|e| sdk("looking up a snapshot by token", e))?;
+        Ok(out
+            .snapshots()
+            .iter()
+            .filter_map(|s| s.snapshot_id()?.parse().ok())
+            .next())
+    }
+}
+
+impl SnapshotStore for Ec2Images {
+    fn list_blocks(&self, account: &AccountId, snapshot: &SnapshotId) -> Result<BlockRanges> {
+        if *account != self.account {
+            return Err(Error::NotFound(format!(
+                "snapshot {snapshot} does not exist"
+            )));
+        }
+        // EC2 first: it knows whether the snapshot still exists and whose it is.
+        let blocks = self.volume_blocks(snapshot).and_then(|b| {
+            self.snapshot_facts(snapshot)?;
+            Ok(b)
+        })?;
+        let indexes = self.bridge.run(async {
+            let mut indexes = Vec::new();
+            let mut page = None;
+            loop {
+                let (listed, next) = self.list_page(snapshot, 0, page).await?;
+                indexes.extend(listed.into_iter().map(|(i, _)| i));
+                match next {
+                    Some(next) => page = Some(next),
+                    None => return Ok::<_, Error>(indexes),
+                }
+            }
+        })?;
+        let ranges = BlockRanges::from_unsorted(indexes.into_iter().map(|i| i..i + 1).collect());
+        ranges.validate(blocks)?;
+        Ok(ranges)
+    }
+
+    fn read_blocks(&self, snapshot: &SnapshotId, first_block: u64, buf: &mut [u8]) -> Result<()> {
+        let count = whole_blocks(buf.len())?;
+        let window = first_block..first_block + count;
+        let tokens = self.tokens_for(snapshot, window.clone())?;
+        buf.fill(0);
+        let gate = Semaphore::new(self.limits.concurrency.max(1));
+        let fetched = self.bridge.run(async {
+            let fetches = tokens.iter().map(|(index, token)| async {
+                let _permit = gate
+                    .acquire()
+                    .await
+                    .map_err(|_| Error::Transient("the block request gate closed".into()))?;
+                self.get_block(snapshot, *index, token)
+                    .await
+                    .map(|data| (*index, data))
+            });
+            join_all(fetches).await
+        });
+        for result in fetched {
+            let (index, data) = match result {
+                Ok(block) => block,
+                Err(e) => {
+                    // Tokens expire (7 days) and change on relisting: list again next time.
+                    self.tokens
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .remove(snapshot);
+                    return Err(e);
+                }
+            };
+            let at = ((index - first_block) * BLOCK_SIZE) as usize;
+            buf[at..at + BLOCK_SIZE as usize].copy_from_slice(&data);
+        }
+        Ok(())
+    }
+
+    fn start_snapshot(
+        &self,
+        account: &AccountId,
+        volume_size: u64,
+        tags: &[Tag],
+        client_token: &str,
+    ) -> Result<SnapshotId> {
+        if *account != self.account {
+            return Err(Error::InvalidInput(format!(
+                "snapshots can only be started in account {}",
+                self.account
+            )));
+        }
+        if let Some(id) = self.find_snapshot_by_token(client_token)? {
+            return Ok(id);
+        }
+        let mut ebs_tags: Vec<EbsTag> = tags
+            .iter()
+            .map(|t| EbsTag::builder().key(t.key()).value(t.value()).build())
+            .collect();
+        ebs_tags.push(EbsTag::builder().key(TOKEN_TAG).value(client_token).build());
+        if !volume_size.is_multiple_of(GIB) {
+            ebs_tags.push(
+                EbsTag::builder()
+                    .key(VOLUME_BYTES_TAG)
+                    .value(volume_size.to_string())
+                    .build(),
+            );
+        }
+        let call = self
+            .ebs
+            .start_snapshot()
+            .volume_size(volume_size.div_ceil(GIB).max(1) as i64)
+            .client_token(client_token)
+            .timeout(self.limits.snapshot_timeout_minutes)
+            .description("amistore restore")
+            .set_tags(Some(ebs_tags))
+            .send();
+        let out = self
+            .bridge
+            .run(call)
+            .map_err(|e| sdk("starting a snapshot", e))?;
+        let id: SnapshotId = out
+            .snapshot_id()
+            .ok_or_else(|| Error::Transient("StartSnapshot returned no snapshot id".into()))?
+            .parse()?;
+        self.sizes
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(id.clone(), volume_size);
+        Ok(id)
+    }
+
+    fn write_blocks(&self, snapshot: &SnapshotId, first_block: u64, data: &[u8]) -> Result<()> {
+        let count = whole_blocks(data.len())?;
+        let blocks = self.volume_blocks(snapshot)?;
+        if first_block + count > blocks {
+            return Err(Error::InvalidInput(format!(
+                "blocks {first_block}..{} are past the end of {snapshot} ({blocks} blocks)",
+                first_block + count
+            )));
+        }
+        let gate = Semaphore::new(self.limits.concurrency.max(1));
+        let results = self.bridge.run(async {
+            let puts = data
+                .chunks(BLOCK_SIZE as usize)
+                .enumerate()
+                .map(|(i, block)| {
+                    let gate = &gate;
+                    async move {
+                        let _permit = gate.acquire().await.map_err(|_| {
+                            Error::Transient("the block request gate closed".into())
+                        })?;
+                        self.put_block(snapshot, first_block + i as u64, block.to_vec())
+                            .await
+                    }
+                });
+            join_all(puts).await
+        });
+        results.into_iter().collect()
+    }
+
+    fn complete_snapshot(&self, snapshot: &SnapshotId, changed_blocks: u64) -> Result<()> {
+        let call = self
+            .ebs
+            .complete_snapshot()
+            .snapshot_id(snapshot.as_str())
+            .changed_blocks_count(changed_blocks as i32)
+            .send();
+        let out = self
+            .bridge
+            .run(call)
+            .map_err(|e| sdk(format_args!("completing {snapshot}"), e))?;
+        match out.status().map(|s| s.as_str()) {
+            Some("error") => Err(Error::InvalidInput(format!(
+                "EBS refused to complete {snapshot} with {changed_blocks} changed blocks"
+            ))),
+            _ => Ok(()),
+        }
+    }
+
+    fn delete_snapshot(&self, snapshot: &SnapshotId) -> Result<()> {
+        let call = self
+            .ec2
+            .delete_snapshot()
+            .snapshot_id(snapshot.as_str())
+            .send();
+        match self.bridge.run(call) {
+            Ok(_) => Ok(()),
+            Err(e) if code_of(&e) == Some("InvalidSnapshot.NotFound") => Ok(()),
+            Err(e) => Err(sdk(format_args!("deleting {snapshot}"), e)),
+        }
+    }
+}
+
+/// Runs futures concurrently on the current task, in order of results.
+async fn join_all<F: std::future::Future>(futures: impl Iterator<Item = F>) -> Vec<F::Output> {
+    let futures: Vec<_> = futures.map(Box::pin).collect();
+    let mut outputs: Vec<Option<F::Output>> = futures.iter().map(|_| None).collect();
+    let mut pending: Vec<_> = futures.into_iter().enumerate().collect();
+    std::future::poll_fn(|cx| {
+        pending.retain_mut(|(i, f)| match f.as_mut().poll(cx) {
+            std::task::Poll::Ready(out) => {
+                outputs[*i] = Some(out);
+                false
+            }
+            std::task::Poll::Pending => true,
+        });
+        if pending.is_empty() {
+            std::task::Poll::Ready(())
+        } else {
+            std::task::Poll::Pending
+        }
+    })
+    .await;
+    outputs.into_iter().flatten().collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn checksums_are_base64_sha256() {
+        // SHA-256 of 512 KiB of zeros, as EBS sends it.
+        let zeros = vec![0u8; BLOCK_SIZE as usize];
+        assert_eq!(
+            checksum(&zeros),
+            "B4VNL+8pega6gWheZgwzLeNtXRjVRpJ9MNqtbX/aFUE="
+        );
+        assert!(whole_blocks(BLOCK_SIZE as usize * 3).is_ok_and(|n| n == 3));
+        assert!(whole_blocks(100).is_err());
+    }
+}

@@ -1,0 +1,680 @@
+//! [`ImageCatalog`] over EC2 (images, snapshots, tags, image attributes) for
+//! the deployment's own account. Its [`SnapshotStore`](amistore_core::ports::SnapshotStore)
+//! half, over the EBS direct APIs, is in [`crate::ebs`].
+//!
+//! EC2 keeps no state amistore could set directly, so a few tags (prefix
+//! `amistore:`, never shown as the user's tags) carry what the ports need:
+//! - `amistore:client-token`: the token an image was registered or a snapshot
+//!   started with (RegisterImage has no ClientToken; StartSnapshot's is also sent);
+//! - `amistore:state` / `amistore:state-reason`: a restore's `pending` or
+//!   `failed` verdict on its image and snapshots, until it makes them available;
+//! - `amistore:volume-bytes`: a snapshot's exact size when it is not a whole
+//!   number of GiB (EBS sizes are GiB; a locally imported disk may not be).
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use amistore_core::ids::{AccountId, ImageId, ResourceState, SnapshotId};
+use amistore_core::image::{
+    BlockDeviceMapping, DeviceName, EbsMapping, GIB, ImageMetadata, ImageName, Tag,
+};
+use amistore_core::ports::{Image, ImageCatalog, Snapshot};
+use amistore_core::{Error, Result};
+use aws_sdk_ebs::Client as EbsClient;
+use aws_sdk_ec2::Client as Ec2Client;
+use aws_sdk_ec2::types::{
+    ArchitectureValues, BlockDeviceMapping as Ec2Mapping, BootModeValues, EbsBlockDevice, Filter,
+    ImageAttributeName, ImdsSupportValues, ResourceType, Tag as Ec2Tag, TagSpecification,
+    TpmSupportValues, VolumeType as Ec2VolumeType,
+};
+
+use crate::bridge::Bridge;
+use crate::ebs::{EbsLimits, Pacer};
+use crate::error::{code_of, sdk};
+
+/// Tag holding the token an image or snapshot was created with.
+pub const TOKEN_TAG: &str = "amistore:client-token";
+/// Tag holding a restore's verdict on its image and snapshots.
+pub const STATE_TAG: &str = "amistore:state";
+/// Tag holding why a restore failed.
+pub const REASON_TAG: &str = "amistore:state-reason";
+/// Tag holding a snapshot's exact size in bytes when not whole GiB.
+pub const VOLUME_BYTES_TAG: &str = "amistore:volume-bytes";
+const RESERVED_PREFIX: &str = "amistore:";
+
+/// EC2 and the EBS direct APIs as the engine's image catalog and snapshot store.
+#[derive(Clone, Debug)]
+pub struct Ec2Images {
+    pub(crate) ec2: Ec2Client,
+    pub(crate) ebs: EbsClient,
+    pub(crate) bridge: Bridge,
+    pub(crate) account: AccountId,
+    pub(crate) limits: EbsLimits,
+    pub(crate) pacer: Arc<Pacer>,
+    /// Block tokens from ListSnapshotBlocks, per snapshot (see [`crate::ebs`]).
+    pub(crate) tokens: Arc<Mutex<HashMap<SnapshotId, crate::ebs::TokenWindow>>>,
+    /// Volume sizes in bytes, per snapshot, as learnt.
+    pub(crate) sizes: Arc<Mutex<HashMap<SnapshotId, u64>>>,
+}
+
+/// A snapshot as EC2 describes it.
+pub(crate) struct SnapshotFacts {
+    pub volume_bytes: u64,
+    pub state: ResourceState,
+    pub tags: Vec<Tag>,
+}
+
+fn ec2_tag(key: &str, value: &str) -> Ec2Tag {
+    Ec2Tag::builder().key(key).value(value).build()
+}
+
+fn filter(name: &str, value: &str) -> Filter {
+    Filter::builder().name(name).values(value).build()
+}
+
+/// The user's tags (reserved ones left out) and the reserved ones by key.
+fn split_tags<'a>(
+    tags: impl IntoIterator<Item = (&'a str, &'a str)>,
+) -> Result<(Vec<Tag>, HashMap<String, String>)> {
+    let mut user = Vec::new();
+    let mut reserved = HashMap::new();
+    for (k, v) in tags {
+        if k.starts_with(RESERVED_PREFIX) {
+            reserved.insert(k.to_owned(), v.to_owned());
+        } else if !k.starts_with("aws:") {
+            user.push(Tag::new(k, v)?);
+        }
+    }
+    user.sort_by(|a, b| a.key().cmp(b.key()));
+    Ok((user, reserved))
+}
+
+fn state_from_tag(reserved: &HashMap<String, String>) -> Option<ResourceState> {
+    match reserved.get(STATE_TAG).map(String::as_str) {
+        Some("pending") => Some(ResourceState::Pending),
+        Some("failed") => Some(ResourceState::Failed),
+        _ => None,
+    }
+}
+
+impl Ec2Images {
+    /// A catalog of `account`'s images (the account the clients act as).
+    pub fn new(
+        ec2: Ec2Client,
+        ebs: EbsClient,
+        bridge: Bridge,
+        account: AccountId,
+        limits: EbsLimits,
+    ) -> Self {
+        Self {
+            ec2,
+            ebs,
+            bridge,
+            account,
+            pacer: Arc::new(Pacer::new(limits.requests_per_second)),
+            limits,
+            tokens: Arc::default(),
+            sizes: Arc::default(),
+        }
+    }
+
+    /// Whether `account` is the one these clients act as: other accounts' images
+    /// and snapshots are never there for them.
+    fn ours(&self, account: &AccountId) -> bool {
+        *account == self.account
+    }
+
+    pub(crate) fn describe_snapshots(
+        &self,
+        ids: &[&SnapshotId],
+    ) -> Result<HashMap<SnapshotId, SnapshotFacts>> {
+        if ids.is_empty() {
+            return Ok(HashMap::new());
+        }
+        let call = self
+            .ec2
+            .describe_snapshots()
+            .set_snapshot_ids(Some(ids.iter().map(|s| s.to_string()).collect()))
+            .owner_ids(self.account.as_str())
+            .send();
+        let out = match self.bridge.run(call) {
+            Ok(out) => out,
+            Err(e) if code_of(&e) == Some("InvalidSnapshot.NotFound") => {
+                return Err(Error::NotFound(format!(
+                    "snapshot {} does not exist",
+                    ids.iter()
+                        .map(|s| s.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )));
+            }
+            Err(e) => return Err(sdk("describing snapshots", e)),
+        };
+        let mut facts = HashMap::new();
+        for snap in out.snapshots() {
+            let Some(id) = snap
+                .snapshot_id()
+                .and_then(|s| s.parse::<SnapshotId>().ok())
+            else {
+                continue;
+            };
+            let (tags, reserved) = split_tags(
+                snap.tags()
+                    .iter()
+                    .map(|t| (t.key().unwrap_or(""), t.value().unwrap_or(""))),
+            )?;
+            let volume_bytes = reserved
+                .get(VOLUME_BYTES_TAG)
+                .and_then(|v| v.parse().ok())
+                .unwrap_or_else(|| snap.volume_size().unwrap_or(0).max(0) as u64 * GIB);
+            let state =
+                state_from_tag(&reserved).unwrap_or(match snap.state().map(|s| s.as_str()) {
+                    Some("pending") => ResourceState::Pending,
+                    Some("error") => ResourceState::Failed,
+                    _ => ResourceState::Available,
+                });
+            self.sizes
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(id.clone(), volume_bytes);
+            facts.insert(
+                id,
+                SnapshotFacts {
+                    volume_bytes,
+                    state,
+                    tags,
+                },
+            );
+        }
+        if let Some(missing) = ids.iter().find(|id| !facts.contains_key(**id)) {
+            return Err(Error::NotFound(format!(
+                "snapshot {missing} does not exist"
+            )));
+        }
+        Ok(facts)
+    }
+
+    /// One snapshot's facts.
+    pub(crate) fn snapshot_facts(&self, id: &SnapshotId) -> Result<SnapshotFacts> {
+        self.describe_snapshots(&[id])?
+            .remove(id)
+            .ok_or_else(|| Error::NotFound(format!("snapshot {id} does not exist")))
+    }
+
+    /// Images owned by the account, matching `filters`.
+    fn images_where(&self, filters: Vec<Filter>) -> Result<Vec<Image>> {
+        let call = self
+            .ec2
+            .describe_images()
+            .owners(self.account.as_str())
+            .set_filters(Some(filters))
+            .send();
+        let out = self
+            .bridge
+            .run(call)
+            .map_err(|e| sdk("describing images", e))?;
+        let mut images = out
+            .images()
+            .iter()
+            .map(|i| self.image_from(i))
+            .collect::<Result<Vec<_>>>()?;
+        images.sort_by(|a, b| a.creation_date.cmp(&b.creation_date));
+        Ok(images)
+    }
+
+    fn image_from(&self, image: &aws_sdk_ec2::types::Image) -> Result<Image> {
+        let id: ImageId = image.image_id().unwrap_or_default().parse()?;
+        let bad = |what: &str| Error::InvalidInput(format!("image {id} has no valid {what}"));
+        let (tags, reserved) = split_tags(
+            image
+                .tags()
+                .iter()
+                .map(|t| (t.key().unwrap_or(""), t.value().unwrap_or(""))),
+        )?;
+        let mut snapshot_ids = Vec::new();
+        let mut mappings = Vec::new();
+        for m in image.block_device_mappings() {
+            let device_name: DeviceName = m.device_name().unwrap_or_default().parse()?;
+            let ebs = match m.ebs() {
+                Some(ebs) => {
+                    let disk = match ebs.snapshot_id() {
+                        Some(snap) => {
+                            snapshot_ids.push((snap.parse::<SnapshotId>()?, device_name.clone()));
+                            Some(snapshot_ids.len() - 1)
+                        }
+                        None => None,
+                    };
+                    Some(EbsMapping {
+                        disk,
+                        volume_size_gib: ebs.volume_size().unwrap_or(0).max(0) as u64,
+                        volume_type: ebs
+                            .volume_type()
+                            .map_or(Ok(amistore_core::image::VolumeType::Gp2), |t| {
+                                t.as_str().parse()
+                            })?,
+                        iops: ebs.iops().map(|v| v.max(0) as u32),
+                        throughput: ebs.throughput().map(|v| v.max(0) as u32),
+                        delete_on_termination: ebs.delete_on_termination().unwrap_or(true),
+                        encrypted: ebs.encrypted().unwrap_or(false),
+                    })
+                }
+                None => None,
+            };
+            mappings.push(BlockDeviceMapping {
+                device_name,
+                ebs,
+                virtual_name: m.virtual_name().map(str::to_owned),
+                no_device: m.no_device().is_some(),
+            });
+        }
+        let facts =
+            self.describe_snapshots(&snapshot_ids.iter().map(|(s, _)| s).collect::<Vec<_>>())?;
+        let tagged_state = state_from_tag(&reserved);
+        let snapshots = snapshot_ids
+            .into_iter()
+            .map(|(snapshot_id, device_name)| {
+                let f = &facts[&snapshot_id];
+                Snapshot {
+                    volume_size: f.volume_bytes,
+                    state: tagged_state.unwrap_or(f.state),
+                    tags: f.tags.clone(),
+                    snapshot_id,
+                    device_name,
+                }
+            })
+            .collect();
+        let boot_mode = image.boot_mode().map(|b| b.as_str().parse()).transpose()?;
+        let uefi_data = match boot_mode {
+            Some(amistore_core::image::BootMode::LegacyBios) | None => None,
+            Some(_) => self.uefi_data(&id)?,
+        };
+        let state = tagged_state.unwrap_or(match image.state().map(|s| s.as_str()) {
+            Some("pending") => ResourceState::Pending,
+            Some("available") => ResourceState::Available,
+            _ => ResourceState::Failed,
+        });
+        let name: ImageName = image.name().unwrap_or_default().parse()?;
+        let metadata = ImageMetadata {
+            source_image_id: image.source_image_id().map(str::to_owned),
+            source_region: image.source_image_region().map(str::to_owned),
+            owner_id: image.owner_id().map(str::to_owned),
+            creation_date: image.creation_date().map(str::to_owned),
+            description: image
+                .description()
+                .map(str::to_owned)
+                .filter(|d| !d.is_empty()),
+            architecture: image
+                .architecture()
+                .ok_or_else(|| bad("architecture"))?
+                .as_str()
+                .parse()?,
+            virtualization_type: image
+                .virtualization_type()
+                .map_or("hvm", |v| v.as_str())
+                .parse()?,
+            root_device_name: image
+                .root_device_name()
+                .ok_or_else(|| bad("root device name"))?
+                .parse()?,
+            boot_mode,
+            ena_support: image.ena_support().unwrap_or(false),
+            sriov_net_support: image.sriov_net_support().map(str::to_owned),
+            tpm_support: image.tpm_support().map(|v| v.as_str().to_owned()),
+            imds_support: image.imds_support().map(|v| v.as_str().to_owned()),
+            uefi_data,
+            kernel_id: image.kernel_id().map(str::to_owned),
+            ramdisk_id: image.ramdisk_id().map(str::to_owned),
+            platform_details: image.platform_details().map(str::to_owned),
+            block_device_mappings: mappings,
+            tags,
+            ..ImageMetadata::minimal(
+                name,
+                amistore_core::image::Architecture::X86_64,
+                "/dev/xvda".parse()?,
+            )
+        };
+        Ok(Image {
+            owner_id: image.owner_id().unwrap_or_default().parse()?,
+            state,
+            state_reason: reserved.get(REASON_TAG).cloned().or_else(|| {
+                (state == ResourceState::Failed)
+                    .then(|| {
+                        image
+                            .state_reason()
+                            .and_then(|r| r.message())
+                            .map(str::to_owned)
+                    })
+                    .flatten()
+            }),
+            creation_date: image.creation_date().unwrap_or_default().to_owned(),
+            client_token: reserved.get(TOKEN_TAG).cloned(),
+            image_id: id,
+            metadata,
+            snapshots,
+        })
+    }
+
+    /// The image's UEFI variable store (DescribeImageAttribute uefiData).
+    fn uefi_data(&self, id: &ImageId) -> Result<Option<String>> {
+        let call = self
+            .ec2
+            .describe_image_attribute()
+            .image_id(id.as_str())
+            .attribute(ImageAttributeName::UefiData)
+            .send();
+        let out = self
+            .bridge
+            .run(call)
+            .map_err(|e| sdk(format_args!("reading the UEFI data of {id}"), e))?;
+        Ok(out
+            .uefi_data()
+            .and_then(|v| v.value())
+            .filter(|v| !v.is_empty())
+            .map(str::to_owned))
+    }
+
+    /// Tags `resources` with `tags`.
+    pub(crate) fn tag(&self, resources: Vec<String>, tags: Vec<Ec2Tag>) -> Result<()> {
+        let call = self
+            .ec2
+            .create_tags()
+            .set_resources(Some(resources))
+            .set_tags(Some(tags))
+            .send();
+        self.bridge
+            .run(call)
+            .map(|_| ())
+            .map_err(|e| sdk("tagging", e))
+    }
+
+    fn untag(&self, resources: Vec<String>, keys: &[&str]) -> Result<()> {
+        let call = self
+            .ec2
+            .delete_tags()
+            .set_resources(Some(resources))
+            .set_tags(Some(
+                keys.iter()
+                    .map(|k| Ec2Tag::builder().key(*k).build())
+                    .collect(),
+            ))
+            .send();
+        self.bridge
+            .run(call)
+            .map(|_| ())
+            .map_err(|e| sdk("removing tags", e))
+    }
+
+    /// The RegisterImage request for `metadata` over `snapshots`.
+    pub(crate) fn register_request(
+        &self,
+        metadata: &ImageMetadata,
+        snapshots: &[SnapshotId],
+        client_token: &str,
+    ) -> Result<aws_sdk_ec2::operation::register_image::builders::RegisterImageFluentBuilder> {
+        let mut mappings = Vec::new();
+        for m in &metadata.block_device_mappings {
+            let ebs = match &m.ebs {
+                Some(e) => {
+                    let snapshot = match e.disk {
+                        Some(d) => Some(
+                            snapshots
+                                .get(d)
+                                .ok_or_else(|| {
+                                    Error::InvalidInput(format!(
+                                        "mapping {} names disk {d}, but the image has {} snapshots",
+                                        m.device_name,
+                                        snapshots.len()
+                                    ))
+                                })?
+                                .to_string(),
+                        ),
+                        None => None,
+                    };
+                    // Encrypted is left out: RegisterImage refuses it with a
+                    // snapshot (the snapshot's own encryption applies).
+                    Some(
+                        EbsBlockDevice::builder()
+                            .set_snapshot_id(snapshot)
+                            .volume_size(e.volume_size_gib as i32)
+                            .volume_type(Ec2VolumeType::from(e.volume_type.as_str()))
+                            .set_iops(e.iops.map(|v| v as i32))
+                            .set_throughput(e.throughput.map(|v| v as i32))
+                            .delete_on_termination(e.delete_on_termination)
+                            .build(),
+                    )
+                }
+                None => None,
+            };
+            mappings.push(
+                Ec2Mapping::builder()
+                    .device_name(m.device_name.as_str())
+                    .set_ebs(ebs)
+                    .set_virtual_name(m.virtual_name.clone())
+                    .set_no_device(m.no_device.then(String::new))
+                    .build(),
+            );
+        }
+        let mut tags: Vec<Ec2Tag> = metadata
+            .tags
+            .iter()
+            .map(|t| ec2_tag(t.key(), t.value()))
+            .collect();
+        tags.push(ec2_tag(TOKEN_TAG, client_token));
+        tags.push(ec2_tag(STATE_TAG, "pending"));
+        Ok(self
+            .ec2
+            .register_image()
+            .name(metadata.name.as_str())
+            .set_description(metadata.description.clone())
+            .architecture(ArchitectureValues::from(metadata.architecture.as_str()))
+            .virtualization_type(metadata.virtualization_type.as_str())
+            .root_device_name(metadata.root_device_name.as_str())
+            .set_block_device_mappings(Some(mappings))
+            .ena_support(metadata.ena_support)
+            .set_sriov_net_support(metadata.sriov_net_support.clone())
+            .set_boot_mode(metadata.boot_mode.map(|b| BootModeValues::from(b.as_str())))
+            .set_tpm_support(metadata.tpm_support.as_deref().map(TpmSupportValues::from))
+            .set_uefi_data(metadata.uefi_data.clone())
+            .set_imds_support(
+                metadata
+                    .imds_support
+                    .as_deref()
+                    .map(ImdsSupportValues::from),
+            )
+            .set_kernel_id(metadata.kernel_id.clone())
+            .set_ramdisk_id(metadata.ramdisk_id.clone())
+            .tag_specifications(
+                TagSpecification::builder()
+                    .resource_type(ResourceType::Image)
+                    .set_tags(Some(tags))
+                    .build(),
+            ))
+    }
+}
+
+impl ImageCatalog for Ec2Images {
+    fn describe_image(&self, account: &AccountId, id: &ImageId) -> Result<Image> {
+        let missing = || Error::NotFound(format!("image {id} does not exist"));
+        if !self.ours(account) {
+            return Err(missing());
+        }
+        let call = self.ec2.describe_images().image_ids(id.as_str()).send();
+        let out = match self.bridge.run(call) {
+            Ok(out) => out,
+            Err(e) if code_of(&e).is_some_and(|c| c.starts_with("InvalidAMIID")) => {
+                return Err(missing());
+            }
+            Err(e) => return Err(sdk(format_args!("describing image {id}"), e)),
+        };
+        let image = out.images().first().ok_or_else(missing)?;
+        if image.owner_id() != Some(account.as_str()) {
+            return Err(missing());
+        }
+        self.image_from(image)
+    }
+
+    fn list_images(&self, account: &AccountId) -> Result<Vec<Image>> {
+        if !self.ours(account) {
+            return Ok(Vec::new());
+        }
+        self.images_where(Vec::new())
+    }
+
+    fn image_name_taken(&self, account: &AccountId, name: &ImageName) -> Result<bool> {
+        if !self.ours(account) {
+            return Ok(false);
+        }
+        let call = self
+            .ec2
+            .describe_images()
+            .owners(self.account.as_str())
+            .filters(filter("name", name.as_str()))
+            .send();
+        let out = self
+            .bridge
+            .run(call)
+            .map_err(|e| sdk("looking up an image name", e))?;
+        Ok(out.images().iter().any(|i| i.name() == Some(name.as_str())))
+    }
+
+    fn register_image(
+        &self,
+        account: &AccountId,
+        metadata: &ImageMetadata,
+        snapshots: &[SnapshotId],
+        client_token: &str,
+    ) -> Result<ImageId> {
+        if !self.ours(account) {
+            return Err(Error::InvalidInput(format!(
+                "images can only be registered in account {}",
+                self.account
+            )));
+        }
+        if let Some(image) = self.find_image_by_token(account, client_token)? {
+            return Ok(image.image_id);
+        }
+        if self.image_name_taken(account, &metadata.name)? {
+            return Err(Error::AlreadyExists(format!(
+                "an image called {:?} already exists",
+                metadata.name.as_str()
+            )));
+        }
+        let call = self
+            .register_request(metadata, snapshots, client_token)?
+            .send();
+        let out = match self.bridge.run(call) {
+            Ok(out) => out,
+            Err(e) if code_of(&e) == Some("InvalidAMIName.Duplicate") => {
+                return Err(Error::AlreadyExists(format!(
+                    "an image called {:?} already exists",
+                    metadata.name.as_str()
+                )));
+            }
+            Err(e) => return Err(sdk(format_args!("registering {}", metadata.name), e)),
+        };
+        let id: ImageId = out
+            .image_id()
+            .ok_or_else(|| Error::Transient("RegisterImage returned no image id".into()))?
+            .parse()?;
+        // The snapshots share the image's pending verdict until the restore ends.
+        self.tag(
+            snapshots.iter().map(|s| s.to_string()).collect(),
+            vec![ec2_tag(STATE_TAG, "pending")],
+        )?;
+        Ok(id)
+    }
+
+    fn find_image_by_token(
+        &self,
+        account: &AccountId,
+        client_token: &str,
+    ) -> Result<Option<Image>> {
+        if !self.ours(account) {
+            return Ok(None);
+        }
+        Ok(self
+            .images_where(vec![filter(&format!("tag:{TOKEN_TAG}"), client_token)])?
+            .into_iter()
+            .next())
+    }
+
+    fn deregister_image(&self, account: &AccountId, id: &ImageId) -> Result<()> {
+        let image = self.describe_image(account, id)?;
+        if image.state == ResourceState::Pending {
+            return Err(Error::IncorrectState(format!(
+                "image {id} is still being restored; cancel or wait for the restore first"
+            )));
+        }
+        let call = self.ec2.deregister_image().image_id(id.as_str()).send();
+        self.bridge
+            .run(call)
+            .map_err(|e| sdk(format_args!("deregistering {id}"), e))?;
+        for snapshot in &image.snapshots {
+            let call = self
+                .ec2
+                .delete_snapshot()
+                .snapshot_id(snapshot.snapshot_id.as_str())
+                .send();
+            match self.bridge.run(call) {
+                Ok(_) => {}
+                Err(e) if code_of(&e) == Some("InvalidSnapshot.NotFound") => {}
+                Err(e) => {
+                    return Err(sdk(
+                        format_args!("deleting snapshot {}", snapshot.snapshot_id),
+                        e,
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn set_image_state(
+        &self,
+        account: &AccountId,
+        id: &ImageId,
+        state: ResourceState,
+        reason: Option<&str>,
+    ) -> Result<()> {
+        let image = self.describe_image(account, id)?;
+        let mut resources = vec![id.to_string()];
+        resources.extend(image.snapshots.iter().map(|s| s.snapshot_id.to_string()));
+        match state {
+            ResourceState::Available => self.untag(resources, &[STATE_TAG, REASON_TAG]),
+            ResourceState::Pending | ResourceState::Failed => {
+                let mut tags = vec![ec2_tag(STATE_TAG, state.as_str())];
+                if let Some(reason) = reason {
+                    // EC2 tag values hold 256 characters.
+                    let short: String = reason.chars().take(256).collect();
+                    tags.push(ec2_tag(REASON_TAG, &short));
+                }
+                self.tag(resources, tags)
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reserved_tags_are_kept_apart_from_the_users() {
+        let (user, reserved) = split_tags([
+            ("Name", "web"),
+            (STATE_TAG, "failed"),
+            ("aws:cloudformation:stack-name", "s"),
+            ("env", "prod"),
+        ])
+        .unwrap();
+        assert_eq!(
+            user,
+            vec![
+                Tag::new("Name", "web").unwrap(),
+                Tag::new("env", "prod").unwrap()
+            ]
+        );
+        assert_eq!(state_from_tag(&reserved), Some(ResourceState::Failed));
+        assert_eq!(state_from_tag(&HashMap::new()), None);
+    }
+}

@@ -1,0 +1,48 @@
+//! The port contract suites (written once in `amistore-core`), run against the
+//! AWS adapters on moto's server.
+
+#![allow(clippy::unwrap_used)]
+
+use std::sync::Arc;
+
+use amistore_aws::testing::Aws;
+use amistore_core::ports::contract;
+
+#[test]
+fn s3_keeps_the_object_store_contract() {
+    let aws = Aws::connect();
+    let scratch = tempfile::tempdir().unwrap();
+    let bucket = format!("contract-{}", &amistore_core::ids::unique_token()[..10]);
+    aws.create_bucket(&bucket);
+    contract::object_store(
+        aws.ports.objects.as_ref(),
+        &aws.ports.account,
+        &bucket.parse().unwrap(),
+        &"no-such-bucket-amistore".parse().unwrap(),
+        scratch.path(),
+        // S3's minimum part size: moto enforces it too.
+        5 * 1024 * 1024,
+    );
+}
+
+#[test]
+fn dynamodb_keeps_the_task_store_contract() {
+    let aws = Aws::connect();
+    aws.ports.tasks.ensure_table().unwrap();
+    aws.ports.tasks.ensure_table().unwrap(); // a second call finds it
+    contract::task_store(aws.ports.tasks.clone() as Arc<dyn amistore_core::ports::TaskStore>);
+}
+
+#[test]
+fn ec2_and_ebs_keep_the_catalog_and_snapshot_contracts() {
+    // The contract lists every image of the account: a region of its own.
+    let aws = Aws::connect_in("eu-west-1");
+    contract::catalog_and_snapshots(
+        aws.ports.images.as_ref(),
+        aws.ports.images.as_ref(),
+        &aws.ports.account,
+        // moto does not check CompleteSnapshot's count; tests/requests.rs shows
+        // the count amistore sends.
+        false,
+    );
+}

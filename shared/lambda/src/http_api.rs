@@ -1,0 +1,210 @@
+//! API Gateway HTTP API events (payload format 2.0) to the EC2 Query protocol
+//! and back.
+//!
+//! The route's IAM authorization has already checked the caller's SigV4
+//! signature; the caller's account comes from `requestContext.authorizer.iam`.
+//! A request without it never reached us through an IAM-authorized route, and
+//! is refused rather than served as some default account.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use amistore_api::service::{HttpRequest, Outcome, Permission, handle_authenticated};
+use amistore_core::engine::Engine;
+use amistore_core::ids::AccountId;
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as BASE64;
+use serde::{Deserialize, Serialize};
+
+/// The parts of an HTTP API (2.0) request event amistore reads.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct HttpApiRequest {
+    /// Payload format version: must be `2.0`.
+    pub version: String,
+    /// Path as received.
+    #[serde(default)]
+    pub raw_path: String,
+    /// Query string without `?`.
+    #[serde(default)]
+    pub raw_query_string: String,
+    /// Headers (lowercase names; repeated ones comma-joined).
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
+    /// Body, base64-encoded when `is_base64_encoded`.
+    #[serde(default)]
+    pub body: Option<String>,
+    /// Whether `body` is base64.
+    #[serde(default)]
+    pub is_base64_encoded: bool,
+    /// Who called and how.
+    pub request_context: RequestContext,
+}
+
+/// `requestContext`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RequestContext {
+    /// API Gateway's request id (logged with ours).
+    #[serde(default)]
+    pub request_id: String,
+    /// Method and path.
+    pub http: HttpDescription,
+    /// The authorizer's verdict.
+    #[serde(default)]
+    pub authorizer: Option<Authorizer>,
+}
+
+/// `requestContext.http`.
+#[derive(Debug, Clone, Deserialize)]
+pub struct HttpDescription {
+    /// `GET`, `POST`, …
+    pub method: String,
+}
+
+/// `requestContext.authorizer`.
+#[derive(Debug, Clone, Deserialize)]
+pub struct Authorizer {
+    /// Present on IAM-authorized routes.
+    #[serde(default)]
+    pub iam: Option<IamIdentity>,
+}
+
+/// `requestContext.authorizer.iam`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct IamIdentity {
+    /// The caller's account.
+    pub account_id: String,
+    /// The caller's ARN (logged).
+    #[serde(default)]
+    pub user_arn: Option<String>,
+}
+
+/// An HTTP API (2.0) response.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct HttpApiResponse {
+    /// Status code.
+    pub status_code: u16,
+    /// Headers.
+    pub headers: BTreeMap<String, String>,
+    /// The XML document.
+    pub body: String,
+    /// Always false: the body is text.
+    pub is_base64_encoded: bool,
+}
+
+fn xml(status: u16, body: String) -> HttpApiResponse {
+    HttpApiResponse {
+        status_code: status,
+        headers: BTreeMap::from([("content-type".into(), "text/xml;charset=UTF-8".into())]),
+        body,
+        is_base64_encoded: false,
+    }
+}
+
+/// A refusal before the API proper sees the request (wrong event, no
+/// authorizer), as an EC2 error document.
+fn refuse(status: u16, code: &'static str, message: &str) -> HttpApiResponse {
+    let error = amistore_api::ApiError {
+        code,
+        message: message.to_owned(),
+        status,
+    };
+    let id = amistore_core::ids::unique_token()[..36].to_owned();
+    xml(status, amistore_api::xml::error_document(&error, &id))
+}
+
+/// Answers one HTTP API request as the EC2 Query API, with `permission` (the
+/// route's). Logs one JSON line per request.
+pub async fn answer(
+    engine: Arc<Engine>,
+    event: HttpApiRequest,
+    permission: Permission,
+) -> HttpApiResponse {
+    if event.version != "2.0" {
+        return refuse(
+            400,
+            "InvalidRequest",
+            &format!(
+                "payload format {} is not supported; configure the integration for 2.0",
+                event.version
+            ),
+        );
+    }
+    let Some(identity) = event
+        .request_context
+        .authorizer
+        .as_ref()
+        .and_then(|a| a.iam.as_ref())
+    else {
+        return refuse(
+            401,
+            "AuthFailure",
+            "the request was not authenticated: the route must use IAM authorization",
+        );
+    };
+    let account: AccountId = match identity.account_id.parse() {
+        Ok(a) => a,
+        Err(_) => return refuse(401, "AuthFailure", "the caller's account id is not valid"),
+    };
+    let body = match (event.body.as_deref(), event.is_base64_encoded) {
+        (None, _) => Vec::new(),
+        (Some(b), false) => b.as_bytes().to_vec(),
+        (Some(b), true) => match BASE64.decode(b) {
+            Ok(bytes) => bytes,
+            Err(_) => return refuse(400, "MalformedQueryString", "the body is not valid base64"),
+        },
+    };
+    let request = HttpRequest {
+        method: event.request_context.http.method.clone(),
+        path: event.raw_path.clone(),
+        query: event.raw_query_string.clone(),
+        headers: event.headers.clone().into_iter().collect(),
+        body,
+    };
+    let started = std::time::Instant::now();
+    let answered = tokio::task::spawn_blocking(move || {
+        handle_authenticated(&engine, &request, &account, permission)
+    })
+    .await;
+    let (response, outcome) = match answered {
+        Ok(answer) => answer,
+        Err(e) => {
+            return refuse(
+                500,
+                "InternalError",
+                &format!("the request handler failed: {e}"),
+            );
+        }
+    };
+    log(
+        &event,
+        identity,
+        &outcome,
+        response.status,
+        started.elapsed(),
+    );
+    xml(response.status, response.body)
+}
+
+fn log(
+    event: &HttpApiRequest,
+    identity: &IamIdentity,
+    outcome: &Outcome,
+    status: u16,
+    took: std::time::Duration,
+) {
+    let line = serde_json::json!({
+        "requestId": outcome.request_id,
+        "apiGatewayRequestId": event.request_context.request_id,
+        "action": outcome.action,
+        "account": outcome.account.as_ref().map(|a| a.as_str()),
+        "caller": identity.user_arn,
+        "status": status,
+        "error": outcome.error,
+        "ms": took.as_millis() as u64,
+    });
+    println!("{line}");
+}

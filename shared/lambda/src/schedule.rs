@@ -1,0 +1,112 @@
+//! EventBridge events: the sweeper's schedule and the archive policies'.
+//!
+//! The sweep rule sends the plain scheduled event; an archive policy's rule
+//! sends a constant input `{"archivePolicy": {"tag": "K=V", "bucket": "b/p"}}`.
+//! The account comes from the scheduled event, or from the deployment for a
+//! policy input.
+
+use std::sync::Arc;
+
+use amistore_core::engine::sweep::{ArchivePolicy, SweepReport};
+use amistore_core::engine::{Engine, now_ms};
+use amistore_core::ids::{AccountId, TaskId};
+use serde::{Deserialize, Serialize};
+
+use crate::step::StepFailure;
+
+/// What the sweeper function receives.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum ScheduleEvent {
+    /// An archive policy rule's constant input.
+    Policy {
+        /// The policy.
+        #[serde(rename = "archivePolicy")]
+        archive_policy: ArchivePolicy,
+        /// The account whose images it stores (the deployment's when absent).
+        #[serde(default)]
+        account: Option<AccountId>,
+    },
+    /// EventBridge's scheduled event.
+    Scheduled(ScheduledEvent),
+}
+
+/// EventBridge's `Scheduled Event` (only what the sweeper reads).
+#[derive(Debug, Clone, Deserialize)]
+pub struct ScheduledEvent {
+    /// `Scheduled Event`.
+    #[serde(rename = "detail-type")]
+    pub detail_type: String,
+    /// `aws.events`.
+    pub source: String,
+    /// The account the rule belongs to.
+    pub account: AccountId,
+    /// The rule's ARNs.
+    #[serde(default)]
+    pub resources: Vec<String>,
+}
+
+/// What the sweeper did.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ScheduleOutcome {
+    /// The sweep's report, if this was a sweep.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sweep: Option<SweepReport>,
+    /// Store tasks an archive policy started.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub stores_started: Vec<TaskId>,
+}
+
+/// How long a task may go without an execution before the sweeper fails it, by
+/// default: intake starts the execution right after admitting the task.
+pub const GRACE_MS: i64 = 5 * 60 * 1000;
+
+/// Runs a sweep (leaving tasks younger than `grace_ms` alone) or an archive
+/// policy. `deployment_account` is the account the functions run in.
+pub async fn run(
+    engine: Arc<Engine>,
+    event: ScheduleEvent,
+    deployment_account: Option<AccountId>,
+    grace_ms: i64,
+) -> Result<ScheduleOutcome, StepFailure> {
+    let outcome = tokio::task::spawn_blocking(move || match event {
+        ScheduleEvent::Scheduled(e) => {
+            if e.detail_type != "Scheduled Event" || e.source != "aws.events" {
+                return Err(amistore_core::Error::InvalidInput(format!(
+                    "the sweeper runs on scheduled events, not {:?} from {:?}",
+                    e.detail_type, e.source
+                )));
+            }
+            Ok(ScheduleOutcome {
+                sweep: Some(engine.sweep(now_ms(), grace_ms)?),
+                stores_started: Vec::new(),
+            })
+        }
+        ScheduleEvent::Policy {
+            archive_policy,
+            account,
+        } => {
+            let account = account.or(deployment_account).ok_or_else(|| {
+                amistore_core::Error::InvalidInput(
+                    "the archive policy names no account and the deployment's is unknown".into(),
+                )
+            })?;
+            Ok(ScheduleOutcome {
+                sweep: None,
+                stores_started: engine.apply_archive_policy(&account, &archive_policy)?,
+            })
+        }
+    })
+    .await
+    .map_err(|e| StepFailure {
+        name: amistore_core::engine::steps::FATAL,
+        cause: format!("the sweeper failed: {e}"),
+    })?
+    .map_err(|e| StepFailure::from(amistore_core::engine::steps::StepError::from(e)))?;
+    println!(
+        "{}",
+        serde_json::to_string(&outcome).unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}"))
+    );
+    Ok(outcome)
+}
