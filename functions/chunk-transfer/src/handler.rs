@@ -4,7 +4,6 @@
 use std::sync::Arc;
 
 use amistore_core::engine::Engine;
-use amistore_core::engine::steps::FATAL;
 use amistore_lambda::step::{self, StepFailure};
 use lambda_runtime::LambdaEvent;
 use serde_json::Value;
@@ -14,14 +13,7 @@ const STEPS: [&str; 4] = ["store.plan", "store.unit", "restore.plan", "restore.u
 
 /// Runs the step in `event`.
 pub async fn handle(engine: Arc<Engine>, event: LambdaEvent<Value>) -> Result<Value, StepFailure> {
-    let name = event.payload.get("step").and_then(Value::as_str);
-    if !name.is_some_and(|n| STEPS.contains(&n)) {
-        return Err(StepFailure {
-            name: FATAL,
-            cause: format!("chunk-transfer runs {STEPS:?}, not {name:?}"),
-        });
-    }
-    step::run(engine, event.payload).await
+    step::run_one_of(engine, event.payload, "chunk-transfer", &STEPS).await
 }
 
 #[cfg(test)]

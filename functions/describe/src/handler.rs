@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use amistore_api::service::Permission;
 use amistore_core::engine::Engine;
-use amistore_lambda::http_api::{self, HttpApiRequest, HttpApiResponse};
+use amistore_lambda::http_api::{self, HttpApiResponse};
 use amistore_lambda::step::StepFailure;
 use lambda_runtime::LambdaEvent;
 use serde_json::Value;
@@ -14,12 +14,7 @@ pub async fn handle(
     engine: Arc<Engine>,
     event: LambdaEvent<Value>,
 ) -> Result<HttpApiResponse, StepFailure> {
-    let request: HttpApiRequest =
-        serde_json::from_value(event.payload).map_err(|e| StepFailure {
-            name: amistore_core::engine::steps::FATAL,
-            cause: format!("the event is not an HTTP API (2.0) request: {e}"),
-        })?;
-    Ok(http_api::answer(engine, request, Permission::ReadOnly).await)
+    http_api::answer_event(engine, event.payload, Permission::ReadOnly).await
 }
 
 #[cfg(test)]

@@ -4,7 +4,6 @@
 use std::sync::Arc;
 
 use amistore_core::engine::Engine;
-use amistore_core::engine::steps::FATAL;
 use amistore_lambda::step::{self, StepFailure};
 use lambda_runtime::LambdaEvent;
 use serde_json::Value;
@@ -19,14 +18,7 @@ const STEPS: [&str; 4] = [
 
 /// Runs the step in `event`.
 pub async fn handle(engine: Arc<Engine>, event: LambdaEvent<Value>) -> Result<Value, StepFailure> {
-    let name = event.payload.get("step").and_then(Value::as_str);
-    if !name.is_some_and(|n| STEPS.contains(&n)) {
-        return Err(StepFailure {
-            name: FATAL,
-            cause: format!("finalize runs {STEPS:?}, not {name:?}"),
-        });
-    }
-    step::run(engine, event.payload).await
+    step::run_one_of(engine, event.payload, "finalize", &STEPS).await
 }
 
 #[cfg(test)]
@@ -34,11 +26,9 @@ mod tests {
     #![allow(clippy::unwrap_used)]
 
     use amistore_core::engine::intake::{RestoreRequest, StoreRequest};
-    use amistore_core::engine::steps::run_step;
-    use amistore_core::ids::{ResourceState, TaskId};
+    use amistore_core::ids::ResourceState;
     use amistore_core::task::{Task, TaskKind, TaskState};
     use amistore_lambda::testing::{Harness, account, fixture};
-    use serde_json::json;
 
     use super::*;
 
@@ -69,28 +59,11 @@ mod tests {
             .unwrap()
     }
 
-    /// Plan and every unit, as chunk-transfer would.
-    fn transfer(h: &Harness, kind: TaskKind, task: &TaskId) {
-        let k = kind.as_str();
-        let plan = run_step(
-            &h.engine(),
-            &json!({"step": format!("{k}.plan"), "taskId": task}),
-        )
-        .unwrap();
-        for unit in 0..plan["units"].as_u64().unwrap() {
-            run_step(
-                &h.engine(),
-                &json!({"step": format!("{k}.unit"), "taskId": task, "unit": unit}),
-            )
-            .unwrap();
-        }
-    }
-
     #[tokio::test(flavor = "multi_thread")]
     async fn finalizes_a_store_and_a_restore_and_retries_harmlessly() {
         let h = Harness::new();
         let task = store(&h, "finalize-source");
-        transfer(&h, TaskKind::Store, &task.id);
+        h.transfer(TaskKind::Store, &task.id);
         call(&h, fixture(STORE_FINALIZE, None, Some(&task.id)))
             .await
             .unwrap();
@@ -136,7 +109,7 @@ mod tests {
                 .state,
             ResourceState::Pending
         );
-        transfer(&h, TaskKind::Restore, &restore.id);
+        h.transfer(TaskKind::Restore, &restore.id);
         call(&h, fixture(RESTORE_FINALIZE, None, Some(&restore.id)))
             .await
             .unwrap();
@@ -158,7 +131,7 @@ mod tests {
     async fn fails_tasks_with_the_caught_cause_and_releases_everything() {
         let h = Harness::new();
         let task = store(&h, "fail-source");
-        transfer(&h, TaskKind::Store, &task.id);
+        h.transfer(TaskKind::Store, &task.id);
         assert_eq!(h.local.buckets.list_uploads(&h.bucket()).unwrap().len(), 1);
         call(&h, fixture(STORE_FAIL, None, Some(&task.id)))
             .await
@@ -197,12 +170,10 @@ mod tests {
 
         // A restore that fails leaves its image and snapshots failed.
         let ok = store(&h, "fail-restore-source");
-        transfer(&h, TaskKind::Store, &ok.id);
-        run_step(
-            &h.engine(),
-            &json!({"step": "store.finalize", "taskId": ok.id}),
-        )
-        .unwrap();
+        h.transfer(TaskKind::Store, &ok.id);
+        call(&h, fixture(STORE_FINALIZE, None, Some(&ok.id)))
+            .await
+            .unwrap();
         let restore = h
             .engine()
             .create_restore_task(

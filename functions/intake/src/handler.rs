@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use amistore_api::service::Permission;
 use amistore_core::engine::Engine;
-use amistore_lambda::http_api::{self, HttpApiRequest, HttpApiResponse};
+use amistore_lambda::http_api::{self, HttpApiResponse};
 use amistore_lambda::step::StepFailure;
 use lambda_runtime::LambdaEvent;
 use serde_json::Value;
@@ -15,19 +15,13 @@ pub async fn handle(
     engine: Arc<Engine>,
     event: LambdaEvent<Value>,
 ) -> Result<HttpApiResponse, StepFailure> {
-    let request: HttpApiRequest =
-        serde_json::from_value(event.payload).map_err(|e| StepFailure {
-            name: amistore_core::engine::steps::FATAL,
-            cause: format!("the event is not an HTTP API (2.0) request: {e}"),
-        })?;
-    Ok(http_api::answer(engine, request, Permission::Full).await)
+    http_api::answer_event(engine, event.payload, Permission::Full).await
 }
 
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
 
-    use amistore_core::engine::steps::run_step;
     use amistore_core::ids::ImageId;
     use amistore_core::task::{TaskKind, TaskState};
     use amistore_lambda::testing::{Harness, account, fixture};
@@ -56,28 +50,6 @@ mod tests {
         &body[start..start + body[start..].find('<').unwrap()]
     }
 
-    /// What Step Functions would do: plan, every unit, finalize.
-    fn run_workflow(h: &Harness, kind: TaskKind, task: &str) {
-        let k = kind.as_str();
-        let plan = run_step(
-            &h.engine(),
-            &json!({"step": format!("{k}.plan"), "taskId": task}),
-        )
-        .unwrap();
-        for unit in 0..plan["units"].as_u64().unwrap() {
-            run_step(
-                &h.engine(),
-                &json!({"step": format!("{k}.unit"), "taskId": task, "unit": unit}),
-            )
-            .unwrap();
-        }
-        run_step(
-            &h.engine(),
-            &json!({"step": format!("{k}.finalize"), "taskId": task}),
-        )
-        .unwrap();
-    }
-
     #[tokio::test(flavor = "multi_thread")]
     async fn stores_restores_and_describes_for_the_iam_caller() {
         let h = Harness::new();
@@ -98,7 +70,7 @@ mod tests {
             (TaskState::InProgress, account())
         );
 
-        run_workflow(&h, TaskKind::Store, task.as_str());
+        h.complete(TaskKind::Store, task);
         let described = call(&h, fixture(DESCRIBE, Some(&image), None)).await;
         assert_eq!(described.status_code, 200, "{}", described.body);
         assert_eq!(between(&described.body, "storeTaskState"), "Completed");
@@ -111,7 +83,7 @@ mod tests {
         assert_ne!(new_image, image, "a restore makes a new AMI");
         let (kind, task) = h.workflows.started()[1].clone();
         assert_eq!(kind, TaskKind::Restore);
-        run_workflow(&h, TaskKind::Restore, task.as_str());
+        h.complete(TaskKind::Restore, &task);
         let restored = h
             .engine()
             .catalog

@@ -3,9 +3,8 @@
 use std::sync::Arc;
 
 use amistore_core::engine::Engine;
-use amistore_core::engine::steps::FATAL;
 use amistore_core::ids::AccountId;
-use amistore_lambda::schedule::{self, ScheduleEvent, ScheduleOutcome};
+use amistore_lambda::schedule::{self, ScheduleOutcome};
 use amistore_lambda::step::StepFailure;
 use lambda_runtime::LambdaEvent;
 use serde_json::Value;
@@ -17,11 +16,7 @@ pub async fn handle(
     grace_ms: i64,
     event: LambdaEvent<Value>,
 ) -> Result<ScheduleOutcome, StepFailure> {
-    let event: ScheduleEvent = serde_json::from_value(event.payload).map_err(|e| StepFailure {
-        name: FATAL,
-        cause: format!("the event is neither a scheduled event nor an archive policy: {e}"),
-    })?;
-    schedule::run(engine, event, Some(account), grace_ms).await
+    schedule::run_event(engine, event.payload, Some(account), grace_ms).await
 }
 
 #[cfg(test)]
@@ -29,7 +24,6 @@ mod tests {
     #![allow(clippy::unwrap_used)]
 
     use amistore_core::engine::intake::StoreRequest;
-    use amistore_core::engine::steps::run_step;
     use amistore_core::engine::sweep::ABANDONED;
     use amistore_core::task::{TaskKind, TaskState};
     use amistore_lambda::testing::{Harness, account, fixture};
@@ -149,20 +143,7 @@ mod tests {
                 .is_empty()
         );
         // Stored: not again.
-        let id = task.id.as_str();
-        let plan = run_step(&h.engine(), &json!({"step": "store.plan", "taskId": id})).unwrap();
-        for unit in 0..plan["units"].as_u64().unwrap() {
-            run_step(
-                &h.engine(),
-                &json!({"step": "store.unit", "taskId": id, "unit": unit}),
-            )
-            .unwrap();
-        }
-        run_step(
-            &h.engine(),
-            &json!({"step": "store.finalize", "taskId": id}),
-        )
-        .unwrap();
+        h.complete(TaskKind::Store, &task.id);
         assert!(
             call(&h, fixture(POLICY, None, None))
                 .await

@@ -307,6 +307,29 @@ impl DynamoTaskStore {
             .map_err(|e| sdk("reading the task table", e))
     }
 
+    /// Runs one TransactWriteItems. `Ok(None)`: it committed. `Ok(Some(failed))`:
+    /// it was cancelled because the conditions of the items marked `true` failed.
+    fn transact(
+        &self,
+        items: Vec<TransactWriteItem>,
+        token: Option<&str>,
+        what: &str,
+    ) -> Result<Option<Vec<bool>>> {
+        let call = self
+            .client
+            .transact_write_items()
+            .set_transact_items(Some(items))
+            .set_client_request_token(token.map(str::to_owned))
+            .send();
+        match self.bridge.run(call) {
+            Ok(_) => Ok(None),
+            Err(err) => match failed_conditions(&err) {
+                Some(failed) if failed.contains(&true) => Ok(Some(failed)),
+                _ => Err(sdk(what, err)),
+            },
+        }
+    }
+
     /// Sets one attribute of an existing task.
     fn set(&self, id: &TaskId, name: &str, value: AttributeValue) -> Result<()> {
         let call = self
@@ -407,19 +430,12 @@ impl TaskStore for DynamoTaskStore {
             )?;
             items.push(TransactWriteItem::builder().put(put_lock).build());
         }
-        let call = self
-            .client
-            .transact_write_items()
-            .set_transact_items(Some(items))
-            // The SDK retries a lost response; the token makes the retry answer
-            // success instead of tripping over the task it already wrote.
-            .client_request_token(task.id.as_str())
-            .send();
-        let err = match self.bridge.run(call) {
-            Ok(_) => return Ok(()),
-            Err(err) => err,
-        };
-        match failed_conditions(&err).as_deref() {
+        // The SDK retries a lost response; the token makes the retry answer
+        // success instead of tripping over the task it already wrote.
+        let token = Some(task.id.as_str());
+        let what = format!("admitting task {}", task.id);
+        match self.transact(items, token, &what)?.as_deref() {
+            None => Ok(()),
             Some([true, ..]) => Err(Error::AlreadyExists(format!(
                 "task {} already exists",
                 task.id
@@ -432,12 +448,11 @@ impl TaskStore for DynamoTaskStore {
                     task.kind.as_str()
                 )))
             }
-            Some([_, _, true, ..]) => Err(Error::AlreadyExists(format!(
+            Some(_) => Err(Error::AlreadyExists(format!(
                 "image {} is already being stored in bucket {}; an AMI can be stored once per bucket",
                 task.image_id.as_ref().map_or("", |i| i.as_str()),
                 task.bucket
             ))),
-            _ => Err(sdk(format_args!("admitting task {}", task.id), err)),
         }
     }
 
@@ -486,20 +501,17 @@ impl TaskStore for DynamoTaskStore {
                 .expression_attribute_values(":one", n(1))
                 .build(),
         )?;
-        let call = self
-            .client
-            .transact_write_items()
-            .transact_items(TransactWriteItem::builder().put(put_unit).build())
-            .transact_items(TransactWriteItem::builder().update(count).build())
-            .send();
-        let err = match self.bridge.run(call) {
-            Ok(_) => return Ok(true),
-            Err(err) => err,
-        };
-        match failed_conditions(&err).as_deref() {
+        let items = vec![
+            TransactWriteItem::builder().put(put_unit).build(),
+            TransactWriteItem::builder().update(count).build(),
+        ];
+        match self
+            .transact(items, None, &format!("recording unit {unit} of {id}"))?
+            .as_deref()
+        {
+            None => Ok(true),
             Some([true, ..]) => Ok(false),
-            Some([_, true, ..]) => Err(Error::NotFound(format!("task {id} does not exist"))),
-            _ => Err(sdk(format_args!("recording unit {unit} of {id}"), err)),
+            Some(_) => Err(Error::NotFound(format!("task {id} does not exist"))),
         }
     }
 
@@ -596,19 +608,16 @@ impl TaskStore for DynamoTaskStore {
             )?;
             items.push(TransactWriteItem::builder().delete(unlock).build());
         }
-        let call = self
-            .client
-            .transact_write_items()
-            .set_transact_items(Some(items))
-            .send();
-        let err = match self.bridge.run(call) {
-            Ok(_) => return Ok(true),
-            Err(err) => err,
-        };
-        match failed_conditions(&err).as_deref() {
+        match self
+            .transact(items, None, &format!("ending task {id}"))?
+            .as_deref()
+        {
+            None => Ok(true),
             // Someone else ended it between our read and our write.
             Some([true, ..]) => Ok(false),
-            _ => Err(sdk(format_args!("ending task {id}"), err)),
+            Some(_) => Err(Error::Transient(format!(
+                "ending task {id}: its quota counter or copy lock changed meanwhile"
+            ))),
         }
     }
 

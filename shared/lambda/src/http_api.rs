@@ -16,6 +16,8 @@ use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use serde::{Deserialize, Serialize};
 
+use crate::step::StepFailure;
+
 /// The parts of an HTTP API (2.0) request event amistore reads.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -114,6 +116,20 @@ fn refuse(status: u16, code: &'static str, message: &str) -> HttpApiResponse {
     };
     let id = amistore_core::ids::unique_token()[..36].to_owned();
     xml(status, amistore_api::xml::error_document(&error, &id))
+}
+
+/// Answers the HTTP API request in a Lambda event's payload (see [`answer`]);
+/// a payload that is not one is a `Fatal` failure.
+pub async fn answer_event(
+    engine: Arc<Engine>,
+    payload: serde_json::Value,
+    permission: Permission,
+) -> Result<HttpApiResponse, StepFailure> {
+    let request: HttpApiRequest = serde_json::from_value(payload).map_err(|e| StepFailure {
+        name: amistore_core::engine::steps::FATAL,
+        cause: format!("the event is not an HTTP API (2.0) request: {e}"),
+    })?;
+    Ok(answer(engine, request, permission).await)
 }
 
 /// Answers one HTTP API request as the EC2 Query API, with `permission` (the

@@ -62,6 +62,21 @@ pub struct ScheduleOutcome {
 /// default: intake starts the execution right after admitting the task.
 pub const GRACE_MS: i64 = 5 * 60 * 1000;
 
+/// Runs what a Lambda event's payload asks for (see [`run`]); a payload that is
+/// neither event is a `Fatal` failure.
+pub async fn run_event(
+    engine: Arc<Engine>,
+    payload: serde_json::Value,
+    deployment_account: Option<AccountId>,
+    grace_ms: i64,
+) -> Result<ScheduleOutcome, StepFailure> {
+    let event: ScheduleEvent = serde_json::from_value(payload).map_err(|e| StepFailure {
+        name: amistore_core::engine::steps::FATAL,
+        cause: format!("the event is neither a scheduled event nor an archive policy: {e}"),
+    })?;
+    run(engine, event, deployment_account, grace_ms).await
+}
+
 /// Runs a sweep (leaving tasks younger than `grace_ms` alone) or an archive
 /// policy. `deployment_account` is the account the functions run in.
 pub async fn run(

@@ -43,6 +43,24 @@ impl From<StepFailure> for lambda_runtime::Diagnostic {
     }
 }
 
+/// Runs the step `input` names if it is one of `steps` (the ones `function`
+/// runs); any other is a `Fatal` failure naming what the function runs.
+pub async fn run_one_of(
+    engine: Arc<Engine>,
+    input: Value,
+    function: &str,
+    steps: &[&str],
+) -> Result<Value, StepFailure> {
+    let name = input.get("step").and_then(Value::as_str);
+    if !name.is_some_and(|n| steps.contains(&n)) {
+        return Err(StepFailure {
+            name: steps::FATAL,
+            cause: format!("{function} runs {steps:?}, not {name:?}"),
+        });
+    }
+    run(engine, input).await
+}
+
 /// Runs the step `input` names (`{"step": …, "taskId": …, "unit"?: …}`).
 pub async fn run(engine: Arc<Engine>, input: Value) -> Result<Value, StepFailure> {
     let step = input.get("step").and_then(Value::as_str).map(str::to_owned);

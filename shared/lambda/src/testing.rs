@@ -10,12 +10,14 @@ use std::io::Write;
 use std::sync::{Arc, Mutex};
 
 use amistore_core::engine::Engine;
+use amistore_core::engine::steps::run_step;
 use amistore_core::ids::{AccountId, ImageId, TaskId};
 use amistore_core::image::{Architecture, ImageSpec};
 use amistore_core::ports::{ExecutionStatus, WorkflowRunner};
 use amistore_core::storage::BucketName;
 use amistore_core::task::TaskKind;
 use amistore_local::embedded::{LocalEngine, LocalOptions};
+use serde_json::json;
 
 /// The account every fixture's caller belongs to.
 pub const ACCOUNT: &str = "123456789012";
@@ -139,6 +141,36 @@ impl Harness {
             .import(&account(), &spec, &disks)
             .unwrap()
             .image_id
+    }
+}
+
+impl Harness {
+    /// What Step Functions would do up to finalize: plan, then every unit.
+    pub fn transfer(&self, kind: TaskKind, task: &TaskId) {
+        let (k, engine) = (kind.as_str(), self.engine());
+        let plan = run_step(
+            &engine,
+            &json!({"step": format!("{k}.plan"), "taskId": task}),
+        )
+        .unwrap();
+        for unit in 0..plan["units"].as_u64().unwrap() {
+            run_step(
+                &engine,
+                &json!({"step": format!("{k}.unit"), "taskId": task, "unit": unit}),
+            )
+            .unwrap();
+        }
+    }
+
+    /// The whole workflow: [`Self::transfer`], then finalize.
+    pub fn complete(&self, kind: TaskKind, task: &TaskId) {
+        self.transfer(kind, task);
+        let k = kind.as_str();
+        run_step(
+            &self.engine(),
+            &json!({"step": format!("{k}.finalize"), "taskId": task}),
+        )
+        .unwrap();
     }
 }
 
