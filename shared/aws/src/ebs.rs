@@ -161,7 +161,7 @@ impl Ec2Images {
                         }
                     }
                     Ok::<_, Error>(TokenWindow {
-                        covered: window.start..covered_to.max(window.end.min(covered_to)),
+                        covered: window.start..covered_to,
                         tokens,
                     })
                 })?;
@@ -279,10 +279,10 @@ impl SnapshotStore for Ec2Images {
             )));
         }
         // EC2 first: it knows whether the snapshot still exists and whose it is.
-        let blocks = self.volume_blocks(snapshot).and_then(|b| {
-            self.snapshot_facts(snapshot)?;
-            Ok(b)
-        })?;
+        let blocks = self
+            .snapshot_facts(snapshot)?
+            .volume_bytes
+            .div_ceil(BLOCK_SIZE);
         let indexes = self.bridge.run(async {
             let mut indexes = Vec::new();
             let mut page = None;
