@@ -327,11 +327,7 @@ impl Ec2Images {
             platform_details: image.platform_details().map(str::to_owned),
             block_device_mappings: mappings,
             tags,
-            ..ImageMetadata::minimal(
-                name,
-                amistore_core::image::Architecture::X86_64,
-                "/dev/xvda".parse()?,
-            )
+            name,
         };
         Ok(Image {
             owner_id: image.owner_id().unwrap_or_default().parse()?,
