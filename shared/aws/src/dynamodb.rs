@@ -30,7 +30,8 @@ use aws_sdk_dynamodb::types::{
 };
 
 use crate::bridge::Bridge;
-use crate::error::{code_of, sdk};
+use crate::error::sdk;
+use aws_sdk_dynamodb::error::ProvideErrorMetadata;
 
 /// The GSI that lists an account's tasks of one kind, newest first.
 pub const BY_ACCOUNT_INDEX: &str = "byAccount";
@@ -209,7 +210,7 @@ impl DynamoTaskStore {
             .run(self.client.describe_table().table_name(&self.table).send());
         match described {
             Ok(_) => return Ok(()),
-            Err(e) if code_of(&e) == Some("ResourceNotFoundException") => {}
+            Err(e) if e.code() == Some("ResourceNotFoundException") => {}
             Err(e) => return Err(sdk(format_args!("describing table {}", self.table), e)),
         }
         let attr = |name: &str, t: ScalarAttributeType| {
@@ -258,7 +259,7 @@ impl DynamoTaskStore {
             .send();
         match self.bridge.run(create) {
             Ok(_) => {}
-            Err(e) if code_of(&e) == Some("ResourceInUseException") => return Ok(()),
+            Err(e) if e.code() == Some("ResourceInUseException") => return Ok(()),
             Err(e) => return Err(sdk(format_args!("creating table {}", self.table), e)),
         }
         // A new table is CREATING for a while; TTL and items need it ACTIVE.
@@ -344,7 +345,7 @@ impl DynamoTaskStore {
             .send();
         match self.bridge.run(call) {
             Ok(_) => Ok(()),
-            Err(e) if code_of(&e) == Some("ConditionalCheckFailedException") => {
+            Err(e) if e.code() == Some("ConditionalCheckFailedException") => {
                 Err(Error::NotFound(format!("task {id} does not exist")))
             }
             Err(e) => Err(sdk(format_args!("updating task {id}"), e)),
@@ -707,7 +708,7 @@ impl TaskStore for DynamoTaskStore {
             .send();
         match self.bridge.run(call) {
             Ok(_) => Ok(true),
-            Err(e) if code_of(&e) == Some("ConditionalCheckFailedException") => Ok(false),
+            Err(e) if e.code() == Some("ConditionalCheckFailedException") => Ok(false),
             Err(e) => Err(sdk("correcting a quota counter", e)),
         }
     }

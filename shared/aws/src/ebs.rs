@@ -27,7 +27,8 @@ use tokio::sync::Semaphore;
 use tokio::time::Instant;
 
 use crate::ec2::{Ec2Images, TOKEN_TAG, VOLUME_BYTES_TAG};
-use crate::error::{code_of, sdk};
+use crate::error::sdk;
+use aws_sdk_ec2::error::ProvideErrorMetadata;
 
 /// How hard the snapshot store may push the EBS direct APIs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -445,7 +446,7 @@ impl SnapshotStore for Ec2Images {
             .send();
         match self.bridge.run(call) {
             Ok(_) => Ok(()),
-            Err(e) if code_of(&e) == Some("InvalidSnapshot.NotFound") => Ok(()),
+            Err(e) if e.code() == Some("InvalidSnapshot.NotFound") => Ok(()),
             Err(e) => Err(sdk(format_args!("deleting {snapshot}"), e)),
         }
     }

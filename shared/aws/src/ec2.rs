@@ -30,7 +30,8 @@ use aws_sdk_ec2::types::{
 
 use crate::bridge::Bridge;
 use crate::ebs::{EbsLimits, Pacer};
-use crate::error::{code_of, sdk};
+use crate::error::sdk;
+use aws_sdk_ec2::error::ProvideErrorMetadata;
 
 /// Tag holding the token an image or snapshot was created with.
 pub const TOKEN_TAG: &str = "amistore:client-token";
@@ -139,7 +140,7 @@ impl Ec2Images {
             .send();
         let out = match self.bridge.run(call) {
             Ok(out) => out,
-            Err(e) if code_of(&e) == Some("InvalidSnapshot.NotFound") => {
+            Err(e) if e.code() == Some("InvalidSnapshot.NotFound") => {
                 return Err(Error::NotFound(format!(
                     "snapshot {} does not exist",
                     ids.iter()
@@ -497,7 +498,7 @@ impl ImageCatalog for Ec2Images {
         let call = self.ec2.describe_images().image_ids(id.as_str()).send();
         let out = match self.bridge.run(call) {
             Ok(out) => out,
-            Err(e) if code_of(&e).is_some_and(|c| c.starts_with("InvalidAMIID")) => {
+            Err(e) if e.code().is_some_and(|c| c.starts_with("InvalidAMIID")) => {
                 return Err(missing());
             }
             Err(e) => return Err(sdk(format_args!("describing image {id}"), e)),
@@ -560,7 +561,7 @@ impl ImageCatalog for Ec2Images {
             .send();
         let out = match self.bridge.run(call) {
             Ok(out) => out,
-            Err(e) if code_of(&e) == Some("InvalidAMIName.Duplicate") => {
+            Err(e) if e.code() == Some("InvalidAMIName.Duplicate") => {
                 return Err(Error::AlreadyExists(format!(
                     "an image called {:?} already exists",
                     metadata.name.as_str()
@@ -613,7 +614,7 @@ impl ImageCatalog for Ec2Images {
                 .send();
             match self.bridge.run(call) {
                 Ok(_) => {}
-                Err(e) if code_of(&e) == Some("InvalidSnapshot.NotFound") => {}
+                Err(e) if e.code() == Some("InvalidSnapshot.NotFound") => {}
                 Err(e) => {
                     return Err(sdk(
                         format_args!("deleting snapshot {}", snapshot.snapshot_id),

@@ -96,11 +96,3 @@ where
         _ => Error::Transient(text),
     }
 }
-
-/// The service error code of a failed call, if the service answered.
-pub(crate) fn code_of<E: ProvideErrorMetadata, R>(err: &SdkError<E, R>) -> Option<&str> {
-    match err {
-        SdkError::ServiceError(e) => e.err().code(),
-        _ => None,
-    }
-}

@@ -15,7 +15,8 @@ use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::types::{ChecksumAlgorithm, CompletedMultipartUpload, CompletedPart as S3Part};
 
 use crate::bridge::Bridge;
-use crate::error::{code_of, sdk};
+use crate::error::sdk;
+use aws_sdk_s3::error::ProvideErrorMetadata;
 
 /// What separates the ETag from the part's checksum in the receipt
 /// [`ObjectStore::upload_part`] returns: S3 wants both back at completion.
@@ -289,7 +290,7 @@ impl ObjectStore for S3ObjectStore {
                 .iter()
                 .map(|t| Tag::new(t.key(), t.value()))
                 .collect::<Result<Vec<_>>>()?,
-            Err(e) if code_of(&e) == Some("NoSuchKey") => return Ok(None),
+            Err(e) if e.code() == Some("NoSuchKey") => return Ok(None),
             Err(e) => return Err(sdk(format_args!("reading the tags of {key}"), e)),
         };
         Ok(Some(ObjectInfo {

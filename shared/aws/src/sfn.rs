@@ -10,7 +10,8 @@ use aws_sdk_sfn::Client;
 use aws_sdk_sfn::types::ExecutionStatus as SfnStatus;
 
 use crate::bridge::Bridge;
-use crate::error::{code_of, sdk};
+use crate::error::sdk;
+use aws_sdk_sfn::error::ProvideErrorMetadata;
 
 /// Step Functions as the engine's workflow runner.
 #[derive(Clone, Debug)]
@@ -68,7 +69,7 @@ impl WorkflowRunner for StepFunctionsRunner {
         match self.bridge.run(call) {
             Ok(_) => Ok(()),
             // Same name, same input: the execution this task already has.
-            Err(e) if code_of(&e) == Some("ExecutionAlreadyExists") => Ok(()),
+            Err(e) if e.code() == Some("ExecutionAlreadyExists") => Ok(()),
             Err(e) => Err(sdk(format_args!("starting the workflow of {task}"), e)),
         }
     }
@@ -84,7 +85,7 @@ impl WorkflowRunner for StepFunctionsRunner {
                 SfnStatus::Running | SfnStatus::PendingRedrive => ExecutionStatus::Running,
                 _ => ExecutionStatus::Ended,
             }),
-            Err(e) if code_of(&e) == Some("ExecutionDoesNotExist") => Ok(ExecutionStatus::Missing),
+            Err(e) if e.code() == Some("ExecutionDoesNotExist") => Ok(ExecutionStatus::Missing),
             Err(e) => Err(sdk(format_args!("describing the workflow of {task}"), e)),
         }
     }
@@ -99,7 +100,7 @@ impl WorkflowRunner for StepFunctionsRunner {
             .send();
         match self.bridge.run(call) {
             Ok(_) => Ok(()),
-            Err(e) if code_of(&e) == Some("ExecutionDoesNotExist") => Ok(()),
+            Err(e) if e.code() == Some("ExecutionDoesNotExist") => Ok(()),
             Err(e) => Err(sdk(format_args!("stopping the workflow of {task}"), e)),
         }
     }
