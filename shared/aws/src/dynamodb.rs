@@ -4,14 +4,23 @@
 //! |---|---|---|---|
 //! | task | `TASK#<id>` | `TASK` | the task's fields; `byAccount` (`<account>#<kind>`) and `startedAt` key the newest-first GSI; `expiresAt` is the TTL |
 //! | unit | `TASK#<id>` | `UNIT#<n, 10 digits>` | `record` (JSON); `expiresAt` |
-//! | quota counter | `QUOTA#<account>#<kind>` | `QUOTA` | `gib`: GiB of tasks in progress |
+//! | quota counter | `QUOTA` | `<account>#<kind>` | `gib`: GiB of tasks in progress |
+//! | running marker | `RUNNING` | `TASK#<id>` | none: the task is in progress |
 //! | copy lock | `COPY#<account>#<image>#<bucket>` | `COPY` | `taskId`: the store in progress |
 //!
 //! Admission is one TransactWriteItems: put the task if absent, `ADD` its size to
-//! the counter on condition the counter is below the limit, and (for a store)
-//! put the copy lock if absent. Finishing is another: set the terminal state on
-//! condition the task is still `InProgress`, subtract from the counter, delete
-//! the lock. So a quota is taken and released exactly once, whatever retries.
+//! the counter on condition the counter is below the limit, put the running
+//! marker, and (for a store) put the copy lock if absent. Finishing is another:
+//! set the terminal state on condition the task is still `InProgress`, subtract
+//! from the counter, delete the marker and the lock. So a quota is taken and
+//! released exactly once, whatever retries.
+//!
+//! The counters and the markers each live in one partition so that the
+//! sweeper reads them with a strongly consistent Query whose cost follows the
+//! work in progress, not the 31 days of history (a GSI would be eventually
+//! consistent, and the sweeper corrects counters from what it reads). Both
+//! partitions see one write per admission and release, far below a
+//! partition's 1,000 writes per second.
 //! TTL deletion lags by up to days, so listings also filter by start time.
 
 use std::collections::HashMap;
@@ -60,8 +69,15 @@ fn task_pk(id: &TaskId) -> String {
     format!("TASK#{id}")
 }
 
-fn quota_pk(account: &AccountId, kind: TaskKind) -> String {
-    format!("QUOTA#{account}#{}", kind.as_str())
+const QUOTA_PK: &str = "QUOTA";
+const RUNNING_PK: &str = "RUNNING";
+
+fn quota_key(account: &AccountId, kind: TaskKind) -> Item {
+    key(QUOTA_PK.into(), &format!("{account}#{}", kind.as_str()))
+}
+
+fn running_key(id: &TaskId) -> Item {
+    key(RUNNING_PK.into(), &task_pk(id))
 }
 
 fn unit_sk(unit: u64) -> String {
@@ -123,10 +139,11 @@ fn task_item(task: &Task) -> Item {
 }
 
 fn damaged(what: &str, item: &Item) -> Error {
-    let id = item.get("pk").and_then(|v| v.as_s().ok()).cloned();
+    let part = |name| text(item, name).unwrap_or_default();
     Error::Malformed(format!(
-        "task item {} has no valid {what}",
-        id.unwrap_or_default()
+        "task table item {}/{} has no valid {what}",
+        part("pk"),
+        part("sk")
     ))
 }
 
@@ -294,12 +311,12 @@ impl DynamoTaskStore {
             .map_err(|e| sdk("enabling the TTL", e))
     }
 
-    fn get_item(&self, pk: String, sk: &str) -> Result<Option<Item>> {
+    fn get_item(&self, key: Item) -> Result<Option<Item>> {
         let call = self
             .client
             .get_item()
             .table_name(&self.table)
-            .set_key(Some(key(pk, sk)))
+            .set_key(Some(key))
             .consistent_read(true)
             .send();
         self.bridge
@@ -370,24 +387,28 @@ impl DynamoTaskStore {
         }
     }
 
-    /// A consistent scan for items matching `filter` (which may name `#state`).
-    fn scan(&self, filter: &str, values: Item) -> Result<Vec<Item>> {
-        let names = filter
-            .contains("#state")
-            .then(|| HashMap::from([("#state".to_owned(), "state".to_owned())]));
+    /// Every item of partition `pk` (with a sort key starting `sk_prefix`, if
+    /// given), read strongly consistent.
+    fn partition(&self, pk: String, sk_prefix: Option<&str>, what: &str) -> Result<Vec<Item>> {
+        let condition = match sk_prefix {
+            Some(_) => "pk = :pk AND begins_with(sk, :prefix)",
+            None => "pk = :pk",
+        };
+        let prefix = sk_prefix.map(|p| HashMap::from([(":prefix".to_owned(), s(p))]));
         self.all_pages(|start| {
+            let mut values = prefix.clone().unwrap_or_default();
+            values.insert(":pk".to_owned(), s(pk.clone()));
             let call = self
                 .client
-                .scan()
+                .query()
                 .table_name(&self.table)
                 .consistent_read(true)
-                .filter_expression(filter)
-                .set_expression_attribute_values(Some(values.clone()))
-                .set_expression_attribute_names(names.clone())
+                .key_condition_expression(condition)
+                .set_expression_attribute_values(Some(values))
                 .set_exclusive_start_key(start)
                 .send();
             async move {
-                let out = call.await.map_err(|e| sdk("scanning the task table", e))?;
+                let out = call.await.map_err(|e| sdk(what, e))?;
                 Ok((out.items.unwrap_or_default(), out.last_evaluated_key))
             }
         })
@@ -408,16 +429,24 @@ impl TaskStore for DynamoTaskStore {
             "the quota update",
             Update::builder()
                 .table_name(&self.table)
-                .set_key(Some(key(quota_pk(&task.account, task.kind), "QUOTA")))
+                .set_key(Some(quota_key(&task.account, task.kind)))
                 .update_expression("ADD gib :size")
                 .condition_expression("attribute_not_exists(gib) OR gib < :limit")
                 .expression_attribute_values(":size", n(task.size_gib))
                 .expression_attribute_values(":limit", n(limit_gib))
                 .build(),
         )?;
+        let mark_running = built(
+            "the running marker",
+            Put::builder()
+                .table_name(&self.table)
+                .set_item(Some(running_key(&task.id)))
+                .build(),
+        )?;
         let mut items = vec![
             TransactWriteItem::builder().put(put_task).build(),
             TransactWriteItem::builder().update(take_quota).build(),
+            TransactWriteItem::builder().put(mark_running).build(),
         ];
         if let Some(mut lock) = copy_lock(task) {
             lock.insert("taskId".into(), s(task.id.as_str()));
@@ -458,7 +487,7 @@ impl TaskStore for DynamoTaskStore {
     }
 
     fn get(&self, id: &TaskId) -> Result<Option<Task>> {
-        self.get_item(task_pk(id), "TASK")?
+        self.get_item(key(task_pk(id), "TASK"))?
             .map(|item| task_from(&item))
             .transpose()
     }
@@ -517,27 +546,11 @@ impl TaskStore for DynamoTaskStore {
     }
 
     fn unit_recorded(&self, id: &TaskId, unit: u64) -> Result<bool> {
-        Ok(self.get_item(task_pk(id), &unit_sk(unit))?.is_some())
+        Ok(self.get_item(key(task_pk(id), &unit_sk(unit)))?.is_some())
     }
 
     fn units(&self, id: &TaskId) -> Result<Vec<(u64, String)>> {
-        let items = self.all_pages(|start| {
-            let call = self
-                .client
-                .query()
-                .table_name(&self.table)
-                .consistent_read(true)
-                .key_condition_expression("pk = :pk AND begins_with(sk, :unit)")
-                .expression_attribute_values(":pk", s(task_pk(id)))
-                .expression_attribute_values(":unit", s("UNIT#"))
-                .set_exclusive_start_key(start)
-                .send();
-            async move {
-                let out = call.await.map_err(|e| sdk("reading units", e))?;
-                Ok((out.items.unwrap_or_default(), out.last_evaluated_key))
-            }
-        })?;
-        items
+        self.partition(task_pk(id), Some("UNIT#"), "reading units")?
             .iter()
             .map(|item| {
                 let unit = text(item, "sk")
@@ -586,9 +599,16 @@ impl TaskStore for DynamoTaskStore {
             "the quota release",
             Update::builder()
                 .table_name(&self.table)
-                .set_key(Some(key(quota_pk(&task.account, task.kind), "QUOTA")))
+                .set_key(Some(quota_key(&task.account, task.kind)))
                 .update_expression("ADD gib :minus")
                 .expression_attribute_values(":minus", n(-(task.size_gib as i64)))
+                .build(),
+        )?;
+        let unmark = built(
+            "the running marker's removal",
+            Delete::builder()
+                .table_name(&self.table)
+                .set_key(Some(running_key(id)))
                 .build(),
         )?;
         let mut items = vec![
@@ -596,6 +616,7 @@ impl TaskStore for DynamoTaskStore {
                 .update(built("the state change", end.build())?)
                 .build(),
             TransactWriteItem::builder().update(release).build(),
+            TransactWriteItem::builder().delete(unmark).build(),
         ];
         if let Some(lock) = copy_lock(&task) {
             let unlock = built(
@@ -649,38 +670,43 @@ impl TaskStore for DynamoTaskStore {
     }
 
     fn in_progress(&self) -> Result<Vec<Task>> {
-        // A consistent scan, not an index: the sweeper reconciles counters
-        // against this list, and an index could lag behind an admission.
-        let items = self.scan(
-            "sk = :task AND #state = :running",
-            HashMap::from([
-                (":task".to_owned(), s("TASK")),
-                (":running".to_owned(), s(TaskState::InProgress.as_str())),
-            ]),
+        let markers = self.partition(
+            RUNNING_PK.into(),
+            Some("TASK#"),
+            "listing tasks in progress",
         )?;
-        let mut tasks = items.iter().map(task_from).collect::<Result<Vec<_>>>()?;
+        let mut tasks = Vec::with_capacity(markers.len());
+        for marker in &markers {
+            let id: TaskId = text(marker, "sk")
+                .and_then(|sk| sk.strip_prefix("TASK#"))
+                .and_then(|id| id.parse().ok())
+                .ok_or_else(|| damaged("running marker", marker))?;
+            // Markers come and go in the transactions that set the state, so
+            // every marked task is in progress; the check is for a table
+            // edited by hand.
+            match self.get(&id)? {
+                Some(task) if task.state == TaskState::InProgress => tasks.push(task),
+                _ => {}
+            }
+        }
         tasks.sort_by_key(|t| t.started_at_ms);
         Ok(tasks)
     }
 
     fn in_progress_gib(&self, account: &AccountId, kind: TaskKind) -> Result<u64> {
         Ok(self
-            .get_item(quota_pk(account, kind), "QUOTA")?
+            .get_item(quota_key(account, kind))?
             .and_then(|item| number::<i64>(&item, "gib"))
             .map_or(0, |g| g.max(0) as u64))
     }
 
     fn counters(&self) -> Result<Vec<(AccountId, TaskKind, u64)>> {
-        let items = self.scan(
-            "sk = :quota",
-            HashMap::from([(":quota".to_owned(), s("QUOTA"))]),
-        )?;
+        let items = self.partition(QUOTA_PK.into(), None, "reading quota counters")?;
         items
             .iter()
             .map(|item| {
-                let (account, kind) = text(item, "pk")
-                    .and_then(|pk| pk.strip_prefix("QUOTA#"))
-                    .and_then(|rest| rest.split_once('#'))
+                let (account, kind) = text(item, "sk")
+                    .and_then(|sk| sk.split_once('#'))
                     .and_then(|(a, k)| Some((a.parse().ok()?, TaskKind::parse(k)?)))
                     .ok_or_else(|| damaged("counter key", item))?;
                 let gib = number::<i64>(item, "gib").unwrap_or(0);
@@ -700,7 +726,7 @@ impl TaskStore for DynamoTaskStore {
             .client
             .update_item()
             .table_name(&self.table)
-            .set_key(Some(key(quota_pk(account, kind), "QUOTA")))
+            .set_key(Some(quota_key(account, kind)))
             .update_expression("SET gib = :to")
             .condition_expression("gib = :from")
             .expression_attribute_values(":from", n(from))
