@@ -2,7 +2,7 @@
 # Builds the five Lambda functions for AWS (provided.al2023, arm64) with
 # cargo-lambda, which cross-compiles through zig: target/lambda/<name>/bootstrap,
 # where infra/template.yaml's CodeUri points. Prints each bootstrap's size.
-#   scripts/build-lambdas.sh            # release build, arm64
+#   scripts/build-lambdas.sh            # the `lambda` profile (release, stripped of DWARF), arm64
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -17,7 +17,7 @@ rustup target list --installed 2>/dev/null | grep -q aarch64-unknown-linux-gnu \
 functions=(intake describe chunk-transfer finalize sweeper)
 args=()
 for f in "${functions[@]}"; do args+=(--bin "$f"); done
-cargo lambda build --release --arm64 "${args[@]}"
+cargo lambda build --profile lambda --arm64 "${args[@]}"
 
 for f in "${functions[@]}"; do
   boot="target/lambda/$f/bootstrap"
