@@ -248,7 +248,7 @@ impl Ec2Images {
     }
 
     /// A snapshot started with `client_token`, if there is one.
-    fn find_snapshot_by_token(&self, client_token: &str) -> Result<Option<SnapshotId>> {
+    fn snapshot_by_token(&self, client_token: &str) -> Result<Option<SnapshotId>> {
         let call = self
             .ec2
             .describe_snapshots()
@@ -350,7 +350,7 @@ impl SnapshotStore for Ec2Images {
                 self.account
             )));
         }
-        if let Some(id) = self.find_snapshot_by_token(client_token)? {
+        if let Some(id) = self.snapshot_by_token(client_token)? {
             return Ok(id);
         }
         let mut ebs_tags: Vec<EbsTag> = tags
@@ -388,6 +388,20 @@ impl SnapshotStore for Ec2Images {
             .unwrap_or_else(|p| p.into_inner())
             .insert(id.clone(), volume_size);
         Ok(id)
+    }
+
+    fn find_snapshot_by_token(
+        &self,
+        account: &AccountId,
+        client_token: &str,
+    ) -> Result<Option<SnapshotId>> {
+        // DescribeSnapshots by the token tag: EC2's answers are eventually
+        // consistent, so a snapshot started moments ago may not show yet. The
+        // caller is crash cleanup, which runs minutes later.
+        if *account != self.account {
+            return Ok(None);
+        }
+        self.snapshot_by_token(client_token)
     }
 
     fn write_blocks(&self, snapshot: &SnapshotId, first_block: u64, data: &[u8]) -> Result<()> {

@@ -213,16 +213,8 @@ impl ImageLibrary {
             )));
         }
         self.locked(|| {
-            let entries = fs::read_dir(&self.snapshots)
-                .map_err(|e| Error::io(format!("listing {}", self.snapshots.display()), e))?;
-            for entry in entries.filter_map(|e| e.ok()) {
-                let path = entry.path();
-                if path.extension().is_some_and(|x| x == "json") {
-                    let loose: LooseSnapshot = read_json(&path)?;
-                    if loose.client_token == client_token && loose.owner_id == *owner {
-                        return Ok(loose.snapshot_id);
-                    }
-                }
+            if let Some(started) = self.loose_by_token(owner, client_token)? {
+                return Ok(started);
             }
             let loose = LooseSnapshot {
                 snapshot_id: SnapshotId::fresh(),
@@ -239,6 +231,31 @@ impl ImageLibrary {
             })?;
             Ok(loose.snapshot_id)
         })
+    }
+
+    /// The loose snapshot `owner` started with `client_token`, if any.
+    pub fn snapshot_by_token(
+        &self,
+        owner: &AccountId,
+        client_token: &str,
+    ) -> Result<Option<SnapshotId>> {
+        self.locked(|| self.loose_by_token(owner, client_token))
+    }
+
+    /// [`Self::snapshot_by_token`], for callers that hold the lock.
+    fn loose_by_token(&self, owner: &AccountId, client_token: &str) -> Result<Option<SnapshotId>> {
+        let entries = fs::read_dir(&self.snapshots)
+            .map_err(|e| Error::io(format!("listing {}", self.snapshots.display()), e))?;
+        for entry in entries.filter_map(|e| e.ok()) {
+            let path = entry.path();
+            if path.extension().is_some_and(|x| x == "json") {
+                let loose: LooseSnapshot = read_json(&path)?;
+                if loose.client_token == client_token && loose.owner_id == *owner {
+                    return Ok(Some(loose.snapshot_id));
+                }
+            }
+        }
+        Ok(None)
     }
 
     /// Deletes a snapshot no image uses.
@@ -594,6 +611,14 @@ impl SnapshotStore for ImageLibrary {
             tags,
             client_token,
         )?)
+    }
+
+    fn find_snapshot_by_token(
+        &self,
+        account: &AccountId,
+        client_token: &str,
+    ) -> amistore_core::Result<Option<SnapshotId>> {
+        Ok(self.snapshot_by_token(account, client_token)?)
     }
 
     fn write_blocks(

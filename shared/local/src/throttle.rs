@@ -65,6 +65,13 @@ impl SnapshotStore for Throttled {
         self.0
             .start_snapshot(account, volume_size, tags, client_token)
     }
+    fn find_snapshot_by_token(
+        &self,
+        account: &AccountId,
+        client_token: &str,
+    ) -> Result<Option<SnapshotId>> {
+        self.0.find_snapshot_by_token(account, client_token)
+    }
     fn write_blocks(&self, snapshot: &SnapshotId, first_block: u64, data: &[u8]) -> Result<()> {
         self.1.take(data.len());
         self.0.write_blocks(snapshot, first_block, data)

@@ -13,6 +13,7 @@ use amistore_core::Error;
 use amistore_core::archive::ArchiveIndex;
 use amistore_core::engine::intake::{RestoreRequest, StoreRequest};
 use amistore_core::engine::metadata;
+use amistore_core::engine::restore::snapshot_token;
 use amistore_core::ids::{ImageId, ResourceState};
 use amistore_core::image::Tag;
 use amistore_core::storage::ObjectKey;
@@ -357,6 +358,54 @@ fn a_task_that_died_before_recording_its_upload_still_has_it_aborted() {
     assert_eq!(w.uploads(), 1);
     w.local.engine.fail_store(&task.id, "interrupted").unwrap();
     assert_clean_failure(&w, &w.task(&task.id), "interrupted");
+}
+
+#[test]
+fn a_restore_that_died_before_registering_its_image_has_its_snapshots_deleted() {
+    let w = world();
+    let snapshots = &w.local.engine.snapshots;
+    // What intake did before the crash: admission, then StartSnapshot for
+    // both disks, but no RegisterImage.
+    let task = Task::start(
+        TaskKind::Restore,
+        me(),
+        None,
+        w.bucket.clone(),
+        "crashed.bin".parse().unwrap(),
+        2,
+        0,
+    );
+    w.local.engine.tasks.admit(&task, 300).unwrap();
+    let size = 4 * amistore_core::blocks::BLOCK_SIZE;
+    for disk in 0..2 {
+        snapshots
+            .start_snapshot(&me(), size, &[], &snapshot_token(&task.id, disk))
+            .unwrap();
+    }
+    let bystander = snapshots
+        .start_snapshot(&me(), size, &[], "another-restore-disk0")
+        .unwrap();
+
+    w.local
+        .engine
+        .fail_restore(&task.id, "interrupted")
+        .unwrap();
+    assert_clean_failure(&w, &w.task(&task.id), "interrupted");
+    for disk in 0..2 {
+        let token = snapshot_token(&task.id, disk);
+        assert_eq!(
+            snapshots.find_snapshot_by_token(&me(), &token).unwrap(),
+            None,
+            "disk {disk}'s snapshot is deleted"
+        );
+    }
+    assert_eq!(
+        snapshots
+            .find_snapshot_by_token(&me(), "another-restore-disk0")
+            .unwrap(),
+        Some(bystander),
+        "another task's snapshot is left alone"
+    );
 }
 
 #[test]

@@ -14,6 +14,7 @@ use time::OffsetDateTime;
 use crate::archive::ArchiveIndex;
 use crate::archive::manifest::format_time;
 use crate::engine::metadata::object_metadata;
+use crate::engine::restore::snapshot_token;
 use crate::engine::{Engine, now_ms};
 use crate::ids::{AccountId, ImageId, ResourceState};
 use crate::image::{ImageName, Tag, VirtualizationType, check_unique_tag_keys};
@@ -239,7 +240,7 @@ impl Engine {
                     account,
                     disk.volume_size,
                     &merge_tags(&disk.tags, &req.snapshot_tags),
-                    &format!("{}-disk{i}", task.id),
+                    &snapshot_token(&task.id, i),
                 )?);
             }
             let mut metadata = manifest.image.clone();

@@ -6,7 +6,8 @@
 //!   to the new snapshot. Absent blocks are never written. A unit's blocks are
 //!   written before it is recorded, so a retry rewrites the same blocks.
 //! - finalize: complete the snapshots and make the image `available`.
-//! - fail: mark the image and its snapshots `failed`, with the reason.
+//! - fail: mark the image and its snapshots `failed`, with the reason; if the
+//!   task died before it registered the image, delete the snapshots it started.
 
 use crate::archive::{ArchiveIndex, Decoded, read_units};
 use crate::engine::Engine;
@@ -14,6 +15,12 @@ use crate::ids::{ImageId, ResourceState, TaskId};
 use crate::ports::{Image, ObjectReader};
 use crate::task::{Task, TaskState};
 use crate::{Error, Result};
+
+/// The client token a restore starts disk `disk`'s snapshot with: idempotent
+/// starts, and the way back to snapshots that never joined an image.
+pub fn snapshot_token(task: &TaskId, disk: usize) -> String {
+    format!("{task}-disk{disk}")
+}
 
 impl Engine {
     fn restore_image(&self, task: &Task) -> Result<(ImageId, Image)> {
@@ -144,13 +151,27 @@ impl Engine {
                 .find_image_by_token(&task.account, task.id.as_str())?
                 .map(|i| i.image_id),
         };
-        if let Some(image) = image {
-            self.catalog.set_image_state(
+        match image {
+            Some(image) => self.catalog.set_image_state(
                 &task.account,
                 &image,
                 ResourceState::Failed,
                 Some(reason),
-            )?;
+            )?,
+            // No image: intake died after starting some snapshots (one per
+            // disk, in order) and nothing else would ever delete them.
+            None => {
+                for disk in 0.. {
+                    let token = snapshot_token(id, disk);
+                    match self
+                        .snapshots
+                        .find_snapshot_by_token(&task.account, &token)?
+                    {
+                        Some(snapshot) => self.snapshots.delete_snapshot(&snapshot)?,
+                        None => break,
+                    }
+                }
+            }
         }
         self.end(id, TaskState::Failed, Some(reason))
     }

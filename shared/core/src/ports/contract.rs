@@ -347,6 +347,18 @@ pub fn catalog_and_snapshots(
         .start_snapshot(account, 2 * BLOCK_SIZE, &[], "ct-1")
         .unwrap();
     assert_ne!(s0, s1);
+    assert_eq!(
+        snapshots.find_snapshot_by_token(account, "ct-1").unwrap(),
+        Some(s1.clone())
+    );
+    assert_eq!(
+        snapshots.find_snapshot_by_token(account, "ct-9").unwrap(),
+        None
+    );
+    assert_eq!(
+        snapshots.find_snapshot_by_token(&other, "ct-1").unwrap(),
+        None
+    );
 
     let mut data = vec![0u8; 2 * BLOCK_SIZE as usize];
     data[..BLOCK_SIZE as usize].fill(0xab);
@@ -464,7 +476,17 @@ pub fn catalog_and_snapshots(
         ),
         Err(Error::AlreadyExists(_))
     ));
+    assert_eq!(
+        snapshots.find_snapshot_by_token(account, "ct-2").unwrap(),
+        Some(s2.clone()),
+        "a loose snapshot is found by its token"
+    );
     snapshots.delete_snapshot(&s2).unwrap();
+    assert_eq!(
+        snapshots.find_snapshot_by_token(account, "ct-2").unwrap(),
+        None,
+        "a deleted snapshot is not"
+    );
 
     catalog
         .set_image_state(account, &id, ResourceState::Available, None)

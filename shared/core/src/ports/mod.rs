@@ -134,6 +134,16 @@ pub trait SnapshotStore: Send + Sync {
         client_token: &str,
     ) -> Result<SnapshotId>;
 
+    /// The snapshot `account` started with `client_token`, while it is not
+    /// part of an image (after registration, adapters need not find it). A
+    /// restore that died between starting its snapshots and registering its
+    /// image leaves them behind; this is how they are found again.
+    fn find_snapshot_by_token(
+        &self,
+        account: &AccountId,
+        client_token: &str,
+    ) -> Result<Option<SnapshotId>>;
+
     /// Writes `data` (a whole number of blocks) from `first_block`. Writing the
     /// same blocks again is harmless.
     fn write_blocks(&self, snapshot: &SnapshotId, first_block: u64, data: &[u8]) -> Result<()>;

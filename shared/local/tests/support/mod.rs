@@ -325,6 +325,10 @@ impl SnapshotStore for Faulty<dyn SnapshotStore> {
         self.1.check("start_snapshot")?;
         self.0.start_snapshot(a, size, tags, t)
     }
+    fn find_snapshot_by_token(&self, a: &AccountId, t: &str) -> Result<Option<SnapshotId>> {
+        self.1.check("find_snapshot_by_token")?;
+        self.0.find_snapshot_by_token(a, t)
+    }
     fn write_blocks(&self, s: &SnapshotId, first: u64, data: &[u8]) -> Result<()> {
         self.1.check("write_blocks")?;
         self.0.write_blocks(s, first, data)
