@@ -386,6 +386,13 @@ fn a_restore_that_died_before_registering_its_image_has_its_snapshots_deleted() 
         .start_snapshot(&me(), size, &[], "another-restore-disk0")
         .unwrap();
 
+    // A transient error leaves the task to be failed again later.
+    w.faults.fail("delete_snapshot", &[1], transient);
+    w.local
+        .engine
+        .fail_restore(&task.id, "interrupted")
+        .expect_err("a transient error is retried");
+    assert_eq!(w.task(&task.id).state, TaskState::InProgress);
     w.local
         .engine
         .fail_restore(&task.id, "interrupted")
@@ -405,6 +412,36 @@ fn a_restore_that_died_before_registering_its_image_has_its_snapshots_deleted() 
             .unwrap(),
         Some(bystander),
         "another task's snapshot is left alone"
+    );
+}
+
+#[test]
+fn a_restore_whose_snapshots_cannot_be_deleted_still_fails_and_frees_its_quota() {
+    let w = world();
+    let task = Task::start(
+        TaskKind::Restore,
+        me(),
+        None,
+        w.bucket.clone(),
+        "crashed.bin".parse().unwrap(),
+        1,
+        0,
+    );
+    w.local.engine.tasks.admit(&task, 300).unwrap();
+    let token = snapshot_token(&task.id, 0);
+    let snapshots = &w.local.engine.snapshots;
+    let size = 4 * amistore_core::blocks::BLOCK_SIZE;
+    let started = snapshots.start_snapshot(&me(), size, &[], &token).unwrap();
+    w.faults.fail("delete_snapshot", &[1], permanent);
+    w.local
+        .engine
+        .fail_restore(&task.id, "interrupted")
+        .unwrap();
+    assert_clean_failure(&w, &w.task(&task.id), "interrupted");
+    assert_eq!(
+        snapshots.find_snapshot_by_token(&me(), &token).unwrap(),
+        Some(started),
+        "the refused deletion left the snapshot"
     );
 }
 

@@ -158,21 +158,31 @@ impl Engine {
                 ResourceState::Failed,
                 Some(reason),
             )?,
-            // No image: intake died after starting some snapshots (one per
-            // disk, in order) and nothing else would ever delete them.
-            None => {
-                for disk in 0.. {
-                    let token = snapshot_token(id, disk);
-                    match self
-                        .snapshots
-                        .find_snapshot_by_token(&task.account, &token)?
-                    {
-                        Some(snapshot) => self.snapshots.delete_snapshot(&snapshot)?,
-                        None => break,
-                    }
-                }
-            }
+            // No image: intake died after starting some snapshots, and
+            // nothing else would ever delete them. A transient error is
+            // retried (by the workflow or the next sweep); a permanent refusal
+            // must not keep the task, and its quota, in progress for ever.
+            None => match self.delete_unregistered_snapshots(&task) {
+                Err(e) if e.is_retryable() => return Err(e),
+                _ => {}
+            },
         }
         self.end(id, TaskState::Failed, Some(reason))
+    }
+
+    /// Deletes the snapshots a restore's intake started (one per disk, in
+    /// order, so the first token with no snapshot ends the search).
+    fn delete_unregistered_snapshots(&self, task: &Task) -> Result<()> {
+        for disk in 0.. {
+            let token = snapshot_token(&task.id, disk);
+            match self
+                .snapshots
+                .find_snapshot_by_token(&task.account, &token)?
+            {
+                Some(snapshot) => self.snapshots.delete_snapshot(&snapshot)?,
+                None => break,
+            }
+        }
+        Ok(())
     }
 }
