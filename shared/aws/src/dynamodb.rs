@@ -394,17 +394,18 @@ impl DynamoTaskStore {
             Some(_) => "pk = :pk AND begins_with(sk, :prefix)",
             None => "pk = :pk",
         };
-        let prefix = sk_prefix.map(|p| HashMap::from([(":prefix".to_owned(), s(p))]));
+        let mut values = HashMap::from([(":pk".to_owned(), s(pk))]);
+        if let Some(prefix) = sk_prefix {
+            values.insert(":prefix".to_owned(), s(prefix));
+        }
         self.all_pages(|start| {
-            let mut values = prefix.clone().unwrap_or_default();
-            values.insert(":pk".to_owned(), s(pk.clone()));
             let call = self
                 .client
                 .query()
                 .table_name(&self.table)
                 .consistent_read(true)
                 .key_condition_expression(condition)
-                .set_expression_attribute_values(Some(values))
+                .set_expression_attribute_values(Some(values.clone()))
                 .set_exclusive_start_key(start)
                 .send();
             async move {

@@ -14,7 +14,7 @@ use amistore_core::archive::ArchiveIndex;
 use amistore_core::engine::intake::{RestoreRequest, StoreRequest};
 use amistore_core::engine::metadata;
 use amistore_core::engine::restore::snapshot_token;
-use amistore_core::ids::{ImageId, ResourceState};
+use amistore_core::ids::{ImageId, ResourceState, SnapshotId};
 use amistore_core::image::Tag;
 use amistore_core::storage::ObjectKey;
 use amistore_core::task::{Task, TaskKind, TaskState};
@@ -360,30 +360,40 @@ fn a_task_that_died_before_recording_its_upload_still_has_it_aborted() {
     assert_clean_failure(&w, &w.task(&task.id), "interrupted");
 }
 
-#[test]
-fn a_restore_that_died_before_registering_its_image_has_its_snapshots_deleted() {
-    let w = world();
-    let snapshots = &w.local.engine.snapshots;
-    // What intake did before the crash: admission, then StartSnapshot for
-    // both disks, but no RegisterImage.
+/// What a restore's intake did before it died: admission, then StartSnapshot
+/// for `disks` disks (4 blocks each), but no RegisterImage.
+fn restore_that_died_before_registering(w: &World, disks: usize) -> (Task, Vec<SnapshotId>) {
     let task = Task::start(
         TaskKind::Restore,
         me(),
         None,
         w.bucket.clone(),
         "crashed.bin".parse().unwrap(),
-        2,
+        disks as u64,
         0,
     );
     w.local.engine.tasks.admit(&task, 300).unwrap();
-    let size = 4 * amistore_core::blocks::BLOCK_SIZE;
-    for disk in 0..2 {
-        snapshots
-            .start_snapshot(&me(), size, &[], &snapshot_token(&task.id, disk))
-            .unwrap();
-    }
+    let started = (0..disks)
+        .map(|disk| {
+            w.local
+                .engine
+                .snapshots
+                .start_snapshot(&me(), CRASHED_DISK, &[], &snapshot_token(&task.id, disk))
+                .unwrap()
+        })
+        .collect();
+    (task, started)
+}
+
+const CRASHED_DISK: u64 = 4 * amistore_core::blocks::BLOCK_SIZE;
+
+#[test]
+fn a_restore_that_died_before_registering_its_image_has_its_snapshots_deleted() {
+    let w = world();
+    let snapshots = &w.local.engine.snapshots;
+    let (task, _) = restore_that_died_before_registering(&w, 2);
     let bystander = snapshots
-        .start_snapshot(&me(), size, &[], "another-restore-disk0")
+        .start_snapshot(&me(), CRASHED_DISK, &[], "another-restore-disk0")
         .unwrap();
 
     // A transient error leaves the task to be failed again later.
@@ -418,20 +428,9 @@ fn a_restore_that_died_before_registering_its_image_has_its_snapshots_deleted() 
 #[test]
 fn a_restore_whose_snapshots_cannot_be_deleted_still_fails_and_frees_its_quota() {
     let w = world();
-    let task = Task::start(
-        TaskKind::Restore,
-        me(),
-        None,
-        w.bucket.clone(),
-        "crashed.bin".parse().unwrap(),
-        1,
-        0,
-    );
-    w.local.engine.tasks.admit(&task, 300).unwrap();
+    let (task, started) = restore_that_died_before_registering(&w, 1);
     let token = snapshot_token(&task.id, 0);
     let snapshots = &w.local.engine.snapshots;
-    let size = 4 * amistore_core::blocks::BLOCK_SIZE;
-    let started = snapshots.start_snapshot(&me(), size, &[], &token).unwrap();
     w.faults.fail("delete_snapshot", &[1], permanent);
     w.local
         .engine
@@ -440,7 +439,7 @@ fn a_restore_whose_snapshots_cannot_be_deleted_still_fails_and_frees_its_quota()
     assert_clean_failure(&w, &w.task(&task.id), "interrupted");
     assert_eq!(
         snapshots.find_snapshot_by_token(&me(), &token).unwrap(),
-        Some(started),
+        Some(started[0].clone()),
         "the refused deletion left the snapshot"
     );
 }
