@@ -13,9 +13,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use amistore_core::ports::TaskStore;
 use amistore_core::task::{TaskKind, TaskState};
 use amistore_local::embedded::{LocalEngine, LocalOptions, Recovery};
-use amistore_local::task_db::TaskDb;
+use amistore_local::task_db::SqliteTaskStore;
 use serde_json::Value;
 use support::*;
 
@@ -65,7 +66,7 @@ impl Data {
         self.ok(&args)
     }
     fn in_progress_gib(&self) -> u64 {
-        let db = TaskDb::open(&self.path.join("tasks.db")).unwrap();
+        let db = SqliteTaskStore::open(&self.path.join("tasks.db"), None).unwrap();
         let me = amistore_core::ids::AccountId::local_default();
         db.in_progress_gib(&me, TaskKind::Store).unwrap()
             + db.in_progress_gib(&me, TaskKind::Restore).unwrap()

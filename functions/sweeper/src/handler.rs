@@ -130,8 +130,10 @@ mod tests {
         let tagged = h.image("policy-tagged", &["backup=amistore"]);
         h.image("policy-untagged", &["backup=no"]);
         let first = call(&h, fixture(POLICY, None, None)).await.unwrap();
-        assert_eq!(first.stores_started.len(), 1);
-        let task = h.engine().task(&first.stores_started[0]).unwrap();
+        let first = first.policy.unwrap();
+        assert_eq!(first.started.len(), 1);
+        assert!(first.refused.is_empty(), "{first:?}");
+        let task = h.engine().task(&first.started[0]).unwrap();
         assert_eq!(task.image_id.as_ref(), Some(&tagged));
         assert_eq!(task.key.as_str(), format!("policy/{tagged}.bin"));
         // Still in progress: not started twice.
@@ -139,7 +141,9 @@ mod tests {
             call(&h, fixture(POLICY, None, None))
                 .await
                 .unwrap()
-                .stores_started
+                .policy
+                .unwrap()
+                .started
                 .is_empty()
         );
         // Stored: not again.
@@ -148,7 +152,9 @@ mod tests {
             call(&h, fixture(POLICY, None, None))
                 .await
                 .unwrap()
-                .stores_started
+                .policy
+                .unwrap()
+                .started
                 .is_empty()
         );
     }

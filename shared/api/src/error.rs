@@ -80,8 +80,11 @@ impl From<CoreError> for ApiError {
             | CoreError::Malformed(_)
             | CoreError::CorruptUnit { .. }
             | CoreError::UnsupportedVersion { .. } => "InvalidParameterValue",
-            CoreError::Transient(_) => "ServiceUnavailable",
-            CoreError::Io { .. } => "InternalError",
+            CoreError::Transient(_)
+            | CoreError::Dependency {
+                retryable: true, ..
+            } => "ServiceUnavailable",
+            CoreError::Dependency { .. } | CoreError::Io { .. } => "InternalError",
         };
         Self::new(code, e.to_string())
     }

@@ -2,7 +2,7 @@
 //!
 //! | item | `pk` | `sk` | attributes |
 //! |---|---|---|---|
-//! | task | `TASK#<id>` | `TASK` | the task's fields; `byAccount` (`<account>#<kind>`) and `startedAt` key the newest-first GSI; `expiresAt` is the TTL |
+//! | task | `TASK#<id>` | `TASK` | the task's fields; `byAccount` (`<account>#<kind>`) and `startedAt` key the newest-first GSI; `expiresAt` is the TTL; `ending`, `endingReason`, `claimedAt` once its end is claimed; `unitsDone` as it was when a failure claimed it |
 //! | unit | `TASK#<id>` | `UNIT#<n, 10 digits>` | `record` (JSON); `expiresAt` |
 //! | quota counter | `QUOTA` | `<account>#<kind>` | `gib`: GiB of tasks in progress |
 //! | running marker | `RUNNING` | `TASK#<id>` | none: the task is in progress |
@@ -10,10 +10,19 @@
 //!
 //! Admission is one TransactWriteItems: put the task if absent, `ADD` its size to
 //! the counter on condition the counter is below the limit, put the running
-//! marker, and (for a store) put the copy lock if absent. Finishing is another:
-//! set the terminal state on condition the task is still `InProgress`, subtract
-//! from the counter, delete the marker and the lock. So a quota is taken and
-//! released exactly once, whatever retries.
+//! marker, and (for a store) put the copy lock if absent. The end of a task is
+//! claimed first, with one conditional UpdateItem (`ending` unset, or ours, or
+//! older than the caller may overrule); finishing is another transaction: set
+//! the terminal state on condition the task is still `InProgress` and the
+//! claim still ours, subtract from the counter, delete the marker and the lock.
+//! So a quota is taken and released exactly once, whatever retries.
+//!
+//! A unit is recorded with one conditional PutItem of its own item and nothing
+//! else: progress is counted from the unit items (a COUNT query), so units that
+//! finish together never write one hot item. DynamoDB cancels transactions that
+//! touch an item another transaction is writing (`TransactionConflict`); such a
+//! cancellation, like throttling, is transient and is retried, never taken for
+//! a failed condition or bad input.
 //!
 //! The counters and the markers each live in one partition so that the
 //! sweeper reads them with a strongly consistent Query whose cost follows the
@@ -27,14 +36,16 @@ use std::collections::HashMap;
 
 use amistore_core::ids::{AccountId, ImageId, TaskId};
 use amistore_core::ports::TaskStore;
-use amistore_core::task::{RETENTION_MS, Task, TaskKind, TaskState};
+use amistore_core::task::{
+    Claim, ClaimRequest, EndClaim, Ending, RETENTION_MS, Task, TaskKind, TaskState,
+};
 use amistore_core::{Error, Result};
 use aws_sdk_dynamodb::Client;
 use aws_sdk_dynamodb::error::SdkError;
 use aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError;
 use aws_sdk_dynamodb::types::{
     AttributeDefinition, AttributeValue, BillingMode, Delete, GlobalSecondaryIndex,
-    KeySchemaElement, KeyType, Projection, ProjectionType, Put, ScalarAttributeType,
+    KeySchemaElement, KeyType, Projection, ProjectionType, Put, ScalarAttributeType, Select,
     TimeToLiveSpecification, TransactWriteItem, Update,
 };
 
@@ -121,7 +132,6 @@ fn task_item(task: &Task) -> Item {
         put("uploadId", s(upload));
     }
     put("unitsTotal", n(task.units_total));
-    put("unitsDone", n(task.units_done));
     put("state", s(task.state.as_str()));
     put("startedAt", n(task.started_at_ms));
     if let Some(ended) = task.ended_at_ms {
@@ -185,19 +195,68 @@ fn task_from(item: &Item) -> Result<Task> {
         started_at_ms: number(item, "startedAt").ok_or_else(|| damaged("startedAt", item))?,
         ended_at_ms: number(item, "endedAt"),
         failure_reason: text(item, "reason").map(str::to_owned),
+        claim: match text(item, "ending") {
+            Some(ending) => Some(EndClaim {
+                ending: Ending::parse(ending).ok_or_else(|| damaged("ending", item))?,
+                reason: text(item, "endingReason").map(str::to_owned),
+                at_ms: number(item, "claimedAt").ok_or_else(|| damaged("claimedAt", item))?,
+            }),
+            None => None,
+        },
     })
 }
 
-/// Which items of a cancelled transaction failed their condition.
-fn failed_conditions(err: &SdkError<TransactWriteItemsError>) -> Option<Vec<bool>> {
+/// Why DynamoDB cancelled a transaction, from its per-item reasons.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Cancelled {
+    /// Conditions failed: `true` for each item whose condition did. This is an
+    /// answer (a full quota, a task already ended), not a failure.
+    Conditions(Vec<bool>),
+    /// Another transaction was writing one of the items, or the table was
+    /// throttled: the same transaction may pass on retry.
+    Transient(String),
+    /// Anything else (a validation error, an item collection too large).
+    Invalid(String),
+}
+
+/// Classifies a cancellation by its reason codes (in item order; `None` or
+/// `"None"` for items that were fine). A failed condition decides; then
+/// contention and throttling are transient; anything else is not.
+pub(crate) fn classify_cancellation(codes: &[Option<&str>]) -> Cancelled {
+    const TRANSIENT: [&str; 4] = [
+        "TransactionConflict",
+        "ThrottlingError",
+        "ProvisionedThroughputExceeded",
+        "RequestLimitExceeded",
+    ];
+    let listed = codes
+        .iter()
+        .map(|c| c.unwrap_or("None"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    if codes.contains(&Some("ConditionalCheckFailed")) {
+        Cancelled::Conditions(
+            codes
+                .iter()
+                .map(|c| *c == Some("ConditionalCheckFailed"))
+                .collect(),
+        )
+    } else if codes.iter().flatten().any(|c| TRANSIENT.contains(c)) {
+        Cancelled::Transient(format!("transaction cancelled ({listed})"))
+    } else {
+        Cancelled::Invalid(format!("transaction cancelled ({listed})"))
+    }
+}
+
+/// Why a TransactWriteItems call was cancelled, if it was.
+fn cancellation(err: &SdkError<TransactWriteItemsError>) -> Option<Cancelled> {
     match err {
         SdkError::ServiceError(e) => match e.err() {
-            TransactWriteItemsError::TransactionCanceledException(c) => Some(
-                c.cancellation_reasons()
-                    .iter()
-                    .map(|r| r.code() == Some("ConditionalCheckFailed"))
-                    .collect(),
-            ),
+            TransactWriteItemsError::TransactionCanceledException(c) => {
+                let codes: Vec<Option<&str>> =
+                    c.cancellation_reasons().iter().map(|r| r.code()).collect();
+                Some(classify_cancellation(&codes))
+            }
             _ => None,
         },
         _ => None,
@@ -326,7 +385,9 @@ impl DynamoTaskStore {
     }
 
     /// Runs one TransactWriteItems. `Ok(None)`: it committed. `Ok(Some(failed))`:
-    /// it was cancelled because the conditions of the items marked `true` failed.
+    /// it was cancelled because the conditions of the items marked `true`
+    /// failed. A cancellation for contention or throttling is
+    /// [`Error::Transient`]; the SDK does not retry it, the caller's step does.
     fn transact(
         &self,
         items: Vec<TransactWriteItem>,
@@ -341,11 +402,56 @@ impl DynamoTaskStore {
             .send();
         match self.bridge.run(call) {
             Ok(_) => Ok(None),
-            Err(err) => match failed_conditions(&err) {
-                Some(failed) if failed.contains(&true) => Ok(Some(failed)),
-                _ => Err(sdk(what, err)),
+            Err(err) => match cancellation(&err) {
+                Some(Cancelled::Conditions(failed)) => Ok(Some(failed)),
+                Some(Cancelled::Transient(why)) => Err(Error::Transient(format!("{what}: {why}"))),
+                Some(Cancelled::Invalid(why)) => Err(Error::InvalidInput(format!("{what}: {why}"))),
+                None => Err(sdk(what, err)),
             },
         }
+    }
+
+    /// How many units of task `id` are recorded (a COUNT query of its unit
+    /// items, read strongly consistent).
+    fn count_units(&self, id: &TaskId) -> Result<u64> {
+        let values = HashMap::from([
+            (":pk".to_owned(), s(task_pk(id))),
+            (":prefix".to_owned(), s("UNIT#")),
+        ]);
+        let mut total = 0u64;
+        let mut start = None;
+        loop {
+            let call = self
+                .client
+                .query()
+                .table_name(&self.table)
+                .consistent_read(true)
+                .select(Select::Count)
+                .key_condition_expression("pk = :pk AND begins_with(sk, :prefix)")
+                .set_expression_attribute_values(Some(values.clone()))
+                .set_exclusive_start_key(start)
+                .send();
+            let out = self
+                .bridge
+                .run(call)
+                .map_err(|e| sdk(format_args!("counting the units of {id}"), e))?;
+            total += out.count.max(0) as u64;
+            match out.last_evaluated_key {
+                Some(next) if !next.is_empty() => start = Some(next),
+                _ => return Ok(total),
+            }
+        }
+    }
+
+    /// `task` with its progress: counted for a task in progress, as it was
+    /// when its failure was claimed for a failed one, all for a completed one.
+    fn with_progress(&self, mut task: Task) -> Result<Task> {
+        task.units_done = match task.state {
+            TaskState::InProgress => self.count_units(&task.id)?,
+            TaskState::Completed => task.units_total,
+            TaskState::Failed => task.units_done,
+        };
+        Ok(task)
     }
 
     /// Sets one attribute of an existing task.
@@ -488,9 +594,10 @@ impl TaskStore for DynamoTaskStore {
     }
 
     fn get(&self, id: &TaskId) -> Result<Option<Task>> {
-        self.get_item(key(task_pk(id), "TASK"))?
-            .map(|item| task_from(&item))
-            .transpose()
+        match self.get_item(key(task_pk(id), "TASK"))? {
+            Some(item) => self.with_progress(task_from(&item)?).map(Some),
+            None => Ok(None),
+        }
     }
 
     fn set_upload(&self, id: &TaskId, upload_id: &str) -> Result<()> {
@@ -514,35 +621,17 @@ impl TaskStore for DynamoTaskStore {
                 amistore_core::engine::now_ms() + RETENTION_MS,
             )),
         );
-        let put_unit = built(
-            "the unit",
-            Put::builder()
-                .table_name(&self.table)
-                .set_item(Some(item))
-                .condition_expression("attribute_not_exists(pk)")
-                .build(),
-        )?;
-        let count = built(
-            "the unit count",
-            Update::builder()
-                .table_name(&self.table)
-                .set_key(Some(key(task_pk(id), "TASK")))
-                .update_expression("ADD unitsDone :one")
-                .condition_expression("attribute_exists(pk)")
-                .expression_attribute_values(":one", n(1))
-                .build(),
-        )?;
-        let items = vec![
-            TransactWriteItem::builder().put(put_unit).build(),
-            TransactWriteItem::builder().update(count).build(),
-        ];
-        match self
-            .transact(items, None, &format!("recording unit {unit} of {id}"))?
-            .as_deref()
-        {
-            None => Ok(true),
-            Some([true, ..]) => Ok(false),
-            Some(_) => Err(Error::NotFound(format!("task {id} does not exist"))),
+        let call = self
+            .client
+            .put_item()
+            .table_name(&self.table)
+            .set_item(Some(item))
+            .condition_expression("attribute_not_exists(pk)")
+            .send();
+        match self.bridge.run(call) {
+            Ok(_) => Ok(true),
+            Err(e) if e.code() == Some("ConditionalCheckFailedException") => Ok(false),
+            Err(e) => Err(sdk(format_args!("recording unit {unit} of {id}"), e)),
         }
     }
 
@@ -564,37 +653,104 @@ impl TaskStore for DynamoTaskStore {
             .collect()
     }
 
-    fn finish(
-        &self,
-        id: &TaskId,
-        state: TaskState,
-        reason: Option<&str>,
-        now_ms: i64,
-    ) -> Result<bool> {
-        if state == TaskState::InProgress {
-            return Err(Error::InvalidInput(
-                "a task can only finish as Completed or Failed".into(),
-            ));
-        }
+    fn claim_end(&self, id: &TaskId, request: &ClaimRequest<'_>) -> Result<Claim> {
         let task = self
             .get(id)?
             .ok_or_else(|| Error::NotFound(format!("task {id} does not exist")))?;
         if task.state != TaskState::InProgress {
-            return Ok(false);
+            return Ok(Claim::Taken(task));
         }
-        let mut end = Update::builder()
+        match &task.claim {
+            Some(c) if c.ending == request.ending => return Ok(Claim::Held(task)),
+            Some(c)
+                if !request
+                    .overrule_before_ms
+                    .is_some_and(|before| c.at_ms < before) =>
+            {
+                return Ok(Claim::Taken(task));
+            }
+            _ => {}
+        }
+        // The decision above was read; the write is conditioned on what was
+        // read, so a claim made in between wins and this one is Taken.
+        let mut update = self
+            .client
+            .update_item()
             .table_name(&self.table)
             .set_key(Some(key(task_pk(id), "TASK")))
-            .condition_expression("#state = :running")
             .expression_attribute_names("#state", "state")
             .expression_attribute_values(":running", s(TaskState::InProgress.as_str()))
+            .expression_attribute_values(":ending", s(request.ending.as_str()))
+            .expression_attribute_values(":now", n(request.now_ms))
+            .expression_attribute_values(":done", n(task.units_done));
+        update = match &task.claim {
+            None => {
+                update.condition_expression("#state = :running AND attribute_not_exists(ending)")
+            }
+            Some(c) => update
+                .condition_expression("#state = :running AND ending = :was AND claimedAt = :wasAt")
+                .expression_attribute_values(":was", s(c.ending.as_str()))
+                .expression_attribute_values(":wasAt", n(c.at_ms)),
+        };
+        let reason = request.reason.filter(|_| request.ending == Ending::Fail);
+        update = match reason {
+            Some(r) => update
+                .update_expression(
+                    "SET ending = :ending, claimedAt = :now, unitsDone = :done, endingReason = :reason",
+                )
+                .expression_attribute_values(":reason", s(r)),
+            None => update.update_expression(
+                "SET ending = :ending, claimedAt = :now, unitsDone = :done REMOVE endingReason",
+            ),
+        };
+        match self.bridge.run(update.send()) {
+            Ok(_) => Ok(Claim::Held(Task {
+                claim: Some(EndClaim {
+                    ending: request.ending,
+                    reason: reason.map(str::to_owned),
+                    at_ms: request.now_ms,
+                }),
+                ..task
+            })),
+            Err(e) if e.code() == Some("ConditionalCheckFailedException") => {
+                // Someone else claimed or ended it meanwhile: ask again (their
+                // claim may be ours to re-enter, or to leave alone).
+                let now = self
+                    .get(id)?
+                    .ok_or_else(|| Error::NotFound(format!("task {id} does not exist")))?;
+                Ok(match &now.claim {
+                    Some(c) if now.state == TaskState::InProgress && c.ending == request.ending => {
+                        Claim::Held(now)
+                    }
+                    _ => Claim::Taken(now),
+                })
+            }
+            Err(e) => Err(sdk(format_args!("claiming the end of task {id}"), e)),
+        }
+    }
+
+    fn finish(&self, id: &TaskId, ending: Ending, now_ms: i64) -> Result<bool> {
+        let Some(task) = self.get_item(key(task_pk(id), "TASK"))? else {
+            return Err(Error::NotFound(format!("task {id} does not exist")));
+        };
+        let task = task_from(&task)?;
+        if task.state != TaskState::InProgress || task.ending() != Some(ending) {
+            return Ok(false);
+        }
+        let state = ending.final_state();
+        let end = Update::builder()
+            .table_name(&self.table)
+            .set_key(Some(key(task_pk(id), "TASK")))
+            .condition_expression("#state = :running AND ending = :ending")
+            .expression_attribute_names("#state", "state")
+            .expression_attribute_values(":running", s(TaskState::InProgress.as_str()))
+            .expression_attribute_values(":ending", s(ending.as_str()))
             .expression_attribute_values(":state", s(state.as_str()))
             .expression_attribute_values(":ended", n(now_ms));
-        end = match reason {
-            Some(r) => end
-                .update_expression("SET #state = :state, endedAt = :ended, reason = :reason")
-                .expression_attribute_values(":reason", s(r)),
-            None => end.update_expression("SET #state = :state, endedAt = :ended"),
+        let end = match ending {
+            Ending::Fail => end
+                .update_expression("SET #state = :state, endedAt = :ended, reason = endingReason"),
+            Ending::Complete => end.update_expression("SET #state = :state, endedAt = :ended"),
         };
         let release = built(
             "the quota release",
@@ -636,10 +792,11 @@ impl TaskStore for DynamoTaskStore {
             .as_deref()
         {
             None => Ok(true),
-            // Someone else ended it between our read and our write.
+            // Someone else ended it, or took its end over, between our read
+            // and our write.
             Some([true, ..]) => Ok(false),
             Some(_) => Err(Error::Transient(format!(
-                "ending task {id}: its quota counter or copy lock changed meanwhile"
+                "ending task {id}: its copy lock changed meanwhile"
             ))),
         }
     }
@@ -664,7 +821,10 @@ impl TaskStore for DynamoTaskStore {
                 Ok((out.items.unwrap_or_default(), out.last_evaluated_key))
             }
         })?;
-        let mut tasks = items.iter().map(task_from).collect::<Result<Vec<_>>>()?;
+        let mut tasks = items
+            .iter()
+            .map(|item| self.with_progress(task_from(item)?))
+            .collect::<Result<Vec<_>>>()?;
         // Newest first; equal start times in a stable order (the index's).
         tasks.sort_by_key(|t| std::cmp::Reverse(t.started_at_ms));
         Ok(tasks)

@@ -76,6 +76,20 @@ pub enum Error {
     #[error("{0}")]
     Transient(String),
 
+    /// A dependency (a database, a service) failed; `retryable` says whether
+    /// the same request may pass later (a busy database, throttling), or will
+    /// fail the same way (a constraint, a refused permission).
+    #[error("{context}: {source}")]
+    Dependency {
+        /// What we were doing.
+        context: String,
+        /// Whether retrying may help.
+        retryable: bool,
+        /// The dependency's own error.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+
     /// An operating-system I/O error, with what we were doing at the time.
     #[error("{context}: {source}")]
     Io {
@@ -104,14 +118,37 @@ impl Error {
             Error::LimitExceeded(_) => "LimitExceeded",
             Error::IncorrectState(_) => "IncorrectState",
             Error::Transient(_) => "Transient",
+            Error::Dependency { .. } => "Dependency",
             Error::Io { .. } => "Io",
         }
     }
 
-    /// Whether retrying the same request may succeed: transient failures and
-    /// operating-system I/O errors. Everything else fails the same way again.
+    /// Whether retrying the same request may succeed: transient failures,
+    /// operating-system I/O errors and retryable dependency failures.
+    /// Everything else fails the same way again.
     pub fn is_retryable(&self) -> bool {
-        matches!(self, Error::Transient(_) | Error::Io { .. })
+        matches!(
+            self,
+            Error::Transient(_)
+                | Error::Io { .. }
+                | Error::Dependency {
+                    retryable: true,
+                    ..
+                }
+        )
+    }
+
+    /// Wraps a dependency's error with what was being done.
+    pub fn dependency(
+        context: impl Into<String>,
+        retryable: bool,
+        source: impl Into<Box<dyn std::error::Error + Send + Sync>>,
+    ) -> Self {
+        Error::Dependency {
+            context: context.into(),
+            retryable,
+            source: source.into(),
+        }
     }
 
     /// Wraps an I/O error with a description of what was being done.

@@ -101,6 +101,85 @@ impl fmt::Display for TaskState {
     }
 }
 
+/// How an in-progress task is to end, once something has claimed its end.
+///
+/// Finalize, the fail step, a cancel and the sweeper race to end a task
+/// (Lambda delivers at least once; a user cancels at any moment). Each first
+/// claims the end with a conditional write ([`crate::ports::TaskStore::claim_end`])
+/// and only the claimant does anything with side effects (completes the
+/// upload, deletes the object, marks the image): the loser does nothing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Ending {
+    /// Finalize is completing it.
+    Complete,
+    /// It is being failed (cleaned up, then marked Failed).
+    Fail,
+}
+
+impl Ending {
+    /// Stable lowercase name (also the stored form).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Ending::Complete => "complete",
+            Ending::Fail => "fail",
+        }
+    }
+
+    /// Parses [`Self::as_str`]'s output.
+    pub fn parse(s: &str) -> Option<Self> {
+        [Ending::Complete, Ending::Fail]
+            .into_iter()
+            .find(|e| e.as_str() == s)
+    }
+
+    /// The state a task ends in.
+    pub fn final_state(self) -> TaskState {
+        match self {
+            Ending::Complete => TaskState::Completed,
+            Ending::Fail => TaskState::Failed,
+        }
+    }
+}
+
+/// A held claim on a task's end.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct EndClaim {
+    /// How it ends.
+    pub ending: Ending,
+    /// Why it fails (a [`Ending::Fail`] claim): the first claimant's words.
+    pub reason: Option<String>,
+    /// When the claim was made, milliseconds since the epoch.
+    pub at_ms: i64,
+}
+
+/// What a claimant asks of [`crate::ports::TaskStore::claim_end`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClaimRequest<'a> {
+    /// The ending wanted.
+    pub ending: Ending,
+    /// Why it fails (kept only by the claim that wins).
+    pub reason: Option<&'a str>,
+    /// Take over another ending's claim made before this time (ms): the
+    /// workflow's fail step after its finalize failed, a sweeper or a
+    /// recovery after the claimant is known gone. `None`: never.
+    pub overrule_before_ms: Option<i64>,
+    /// Now, milliseconds since the epoch.
+    pub now_ms: i64,
+}
+
+/// The answer to a claim.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Claim {
+    /// The caller holds the end (newly, or again: a claim of the same ending
+    /// is re-entered, so a retried step carries on). The task as it now is.
+    Held(Task),
+    /// Another ending holds it, or the task has ended: the caller must not
+    /// touch anything. The task as it is.
+    Taken(Task),
+}
+
 /// Per-account limits on the GiB of tasks in progress.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct QuotaLimits {
@@ -152,7 +231,8 @@ pub struct Task {
     pub upload_id: Option<String>,
     /// Units to transfer (known once the task is planned).
     pub units_total: u64,
-    /// Units transferred (each counted once, however often it was retried).
+    /// Units transferred, counted from the unit records (each once, however
+    /// often it was retried; no item that every unit writes holds a count).
     pub units_done: u64,
     /// Current state.
     pub state: TaskState,
@@ -162,6 +242,9 @@ pub struct Task {
     pub ended_at_ms: Option<i64>,
     /// Why it failed, if it did.
     pub failure_reason: Option<String>,
+    /// Who claimed its end, while it is still in progress (kept afterwards).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub claim: Option<EndClaim>,
 }
 
 impl Task {
@@ -190,7 +273,13 @@ impl Task {
             started_at_ms: now_ms,
             ended_at_ms: None,
             failure_reason: None,
+            claim: None,
         }
+    }
+
+    /// The ending claimed, if any.
+    pub fn ending(&self) -> Option<Ending> {
+        self.claim.as_ref().map(|c| c.ending)
     }
 
     /// Estimated progress: 100 when completed, otherwise the share of units done

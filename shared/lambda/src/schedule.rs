@@ -7,9 +7,9 @@
 
 use std::sync::Arc;
 
-use amistore_core::engine::sweep::{ArchivePolicy, SweepReport};
+use amistore_core::engine::sweep::{ArchivePolicy, PolicyReport, SweepReport};
 use amistore_core::engine::{Engine, now_ms};
-use amistore_core::ids::{AccountId, TaskId};
+use amistore_core::ids::AccountId;
 use serde::{Deserialize, Serialize};
 
 use crate::step::StepFailure;
@@ -53,9 +53,9 @@ pub struct ScheduleOutcome {
     /// The sweep's report, if this was a sweep.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub sweep: Option<SweepReport>,
-    /// Store tasks an archive policy started.
-    #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub stores_started: Vec<TaskId>,
+    /// What an archive policy run did, if this was one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub policy: Option<PolicyReport>,
 }
 
 /// How long a task may go without an execution before the sweeper fails it, by
@@ -95,7 +95,7 @@ pub async fn run(
             }
             Ok(ScheduleOutcome {
                 sweep: Some(engine.sweep(now_ms(), grace_ms)?),
-                stores_started: Vec::new(),
+                policy: None,
             })
         }
         ScheduleEvent::Policy {
@@ -109,7 +109,7 @@ pub async fn run(
             })?;
             Ok(ScheduleOutcome {
                 sweep: None,
-                stores_started: engine.apply_archive_policy(&account, &archive_policy)?,
+                policy: Some(engine.apply_archive_policy(&account, &archive_policy)?),
             })
         }
     })

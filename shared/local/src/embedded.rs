@@ -22,7 +22,7 @@ use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use amistore_core::engine::{Engine, EngineConfig, ProgressSink};
+use amistore_core::engine::{Engine, EngineConfig, FailedBy, ProgressSink};
 use amistore_core::ids::{TaskId, unique_token};
 use amistore_core::ports::{ImageCatalog, ObjectStore, SnapshotStore, TaskStore, WorkflowRunner};
 use amistore_core::storage::BucketName;
@@ -31,7 +31,7 @@ use rustix::fs::FlockOperation;
 
 use crate::bucket_store::BucketStore;
 use crate::image_library::ImageLibrary;
-use crate::task_db::{SqliteTaskStore, TaskDb};
+use crate::task_db::SqliteTaskStore;
 use crate::workflow::{LocalRunner, RunnerOptions};
 use crate::{Error, Result};
 
@@ -208,9 +208,10 @@ impl LocalEngine {
         let local_work: BucketName = WORK_BUCKET.parse().map_err(Error::Core)?;
         work.create_bucket(&local_work)?;
         let work_bucket = options.work_bucket.clone().unwrap_or(local_work);
-        let tasks = Arc::new(SqliteTaskStore::new(
-            TaskDb::open(&data_dir.join("tasks.db"))?.with_owner(lease.id.clone()),
-        ));
+        let tasks = Arc::new(SqliteTaskStore::open(
+            &data_dir.join("tasks.db"),
+            Some(lease.id.clone()),
+        )?);
         let ports = wrap(Ports {
             catalog: Arc::new(library.clone()),
             snapshots: Arc::new(library.clone()),
@@ -278,7 +279,7 @@ impl LocalEngine {
     pub fn recover(&self, how: Recovery) -> Result<Vec<TaskId>> {
         let orphans: Vec<Task> = self
             .tasks
-            .with(|db| db.in_progress_owners())?
+            .in_progress_owners()?
             .into_iter()
             .filter(|(_, owner)| {
                 owner
@@ -292,13 +293,17 @@ impl LocalEngine {
             remove_matching(&self.spool, &format!("{}-", task.id));
             match how {
                 Recovery::Resume => {
-                    self.tasks.with(|db| db.adopt(&task.id))?;
+                    self.tasks.adopt(&task.id)?;
                     self.runner.start(task.kind, &task.id)?;
                 }
-                Recovery::Fail => match task.kind {
-                    TaskKind::Store => self.engine.fail_store(&task.id, INTERRUPTED)?,
-                    TaskKind::Restore => self.engine.fail_restore(&task.id, INTERRUPTED)?,
-                },
+                Recovery::Fail => {
+                    // The process that held any claim on its end is gone.
+                    let by = FailedBy::Recovery;
+                    match task.kind {
+                        TaskKind::Store => self.engine.fail_store(&task.id, INTERRUPTED, by)?,
+                        TaskKind::Restore => self.engine.fail_restore(&task.id, INTERRUPTED, by)?,
+                    };
+                }
             }
         }
         // Leases of processes that died owning no task.

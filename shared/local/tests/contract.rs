@@ -8,7 +8,7 @@ use std::sync::Arc;
 use amistore_core::ports::contract;
 use amistore_local::bucket_store::BucketStore;
 use amistore_local::image_library::ImageLibrary;
-use amistore_local::task_db::{SqliteTaskStore, TaskDb};
+use amistore_local::task_db::SqliteTaskStore;
 
 #[test]
 fn bucket_store_keeps_the_object_store_contract() {
@@ -31,8 +31,8 @@ fn bucket_store_keeps_the_object_store_contract() {
 #[test]
 fn sqlite_keeps_the_task_store_contract() {
     let dir = tempfile::tempdir().unwrap();
-    let db = TaskDb::open(&dir.path().join("tasks.db")).unwrap();
-    contract::task_store(Arc::new(SqliteTaskStore::new(db)));
+    let db = SqliteTaskStore::open(&dir.path().join("tasks.db"), None).unwrap();
+    contract::task_store(Arc::new(db));
 }
 
 #[test]

@@ -11,6 +11,7 @@ use std::fs;
 
 use amistore_core::Error;
 use amistore_core::archive::ArchiveIndex;
+use amistore_core::engine::FailedBy;
 use amistore_core::engine::intake::{RestoreRequest, StoreRequest};
 use amistore_core::engine::metadata;
 use amistore_core::engine::restore::snapshot_token;
@@ -356,7 +357,10 @@ fn a_task_that_died_before_recording_its_upload_still_has_it_aborted() {
         .create_multipart(&w.bucket, &key, &Default::default(), &[])
         .unwrap();
     assert_eq!(w.uploads(), 1);
-    w.local.engine.fail_store(&task.id, "interrupted").unwrap();
+    w.local
+        .engine
+        .fail_store(&task.id, "interrupted", FailedBy::Recovery)
+        .unwrap();
     assert_clean_failure(&w, &w.task(&task.id), "interrupted");
 }
 
@@ -400,12 +404,12 @@ fn a_restore_that_died_before_registering_its_image_has_its_snapshots_deleted() 
     w.faults.fail("delete_snapshot", &[1], transient);
     w.local
         .engine
-        .fail_restore(&task.id, "interrupted")
+        .fail_restore(&task.id, "interrupted", FailedBy::Recovery)
         .expect_err("a transient error is retried");
     assert_eq!(w.task(&task.id).state, TaskState::InProgress);
     w.local
         .engine
-        .fail_restore(&task.id, "interrupted")
+        .fail_restore(&task.id, "interrupted", FailedBy::Recovery)
         .unwrap();
     assert_clean_failure(&w, &w.task(&task.id), "interrupted");
     for disk in 0..2 {
@@ -434,7 +438,7 @@ fn a_restore_whose_snapshots_cannot_be_deleted_still_fails_and_frees_its_quota()
     w.faults.fail("delete_snapshot", &[1], permanent);
     w.local
         .engine
-        .fail_restore(&task.id, "interrupted")
+        .fail_restore(&task.id, "interrupted", FailedBy::Recovery)
         .unwrap();
     assert_clean_failure(&w, &w.task(&task.id), "interrupted");
     assert_eq!(
@@ -784,4 +788,19 @@ fn bad_requests_are_refused_with_clear_errors_and_change_nothing() {
             .is_err()
     );
     nothing_changed(&w, images, 1);
+}
+
+#[test]
+fn a_failed_unit_fails_its_task_with_its_own_error() {
+    // A Distributed Map's own failure says only that too many items failed;
+    // the unit's execution records its error as the task's reason.
+    let w = world();
+    let (image, _) = w.image("one-bad-unit");
+    w.faults
+        .fail("read_blocks", &(3..1000).collect::<Vec<_>>(), permanent);
+    let task = store(&w, &image);
+    assert_clean_failure(&w, &task, "injected failure of read_blocks");
+    let reason = w.task(&task.id).failure_reason.unwrap();
+    assert!(reason.starts_with("unit "), "{reason}");
+    assert!(!reason.contains("tolerated failure threshold"), "{reason}");
 }

@@ -15,7 +15,7 @@ use crate::archive::ArchiveIndex;
 use crate::archive::manifest::format_time;
 use crate::engine::metadata::object_metadata;
 use crate::engine::restore::snapshot_token;
-use crate::engine::{Engine, now_ms};
+use crate::engine::{Engine, FailedBy, now_ms};
 use crate::ids::{AccountId, ImageId, ResourceState};
 use crate::image::{ImageName, Tag, VirtualizationType, check_unique_tag_keys};
 use crate::ports::ObjectReader;
@@ -145,7 +145,8 @@ impl Engine {
         match prepared {
             Ok(()) => self.task(&task.id),
             Err(e) => {
-                let _ = self.fail_store(&task.id, &format!("could not start: {e}"));
+                let _ =
+                    self.fail_store(&task.id, &format!("could not start: {e}"), FailedBy::Intake);
                 Err(e)
             }
         }
@@ -263,7 +264,8 @@ impl Engine {
         match prepared {
             Ok(()) => self.task(&task.id),
             Err(e) => {
-                let _ = self.fail_restore(&task.id, &format!("could not start: {e}"));
+                let _ =
+                    self.fail_restore(&task.id, &format!("could not start: {e}"), FailedBy::Intake);
                 Err(e)
             }
         }

@@ -28,7 +28,7 @@ use crate::archive::plan::{MIN_PART_SIZE, MIN_UNIT_PRESENT_BLOCKS};
 use crate::ids::{TaskId, unique_token};
 use crate::ports::{ImageCatalog, ObjectStore, SnapshotStore, TaskStore, WorkflowRunner};
 use crate::storage::{BucketName, ObjectKey};
-use crate::task::{QuotaLimits, Task, TaskState};
+use crate::task::{Claim, ClaimRequest, Ending, QuotaLimits, Task, TaskState};
 use crate::{Error, Result};
 
 /// How an engine is tuned. The defaults are the seed's and S3's.
@@ -61,6 +61,40 @@ impl EngineConfig {
             min_unit_blocks: MIN_UNIT_PRESENT_BLOCKS,
             min_part_size: MIN_PART_SIZE,
             token_key,
+        }
+    }
+}
+
+/// How long one step may run (Lambda's 15 minutes, and a minute's margin): a
+/// claim older than this, on a task whose execution is gone, was left by a
+/// step that died.
+pub const STEP_LEASE_MS: i64 = 16 * 60 * 1000;
+
+/// Who fails a task: it decides whether a finalize's claim on the task's end
+/// may be taken over.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FailedBy {
+    /// The workflow's own fail step (after a unit or the finalize failed:
+    /// the finalize's claim, if any, belongs to a step that has ended).
+    Workflow,
+    /// Intake, undoing a task it admitted but could not start.
+    Intake,
+    /// A user's cancel: never takes over a finalize.
+    Cancel,
+    /// The sweeper, for a task whose execution is gone: takes over claims
+    /// older than [`STEP_LEASE_MS`].
+    Sweep,
+    /// Recovery of a task whose process died: its claims died with it.
+    Recovery,
+}
+
+impl FailedBy {
+    /// The claims older than this (ms since the epoch) may be taken over.
+    pub fn overrule_before_ms(self, now_ms: i64) -> Option<i64> {
+        match self {
+            FailedBy::Workflow | FailedBy::Recovery => Some(i64::MAX),
+            FailedBy::Sweep => Some(now_ms - STEP_LEASE_MS),
+            FailedBy::Intake | FailedBy::Cancel => None,
         }
     }
 }
@@ -103,8 +137,9 @@ impl Engine {
             .and_then(|t| t.ok_or_else(|| Error::NotFound(format!("task {id} does not exist"))))
     }
 
-    /// The task `id`, which must still be in progress: a step of an ended task
-    /// (a cancelled one, say) must not touch anything.
+    /// The task `id`, which must still be in progress with no end claimed: a
+    /// step of a task that is ending (a cancelled one, say) must not touch
+    /// anything.
     fn running_task(&self, id: &TaskId) -> Result<Task> {
         let task = self.task(id)?;
         if task.state != TaskState::InProgress {
@@ -113,20 +148,48 @@ impl Engine {
                 task.state
             )));
         }
+        if let Some(ending) = task.ending() {
+            return Err(Error::IncorrectState(format!(
+                "task {id} is ending ({})",
+                ending.as_str()
+            )));
+        }
         Ok(task)
     }
 
-    /// The task `id` for its finalize step: `None` if it has already
+    /// Claims the end of task `id` for `ending` (see [`TaskStore::claim_end`]).
+    fn claim(
+        &self,
+        id: &TaskId,
+        ending: Ending,
+        reason: Option<&str>,
+        overrule_before_ms: Option<i64>,
+    ) -> Result<Claim> {
+        self.tasks.claim_end(
+            id,
+            &ClaimRequest {
+                ending,
+                reason,
+                overrule_before_ms,
+                now_ms: now_ms(),
+            },
+        )
+    }
+
+    /// Claims a finalize's end of task `id`: `None` if it has already
     /// completed (a finalize retried after it succeeded, say because its answer
-    /// was lost, succeeds again without doing anything); an error if it ended
-    /// any other way.
-    fn task_to_finalize(&self, id: &TaskId) -> Result<Option<Task>> {
-        let task = self.task(id)?;
-        match task.state {
-            TaskState::Completed => Ok(None),
-            TaskState::InProgress => Ok(Some(task)),
-            TaskState::Failed => Err(Error::IncorrectState(format!(
-                "task {id} has already ended (Failed)"
+    /// was lost, succeeds again without doing anything); an error if it is
+    /// being failed or has failed.
+    fn claim_completion(&self, id: &TaskId) -> Result<Option<Task>> {
+        match self.claim(id, Ending::Complete, None, None)? {
+            Claim::Held(task) => Ok(Some(task)),
+            Claim::Taken(task) if task.state == TaskState::Completed => Ok(None),
+            Claim::Taken(task) => Err(Error::IncorrectState(format!(
+                "task {id} is not completed: it {}",
+                match task.state {
+                    TaskState::InProgress => "is being failed",
+                    _ => "has failed",
+                }
             ))),
         }
     }
@@ -166,9 +229,19 @@ impl Engine {
             .map_err(|e| Error::Malformed(format!("{name} of task {task} is damaged: {e}")))
     }
 
-    /// Ends an in-progress task (releasing its quota) and drops its work objects.
-    fn end(&self, id: &TaskId, state: TaskState, reason: Option<&str>) -> Result<()> {
-        self.tasks.finish(id, state, reason, now_ms())?;
+    /// Ends a task whose end `ending` holds (releasing its quota) and drops
+    /// its work objects. A completion overruled meanwhile is an error; a
+    /// failure that another fail step finished first is not.
+    fn end(&self, id: &TaskId, ending: Ending) -> Result<()> {
+        if !self.tasks.finish(id, ending, now_ms())? {
+            let task = self.task(id)?;
+            if task.state != ending.final_state() {
+                return Err(Error::IncorrectState(format!(
+                    "task {id} was taken over before it could be {}",
+                    ending.final_state()
+                )));
+            }
+        }
         self.drop_work(id);
         Ok(())
     }

@@ -10,10 +10,10 @@
 //!   task died before it registered the image, delete the snapshots it started.
 
 use crate::archive::{ArchiveIndex, Decoded, read_units};
-use crate::engine::Engine;
+use crate::engine::{Engine, FailedBy, now_ms};
 use crate::ids::{ImageId, ResourceState, TaskId};
 use crate::ports::{Image, ObjectReader};
-use crate::task::{Task, TaskState};
+use crate::task::{Claim, Ending, Task};
 use crate::{Error, Result};
 
 /// The client token a restore starts disk `disk`'s snapshot with: idempotent
@@ -115,7 +115,7 @@ impl Engine {
 
     /// Completes a restore: seals the snapshots, makes the image available.
     pub fn finalize_restore(&self, id: &TaskId) -> Result<()> {
-        let Some(task) = self.task_to_finalize(id)? else {
+        let Some(task) = self.claim_completion(id)? else {
             return Ok(());
         };
         let (image_id, image) = self.restore_image(&task)?;
@@ -133,15 +133,22 @@ impl Engine {
         }
         self.catalog
             .set_image_state(&task.account, &image_id, ResourceState::Available, None)?;
-        self.end(id, TaskState::Completed, None)
+        self.end(id, Ending::Complete)
     }
 
-    /// Fails a restore task: its image and snapshots become `failed`.
-    pub fn fail_restore(&self, id: &TaskId, reason: &str) -> Result<()> {
-        let task = self.task(id)?;
-        if task.state != TaskState::InProgress {
-            return Ok(());
-        }
+    /// Fails a restore task: its image and snapshots become `failed`. Like
+    /// [`Engine::fail_store`], it claims the end first and returns whether it
+    /// held it.
+    pub fn fail_restore(&self, id: &TaskId, reason: &str, by: FailedBy) -> Result<bool> {
+        let task = match self.claim(
+            id,
+            Ending::Fail,
+            Some(reason),
+            by.overrule_before_ms(now_ms()),
+        )? {
+            Claim::Held(task) => task,
+            Claim::Taken(_) => return Ok(false),
+        };
         // The image may have been registered just before a crash, before the
         // task learnt its id: the registration token finds it.
         let image = match &task.image_id {
@@ -167,7 +174,8 @@ impl Engine {
                 _ => {}
             },
         }
-        self.end(id, TaskState::Failed, Some(reason))
+        self.end(id, Ending::Fail)?;
+        Ok(true)
     }
 
     /// Deletes the snapshots a restore's intake started (one per disk, in

@@ -10,7 +10,7 @@
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use crate::engine::Engine;
+use crate::engine::{Engine, FailedBy};
 use crate::ids::TaskId;
 use crate::task::TaskKind;
 use crate::{Error, Result};
@@ -64,8 +64,18 @@ struct StepInput {
     error: Option<CaughtError>,
 }
 
-/// The readable reason a failed task records, from what a `Catch` caught.
-fn failure_reason(error: Option<CaughtError>) -> String {
+/// The readable reason a failed task records, from what a `Catch` caught
+/// (in a unit's own execution, when `unit` is given: a Distributed Map's
+/// failure does not carry its items' errors).
+fn failure_reason(unit: Option<u64>, error: Option<CaughtError>) -> String {
+    let reason = caught_reason(error);
+    match unit {
+        Some(unit) => format!("unit {unit}: {reason}"),
+        None => reason,
+    }
+}
+
+fn caught_reason(error: Option<CaughtError>) -> String {
     match error {
         Some(e) if !e.cause.is_empty() => {
             // A Lambda's cause is its error JSON; show its message.
@@ -104,11 +114,19 @@ pub fn run_step(engine: &Engine, input: &Value) -> Result<Value, StepError> {
         "store.finalize" => Ok(engine.finalize_store(id).map(|()| Value::Null)?),
         "restore.finalize" => Ok(engine.finalize_restore(id).map(|()| Value::Null)?),
         "store.fail" => Ok(engine
-            .fail_store(id, &failure_reason(input.error))
-            .map(|()| Value::Null)?),
+            .fail_store(
+                id,
+                &failure_reason(input.unit, input.error),
+                FailedBy::Workflow,
+            )
+            .map(|_| Value::Null)?),
         "restore.fail" => Ok(engine
-            .fail_restore(id, &failure_reason(input.error))
-            .map(|()| Value::Null)?),
+            .fail_restore(
+                id,
+                &failure_reason(input.unit, input.error),
+                FailedBy::Workflow,
+            )
+            .map(|_| Value::Null)?),
         other => Err(StepError {
             name: FATAL,
             cause: format!("unknown step {other:?}"),
@@ -146,21 +164,24 @@ mod tests {
             })
         };
         assert_eq!(
-            failure_reason(caught(
-                "Fatal",
-                r#"{"errorType":"Fatal","errorMessage":"snapshot gone"}"#
-            )),
+            failure_reason(
+                None,
+                caught(
+                    "Fatal",
+                    r#"{"errorType":"Fatal","errorMessage":"snapshot gone"}"#
+                )
+            ),
             "snapshot gone"
         );
         assert_eq!(
-            failure_reason(caught("Fatal", "plain words")),
-            "plain words"
+            failure_reason(Some(7), caught("Fatal", "plain words")),
+            "unit 7: plain words"
         );
         assert_eq!(
-            failure_reason(caught("States.Timeout", "")),
+            failure_reason(None, caught("States.Timeout", "")),
             "States.Timeout"
         );
-        assert_eq!(failure_reason(None), "the workflow failed");
+        assert_eq!(failure_reason(None, None), "the workflow failed");
         let e: StepError = Error::Transient("throttled".into()).into();
         assert_eq!(e.name, RETRYABLE);
         let e: StepError = Error::NotFound("gone".into()).into();

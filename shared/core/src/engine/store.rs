@@ -15,12 +15,11 @@ use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
 use crate::archive::{ArchiveIndex, ArchivePlan, BlockSource, DiskSource, UnitRecord, encode_unit};
-use crate::engine::now_ms;
-use crate::engine::{Engine, SpoolFile};
+use crate::engine::{Engine, FailedBy, SpoolFile, now_ms};
 use crate::ids::{AccountId, ImageId, SnapshotId, TaskId};
 use crate::ports::{CompletedPart, ObjectReader, SnapshotStore};
 use crate::storage::BucketName;
-use crate::task::{Task, TaskKind, TaskState};
+use crate::task::{Claim, Ending, Task, TaskKind, TaskState};
 use crate::{Error, Result};
 
 /// Work-store name of a store task's plan.
@@ -166,7 +165,7 @@ impl Engine {
 
     /// Completes a store task: final part, CompleteMultipartUpload, checks.
     pub fn finalize_store(&self, id: &TaskId) -> Result<()> {
-        let Some(task) = self.task_to_finalize(id)? else {
+        let Some(task) = self.claim_completion(id)? else {
             return Ok(());
         };
         let upload = upload_of(&task)?;
@@ -233,15 +232,23 @@ impl Engine {
                 "the completed object's manifest differs from the one written".into(),
             ));
         }
-        self.end(id, TaskState::Completed, None)
+        self.end(id, Ending::Complete)
     }
 
     /// Fails a store task: nothing stays in the bucket, the quota is released.
-    pub fn fail_store(&self, id: &TaskId, reason: &str) -> Result<()> {
-        let task = self.task(id)?;
-        if task.state != TaskState::InProgress {
-            return Ok(());
-        }
+    /// The end is claimed first, so nothing is deleted unless this call holds
+    /// it: a finalize that claimed it first keeps its object (unless `by` may
+    /// take its claim over). Returns whether this call held the end.
+    pub fn fail_store(&self, id: &TaskId, reason: &str, by: FailedBy) -> Result<bool> {
+        let task = match self.claim(
+            id,
+            Ending::Fail,
+            Some(reason),
+            by.overrule_before_ms(now_ms()),
+        )? {
+            Claim::Held(task) => task,
+            Claim::Taken(_) => return Ok(false),
+        };
         // A task that died between creating its upload and recording it does not
         // know its id; the key is the task's alone (one store of an image into a
         // bucket runs at a time), so any upload of the key is its.
@@ -267,9 +274,11 @@ impl Engine {
         if task.upload_id.is_some() {
             // A finalize that completed the upload and then failed its checks left
             // an object that must not stay: the key was free when the task began.
+            // (Aborting first matters: an aborted upload can no longer complete.)
             self.objects.delete_object(&task.bucket, &task.key)?;
         }
-        self.end(id, TaskState::Failed, Some(reason))
+        self.end(id, Ending::Fail)?;
+        Ok(true)
     }
 }
 
@@ -299,7 +308,18 @@ impl Engine {
             .ok_or_else(|| {
                 Error::NotFound(format!("no store task of image {image} is in progress"))
             })?;
-        self.fail_store(&task.id, CANCELLED)?;
+        if !self.fail_store(&task.id, CANCELLED, FailedBy::Cancel)? {
+            let now = self.task(&task.id)?;
+            return Err(Error::IncorrectState(match (now.state, now.ending()) {
+                (TaskState::InProgress, Some(Ending::Complete)) => format!(
+                    "the store of image {image} is completing; it can no longer be cancelled"
+                ),
+                (TaskState::InProgress, _) => {
+                    format!("the store of image {image} is already being failed")
+                }
+                (state, _) => format!("the store of image {image} has already ended ({state})"),
+            }));
+        }
         // The steps would stop by themselves at their next look at the task;
         // stopping the execution saves the units in between.
         self.runner.stop(TaskKind::Store, &task.id, CANCELLED)?;

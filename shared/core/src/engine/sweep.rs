@@ -13,8 +13,8 @@ use std::collections::BTreeSet;
 
 use serde::{Deserialize, Serialize};
 
-use crate::engine::Engine;
 use crate::engine::intake::StoreRequest;
+use crate::engine::{Engine, FailedBy};
 use crate::ids::{AccountId, ResourceState, TaskId};
 use crate::image::Tag;
 use crate::ports::ExecutionStatus;
@@ -36,6 +36,19 @@ pub struct SweepReport {
     pub aborted_uploads: Vec<String>,
     /// Counters corrected, as `account/kind: from -> to`.
     pub corrected_counters: Vec<String>,
+    /// What could not be done, one line each (the sweep went on past them).
+    pub errors: Vec<String>,
+}
+
+/// What one run of an archive policy did.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PolicyReport {
+    /// Store tasks started.
+    pub started: Vec<TaskId>,
+    /// Images that could not be stored, as `ami-…: why` (the run went on
+    /// past each, but for a full quota, which ends the run).
+    pub refused: Vec<String>,
 }
 
 /// An archive policy: store every image tagged `tag` into `bucket`.
@@ -88,7 +101,11 @@ mod bucket_path_text {
 
 impl Engine {
     /// Sweeps: see the module documentation. Tasks younger than `grace_ms` are
-    /// left alone (their execution may not have started yet).
+    /// left alone (their execution may not have started yet). One task's,
+    /// upload's or counter's failure is recorded in the report and the sweep
+    /// goes on: a clean-up that is refused (say, a missing permission) must not
+    /// keep every other abandoned task in progress, holding its quota.
+    /// An error is returned only when the task store cannot be read at all.
     pub fn sweep(&self, now_ms: i64, grace_ms: i64) -> Result<SweepReport> {
         let mut report = SweepReport::default();
         // Counters first, then tasks: an admission or release after the
@@ -102,18 +119,19 @@ impl Engine {
             if now_ms - task.started_at_ms < grace_ms {
                 continue;
             }
-            if self.runner.status(task.kind, &task.id)? == ExecutionStatus::Running {
-                continue;
+            match self.sweep_task(task) {
+                Ok(true) => {
+                    report.failed.push(task.id.clone());
+                    failed.push(task);
+                }
+                Ok(false) => {}
+                Err(e) => report
+                    .errors
+                    .push(format!("failing abandoned task {}: {e}", task.id)),
             }
-            match task.kind {
-                TaskKind::Store => self.fail_store(&task.id, ABANDONED)?,
-                TaskKind::Restore => self.fail_restore(&task.id, ABANDONED)?,
-            }
-            report.failed.push(task.id.clone());
-            failed.push(task);
         }
 
-        self.abort_orphaned_uploads(&running, &failed, &mut report)?;
+        self.abort_orphaned_uploads(&running, &failed, &mut report);
 
         for (account, kind, gib) in counters {
             let expected: u64 = running
@@ -121,29 +139,54 @@ impl Engine {
                 .filter(|t| t.account == account && t.kind == kind)
                 .map(|t| t.size_gib)
                 .sum();
-            if gib != expected && self.tasks.correct_counter(&account, kind, gib, expected)? {
-                report
+            if gib == expected {
+                continue;
+            }
+            match self.tasks.correct_counter(&account, kind, gib, expected) {
+                Ok(true) => report
                     .corrected_counters
-                    .push(format!("{account}/{}: {gib} -> {expected}", kind.as_str()));
+                    .push(format!("{account}/{}: {gib} -> {expected}", kind.as_str())),
+                Ok(false) => {}
+                Err(e) => report.errors.push(format!(
+                    "correcting the {} counter of {account}: {e}",
+                    kind.as_str()
+                )),
             }
         }
         Ok(report)
     }
 
+    /// Fails `task` if its execution is gone; returns whether it did. A task
+    /// whose end a live step has claimed (younger than [`STEP_LEASE_MS`]) is
+    /// left to it.
+    fn sweep_task(&self, task: &Task) -> Result<bool> {
+        if self.runner.status(task.kind, &task.id)? == ExecutionStatus::Running {
+            return Ok(false);
+        }
+        match task.kind {
+            TaskKind::Store => self.fail_store(&task.id, ABANDONED, FailedBy::Sweep),
+            TaskKind::Restore => self.fail_restore(&task.id, ABANDONED, FailedBy::Sweep),
+        }
+    }
+
     /// Aborts uploads of archive keys that no running task owns: those of the
     /// tasks just failed (an upload created but never recorded, by an intake
     /// that crashed), and second uploads of a running task's key.
-    fn abort_orphaned_uploads(
-        &self,
-        running: &[Task],
-        failed: &[&Task],
-        report: &mut SweepReport,
-    ) -> Result<()> {
+    fn abort_orphaned_uploads(&self, running: &[Task], failed: &[&Task], report: &mut SweepReport) {
         let stores = |t: &&Task| t.kind == TaskKind::Store;
         let buckets: BTreeSet<&BucketName> =
             running.iter().filter(stores).map(|t| &t.bucket).collect();
         for bucket in buckets {
-            for (upload, key) in self.objects.list_multipart_uploads(bucket)? {
+            let uploads = match self.objects.list_multipart_uploads(bucket) {
+                Ok(uploads) => uploads,
+                Err(e) => {
+                    report
+                        .errors
+                        .push(format!("listing the uploads of bucket {bucket}: {e}"));
+                    continue;
+                }
+            };
+            for (upload, key) in uploads {
                 let owner =
                     |t: &&Task| t.kind == TaskKind::Store && t.bucket == *bucket && t.key == key;
                 let live = running
@@ -154,15 +197,16 @@ impl Engine {
                     Some(t) => t.upload_id.as_deref().is_some_and(|u| u != upload),
                     None => failed.iter().any(owner),
                 };
-                if orphaned {
-                    self.abort_upload(bucket, &key, &upload)?;
-                    report
-                        .aborted_uploads
-                        .push(format!("s3://{bucket}/{key}#{upload}"));
+                if !orphaned {
+                    continue;
+                }
+                let target = format!("s3://{bucket}/{key}#{upload}");
+                match self.abort_upload(bucket, &key, &upload) {
+                    Ok(()) => report.aborted_uploads.push(target),
+                    Err(e) => report.errors.push(format!("aborting {target}: {e}")),
                 }
             }
         }
-        Ok(())
     }
 
     fn abort_upload(&self, bucket: &BucketName, key: &ObjectKey, upload: &str) -> Result<()> {
@@ -173,27 +217,30 @@ impl Engine {
     }
 
     /// Starts a store of every available image of `account` tagged
-    /// `policy.tag` whose archive is not in `policy.bucket` yet. Returns the
-    /// tasks started. Images already being stored are skipped; a full quota
-    /// stops the run (the next one continues).
+    /// `policy.tag` whose archive is not in `policy.bucket` yet. Images already
+    /// being stored are skipped quietly; an image that cannot be stored (say,
+    /// a paravirtual one, or a snapshot still pending) is reported and the run
+    /// goes on with the next; a full quota stops the run (the next continues).
+    /// An error is returned only when the images cannot be listed at all.
     pub fn apply_archive_policy(
         &self,
         account: &AccountId,
         policy: &ArchivePolicy,
-    ) -> Result<Vec<TaskId>> {
-        let mut started = Vec::new();
+    ) -> Result<PolicyReport> {
+        let mut report = PolicyReport::default();
         for image in self.catalog.list_images(account)? {
             let tagged = image.metadata.tags.contains(&policy.tag);
             if !tagged || image.state != ResourceState::Available {
                 continue;
             }
             let key = policy.bucket.key_for(&image.image_id);
-            if self
-                .objects
-                .head_object(&policy.bucket.bucket, &key)?
-                .is_some()
-            {
-                continue;
+            match self.objects.head_object(&policy.bucket.bucket, &key) {
+                Ok(Some(_)) => continue,
+                Ok(None) => {}
+                Err(e) => {
+                    report.refused.push(format!("{}: {e}", image.image_id));
+                    continue;
+                }
             }
             let request = StoreRequest {
                 image_id: image.image_id.clone(),
@@ -201,12 +248,15 @@ impl Engine {
                 object_tags: Vec::new(),
             };
             match self.create_store_task(account, &request) {
-                Ok(task) => started.push(task.id),
+                Ok(task) => report.started.push(task.id),
                 Err(Error::AlreadyExists(_)) => {}
-                Err(Error::LimitExceeded(_)) => break,
-                Err(e) => return Err(e),
+                Err(e @ Error::LimitExceeded(_)) => {
+                    report.refused.push(format!("{}: {e}", image.image_id));
+                    break;
+                }
+                Err(e) => report.refused.push(format!("{}: {e}", image.image_id)),
             }
         }
-        Ok(started)
+        Ok(report)
     }
 }

@@ -15,7 +15,7 @@ use crate::ids::{AccountId, ImageId, ResourceState, TaskId};
 use crate::image::{Architecture, DeviceName, EbsMapping, ImageMetadata, VolumeType};
 use crate::ports::{CompletedPart, ImageCatalog, ObjectStore, SnapshotStore, TaskStore};
 use crate::storage::{BucketName, ObjectKey};
-use crate::task::{Task, TaskKind, TaskState};
+use crate::task::{Claim, ClaimRequest, Ending, Task, TaskKind, TaskState};
 
 /// Whether `upload` is among the bucket's uploads in progress.
 fn listed(store: &dyn ObjectStore, bucket: &BucketName, upload: &str) -> bool {
@@ -250,24 +250,110 @@ pub fn task_store(store: Arc<dyn TaskStore>) {
         store.units(&a.id).unwrap(),
         vec![(0, "{\"u\":0}".to_owned()), (1, "{\"u\":1}".to_owned())]
     );
+    // The end is claimed before it happens: one claimant at a time, the same
+    // ending re-entered (keeping the first reason), another refused unless
+    // it may overrule a claim that old.
+    let fail = |reason, overrule| ClaimRequest {
+        ending: Ending::Fail,
+        reason: Some(reason),
+        overrule_before_ms: overrule,
+        now_ms: 10,
+    };
+    let complete = |overrule, now_ms| ClaimRequest {
+        ending: Ending::Complete,
+        reason: None,
+        overrule_before_ms: overrule,
+        now_ms,
+    };
     assert!(
-        store
-            .finish(&a.id, TaskState::Failed, Some("disk on fire"), 10)
-            .unwrap()
+        !store.finish(&a.id, Ending::Fail, 9).unwrap(),
+        "nothing claimed yet"
     );
-    assert!(!store.finish(&a.id, TaskState::Completed, None, 11).unwrap());
+    let Claim::Held(held) = store.claim_end(&a.id, &fail("disk on fire", None)).unwrap() else {
+        panic!("an unclaimed task's end is held by its first claimant")
+    };
+    assert_eq!(
+        held.claim.as_ref().map(|c| (c.ending, c.at_ms)),
+        Some((Ending::Fail, 10))
+    );
+    assert_eq!(held.state, TaskState::InProgress, "claimed, not ended");
+    match store
+        .claim_end(&a.id, &fail("a later reason", None))
+        .unwrap()
+    {
+        Claim::Held(t) => assert_eq!(
+            t.claim.and_then(|c| c.reason).as_deref(),
+            Some("disk on fire"),
+            "re-entered, first reason kept"
+        ),
+        other => panic!("the same ending re-enters its claim: {other:?}"),
+    }
+    assert!(matches!(
+        store.claim_end(&a.id, &complete(None, 11)).unwrap(),
+        Claim::Taken(_)
+    ));
+    assert!(
+        matches!(
+            store.claim_end(&a.id, &complete(Some(10), 11)).unwrap(),
+            Claim::Taken(_)
+        ),
+        "a claim made at 10 is not older than 10"
+    );
+    assert!(
+        !store.finish(&a.id, Ending::Complete, 11).unwrap(),
+        "not the holder"
+    );
+    assert!(store.finish(&a.id, Ending::Fail, 12).unwrap());
+    assert!(
+        !store.finish(&a.id, Ending::Fail, 13).unwrap(),
+        "ended once"
+    );
+    assert!(matches!(
+        store.claim_end(&a.id, &fail("too late", Some(i64::MAX))).unwrap(),
+        Claim::Taken(t) if t.state == TaskState::Failed
+    ));
     assert_eq!(store.in_progress_gib(&me, store_kind).unwrap(), 1000);
     let failed = store.get(&a.id).unwrap().unwrap();
     assert_eq!(
-        (failed.state, failed.failure_reason.as_deref()),
-        (TaskState::Failed, Some("disk on fire"))
+        (
+            failed.state,
+            failed.failure_reason.as_deref(),
+            failed.ended_at_ms
+        ),
+        (TaskState::Failed, Some("disk on fire"), Some(12))
     );
+    assert!(matches!(
+        store.claim_end(&TaskId::fresh(), &fail("x", None)),
+        Err(Error::NotFound(_))
+    ));
     store
         .admit(&again, 600)
         .expect_err("still 1000 GiB in progress");
-    for t in [&b, &c] {
-        assert!(store.finish(&t.id, TaskState::Completed, None, 12).unwrap());
-    }
+    // A completion overruled by an older-claim rule: c's finalize claimed
+    // at 20 and died; a sweeper allowed to overrule claims before 21 takes over.
+    assert!(matches!(
+        store.claim_end(&b.id, &complete(None, 12)).unwrap(),
+        Claim::Held(_)
+    ));
+    assert!(store.finish(&b.id, Ending::Complete, 13).unwrap());
+    assert_eq!(store.get(&b.id).unwrap().unwrap().failure_reason, None);
+    assert!(matches!(
+        store.claim_end(&c.id, &complete(None, 20)).unwrap(),
+        Claim::Held(_)
+    ));
+    assert!(matches!(
+        store.claim_end(&c.id, &fail("abandoned", Some(21))).unwrap(),
+        Claim::Held(t) if t.ending() == Some(Ending::Fail)
+    ));
+    assert!(
+        !store.finish(&c.id, Ending::Complete, 22).unwrap(),
+        "overruled"
+    );
+    assert!(store.finish(&c.id, Ending::Fail, 22).unwrap());
+    assert_eq!(
+        store.get(&c.id).unwrap().unwrap().failure_reason.as_deref(),
+        Some("abandoned")
+    );
     assert_eq!(store.in_progress_gib(&me, store_kind).unwrap(), 0);
     store.admit(&again, 600).unwrap();
 

@@ -18,7 +18,7 @@ use crate::blocks::BlockRanges;
 use crate::ids::{AccountId, ImageId, ResourceState, SnapshotId, TaskId};
 use crate::image::{DeviceName, ImageMetadata, ImageName, Tag};
 use crate::storage::{BucketName, ObjectKey};
-use crate::task::{Task, TaskKind, TaskState};
+use crate::task::{Claim, ClaimRequest, Ending, Task, TaskKind};
 use crate::{Error, Result};
 
 /// A snapshot as the image catalog describes it.
@@ -317,8 +317,9 @@ pub trait TaskStore: Send + Sync {
     /// Records how many units a task has, once planned.
     fn set_units_total(&self, id: &TaskId, units: u64) -> Result<()>;
 
-    /// Records unit `unit` (its record, as JSON) unless already recorded, and
-    /// counts it. Returns whether this call recorded it.
+    /// Records unit `unit` (its record, as JSON) unless already recorded.
+    /// Returns whether this call recorded it. Writes nothing but the unit's own
+    /// record, so units finishing together never contend for one item.
     fn record_unit(&self, id: &TaskId, unit: u64, record_json: &str) -> Result<bool>;
 
     /// Whether unit `unit` of a task is recorded (one key lookup: a unit step
@@ -328,15 +329,19 @@ pub trait TaskStore: Send + Sync {
     /// The recorded units of a task, in unit order.
     fn units(&self, id: &TaskId) -> Result<Vec<(u64, String)>>;
 
-    /// Moves an in-progress task to Completed or Failed and releases its quota,
-    /// atomically. Returns false, changing nothing, if it had already ended.
-    fn finish(
-        &self,
-        id: &TaskId,
-        state: TaskState,
-        reason: Option<&str>,
-        now_ms: i64,
-    ) -> Result<bool>;
+    /// Claims the end of an in-progress task, in one conditional write: held
+    /// if nothing had claimed it, if the same ending had (a retried step
+    /// re-enters its claim; the first claim's reason and time stay), or if
+    /// another ending's claim is older than `overrule_before_ms`. Otherwise,
+    /// and once the task has ended, it is [`Claim::Taken`] and nothing
+    /// changes. [`Error::NotFound`] for an unknown task.
+    fn claim_end(&self, id: &TaskId, request: &ClaimRequest<'_>) -> Result<Claim>;
+
+    /// Ends a task whose end `ending` holds: Completed, or Failed with its
+    /// claim's reason, and its quota released, atomically. Returns false,
+    /// changing nothing, if `ending` no longer holds it (it was overruled, or
+    /// the task has ended).
+    fn finish(&self, id: &TaskId, ending: Ending, now_ms: i64) -> Result<bool>;
 
     /// An account's tasks of `kind` started within the retention window
     /// before `now_ms`, newest first.

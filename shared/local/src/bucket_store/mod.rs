@@ -325,10 +325,22 @@ impl BucketStore {
         Ok(())
     }
 
-    /// Abandons an upload and deletes its parts.
+    /// Abandons an upload and deletes its parts. The upload's folder is first
+    /// renamed out of the way, atomically, so of two aborts at once one wins
+    /// and the other finds no upload, as on S3.
     pub fn abort_multipart(&self, bucket: &BucketName, upload: &str) -> Result<()> {
         let dir = self.upload_dir(bucket, upload)?;
-        fs::remove_dir_all(&dir).map_err(io(format!("removing {}", dir.display())))
+        let trash = dir.with_file_name(format!(".aborted-{}", unique_token()));
+        match fs::rename(&dir, &trash) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(Error::NotFound(format!(
+                    "upload {upload} does not exist in bucket {bucket}"
+                )));
+            }
+            Err(e) => return Err(Error::io(format!("aborting upload {upload}"), e)),
+        }
+        fs::remove_dir_all(&trash).map_err(io(format!("removing {}", trash.display())))
     }
 
     /// Uploads in progress in `bucket`, as (upload id, key).
@@ -340,6 +352,10 @@ impl BucketStore {
         let mut uploads = Vec::new();
         for entry in entries.filter_map(|e| e.ok()) {
             let id = entry.file_name().to_string_lossy().into_owned();
+            // Upload ids are hex; anything else is an aborted upload's remains.
+            if id.is_empty() || !id.bytes().all(|b| b.is_ascii_hexdigit()) {
+                continue;
+            }
             let mut bytes = Vec::new();
             if File::open(entry.path().join("upload.json"))
                 .and_then(|mut f| f.read_to_end(&mut bytes))
@@ -546,8 +562,11 @@ impl ObjectStore for BucketStore {
 }
 
 fn read_upload(dir: &Path, upload: &str) -> Result<UploadRecord> {
-    let bytes =
-        fs::read(dir.join("upload.json")).map_err(io(format!("reading upload {upload}")))?;
+    let bytes = fs::read(dir.join("upload.json")).map_err(|e| match e.kind() {
+        // Aborted (or completed) meanwhile.
+        std::io::ErrorKind::NotFound => Error::NotFound(format!("upload {upload} does not exist")),
+        _ => Error::io(format!("reading upload {upload}"), e),
+    })?;
     serde_json::from_slice(&bytes)
         .map_err(|e| Error::InvalidInput(format!("upload {upload} is damaged: {e}")))
 }

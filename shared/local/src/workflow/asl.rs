@@ -3,8 +3,9 @@
 //! type, path form or resource) is refused when a definition is loaded, never
 //! half-executed later.
 //!
-//! Supported: `Task` (Resource, Parameters, ResultPath, Retry, Catch), `Map`
-//! (ItemReader from S3 JSON or ItemsPath, ItemSelector, MaxConcurrency,
+//! Supported: `Task` (Resource, Parameters, ResultPath, Retry with
+//! MaxDelaySeconds and JitterStrategy, Catch), `Map` (ItemReader from S3 JSON
+//! or ItemsPath, ItemSelector, MaxConcurrency or MaxConcurrencyPath,
 //! ItemProcessor in INLINE or DISTRIBUTED mode, ResultPath, Retry, Catch),
 //! `Fail` and `Succeed`; paths `$`, `$.a.b` and the context paths
 //! `$$.Map.Item.Value[.a…]`, `$$.Map.Item.Index` and `$$.Execution.Name`.
@@ -114,9 +115,26 @@ pub struct Retrier {
     /// Multiplier of the delay after each retry.
     #[serde(default = "two")]
     pub backoff_rate: f64,
+    /// Cap on any one delay, seconds.
+    #[serde(default)]
+    pub max_delay_seconds: Option<u64>,
+    /// `FULL`: each delay is drawn uniformly from zero to the computed delay
+    /// (so many retriers do not wake together); `NONE` (the default): it is not.
+    #[serde(default)]
+    pub jitter_strategy: Option<Jitter>,
     /// Documentation.
     #[serde(default)]
     pub comment: Option<String>,
+}
+
+/// A Retrier's `JitterStrategy`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum Jitter {
+    /// Delays drawn uniformly from [0, delay].
+    Full,
+    /// The computed delay itself.
+    None,
 }
 
 fn one() -> u64 {
@@ -235,6 +253,10 @@ pub struct MapState {
     /// Most iterations at once (0: no limit).
     #[serde(default)]
     pub max_concurrency: usize,
+    /// The input path holding the most iterations at once (instead of
+    /// `MaxConcurrency`).
+    #[serde(default)]
+    pub max_concurrency_path: Option<String>,
     /// The iteration machine.
     pub item_processor: ItemProcessor,
 }
@@ -429,6 +451,14 @@ impl StateMachine {
                     }
                     if let Some(s) = &m.item_selector {
                         check_template(s)?;
+                    }
+                    if let Some(p) = &m.max_concurrency_path {
+                        if m.max_concurrency != 0 {
+                            return Err(invalid(format!(
+                                "state {name:?}: MaxConcurrency and MaxConcurrencyPath exclude each other"
+                            )));
+                        }
+                        Path::parse(p)?;
                     }
                     let config = &m.item_processor.processor_config;
                     let mode_ok = match config.mode.as_str() {

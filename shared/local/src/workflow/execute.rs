@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use serde_json::{Map, Value, json};
 
-use crate::workflow::asl::{Catcher, Path, Retrier, State, StateMachine};
+use crate::workflow::asl::{Catcher, Jitter, Path, Retrier, State, StateMachine};
 
 /// How a state machine failed: an error name and a cause, as Step Functions
 /// reports them.
@@ -182,13 +182,40 @@ fn with_retry(
         if *n >= r.max_attempts {
             return Err(failure);
         }
-        let delay =
-            r.interval_seconds as f64 * r.backoff_rate.powi(*n as i32) * host.retry_delay_scale;
+        let delay = retry_delay(r, *n) * host.retry_delay_scale;
         *n += 1;
         if delay > 0.0 {
             std::thread::sleep(Duration::from_secs_f64(delay));
         }
     }
+}
+
+/// Seconds to wait before retry number `n + 1` under `r`.
+fn retry_delay(r: &Retrier, n: u32) -> f64 {
+    let mut delay = r.interval_seconds as f64 * r.backoff_rate.powi(n.min(1000) as i32);
+    if let Some(max) = r.max_delay_seconds {
+        delay = delay.min(max as f64);
+    }
+    if r.jitter_strategy == Some(Jitter::Full) {
+        delay *= jitter_fraction();
+    }
+    delay
+}
+
+/// A fraction in [0, 1) for full jitter: the time's low bits mixed with a
+/// counter. Only spreading retries apart matters, not randomness.
+fn jitter_fraction() -> f64 {
+    use std::sync::atomic::AtomicU64;
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos() as u64);
+    let mixed = (nanos
+        ^ COUNTER
+            .fetch_add(1, Ordering::Relaxed)
+            .wrapping_mul(0x9E37_79B9_7F4A_7C15))
+    .wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    (mixed >> 11) as f64 / (1u64 << 53) as f64
 }
 
 fn catch<'a>(catchers: &'a [Catcher], failure: &Failure) -> Option<&'a Catcher> {
@@ -297,7 +324,22 @@ fn run_map(
         .as_array()
         .cloned()
         .ok_or_else(|| Failure::runtime("a Map's items must be a JSON array"))?;
-    let limit = match m.max_concurrency {
+    let asked = match &m.max_concurrency_path {
+        Some(path) => {
+            let path = Path::parse(path).map_err(|e| Failure::runtime(e.to_string()))?;
+            let value = resolve(&path, input, ctx)?;
+            value
+                .as_u64()
+                .and_then(|n| usize::try_from(n).ok())
+                .ok_or_else(|| {
+                    Failure::runtime(format!(
+                        "MaxConcurrencyPath must point at a non-negative integer, not {value}"
+                    ))
+                })?
+        }
+        None => m.max_concurrency,
+    };
+    let limit = match asked {
         0 => host.max_map_concurrency,
         n => n.min(host.max_map_concurrency),
     }
@@ -339,16 +381,18 @@ fn run_map(
             });
         }
     });
-    if let Some((i, f)) = first_failure
+    if let Some((_, f)) = first_failure
         .into_inner()
         .unwrap_or_else(|p| p.into_inner())
     {
         // A Distributed Map's run fails as a whole once more items fail than it
-        // tolerates (none, here); an Inline Map fails with its iteration's error.
+        // tolerates (none, here), and, as on Step Functions, its error does not
+        // carry the item's: a child execution must report its own failure. An
+        // Inline Map fails with its iteration's error.
         return Err(if distributed {
             Failure::new(
                 "States.ExceedToleratedFailureThreshold",
-                format!("item {i} failed: {}: {}", f.error, f.cause),
+                "The specified tolerated failure threshold was exceeded",
             )
         } else {
             f
@@ -498,13 +542,83 @@ mod tests {
                 "Retryable"
             };
             assert_eq!(caught["Error"], json!(expected_error), "{mode}");
-            assert!(
-                caught["Cause"].as_str().unwrap().contains("disk hiccup"),
-                "{caught}"
-            );
+            // Step Functions does not hand a failed child's error to the
+            // parent of a Distributed Map; an Inline Map passes it on.
+            let cause = caught["Cause"].as_str().unwrap();
+            let expected_cause = if mode == "DISTRIBUTED" {
+                "tolerated failure threshold"
+            } else {
+                "disk hiccup"
+            };
+            assert!(cause.contains(expected_cause), "{mode}: {caught}");
             // Item 3 ran 1 + 3 retries; no more than the 5 items' first tries besides.
             assert!((4..=8).contains(&calls.load(Ordering::SeqCst)), "{mode}");
         }
+    }
+
+    #[test]
+    fn max_concurrency_may_come_from_the_input() {
+        let running = Arc::new(AtomicUsize::new(0));
+        let peak = Arc::new(AtomicUsize::new(0));
+        let (r, p) = (running.clone(), peak.clone());
+        let mut h = host(vec![
+            ("plan", Arc::new(|_: &Value| Ok(json!({"bucket": "work"})))),
+            (
+                "unit",
+                Arc::new(move |_: &Value| {
+                    let now = r.fetch_add(1, Ordering::SeqCst) + 1;
+                    p.fetch_max(now, Ordering::SeqCst);
+                    std::thread::sleep(Duration::from_millis(20));
+                    r.fetch_sub(1, Ordering::SeqCst);
+                    Ok(Value::Null)
+                }),
+            ),
+            ("cleanup", Arc::new(|_: &Value| Ok(Value::Null))),
+        ]);
+        h.max_map_concurrency = 8;
+        let mut def = machine("DISTRIBUTED");
+        let units = def["States"]["Units"].as_object_mut().unwrap();
+        units.remove("MaxConcurrency");
+        units.insert("MaxConcurrencyPath".into(), json!("$.limit"));
+        let m = load(&def, &h);
+        execute(&h, &m, json!({"id": "t", "limit": 2}), "t").unwrap();
+        assert_eq!(peak.load(Ordering::SeqCst), 2);
+        let err = execute(&h, &m, json!({"id": "t", "limit": "many"}), "t").unwrap_err();
+        assert_eq!(
+            err.error, "JobFailed",
+            "a bad path value fails the Map: {err:?}"
+        );
+
+        units_both_refused(&h);
+    }
+
+    fn units_both_refused(h: &Host) {
+        let mut def = machine("DISTRIBUTED");
+        def["States"]["Units"]["MaxConcurrencyPath"] = json!("$.limit");
+        let resources: BTreeSet<String> = h.functions.keys().cloned().collect();
+        let err = StateMachine::parse(&def.to_string(), &resources).unwrap_err();
+        assert!(err.to_string().contains("exclude each other"), "{err}");
+    }
+
+    #[test]
+    fn retry_delays_back_off_up_to_their_cap_with_optional_full_jitter() {
+        let mut r: Retrier = serde_json::from_value(json!({
+            "ErrorEquals": ["Retryable"], "IntervalSeconds": 2, "BackoffRate": 2.0, "MaxDelaySeconds": 60
+        }))
+        .unwrap();
+        let plain: Vec<f64> = (0..8).map(|n| retry_delay(&r, n)).collect();
+        assert_eq!(plain, [2.0, 4.0, 8.0, 16.0, 32.0, 60.0, 60.0, 60.0]);
+        r.jitter_strategy = Some(Jitter::Full);
+        let jittered: Vec<f64> = (0..200).map(|n| retry_delay(&r, n % 8)).collect();
+        assert!(
+            jittered
+                .iter()
+                .zip(plain.iter().cycle())
+                .all(|(j, p)| (0.0..=*p).contains(j))
+        );
+        let distinct: BTreeSet<u64> = jittered.iter().map(|d| d.to_bits()).collect();
+        assert!(distinct.len() > 100, "full jitter spreads the delays");
+        assert!(retry_delay(&r, u32::MAX).is_finite());
     }
 
     #[test]

@@ -195,7 +195,9 @@ impl LocalRunner {
         execute(
             &self.host(engine),
             machine,
-            json!({ "taskId": task }),
+            // As the Step Functions runner starts them: the Map's concurrency
+            // comes with the input (MaxConcurrencyPath); the host caps it.
+            json!({ "taskId": task, "unitConcurrency": self.0.options.max_map_concurrency }),
             task.as_str(),
         )
     }
@@ -296,6 +298,7 @@ mod tests {
                 // Functions report their own, documented names.
                 let known = ERROR_NAMES.contains(&name.as_str())
                     || name == "States.ALL"
+                    || name == "States.ItemReaderFailed"
                     || [
                         "Lambda.ServiceException",
                         "Lambda.AWSLambdaException",

@@ -17,7 +17,7 @@ use amistore_core::ports::{
     CompletedPart, Image, ImageCatalog, ObjectInfo, ObjectStore, SnapshotStore, TaskStore,
 };
 use amistore_core::storage::{BucketName, ObjectKey};
-use amistore_core::task::{Task, TaskKind, TaskState};
+use amistore_core::task::{Claim, ClaimRequest, Ending, Task, TaskKind};
 use amistore_core::{Error, Result};
 use amistore_local::bucket_store::BucketStore;
 use amistore_local::embedded::{LocalEngine, LocalOptions, Ports};
@@ -435,9 +435,13 @@ impl TaskStore for Faulty<dyn TaskStore> {
     fn units(&self, id: &TaskId) -> Result<Vec<(u64, String)>> {
         self.0.units(id)
     }
-    fn finish(&self, id: &TaskId, s: TaskState, r: Option<&str>, now: i64) -> Result<bool> {
+    fn claim_end(&self, id: &TaskId, c: &ClaimRequest<'_>) -> Result<Claim> {
+        self.1.check("claim_end")?;
+        self.0.claim_end(id, c)
+    }
+    fn finish(&self, id: &TaskId, e: Ending, now: i64) -> Result<bool> {
         self.1.check("finish")?;
-        self.0.finish(id, s, r, now)
+        self.0.finish(id, e, now)
     }
     fn list(&self, a: &AccountId, k: TaskKind, now: i64) -> Result<Vec<Task>> {
         self.0.list(a, k, now)
