@@ -60,6 +60,9 @@ pub enum Permission {
     /// Only the `Describe…` actions; anything else (DryRun included) is
     /// `UnauthorizedOperation`.
     ReadOnly,
+    /// Only these actions (a route that serves one action): anything else is
+    /// `UnauthorizedOperation`.
+    Only(&'static [&'static str]),
 }
 
 /// Access keys and the secrets, accounts and permissions they stand for.
@@ -245,8 +248,12 @@ fn request_params(req: &HttpRequest) -> Result<Params, ApiError> {
 
 /// Read-only callers may only describe.
 fn authorize(permission: Permission, action: Option<&str>) -> Result<(), ApiError> {
-    let reads = action.is_some_and(|a| a.starts_with("Describe"));
-    if permission == Permission::ReadOnly && !reads {
+    let allowed = match permission {
+        Permission::Full => true,
+        Permission::ReadOnly => action.is_some_and(|a| a.starts_with("Describe")),
+        Permission::Only(actions) => action.is_some_and(|a| actions.contains(&a)),
+    };
+    if !allowed {
         return Err(ApiError::new(
             "UnauthorizedOperation",
             "You are not authorized to perform this operation.",

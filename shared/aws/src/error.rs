@@ -24,6 +24,14 @@ pub enum SetupError {
     /// The caller's identity could not be found (STS GetCallerIdentity).
     #[error("cannot find the AWS account: {0}")]
     Identity(String),
+    /// A secret the function needs could not be read.
+    #[error("cannot read secret {arn}: {reason}")]
+    Secret {
+        /// The secret.
+        arn: String,
+        /// Why.
+        reason: String,
+    },
 }
 
 /// Error codes AWS services use for throttling and transient service faults:

@@ -17,6 +17,7 @@
 //! a runtime thread: the Lambda handlers run the engine under `spawn_blocking`).
 //! SDK types never leave this crate.
 
+pub mod audit;
 mod bridge;
 pub mod dynamodb;
 pub mod ebs;
@@ -28,6 +29,7 @@ pub mod sfn;
 #[cfg(feature = "testing")]
 pub mod testing;
 
+pub use audit::{Audit, Permission};
 pub use bridge::Bridge;
 pub use ebs::EbsLimits;
 pub use error::SetupError;

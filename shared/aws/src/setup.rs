@@ -11,6 +11,7 @@ use aws_config::BehaviorVersion;
 use aws_config::retry::RetryConfig;
 use tokio::runtime::Handle;
 
+use crate::audit::{Audit, AuditInterceptor};
 use crate::bridge::Bridge;
 use crate::dynamodb::DynamoTaskStore;
 use crate::ebs::EbsLimits;
@@ -19,8 +20,8 @@ use crate::error::SetupError;
 use crate::s3::S3ObjectStore;
 use crate::sfn::StepFunctionsRunner;
 
-/// amistore's settings on AWS. [`AwsSettings::from_env`] reads them from the
-/// environment the template gives each function.
+/// amistore's settings on AWS (a Lambda function reads them from the
+/// environment the template gives it; the CLI from its flags).
 #[derive(Debug, Clone)]
 pub struct AwsSettings {
     /// The DynamoDB table (`AMISTORE_TABLE`).
@@ -35,16 +36,18 @@ pub struct AwsSettings {
     /// The account the credentials act as (`AMISTORE_ACCOUNT_ID`); asked of STS
     /// when not given.
     pub account: Option<AccountId>,
-    /// EBS request limits (`AMISTORE_EBS_CONCURRENCY`,
-    /// `AMISTORE_EBS_REQUESTS_PER_SECOND`, `AMISTORE_SNAPSHOT_TIMEOUT_MINUTES`).
+    /// EBS request limits.
     pub ebs: EbsLimits,
+    /// Most units one execution transfers at once (its Map's concurrency,
+    /// passed in the execution's input).
+    pub unit_concurrency: u32,
     /// Overrides of the standard configuration (tests against an emulator).
     pub overrides: Overrides,
 }
 
 /// What may replace the standard AWS configuration's choices. Unset fields
 /// keep them (`AWS_ENDPOINT_URL`, `AWS_REGION`, the credential chain).
-#[derive(Debug, Clone, Default)]
+#[derive(Clone, Default)]
 pub struct Overrides {
     /// Endpoint for every service (an emulator's URL).
     pub endpoint_url: Option<String>,
@@ -52,24 +55,20 @@ pub struct Overrides {
     pub region: Option<String>,
     /// Static access key and secret.
     pub credentials: Option<(String, String)>,
+    /// Receives the IAM permissions every request needs (the tests check
+    /// them against the template's roles; see [`crate::audit`]).
+    pub audit: Option<Arc<dyn Audit>>,
 }
 
-fn var(name: &'static str) -> Option<String> {
-    std::env::var(name).ok().filter(|v| !v.is_empty())
-}
-
-fn parsed<T: std::str::FromStr>(name: &'static str) -> Result<Option<T>, SetupError>
-where
-    T::Err: std::fmt::Display,
-{
-    var(name)
-        .map(|v| {
-            v.parse().map_err(|e: T::Err| SetupError::Invalid {
-                name,
-                reason: format!("{v:?}: {e}"),
-            })
-        })
-        .transpose()
+impl std::fmt::Debug for Overrides {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Overrides")
+            .field("endpoint_url", &self.endpoint_url)
+            .field("region", &self.region)
+            .field("credentials", &self.credentials.as_ref().map(|(k, _)| k))
+            .field("audit", &self.audit.is_some())
+            .finish()
+    }
 }
 
 impl AwsSettings {
@@ -82,38 +81,9 @@ impl AwsSettings {
             restore_machine: None,
             account: None,
             ebs: EbsLimits::default(),
+            unit_concurrency: 16,
             overrides: Overrides::default(),
         }
-    }
-
-    /// Settings from the environment.
-    pub fn from_env() -> Result<Self, SetupError> {
-        let table = var("AMISTORE_TABLE").ok_or(SetupError::Missing("AMISTORE_TABLE"))?;
-        let work_bucket =
-            parsed("AMISTORE_WORK_BUCKET")?.ok_or(SetupError::Missing("AMISTORE_WORK_BUCKET"))?;
-        let defaults = EbsLimits::default();
-        let ebs = EbsLimits {
-            concurrency: parsed("AMISTORE_EBS_CONCURRENCY")?.unwrap_or(defaults.concurrency),
-            requests_per_second: parsed("AMISTORE_EBS_REQUESTS_PER_SECOND")?
-                .unwrap_or(defaults.requests_per_second),
-            snapshot_timeout_minutes: parsed("AMISTORE_SNAPSHOT_TIMEOUT_MINUTES")?
-                .unwrap_or(defaults.snapshot_timeout_minutes),
-        };
-        if !(10..=4320).contains(&ebs.snapshot_timeout_minutes) {
-            return Err(SetupError::Invalid {
-                name: "AMISTORE_SNAPSHOT_TIMEOUT_MINUTES",
-                reason: "EBS takes 10 to 4320 minutes".into(),
-            });
-        }
-        Ok(Self {
-            table,
-            work_bucket,
-            store_machine: var("AMISTORE_STORE_STATE_MACHINE"),
-            restore_machine: var("AMISTORE_RESTORE_STATE_MACHINE"),
-            account: parsed("AMISTORE_ACCOUNT_ID")?,
-            ebs,
-            overrides: Overrides::default(),
-        })
     }
 }
 
@@ -130,6 +100,7 @@ pub struct AwsPorts {
     pub runner: Option<Arc<StepFunctionsRunner>>,
     /// The account the credentials act as.
     pub account: AccountId,
+    secrets: aws_sdk_secretsmanager::Client,
 }
 
 impl AwsPorts {
@@ -177,37 +148,51 @@ impl AwsPorts {
                     .map_err(|e: amistore_core::Error| SetupError::Identity(e.to_string()))?
             }
         };
+        let audit = o.audit.as_ref().map(|a| {
+            let region = config.region().map(|r| r.to_string()).unwrap_or_default();
+            AuditInterceptor::new(a.clone(), &region, account.as_str())
+        });
+        // Every client, audited when asked: one macro, as the service config
+        // builders share no trait.
+        macro_rules! client {
+            ($sdk:ident, $builder:expr) => {{
+                let mut builder = $builder;
+                if let Some(a) = &audit {
+                    builder = builder.interceptor(a.clone());
+                }
+                $sdk::Client::from_conf(builder.build())
+            }};
+        }
         // An endpoint override (an emulator) serves buckets by path, not by host.
-        let s3 = aws_sdk_s3::Client::from_conf(
-            aws_sdk_s3::config::Builder::from(&config)
-                .force_path_style(emulated)
-                .build(),
+        let s3 = client!(
+            aws_sdk_s3,
+            aws_sdk_s3::config::Builder::from(&config).force_path_style(emulated)
         );
         // Block requests: adaptive retry adds client-side rate limiting when EBS
         // throttles, on top of exponential backoff with full jitter.
-        let ebs = aws_sdk_ebs::Client::from_conf(
-            aws_sdk_ebs::config::Builder::from(&config)
-                .retry_config(
-                    RetryConfig::adaptive()
-                        .with_max_attempts(8)
-                        .with_initial_backoff(Duration::from_millis(100))
-                        .with_max_backoff(Duration::from_secs(20)),
-                )
-                .build(),
+        let ebs = client!(
+            aws_sdk_ebs,
+            aws_sdk_ebs::config::Builder::from(&config).retry_config(
+                RetryConfig::adaptive()
+                    .with_max_attempts(8)
+                    .with_initial_backoff(Duration::from_millis(100))
+                    .with_max_backoff(Duration::from_secs(20)),
+            )
         );
         let bridge = Bridge::new(runtime);
         let runner = match (&settings.store_machine, &settings.restore_machine) {
             (Some(store), Some(restore)) => Some(Arc::new(StepFunctionsRunner::new(
-                aws_sdk_sfn::Client::new(&config),
+                client!(aws_sdk_sfn, aws_sdk_sfn::config::Builder::from(&config)),
                 bridge.clone(),
                 store,
                 restore,
+                settings.unit_concurrency,
             ))),
             _ => None,
         };
         Ok(Self {
             images: Arc::new(Ec2Images::new(
-                aws_sdk_ec2::Client::new(&config),
+                client!(aws_sdk_ec2, aws_sdk_ec2::config::Builder::from(&config)),
                 ebs,
                 bridge.clone(),
                 account.clone(),
@@ -215,12 +200,37 @@ impl AwsPorts {
             )),
             objects: Arc::new(S3ObjectStore::new(s3, bridge.clone())),
             tasks: Arc::new(DynamoTaskStore::new(
-                aws_sdk_dynamodb::Client::new(&config),
+                client!(
+                    aws_sdk_dynamodb,
+                    aws_sdk_dynamodb::config::Builder::from(&config)
+                ),
                 bridge,
                 &settings.table,
             )),
             runner,
+            secrets: client!(
+                aws_sdk_secretsmanager,
+                aws_sdk_secretsmanager::config::Builder::from(&config)
+            ),
             account,
+        })
+    }
+
+    /// A secret's string value (Secrets Manager GetSecretValue).
+    pub async fn read_secret(&self, arn: &str) -> Result<String, SetupError> {
+        let out = self
+            .secrets
+            .get_secret_value()
+            .secret_id(arn)
+            .send()
+            .await
+            .map_err(|e| SetupError::Secret {
+                arn: arn.to_owned(),
+                reason: aws_smithy_types::error::display::DisplayErrorContext(&e).to_string(),
+            })?;
+        out.secret_string.ok_or_else(|| SetupError::Secret {
+            arn: arn.to_owned(),
+            reason: "it holds no string".into(),
         })
     }
 }

@@ -20,21 +20,26 @@ pub struct StepFunctionsRunner {
     bridge: Bridge,
     store_machine: String,
     restore_machine: String,
+    unit_concurrency: u32,
 }
 
 impl StepFunctionsRunner {
-    /// A runner starting `store_machine` and `restore_machine` (state machine ARNs).
+    /// A runner starting `store_machine` and `restore_machine` (state machine
+    /// ARNs), each execution transferring at most `unit_concurrency` units at
+    /// once (the Map's `MaxConcurrencyPath` reads it from the input).
     pub fn new(
         client: Client,
         bridge: Bridge,
         store_machine: impl Into<String>,
         restore_machine: impl Into<String>,
+        unit_concurrency: u32,
     ) -> Self {
         Self {
             client,
             bridge,
             store_machine: store_machine.into(),
             restore_machine: restore_machine.into(),
+            unit_concurrency,
         }
     }
 
@@ -58,7 +63,11 @@ impl StepFunctionsRunner {
 
 impl WorkflowRunner for StepFunctionsRunner {
     fn start(&self, kind: TaskKind, task: &TaskId) -> Result<()> {
-        let input = serde_json::json!({ "taskId": task.as_str() }).to_string();
+        let input = serde_json::json!({
+            "taskId": task.as_str(),
+            "unitConcurrency": self.unit_concurrency,
+        })
+        .to_string();
         let call = self
             .client
             .start_execution()

@@ -68,6 +68,7 @@ pub fn settings(region: &str) -> AwsSettings {
         endpoint_url: Some(moto_endpoint().to_owned()),
         region: Some(region.into()),
         credentials: Some(("testing".into(), "testing".into())),
+        audit: None,
     };
     s
 }

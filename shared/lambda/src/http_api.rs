@@ -5,11 +5,17 @@
 //! signature; the caller's account comes from `requestContext.authorizer.iam`.
 //! A request without it never reached us through an IAM-authorized route, and
 //! is refused rather than served as some default account.
+//!
+//! Each action has its own route (`POST /CreateStoreImageTask`, …), so IAM
+//! grants `execute-api:Invoke` per action; a request is served only if its
+//! `Action` is its route's, so a grant on one route never lets another
+//! action through.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use amistore_api::service::{HttpRequest, Outcome, Permission, handle_authenticated};
+
 use amistore_core::engine::Engine;
 use amistore_core::ids::AccountId;
 use base64::Engine as _;
@@ -24,6 +30,9 @@ use crate::step::StepFailure;
 pub struct HttpApiRequest {
     /// Payload format version: must be `2.0`.
     pub version: String,
+    /// The route matched, `POST /<Action>`.
+    #[serde(default)]
+    pub route_key: String,
     /// Path as received.
     #[serde(default)]
     pub raw_path: String,
@@ -123,21 +132,32 @@ fn refuse(status: u16, code: &'static str, message: &str) -> HttpApiResponse {
 pub async fn answer_event(
     engine: Arc<Engine>,
     payload: serde_json::Value,
-    permission: Permission,
+    actions: &'static [&'static str],
 ) -> Result<HttpApiResponse, StepFailure> {
     let request: HttpApiRequest = serde_json::from_value(payload).map_err(|e| StepFailure {
         name: amistore_core::engine::steps::FATAL,
         cause: format!("the event is not an HTTP API (2.0) request: {e}"),
     })?;
-    Ok(answer(engine, request, permission).await)
+    Ok(answer(engine, request, actions).await)
 }
 
-/// Answers one HTTP API request as the EC2 Query API, with `permission` (the
-/// route's). Logs one JSON line per request.
+/// The action a route serves: `POST /CreateStoreImageTask` serves
+/// CreateStoreImageTask, if it is one of `actions` (the function's).
+fn route_action(
+    route_key: &str,
+    actions: &'static [&'static str],
+) -> Option<&'static [&'static str]> {
+    let name = route_key.strip_prefix("POST /")?;
+    let i = actions.iter().position(|a| *a == name)?;
+    Some(&actions[i..=i])
+}
+
+/// Answers one HTTP API request as the EC2 Query API: the action its route
+/// names, if that is one of `actions`. Logs one JSON line per request.
 pub async fn answer(
     engine: Arc<Engine>,
     event: HttpApiRequest,
-    permission: Permission,
+    actions: &'static [&'static str],
 ) -> HttpApiResponse {
     if event.version != "2.0" {
         return refuse(
@@ -165,6 +185,18 @@ pub async fn answer(
         Ok(a) => a,
         Err(_) => return refuse(401, "AuthFailure", "the caller's account id is not valid"),
     };
+    let Some(route) = route_action(&event.route_key, actions) else {
+        return refuse(
+            404,
+            "InvalidAction",
+            &format!(
+                "route {:?} serves none of this function's actions ({})",
+                event.route_key,
+                actions.join(", ")
+            ),
+        );
+    };
+    let permission = Permission::Only(route);
     let body = match (event.body.as_deref(), event.is_base64_encoded) {
         (None, _) => Vec::new(),
         (Some(b), false) => b.as_bytes().to_vec(),

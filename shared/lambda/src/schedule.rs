@@ -47,20 +47,16 @@ pub struct ScheduledEvent {
 }
 
 /// What the sweeper did.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct ScheduleOutcome {
     /// The sweep's report, if this was a sweep.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sweep: Option<SweepReport>,
     /// What an archive policy run did, if this was one.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub policy: Option<PolicyReport>,
 }
-
-/// How long a task may go without an execution before the sweeper fails it, by
-/// default: intake starts the execution right after admitting the task.
-pub const GRACE_MS: i64 = 5 * 60 * 1000;
 
 /// Runs what a Lambda event's payload asks for (see [`run`]); a payload that is
 /// neither event is a `Fatal` failure.

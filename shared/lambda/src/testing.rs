@@ -17,6 +17,10 @@ use amistore_core::ports::{ExecutionStatus, WorkflowRunner};
 use amistore_core::storage::BucketName;
 use amistore_core::task::TaskKind;
 use amistore_local::embedded::{LocalEngine, LocalOptions};
+
+use crate::Function;
+use crate::deployment::Deployment;
+use crate::step::StepFailure;
 use serde_json::json;
 
 /// The account every fixture's caller belongs to.
@@ -145,6 +149,27 @@ impl Harness {
 }
 
 impl Harness {
+    /// `function` over this world's engine, as `main.rs` would build it.
+    pub fn deployment(&self, function: Function) -> Deployment {
+        Deployment {
+            function,
+            engine: self.engine(),
+            account: account(),
+            sweep_grace_ms: 0,
+        }
+    }
+
+    /// Hands `event` to `function`'s handler, as the Lambda runtime would,
+    /// and reads its answer as `T`.
+    pub async fn call<T: serde::de::DeserializeOwned>(
+        &self,
+        function: Function,
+        event: serde_json::Value,
+    ) -> Result<T, StepFailure> {
+        let answer = crate::handle(&self.deployment(function), event).await?;
+        Ok(serde_json::from_value(answer).expect("the answer has its documented shape"))
+    }
+
     /// What Step Functions would do up to finalize: plan, then every unit.
     pub fn transfer(&self, kind: TaskKind, task: &TaskId) {
         let (k, engine) = (kind.as_str(), self.engine());

@@ -27,7 +27,7 @@ pub const ABANDONED: &str =
     "abandoned: its workflow execution ended or never started, and the task was still in progress";
 
 /// What one sweep did.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct SweepReport {
     /// Tasks failed because their execution was gone.
@@ -41,7 +41,7 @@ pub struct SweepReport {
 }
 
 /// What one run of an archive policy did.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct PolicyReport {
     /// Store tasks started.
