@@ -14,7 +14,7 @@ use amistore_aws::testing::{Aws, moto_endpoint};
 use amistore_core::blocks::{BLOCK_SIZE, BlockRanges};
 use amistore_core::ids::{ImageId, ResourceState, SnapshotId, unique_token};
 use amistore_core::image::{
-    Architecture, BlockDeviceMapping, EbsMapping, GIB, ImageMetadata, VolumeType,
+    Architecture, BlockDeviceMapping, EbsMapping, Encryption, GIB, ImageMetadata, VolumeType,
 };
 use amistore_core::ports::{ImageCatalog, SnapshotStore};
 use support::{bytes, s};
@@ -104,6 +104,7 @@ fn stores_and_restores_through_the_aws_adapters_on_moto() {
                 &account,
                 disk.bytes,
                 &[format!("disk=d{i}").parse().unwrap()],
+                &Encryption::Unencrypted,
                 &format!("seed-{token}-{i}"),
             )
             .unwrap();
@@ -125,6 +126,7 @@ fn stores_and_restores_through_the_aws_adapters_on_moto() {
             throughput: Some(125),
             delete_on_termination: true,
             encrypted: false,
+            kms_key_id: None,
         }),
         virtual_name: None,
         no_device: false,

@@ -167,7 +167,7 @@ fn answer(service: &Service, mut request: tiny_http::Request) {
         "ms": started.elapsed().as_millis() as u64,
     }));
     let header =
-        tiny_http::Header::from_bytes(&b"Content-Type"[..], &b"text/xml;charset=UTF-8"[..])
+        tiny_http::Header::from_bytes(&b"Content-Type"[..], response.content_type.as_bytes())
             .unwrap_or_else(|()| unreachable!("a constant header is valid"));
     let reply = tiny_http::Response::from_string(response.body)
         .with_status_code(response.status)

@@ -11,6 +11,12 @@ moto's HeadBucket ignores ExpectedBucketOwner; S3 answers 403 when the bucket
 belongs to another account, which is how amistore keeps one account from
 storing into or restoring from another's bucket. The patch does the same.
 
+moto's EBS StartSnapshot ignores Encrypted and KmsKeyArn, and its RegisterImage
+marks every mapping unencrypted; EC2 reports a snapshot's encryption and key
+(DescribeSnapshots) and an image's mappings as encrypted when their snapshots
+are. The patch keeps both, so a restore's "encrypted as its source was" can be
+followed end to end. (moto checks no KMS permission: the IAM check does.)
+
 moto's own server runs unchanged otherwise.
 
 What the patch does NOT make true of real EC2 (the request-capturing tests in
@@ -31,6 +37,7 @@ from moto.ec2.models.amis import Ami
 from moto.ec2.responses.amis import AmisResponse
 from moto.core.responses import ActionResult
 from moto.s3.responses import S3Response
+from moto.ebs.responses import EBSResponse
 
 _moto_mappings = Ami.block_device_mappings.fget
 
@@ -83,7 +90,8 @@ def register_image(self):
                     kept[key] = int(ebs[key])
             if ebs.get("DeleteOnTermination") is not None:
                 kept["DeleteOnTermination"] = _bool(ebs["DeleteOnTermination"])
-            kept["Encrypted"] = False
+            snapshot = self.ec2_backend.snapshots.get(ebs.get("SnapshotId"))
+            kept["Encrypted"] = bool(snapshot is not None and snapshot.encrypted)
             mapping["Ebs"] = kept
         mappings.append(mapping)
     image._amistore_mappings = mappings
@@ -115,6 +123,22 @@ def head_bucket(self):
 
 
 S3Response.head_bucket = head_bucket
+
+_moto_start_snapshot = EBSResponse.start_snapshot
+
+
+def start_snapshot(self):
+    result = _moto_start_snapshot(self)
+    encrypted = _bool(self._get_param("Encrypted", False))
+    key = self._get_param("KmsKeyArn")
+    if encrypted or key:
+        snapshot = self.ebs_backend.ec2_backend.snapshots[result.result["SnapshotId"]]
+        snapshot.encrypted = True
+        snapshot.kms_key_id = key or f"arn:aws:kms:{self.region}:{self.current_account}:alias/aws/ebs"
+    return result
+
+
+EBSResponse.start_snapshot = start_snapshot
 
 def _exit_with(parent):
     while True:

@@ -60,8 +60,7 @@ pub fn handle(
     engine: &Engine,
     account: &AccountId,
     mut params: Params,
-    request_id: &str,
-) -> Result<String, ApiError> {
+) -> Result<(String, Body), ApiError> {
     let action = params
         .opt("Action")
         .filter(|a| !a.is_empty())
@@ -97,7 +96,7 @@ pub fn handle(
             ));
         }
     };
-    Ok(body.document(&action, request_id))
+    Ok((action, body))
 }
 
 /// Ends parsing: unknown parameters are errors; then DryRun answers.
@@ -252,7 +251,7 @@ fn task_item(b: &mut Body, t: &Task, names: &ItemNames) {
         .text("taskStartTime", &iso8601_millis(t.started_at_ms))
         .text("bucket", t.bucket.as_str())
         .text(names.key, t.key.as_str())
-        .text("progressPercentage", &t.progress_percent().to_string())
+        .number("progressPercentage", u64::from(t.progress_percent()))
         .text(names.state, t.state.as_str())
         .opt(names.reason, t.failure_reason.as_deref());
 }

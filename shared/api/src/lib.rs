@@ -15,6 +15,7 @@
 pub mod actions;
 pub mod client;
 pub mod error;
+pub mod json;
 pub mod query;
 pub mod service;
 pub mod sigv4;

@@ -65,10 +65,21 @@ impl Params {
             )));
         }
         let text = std::str::from_utf8(form).map_err(|_| malformed("the request is not UTF-8"))?;
+        let pairs = text
+            .split('&')
+            .filter(|p| !p.is_empty())
+            .map(|pair| {
+                let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+                Ok((decode(k)?, decode(v)?))
+            })
+            .collect::<Result<Vec<_>, ApiError>>()?;
+        Self::from_pairs(pairs)
+    }
+
+    /// The parameters `pairs` name (each name once, at most [`MAX_PARAMS`]).
+    pub fn from_pairs(pairs: Vec<(String, String)>) -> Result<Self, ApiError> {
         let mut values = BTreeMap::new();
-        for pair in text.split('&').filter(|p| !p.is_empty()) {
-            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-            let (k, v) = (decode(k)?, decode(v)?);
+        for (k, v) in pairs {
             if k.is_empty() {
                 return Err(malformed("a parameter has no name"));
             }

@@ -12,7 +12,10 @@ use time::OffsetDateTime;
 
 use crate::query::{MAX_REQUEST_BYTES, Params};
 use crate::sigv4::{SignedRequest, verify};
-use crate::xml::error_document;
+use crate::xml::{Body, error_document, json_error_document};
+
+const XML: &str = "text/xml;charset=UTF-8";
+const JSON: &str = "application/json";
 use crate::{ApiError, actions};
 
 /// An HTTP request, as the server received it.
@@ -35,8 +38,35 @@ pub struct HttpRequest {
 pub struct HttpResponse {
     /// HTTP status.
     pub status: u16,
-    /// XML body.
+    /// `text/xml;charset=UTF-8` or `application/json`.
+    pub content_type: &'static str,
+    /// XML or JSON body.
     pub body: String,
+}
+
+/// How a request is framed, and so its answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Protocol {
+    /// EC2's: a form body (or query string), XML answers.
+    Ec2Query,
+    /// The deployed API's AWS CLI model (`infra/cli`): `POST /<Action>` with a
+    /// JSON body, JSON answers.
+    RestJson,
+}
+
+impl Protocol {
+    /// The protocol a request speaks: JSON bodies are the rest-json model's.
+    pub fn of(req: &HttpRequest) -> Self {
+        let json = req.headers.iter().any(|(k, v)| {
+            k.eq_ignore_ascii_case("content-type")
+                && (v.starts_with("application/json") || v.starts_with("application/x-amz-json"))
+        });
+        if json {
+            Protocol::RestJson
+        } else {
+            Protocol::Ec2Query
+        }
+    }
 }
 
 /// What one request did, for the server's log line.
@@ -154,7 +184,7 @@ impl Service {
 
     /// Answers one request.
     pub fn handle(&self, req: &HttpRequest, now: OffsetDateTime) -> (HttpResponse, Outcome) {
-        respond(|outcome| self.answer(req, now, outcome))
+        respond(Protocol::Ec2Query, |outcome| self.answer(req, now, outcome))
     }
 
     fn answer(
@@ -162,7 +192,7 @@ impl Service {
         req: &HttpRequest,
         now: OffsetDateTime,
         outcome: &mut Outcome,
-    ) -> Result<String, ApiError> {
+    ) -> Result<(String, Body), ApiError> {
         let mut params = request_params(req)?;
         outcome.action = params.peek("Action");
         let signed = SignedRequest {
@@ -180,7 +210,7 @@ impl Service {
         outcome.account = Some(account.clone());
         authorize(permission, outcome.action.as_deref())?;
         params.drop_auth();
-        actions::handle(&self.engine, &account, params, &outcome.request_id)
+        actions::handle(&self.engine, &account, params)
     }
 }
 
@@ -193,19 +223,29 @@ pub fn handle_authenticated(
     account: &AccountId,
     permission: Permission,
 ) -> (HttpResponse, Outcome) {
-    respond(|outcome| {
-        let mut params = request_params(req)?;
+    let protocol = Protocol::of(req);
+    respond(protocol, |outcome| {
+        let mut params = match protocol {
+            Protocol::Ec2Query => request_params(req)?,
+            // The action is the route's (`POST /<Action>`).
+            Protocol::RestJson => {
+                let action = req.path.rsplit('/').next().unwrap_or_default();
+                crate::json::params(action, &req.body)?
+            }
+        };
         outcome.action = params.peek("Action");
         outcome.account = Some(account.clone());
         authorize(permission, outcome.action.as_deref())?;
         params.drop_auth();
-        actions::handle(engine, account, params, &outcome.request_id)
+        actions::handle(engine, account, params)
     })
 }
 
-/// Runs `answer` under a fresh request id and turns its result into a response.
+/// Runs `answer` under a fresh request id and turns its result into a
+/// response in `protocol`'s framing.
 fn respond(
-    answer: impl FnOnce(&mut Outcome) -> Result<String, ApiError>,
+    protocol: Protocol,
+    answer: impl FnOnce(&mut Outcome) -> Result<(String, Body), ApiError>,
 ) -> (HttpResponse, Outcome) {
     let request_id = unique_token()[..36].to_owned();
     let mut outcome = Outcome {
@@ -214,13 +254,27 @@ fn respond(
         account: None,
         error: None,
     };
-    let response = match answer(&mut outcome) {
-        Ok(body) => HttpResponse { status: 200, body },
-        Err(e) => {
+    let response = match (answer(&mut outcome), protocol) {
+        (Ok((action, body)), Protocol::Ec2Query) => HttpResponse {
+            status: 200,
+            content_type: XML,
+            body: body.document(&action, &request_id),
+        },
+        (Ok((_, body)), Protocol::RestJson) => HttpResponse {
+            status: 200,
+            content_type: JSON,
+            body: body.json(&request_id),
+        },
+        (Err(e), protocol) => {
             outcome.error = Some(e.code);
+            let (content_type, body) = match protocol {
+                Protocol::Ec2Query => (XML, error_document(&e, &request_id)),
+                Protocol::RestJson => (JSON, json_error_document(&e, &request_id)),
+            };
             HttpResponse {
                 status: e.status,
-                body: error_document(&e, &request_id),
+                content_type,
+                body,
             }
         }
     };

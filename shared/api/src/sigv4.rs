@@ -312,17 +312,29 @@ fn claim(req: &SignedRequest) -> Result<Claim, ApiError> {
     })
 }
 
-/// Verifies `req`'s signature. `secret_of` gives the secret of an access key
-/// (or `None` for an unknown key); `now` is the server's clock.
+/// Verifies `req`'s signature for EC2 ([`SERVICE`]). `secret_of` gives the
+/// secret of an access key (or `None` for an unknown key); `now` is the
+/// server's clock.
 pub fn verify(
     req: &SignedRequest,
     secret_of: impl Fn(&str) -> Option<String>,
     now: OffsetDateTime,
 ) -> Result<Signer, ApiError> {
+    verify_for(SERVICE, req, secret_of, now)
+}
+
+/// [`verify`], for requests signed for `service` (`execute-api` behind API
+/// Gateway's IAM authorization).
+pub fn verify_for(
+    service: &str,
+    req: &SignedRequest,
+    secret_of: impl Fn(&str) -> Option<String>,
+    now: OffsetDateTime,
+) -> Result<Signer, ApiError> {
     let c = claim(req)?;
-    if c.service != SERVICE {
+    if c.service != service {
         return Err(auth_failure(format!(
-            "the request is signed for service {:?}, not {SERVICE}",
+            "the request is signed for service {:?}, not {service}",
             c.service
         )));
     }

@@ -1,6 +1,8 @@
 //! EC2's XML: success documents in the 2016-11-15 namespace (a `<requestId>`
 //! first, then the result's members by their model `locationName`s, lists as
-//! wrappers of `<item>`s), and `<Response><Errors>` error documents.
+//! wrappers of `<item>`s), and `<Response><Errors>` error documents; and the
+//! same answers as JSON, for the rest-json model the AWS CLI uses on the
+//! deployed API (`infra/cli`).
 
 use crate::ApiError;
 
@@ -28,9 +30,20 @@ pub fn escape(text: &str) -> String {
     out
 }
 
-/// Builds the body of a success document.
+/// One member of an answer: a text, a number, a structure or a list of them.
+#[derive(Debug, Clone, PartialEq)]
+enum Node {
+    Text(String, String),
+    Number(String, u64),
+    Element(String, Vec<Node>),
+    List(String, Vec<Vec<Node>>),
+}
+
+/// An answer's members, in order, rendered as EC2's XML
+/// ([`Body::document`]) or as JSON for the rest-json model ([`Body::json`]):
+/// the same names (the model's `locationName`s) either way.
 #[derive(Debug, Default)]
-pub struct Body(String);
+pub struct Body(Vec<Node>);
 
 impl Body {
     /// An empty body.
@@ -40,8 +53,13 @@ impl Body {
 
     /// `<name>text</name>`.
     pub fn text(&mut self, name: &str, text: &str) -> &mut Self {
-        self.0
-            .push_str(&format!("<{name}>{}</{name}>", escape(text)));
+        self.0.push(Node::Text(name.to_owned(), text.to_owned()));
+        self
+    }
+
+    /// `<name>n</name>` (a JSON number).
+    pub fn number(&mut self, name: &str, n: u64) -> &mut Self {
+        self.0.push(Node::Number(name.to_owned(), n));
         self
     }
 
@@ -56,9 +74,9 @@ impl Body {
 
     /// `<name>` + whatever `fill` writes + `</name>`.
     pub fn element(&mut self, name: &str, fill: impl FnOnce(&mut Body)) -> &mut Self {
-        self.0.push_str(&format!("<{name}>"));
-        fill(self);
-        self.0.push_str(&format!("</{name}>"));
+        let mut inner = Body::new();
+        fill(&mut inner);
+        self.0.push(Node::Element(name.to_owned(), inner.0));
         self
     }
 
@@ -69,25 +87,90 @@ impl Body {
         items: &[T],
         mut fill: impl FnMut(&mut Body, &T),
     ) -> &mut Self {
-        if items.is_empty() {
-            self.0.push_str(&format!("<{name}/>"));
-            return self;
-        }
-        self.element(name, |b| {
-            for item in items {
-                b.element("item", |b| fill(b, item));
-            }
-        })
+        let entries = items
+            .iter()
+            .map(|item| {
+                let mut inner = Body::new();
+                fill(&mut inner, item);
+                inner.0
+            })
+            .collect();
+        self.0.push(Node::List(name.to_owned(), entries));
+        self
     }
 
-    /// The whole document for `action`.
+    fn write_xml(nodes: &[Node], out: &mut String) {
+        for node in nodes {
+            match node {
+                Node::Text(name, text) => {
+                    out.push_str(&format!("<{name}>{}</{name}>", escape(text)))
+                }
+                Node::Number(name, n) => out.push_str(&format!("<{name}>{n}</{name}>")),
+                Node::Element(name, inner) => {
+                    out.push_str(&format!("<{name}>"));
+                    Self::write_xml(inner, out);
+                    out.push_str(&format!("</{name}>"));
+                }
+                Node::List(name, entries) if entries.is_empty() => {
+                    out.push_str(&format!("<{name}/>"));
+                }
+                Node::List(name, entries) => {
+                    out.push_str(&format!("<{name}>"));
+                    for entry in entries {
+                        out.push_str("<item>");
+                        Self::write_xml(entry, out);
+                        out.push_str("</item>");
+                    }
+                    out.push_str(&format!("</{name}>"));
+                }
+            }
+        }
+    }
+
+    fn to_json(nodes: &[Node]) -> serde_json::Value {
+        let mut map = serde_json::Map::new();
+        for node in nodes {
+            let (name, value) = match node {
+                Node::Text(name, text) => (name, serde_json::Value::from(text.as_str())),
+                Node::Number(name, n) => (name, serde_json::Value::from(*n)),
+                Node::Element(name, inner) => (name, Self::to_json(inner)),
+                Node::List(name, entries) => (
+                    name,
+                    serde_json::Value::Array(entries.iter().map(|e| Self::to_json(e)).collect()),
+                ),
+            };
+            map.insert(name.clone(), value);
+        }
+        serde_json::Value::Object(map)
+    }
+
+    /// The whole XML document for `action`.
     pub fn document(&self, action: &str, request_id: &str) -> String {
+        let mut members = String::new();
+        Self::write_xml(&self.0, &mut members);
         format!(
-            "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<{action}Response xmlns=\"{NAMESPACE}\"><requestId>{}</requestId>{}</{action}Response>",
+            "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<{action}Response xmlns=\"{NAMESPACE}\"><requestId>{}</requestId>{members}</{action}Response>",
             escape(request_id),
-            self.0
         )
     }
+
+    /// The whole JSON document (the rest-json model's answer).
+    pub fn json(&self, request_id: &str) -> String {
+        let mut doc = Self::to_json(&self.0);
+        doc["requestId"] = request_id.into();
+        doc.to_string()
+    }
+}
+
+/// The JSON error document for `error` (the rest-json model's: `__type` is
+/// the code).
+pub fn json_error_document(error: &ApiError, request_id: &str) -> String {
+    serde_json::json!({
+        "__type": error.code,
+        "message": error.message,
+        "requestId": request_id,
+    })
+    .to_string()
 }
 
 /// The error document for `error` (no namespace, `RequestID` with a capital ID).

@@ -73,7 +73,8 @@ fn me() -> AccountId {
 impl World {
     fn call_as(&self, account: &AccountId, form: &str) -> Result<String, ApiError> {
         let params = Params::parse(form.as_bytes())?;
-        handle(&self.local.engine, account, params, "req-1")
+        handle(&self.local.engine, account, params)
+            .map(|(action, body)| body.document(&action, "req-1"))
     }
     fn call(&self, form: &str) -> Result<String, ApiError> {
         self.call_as(&me(), form)

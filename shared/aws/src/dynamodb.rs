@@ -42,7 +42,9 @@ use amistore_core::task::{
 use amistore_core::{Error, Result};
 use aws_sdk_dynamodb::Client;
 use aws_sdk_dynamodb::error::SdkError;
+use aws_sdk_dynamodb::operation::put_item::PutItemError;
 use aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError;
+use aws_sdk_dynamodb::operation::update_item::UpdateItemError;
 use aws_sdk_dynamodb::types::{
     AttributeDefinition, AttributeValue, BillingMode, Delete, GlobalSecondaryIndex,
     KeySchemaElement, KeyType, Projection, ProjectionType, Put, ScalarAttributeType, Select,
@@ -468,7 +470,12 @@ impl DynamoTaskStore {
             .send();
         match self.bridge.run(call) {
             Ok(_) => Ok(()),
-            Err(e) if e.code() == Some("ConditionalCheckFailedException") => {
+            Err(e)
+                if matches!(
+                    e.as_service_error(),
+                    Some(UpdateItemError::ConditionalCheckFailedException(_))
+                ) =>
+            {
                 Err(Error::NotFound(format!("task {id} does not exist")))
             }
             Err(e) => Err(sdk(format_args!("updating task {id}"), e)),
@@ -630,7 +637,14 @@ impl TaskStore for DynamoTaskStore {
             .send();
         match self.bridge.run(call) {
             Ok(_) => Ok(true),
-            Err(e) if e.code() == Some("ConditionalCheckFailedException") => Ok(false),
+            Err(e)
+                if matches!(
+                    e.as_service_error(),
+                    Some(PutItemError::ConditionalCheckFailedException(_))
+                ) =>
+            {
+                Ok(false)
+            }
             Err(e) => Err(sdk(format_args!("recording unit {unit} of {id}"), e)),
         }
     }
@@ -663,9 +677,9 @@ impl TaskStore for DynamoTaskStore {
         match &task.claim {
             Some(c) if c.ending == request.ending => return Ok(Claim::Held(task)),
             Some(c)
-                if !request
+                if request
                     .overrule_before_ms
-                    .is_some_and(|before| c.at_ms < before) =>
+                    .is_none_or(|before| c.at_ms >= before) =>
             {
                 return Ok(Claim::Taken(task));
             }
@@ -712,7 +726,12 @@ impl TaskStore for DynamoTaskStore {
                 }),
                 ..task
             })),
-            Err(e) if e.code() == Some("ConditionalCheckFailedException") => {
+            Err(e)
+                if matches!(
+                    e.as_service_error(),
+                    Some(UpdateItemError::ConditionalCheckFailedException(_))
+                ) =>
+            {
                 // Someone else claimed or ended it meanwhile: ask again (their
                 // claim may be ours to re-enter, or to leave alone).
                 let now = self
@@ -895,7 +914,14 @@ impl TaskStore for DynamoTaskStore {
             .send();
         match self.bridge.run(call) {
             Ok(_) => Ok(true),
-            Err(e) if e.code() == Some("ConditionalCheckFailedException") => Ok(false),
+            Err(e)
+                if matches!(
+                    e.as_service_error(),
+                    Some(UpdateItemError::ConditionalCheckFailedException(_))
+                ) =>
+            {
+                Ok(false)
+            }
             Err(e) => Err(sdk("correcting a quota counter", e)),
         }
     }

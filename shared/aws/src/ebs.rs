@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use amistore_core::blocks::{BLOCK_SIZE, BlockRanges};
 use amistore_core::ids::{AccountId, SnapshotId};
-use amistore_core::image::{GIB, Tag};
+use amistore_core::image::{Encryption, GIB, Tag};
 use amistore_core::ports::SnapshotStore;
 use amistore_core::{Error, Result};
 use aws_sdk_ebs::primitives::ByteStream;
@@ -104,6 +104,27 @@ fn whole_blocks(len: usize) -> Result<u64> {
 }
 
 impl Ec2Images {
+    /// StartSnapshot's `Encrypted` and `KmsKeyArn` for `encryption`: a key is
+    /// used where it lives (its ARN names this region); a key of another
+    /// region cannot encrypt here, so the account's default key does.
+    /// Unencrypted leaves both out: an account that encrypts by default
+    /// refuses `Encrypted=false`.
+    pub(crate) fn encryption_here(
+        &self,
+        encryption: &Encryption,
+    ) -> (Option<bool>, Option<String>) {
+        match encryption {
+            Encryption::Unencrypted => (None, None),
+            Encryption::DefaultKey => (Some(true), None),
+            Encryption::Key(arn) => {
+                let region = arn.split(':').nth(3);
+                let here = self.region.as_deref();
+                let usable = arn.starts_with("arn:") && region.is_some() && region == here;
+                (Some(true), usable.then(|| arn.clone()))
+            }
+        }
+    }
+
     /// One page of ListSnapshotBlocks from `start` (or `page`): the blocks as
     /// (index, token) and the next page's token.
     async fn list_page(
@@ -342,6 +363,7 @@ impl SnapshotStore for Ec2Images {
         account: &AccountId,
         volume_size: u64,
         tags: &[Tag],
+        encryption: &Encryption,
         client_token: &str,
     ) -> Result<SnapshotId> {
         if *account != self.account {
@@ -366,6 +388,7 @@ impl SnapshotStore for Ec2Images {
                     .build(),
             );
         }
+        let (encrypted, key) = self.encryption_here(encryption);
         let call = self
             .ebs
             .start_snapshot()
@@ -374,6 +397,8 @@ impl SnapshotStore for Ec2Images {
             .timeout(self.limits.snapshot_timeout_minutes)
             .description("amistore restore")
             .set_tags(Some(ebs_tags))
+            .set_encrypted(encrypted)
+            .set_kms_key_arn(key)
             .send();
         let out = self
             .bridge

@@ -50,6 +50,8 @@ pub struct Ec2Images {
     pub(crate) ebs: EbsClient,
     pub(crate) bridge: Bridge,
     pub(crate) account: AccountId,
+    /// The region the clients act in (where a KMS key can be used).
+    pub(crate) region: Option<String>,
     pub(crate) limits: EbsLimits,
     pub(crate) pacer: Arc<Pacer>,
     /// Block tokens from ListSnapshotBlocks, per snapshot (see [`crate::ebs`]).
@@ -63,6 +65,8 @@ pub(crate) struct SnapshotFacts {
     pub volume_bytes: u64,
     pub state: ResourceState,
     pub tags: Vec<Tag>,
+    pub encrypted: bool,
+    pub kms_key_id: Option<String>,
 }
 
 fn ec2_tag(key: &str, value: &str) -> Ec2Tag {
@@ -107,11 +111,13 @@ impl Ec2Images {
         account: AccountId,
         limits: EbsLimits,
     ) -> Self {
+        let region = ec2.config().region().map(|r| r.to_string());
         Self {
             ec2,
             ebs,
             bridge,
             account,
+            region,
             pacer: Arc::new(Pacer::new(limits.requests_per_second)),
             limits,
             tokens: Arc::default(),
@@ -184,6 +190,8 @@ impl Ec2Images {
                     volume_bytes,
                     state,
                     tags,
+                    encrypted: snap.encrypted().unwrap_or(false),
+                    kms_key_id: snap.kms_key_id().map(str::to_owned),
                 },
             );
         }
@@ -257,6 +265,8 @@ impl Ec2Images {
                         throughput: ebs.throughput().map(|v| v.max(0) as u32),
                         delete_on_termination: ebs.delete_on_termination().unwrap_or(true),
                         encrypted: ebs.encrypted().unwrap_or(false),
+                        // From the snapshot, below: an AMI's mapping does not say.
+                        kms_key_id: None,
                     })
                 }
                 None => None,
@@ -270,6 +280,15 @@ impl Ec2Images {
         }
         let facts =
             self.describe_snapshots(&snapshot_ids.iter().map(|(s, _)| s).collect::<Vec<_>>())?;
+        // How each disk is encrypted is the snapshot's to say: kept so a
+        // restore encrypts the same way.
+        for ebs in mappings.iter_mut().filter_map(|m| m.ebs.as_mut()) {
+            if let Some((snapshot, _)) = ebs.disk.and_then(|d| snapshot_ids.get(d)) {
+                let f = &facts[snapshot];
+                ebs.encrypted |= f.encrypted;
+                ebs.kms_key_id = f.kms_key_id.clone();
+            }
+        }
         let tagged_state = state_from_tag(&reserved);
         let snapshots = snapshot_ids
             .into_iter()

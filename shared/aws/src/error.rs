@@ -37,6 +37,12 @@ pub enum SetupError {
 /// Error codes AWS services use for throttling and transient service faults:
 /// these are worth retrying (the SDK already retried them with backoff).
 const TRANSIENT_CODES: &[&str] = &[
+    // Throttling, as each service spells it: STS, Step Functions, KMS,
+    // Secrets Manager (Throttling/ThrottlingException); EBS direct APIs
+    // (RequestThrottledException, ConcurrentLimitExceededException); S3
+    // (SlowDown); EC2 (RequestLimitExceeded); DynamoDB
+    // (ProvisionedThroughputExceededException, ThrottlingException,
+    // RequestLimitExceeded); Lambda (TooManyRequestsException).
     "Throttling",
     "ThrottlingException",
     "ThrottledException",
@@ -45,6 +51,12 @@ const TRANSIENT_CODES: &[&str] = &[
     "SlowDown",
     "RequestLimitExceeded",
     "ProvisionedThroughputExceededException",
+    "ConcurrentLimitExceededException",
+    // Contention: a DynamoDB item another transaction is writing, or a
+    // transaction with this client token still in flight.
+    "TransactionConflictException",
+    "TransactionInProgressException",
+    // Service faults and timeouts.
     "RequestTimeout",
     "RequestTimeoutException",
     "InternalError",
@@ -53,8 +65,6 @@ const TRANSIENT_CODES: &[&str] = &[
     "InternalServerException",
     "ServiceUnavailable",
     "ServiceUnavailableException",
-    "TransactionConflictException",
-    "ConcurrentLimitExceededException",
 ];
 
 /// Error codes that mean "what you named does not exist".
@@ -89,18 +99,61 @@ where
     };
     let text = format!("{what}: {detail}");
     match err {
-        SdkError::ServiceError(_) => {
-            if TRANSIENT_CODES.contains(&code.as_str()) || status.is_some_and(|s| s >= 500) {
-                Error::Transient(text)
-            } else if NOT_FOUND_CODES.contains(&code.as_str()) || status == Some(404) {
-                Error::NotFound(text)
-            } else if status == Some(409) {
-                Error::AlreadyExists(text)
-            } else {
-                Error::InvalidInput(text)
-            }
-        }
+        SdkError::ServiceError(_) => classify(&code, status, text),
         // Timeouts, lost connections, unreadable responses: worth another try.
         _ => Error::Transient(text),
+    }
+}
+
+/// The engine's error for a service's answer `code` with HTTP `status`.
+fn classify(code: &str, status: Option<u16>, text: String) -> Error {
+    if TRANSIENT_CODES.contains(&code) || status.is_some_and(|s| s >= 500) {
+        Error::Transient(text)
+    } else if NOT_FOUND_CODES.contains(&code) || status == Some(404) {
+        Error::NotFound(text)
+    } else if status == Some(409) {
+        Error::AlreadyExists(text)
+    } else {
+        Error::InvalidInput(text)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_service_s_throttling_is_transient_and_refusals_are_not() {
+        for (code, status) in [
+            ("ThrottlingException", 400), // DynamoDB, Step Functions, KMS
+            ("ProvisionedThroughputExceededException", 400), // DynamoDB
+            ("RequestLimitExceeded", 400), // EC2, DynamoDB
+            ("RequestThrottledException", 400), // EBS direct APIs
+            ("ConcurrentLimitExceededException", 400), // EBS StartSnapshot
+            ("SlowDown", 503),            // S3
+            ("Throttling", 400),          // STS
+            ("TooManyRequestsException", 429), // Lambda
+            ("TransactionConflictException", 400), // DynamoDB single-item vs a transaction
+            ("TransactionInProgressException", 400), // DynamoDB, same client token in flight
+            ("InternalServerError", 500),
+        ] {
+            assert!(
+                classify(code, Some(status), code.into()).is_retryable(),
+                "{code} should be retried"
+            );
+        }
+        for (code, status) in [
+            ("AccessDenied", 403),
+            ("AccessDeniedException", 400),
+            ("ValidationException", 400),
+            ("UnauthorizedOperation", 403),
+        ] {
+            let e = classify(code, Some(status), code.into());
+            assert!(!e.is_retryable(), "{code} fails the same way again");
+        }
+        assert!(matches!(
+            classify("NoSuchUpload", Some(404), String::new()),
+            Error::NotFound(_)
+        ));
     }
 }

@@ -79,6 +79,16 @@ pub struct Aws {
     pub ports: AwsPorts,
     pub settings: AwsSettings,
     pub s3: aws_sdk_s3::Client,
+    pub sfn: aws_sdk_sfn::Client,
+    pub secrets: aws_sdk_secretsmanager::Client,
+}
+
+/// One disk of an image seeded through the EBS direct APIs: its size, and the
+/// blocks written (index, data).
+pub struct SeedDisk {
+    pub device: &'static str,
+    pub bytes: u64,
+    pub blocks: Vec<(u64, Vec<u8>)>,
 }
 
 impl Aws {
@@ -115,7 +125,132 @@ impl Aws {
             ports,
             settings,
             s3,
+            sfn: aws_sdk_sfn::Client::new(&config),
+            secrets: aws_sdk_secretsmanager::Client::new(&config),
         }
+    }
+
+    /// The region of this world.
+    pub fn region(&self) -> String {
+        self.settings.overrides.region.clone().unwrap_or_default()
+    }
+
+    /// Seeds an `available` image over new snapshots written through the EBS
+    /// direct APIs (StartSnapshot, PutSnapshotBlock, CompleteSnapshot), then
+    /// RegisterImage. Returns it and its snapshots.
+    pub fn seed_image(
+        &self,
+        name: &str,
+        disks: &[SeedDisk],
+        encryption: &amistore_core::image::Encryption,
+        tags: &[&str],
+    ) -> (
+        amistore_core::ids::ImageId,
+        Vec<amistore_core::ids::SnapshotId>,
+    ) {
+        use amistore_core::image::{
+            Architecture, BlockDeviceMapping, EbsMapping, GIB, ImageMetadata, VolumeType,
+        };
+        use amistore_core::ports::{ImageCatalog, SnapshotStore};
+        let images = self.ports.images.as_ref();
+        let account = &self.ports.account;
+        let mut snapshots = Vec::new();
+        for (i, disk) in disks.iter().enumerate() {
+            let snap = images
+                .start_snapshot(
+                    account,
+                    disk.bytes,
+                    &[format!("disk=d{i}").parse().unwrap()],
+                    encryption,
+                    &format!("seed-{name}-{i}"),
+                )
+                .unwrap();
+            for (index, data) in &disk.blocks {
+                images.write_blocks(&snap, *index, data).unwrap();
+            }
+            images
+                .complete_snapshot(&snap, disk.blocks.len() as u64)
+                .unwrap();
+            snapshots.push(snap);
+        }
+        let metadata = ImageMetadata {
+            description: Some(format!("{name}, seeded through the EBS direct APIs")),
+            block_device_mappings: disks
+                .iter()
+                .enumerate()
+                .map(|(i, d)| BlockDeviceMapping {
+                    device_name: d.device.parse().unwrap(),
+                    ebs: Some(EbsMapping {
+                        disk: Some(i),
+                        volume_size_gib: d.bytes.div_ceil(GIB),
+                        volume_type: VolumeType::Gp3,
+                        iops: Some(3000),
+                        throughput: Some(125),
+                        delete_on_termination: true,
+                        encrypted: false,
+                        kms_key_id: None,
+                    }),
+                    virtual_name: None,
+                    no_device: false,
+                })
+                .collect(),
+            tags: tags.iter().map(|t| t.parse().unwrap()).collect(),
+            ..ImageMetadata::minimal(
+                name.parse().unwrap(),
+                Architecture::X86_64,
+                "/dev/xvda".parse().unwrap(),
+            )
+        };
+        let image = images
+            .register_image(account, &metadata, &snapshots, &format!("seed-{name}"))
+            .unwrap();
+        images
+            .set_image_state(
+                account,
+                &image,
+                amistore_core::ids::ResourceState::Available,
+                None,
+            )
+            .unwrap();
+        (image, snapshots)
+    }
+
+    /// A Secrets Manager secret holding `value`; returns its ARN.
+    pub fn create_secret(&self, name: &str, value: &str) -> String {
+        self.runtime
+            .block_on(
+                self.secrets
+                    .create_secret()
+                    .name(name)
+                    .secret_string(value)
+                    .send(),
+            )
+            .unwrap()
+            .arn
+            .unwrap()
+    }
+
+    /// A state machine (moto records executions; it runs none); returns its ARN.
+    pub fn create_state_machine(&self, name: &str, definition: &str) -> String {
+        let role = format!("arn:aws:iam::{}:role/{name}-role", self.ports.account);
+        self.runtime
+            .block_on(
+                self.sfn
+                    .create_state_machine()
+                    .name(name)
+                    .definition(definition)
+                    .role_arn(role)
+                    .send(),
+            )
+            .unwrap()
+            .state_machine_arn
+    }
+
+    /// Ends an execution (as a finished, stopped or timed-out one would be).
+    pub fn end_execution(&self, arn: &str) {
+        self.runtime
+            .block_on(self.sfn.stop_execution().execution_arn(arn).send())
+            .unwrap();
     }
 
     /// Creates a bucket on moto, in this world's region.

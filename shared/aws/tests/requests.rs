@@ -13,7 +13,7 @@ use amistore_core::Error;
 use amistore_core::blocks::BLOCK_SIZE;
 use amistore_core::ids::SnapshotId;
 use amistore_core::image::{
-    Architecture, BlockDeviceMapping, BootMode, EbsMapping, ImageMetadata, VolumeType,
+    Architecture, BlockDeviceMapping, BootMode, EbsMapping, Encryption, ImageMetadata, VolumeType,
 };
 use amistore_core::ports::{ImageCatalog, SnapshotStore};
 use aws_sdk_ebs::operation::complete_snapshot::{CompleteSnapshotInput, CompleteSnapshotOutput};
@@ -110,6 +110,7 @@ fn register_image_sends_the_whole_mapping_and_every_attribute() {
         throughput,
         delete_on_termination: disk == 0,
         encrypted: true,
+        kms_key_id: None,
     };
     let metadata = ImageMetadata {
         description: Some("web tier".into()),
@@ -285,6 +286,7 @@ fn snapshot_writes_carry_checksums_lengths_and_the_changed_count() {
             &"123456789012".parse().unwrap(),
             6 * BLOCK_SIZE,
             &["disk=root".parse().unwrap()],
+            &Encryption::Unencrypted,
             "restore-task-1-disk-0",
         )
         .unwrap();
@@ -398,4 +400,120 @@ fn block_reads_use_the_listed_tokens_and_reject_damaged_blocks() {
         Err(Error::Transient(m)) => assert!(m.contains("SHA-256"), "{m}"),
         other => panic!("a damaged block must fail the read, got {other:?}"),
     }
+}
+
+#[test]
+fn a_restored_snapshot_is_encrypted_as_its_source_was() {
+    let rt = runtime();
+    let starts = captured::<StartSnapshotInput>();
+    let s = starts.clone();
+    let start = mock!(aws_sdk_ebs::Client::start_snapshot)
+        .match_requests(move |r| {
+            s.lock().unwrap().push(r.clone());
+            true
+        })
+        .then_output(|| StartSnapshotOutput::builder().snapshot_id(SNAP_A).build());
+    let ebs = mock_client!(aws_sdk_ebs, RuleMode::MatchAny, [&start]);
+    let none = mock!(aws_sdk_ec2::Client::describe_snapshots)
+        .then_output(|| DescribeSnapshotsOutput::builder().build());
+    let ec2 = mock_client!(aws_sdk_ec2, RuleMode::MatchAny, [&none], |c| c
+        .region(aws_sdk_ec2::config::Region::new("eu-west-1")));
+    let images = catalog(&rt, ec2, ebs);
+    let here = "arn:aws:kms:eu-west-1:123456789012:key/1234abcd-12ab-34cd-56ef-1234567890ab";
+    let elsewhere = "arn:aws:kms:us-east-1:123456789012:key/1234abcd-12ab-34cd-56ef-1234567890ab";
+    let cases = [
+        (Encryption::Key(here.into()), Some(true), Some(here)),
+        // A key of another region cannot encrypt here: the account default does.
+        (Encryption::Key(elsewhere.into()), Some(true), None),
+        (Encryption::DefaultKey, Some(true), None),
+        // Nothing said: an account that encrypts by default refuses Encrypted=false.
+        (Encryption::Unencrypted, None, None),
+    ];
+    for (i, (encryption, encrypted, key)) in cases.into_iter().enumerate() {
+        images
+            .start_snapshot(
+                &"123456789012".parse().unwrap(),
+                BLOCK_SIZE,
+                &[],
+                &encryption,
+                &format!("kms-{i}"),
+            )
+            .unwrap();
+        let sent = starts.lock().unwrap().pop().unwrap();
+        assert_eq!(
+            (sent.encrypted(), sent.kms_key_arn()),
+            (encrypted, key),
+            "{encryption:?}"
+        );
+    }
+}
+
+#[test]
+fn a_stored_image_records_the_key_its_snapshots_are_encrypted_under() {
+    let rt = runtime();
+    let key = "arn:aws:kms:eu-west-1:123456789012:key/1234abcd-12ab-34cd-56ef-1234567890ab";
+    let image = mock!(aws_sdk_ec2::Client::describe_images).then_output(|| {
+        DescribeImagesOutput::builder()
+            .images(
+                aws_sdk_ec2::types::Image::builder()
+                    .image_id("ami-0123456789abcdef0")
+                    .owner_id("123456789012")
+                    .name("encrypted-source")
+                    .state(aws_sdk_ec2::types::ImageState::Available)
+                    .architecture(aws_sdk_ec2::types::ArchitectureValues::X8664)
+                    .virtualization_type(aws_sdk_ec2::types::VirtualizationType::Hvm)
+                    .root_device_name("/dev/xvda")
+                    .creation_date("2026-01-01T00:00:00.000Z")
+                    .block_device_mappings(
+                        aws_sdk_ec2::types::BlockDeviceMapping::builder()
+                            .device_name("/dev/xvda")
+                            .ebs(
+                                aws_sdk_ec2::types::EbsBlockDevice::builder()
+                                    .snapshot_id(SNAP_A)
+                                    .volume_size(1)
+                                    .volume_type(aws_sdk_ec2::types::VolumeType::Gp3)
+                                    .encrypted(true)
+                                    .build(),
+                            )
+                            .build(),
+                    )
+                    .build(),
+            )
+            .build()
+    });
+    let snapshot = mock!(aws_sdk_ec2::Client::describe_snapshots).then_output(move || {
+        DescribeSnapshotsOutput::builder()
+            .snapshots(
+                aws_sdk_ec2::types::Snapshot::builder()
+                    .snapshot_id(SNAP_A)
+                    .volume_size(1)
+                    .state(aws_sdk_ec2::types::SnapshotState::Completed)
+                    .encrypted(true)
+                    .kms_key_id(key)
+                    .build(),
+            )
+            .build()
+    });
+    let ec2 = mock_client!(aws_sdk_ec2, RuleMode::MatchAny, [&image, &snapshot]);
+    let ebs = mock_client!(
+        aws_sdk_ebs,
+        RuleMode::MatchAny,
+        Vec::<&aws_smithy_mocks::Rule>::new()
+    );
+    let images = catalog(&rt, ec2, ebs);
+    let described = images
+        .describe_image(
+            &"123456789012".parse().unwrap(),
+            &"ami-0123456789abcdef0".parse().unwrap(),
+        )
+        .unwrap();
+    let ebs = described.metadata.block_device_mappings[0]
+        .ebs
+        .as_ref()
+        .unwrap();
+    assert_eq!(
+        (ebs.encrypted, ebs.kms_key_id.as_deref()),
+        (true, Some(key))
+    );
+    assert_eq!(ebs.encryption(), Encryption::Key(key.into()));
 }

@@ -242,6 +242,34 @@ pub struct EbsMapping {
     /// Whether the source snapshot was encrypted.
     #[serde(default)]
     pub encrypted: bool,
+    /// The KMS key (ARN) the source snapshot was encrypted under, if known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kms_key_id: Option<String>,
+}
+
+impl EbsMapping {
+    /// How a restore encrypts this disk's new snapshot: as its source was
+    /// (the same key when it is known, else the account's default key).
+    pub fn encryption(&self) -> Encryption {
+        match (&self.kms_key_id, self.encrypted) {
+            (Some(key), _) => Encryption::Key(key.clone()),
+            (None, true) => Encryption::DefaultKey,
+            (None, false) => Encryption::Unencrypted,
+        }
+    }
+}
+
+/// How a new snapshot is to be encrypted at rest.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum Encryption {
+    /// Not asked for (an account that encrypts by default still does).
+    #[default]
+    Unencrypted,
+    /// Under the account's default EBS key.
+    DefaultKey,
+    /// Under this KMS key (ARN); where the key cannot be used (another
+    /// region), under the account's default key instead.
+    Key(String),
 }
 
 /// One block device mapping of an AMI.
@@ -414,6 +442,7 @@ impl ImageSpec {
                     throughput: None,
                     delete_on_termination: true,
                     encrypted: false,
+                    kms_key_id: None,
                 }),
                 virtual_name: None,
                 no_device: false,

@@ -106,10 +106,10 @@ pub struct HttpApiResponse {
     pub is_base64_encoded: bool,
 }
 
-fn xml(status: u16, body: String) -> HttpApiResponse {
+fn reply(status: u16, content_type: &str, body: String) -> HttpApiResponse {
     HttpApiResponse {
         status_code: status,
-        headers: BTreeMap::from([("content-type".into(), "text/xml;charset=UTF-8".into())]),
+        headers: BTreeMap::from([("content-type".into(), content_type.into())]),
         body,
         is_base64_encoded: false,
     }
@@ -124,7 +124,11 @@ fn refuse(status: u16, code: &'static str, message: &str) -> HttpApiResponse {
         status,
     };
     let id = amistore_core::ids::unique_token()[..36].to_owned();
-    xml(status, amistore_api::xml::error_document(&error, &id))
+    reply(
+        status,
+        "text/xml;charset=UTF-8",
+        amistore_api::xml::error_document(&error, &id),
+    )
 }
 
 /// Answers the HTTP API request in a Lambda event's payload (see [`answer`]);
@@ -234,7 +238,7 @@ pub async fn answer(
         response.status,
         started.elapsed(),
     );
-    xml(response.status, response.body)
+    reply(response.status, response.content_type, response.body)
 }
 
 fn log(

@@ -119,5 +119,22 @@ pub async fn run(
         "{}",
         serde_json::to_string(&outcome).unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}"))
     );
+    // The sweep went on past what failed; the invocation still fails, so the
+    // function's Errors metric (and an alarm on it) shows it.
+    if let Some(errors) = outcome
+        .sweep
+        .as_ref()
+        .map(|s| &s.errors)
+        .filter(|e| !e.is_empty())
+    {
+        return Err(StepFailure {
+            name: amistore_core::engine::steps::RETRYABLE,
+            cause: format!(
+                "the sweep went on past {} failure(s): {}",
+                errors.len(),
+                errors.join("; ")
+            ),
+        });
+    }
     Ok(outcome)
 }

@@ -78,6 +78,31 @@ pub struct Harness {
 }
 
 impl Harness {
+    /// A world whose executions run by themselves, in this process (the
+    /// deployed state machine files, over the local adapters).
+    pub fn running() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let options = LocalOptions {
+            min_unit_blocks: Some(2),
+            runner: amistore_local::workflow::RunnerOptions {
+                max_map_concurrency: 2,
+                retry_delay_scale: 0.0,
+                ..Default::default()
+            },
+            ..LocalOptions::default()
+        };
+        let local = LocalEngine::open(&dir.path().join("data"), options, None).unwrap();
+        local
+            .buckets
+            .create_bucket_for(&BUCKET.parse().unwrap(), &account())
+            .unwrap();
+        Self {
+            dir,
+            local,
+            workflows: Arc::new(Workflows::default()),
+        }
+    }
+
     pub fn new() -> Self {
         let dir = tempfile::tempdir().unwrap();
         let workflows = Arc::new(Workflows::default());
@@ -219,4 +244,199 @@ pub fn fixture(text: &str, image: Option<&ImageId>, task: Option<&TaskId>) -> se
         text = text.replace(FIXTURE_TASK, t.as_str());
     }
     serde_json::from_str(&text).expect("fixture is JSON")
+}
+
+/// The repository's root.
+pub fn repository() -> std::path::PathBuf {
+    std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+/// The deployment template as CloudFormation receives it: the file
+/// `AMISTORE_TRANSLATED_TEMPLATE` names (scripts/test makes it), or one
+/// translated now with the repository's .venv (infra/checks/translate.py).
+pub fn translated_template() -> std::path::PathBuf {
+    if let Ok(path) = std::env::var("AMISTORE_TRANSLATED_TEMPLATE") {
+        return path.into();
+    }
+    static MADE: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
+    MADE.get_or_init(|| {
+        let python = repository().join(".venv/bin/python");
+        assert!(
+            python.exists(),
+            "{} is missing: run scripts/test (it installs aws-sam-translator), or set AMISTORE_TRANSLATED_TEMPLATE",
+            python.display()
+        );
+        let out = std::env::temp_dir().join(format!(
+            "amistore-template-{}.json",
+            std::process::id()
+        ));
+        let status = std::process::Command::new(python)
+            .arg(repository().join("infra/checks/translate.py"))
+            .arg(repository().join("infra/template.yaml"))
+            .arg(&out)
+            .status()
+            .unwrap();
+        assert!(status.success(), "translating the template failed");
+        out
+    })
+    .clone()
+}
+
+/// API Gateway's HTTP API in front of the intake and describe functions, as
+/// the template deploys it: one route per action (`POST /<Action>`; anything
+/// else is 404), IAM authorization (SigV4 for `execute-api`, verified against
+/// `keys`; a bad or missing signature is 403, as API Gateway answers), and a
+/// payload format 2.0 event with the authorizer's context handed to the
+/// function whose route it is. Loopback only; stops when dropped.
+pub struct ApiGatewayFront {
+    /// `http://127.0.0.1:PORT`.
+    pub url: String,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl ApiGatewayFront {
+    /// Starts the front over `engine`; `keys` are (access key, secret, account).
+    pub fn start(engine: Arc<Engine>, keys: Vec<(String, String, AccountId)>) -> Self {
+        let server = tiny_http::Server::http("127.0.0.1:0").unwrap();
+        let url = format!("http://{}", server.server_addr().to_ip().unwrap());
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let stopped = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(1)
+                .enable_all()
+                .build()
+                .unwrap();
+            while !stopped.load(std::sync::atomic::Ordering::Relaxed) {
+                let Ok(Some(request)) = server.recv_timeout(std::time::Duration::from_millis(50))
+                else {
+                    continue;
+                };
+                front_door(&runtime, &engine, &keys, request);
+            }
+        });
+        Self {
+            url,
+            stop,
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for ApiGatewayFront {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn front_door(
+    runtime: &tokio::runtime::Runtime,
+    engine: &Arc<Engine>,
+    keys: &[(String, String, AccountId)],
+    mut request: tiny_http::Request,
+) {
+    use std::io::Read;
+    let mut body = Vec::new();
+    let _ = request.as_reader().take(1 << 20).read_to_end(&mut body);
+    let (path, query) = match request.url().split_once('?') {
+        Some((p, q)) => (p.to_owned(), q.to_owned()),
+        None => (request.url().to_owned(), String::new()),
+    };
+    let headers: Vec<(String, String)> = request
+        .headers()
+        .iter()
+        .map(|h| {
+            (
+                h.field.as_str().as_str().to_owned(),
+                h.value.as_str().to_owned(),
+            )
+        })
+        .collect();
+    let method = request.method().as_str().to_owned();
+    let json_reply = |status: u16, message: &str| {
+        (
+            status,
+            "application/json".to_owned(),
+            serde_json::json!({"message": message}).to_string(),
+        )
+    };
+    let action = path.trim_start_matches('/').to_owned();
+    let function = [Function::Intake, Function::Describe]
+        .into_iter()
+        .find(|f| f.actions().contains(&action.as_str()));
+    let (status, content_type, text) = match function {
+        _ if method != "POST" => json_reply(404, "Not Found"),
+        None => json_reply(404, "Not Found"),
+        Some(function) => {
+            let signed = amistore_api::sigv4::SignedRequest {
+                method: &method,
+                path: &path,
+                query: &query,
+                headers: &headers,
+                body: &body,
+            };
+            let secret = |k: &str| {
+                keys.iter()
+                    .find(|(a, _, _)| a == k)
+                    .map(|(_, s, _)| s.clone())
+            };
+            match amistore_api::sigv4::verify_for(
+                "execute-api",
+                &signed,
+                secret,
+                time::OffsetDateTime::now_utc(),
+            ) {
+                Err(e) => json_reply(403, &e.message),
+                Ok(signer) => {
+                    let account = keys
+                        .iter()
+                        .find(|(a, _, _)| *a == signer.access_key)
+                        .map(|(_, _, acct)| acct.clone())
+                        .unwrap();
+                    let event = serde_json::json!({
+                        "version": "2.0",
+                        "routeKey": format!("POST {path}"),
+                        "rawPath": path,
+                        "rawQueryString": query,
+                        "headers": headers.iter().map(|(k, v)| (k.to_ascii_lowercase(), v.clone())).collect::<std::collections::BTreeMap<_, _>>(),
+                        "requestContext": {
+                            "requestId": amistore_core::ids::unique_token()[..16],
+                            "http": {"method": method},
+                            "authorizer": {"iam": {"accountId": account.as_str(), "accessKey": signer.access_key}},
+                        },
+                        "body": String::from_utf8_lossy(&body),
+                        "isBase64Encoded": false,
+                    });
+                    let deployment = Deployment {
+                        function,
+                        engine: engine.clone(),
+                        account,
+                        sweep_grace_ms: 0,
+                    };
+                    match runtime.block_on(crate::handle(&deployment, event)) {
+                        Ok(answer) => (
+                            answer["statusCode"].as_u64().unwrap_or(500) as u16,
+                            answer["headers"]["content-type"]
+                                .as_str()
+                                .unwrap_or("text/plain")
+                                .to_owned(),
+                            answer["body"].as_str().unwrap_or_default().to_owned(),
+                        ),
+                        Err(e) => json_reply(502, &e.cause),
+                    }
+                }
+            }
+        }
+    };
+    let header =
+        tiny_http::Header::from_bytes(&b"Content-Type"[..], content_type.as_bytes()).unwrap();
+    let _ = request.respond(
+        tiny_http::Response::from_string(text)
+            .with_status_code(status)
+            .with_header(header),
+    );
 }

@@ -7,40 +7,12 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::BTreeSet;
-use std::path::PathBuf;
-use std::process::Command;
 
 use amistore_lambda::Function;
 use serde_json::Value;
 
-fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
-
-/// The translated template: `AMISTORE_TRANSLATED_TEMPLATE` (scripts/test
-/// makes it), or one this test makes with the repository's .venv.
 fn translated() -> Value {
-    let path = match std::env::var("AMISTORE_TRANSLATED_TEMPLATE") {
-        Ok(p) => PathBuf::from(p),
-        Err(_) => {
-            let python = root().join(".venv/bin/python");
-            assert!(
-                python.exists(),
-                "{} is missing: run scripts/test (it installs aws-sam-translator), or set AMISTORE_TRANSLATED_TEMPLATE",
-                python.display()
-            );
-            let out =
-                std::env::temp_dir().join(format!("amistore-template-{}.json", std::process::id()));
-            let status = Command::new(python)
-                .arg(root().join("infra/checks/translate.py"))
-                .arg(root().join("infra/template.yaml"))
-                .arg(&out)
-                .status()
-                .unwrap();
-            assert!(status.success(), "translating the template failed");
-            out
-        }
-    };
+    let path = amistore_lambda::testing::translated_template();
     serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap()
 }
 

@@ -22,7 +22,7 @@ use std::path::{Path, PathBuf};
 use amistore_core::archive::manifest::format_time;
 use amistore_core::blocks::{BLOCK_SIZE, BlockRanges};
 use amistore_core::ids::{AccountId, ImageId, ResourceState, SnapshotId};
-use amistore_core::image::{ImageMetadata, ImageName, ImageSpec, Tag};
+use amistore_core::image::{Encryption, ImageMetadata, ImageName, ImageSpec, Tag};
 use amistore_core::ports::{Image, ImageCatalog, Snapshot, SnapshotStore};
 use rustix::fs::FlockOperation;
 use serde::{Deserialize, Serialize};
@@ -597,11 +597,14 @@ impl SnapshotStore for ImageLibrary {
             })
     }
 
+    /// Local snapshots are plain files: `encryption` is not applied to them
+    /// (the image's mappings still say how its source was encrypted).
     fn start_snapshot(
         &self,
         account: &AccountId,
         volume_size: u64,
         tags: &[Tag],
+        _encryption: &Encryption,
         client_token: &str,
     ) -> amistore_core::Result<SnapshotId> {
         Ok(ImageLibrary::start_snapshot(

@@ -326,9 +326,9 @@ impl TaskStore for SqliteTaskStore {
         let held = match &task.claim {
             None => false,
             Some(c) if c.ending == request.ending => return Ok(Claim::Held(task)),
-            Some(c) => !request
+            Some(c) => request
                 .overrule_before_ms
-                .is_some_and(|before| c.at_ms < before),
+                .is_none_or(|before| c.at_ms >= before),
         };
         if held {
             return Ok(Claim::Taken(task));

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use amistore_core::Result;
 use amistore_core::blocks::BlockRanges;
 use amistore_core::ids::{AccountId, SnapshotId};
-use amistore_core::image::Tag;
+use amistore_core::image::{Encryption, Tag};
 use amistore_core::ports::SnapshotStore;
 
 /// A token bucket: `rate` bytes per second, with one second of burst.
@@ -60,10 +60,11 @@ impl SnapshotStore for Throttled {
         account: &AccountId,
         volume_size: u64,
         tags: &[Tag],
+        encryption: &Encryption,
         client_token: &str,
     ) -> Result<SnapshotId> {
         self.0
-            .start_snapshot(account, volume_size, tags, client_token)
+            .start_snapshot(account, volume_size, tags, encryption, client_token)
     }
     fn find_snapshot_by_token(
         &self,

@@ -16,7 +16,7 @@ use amistore_core::engine::intake::{RestoreRequest, StoreRequest};
 use amistore_core::engine::metadata;
 use amistore_core::engine::restore::snapshot_token;
 use amistore_core::ids::{ImageId, ResourceState, SnapshotId};
-use amistore_core::image::Tag;
+use amistore_core::image::{Encryption, Tag};
 use amistore_core::storage::ObjectKey;
 use amistore_core::task::{Task, TaskKind, TaskState};
 use support::*;
@@ -382,7 +382,13 @@ fn restore_that_died_before_registering(w: &World, disks: usize) -> (Task, Vec<S
             w.local
                 .engine
                 .snapshots
-                .start_snapshot(&me(), CRASHED_DISK, &[], &snapshot_token(&task.id, disk))
+                .start_snapshot(
+                    &me(),
+                    CRASHED_DISK,
+                    &[],
+                    &Encryption::Unencrypted,
+                    &snapshot_token(&task.id, disk),
+                )
                 .unwrap()
         })
         .collect();
@@ -397,7 +403,13 @@ fn a_restore_that_died_before_registering_its_image_has_its_snapshots_deleted() 
     let snapshots = &w.local.engine.snapshots;
     let (task, _) = restore_that_died_before_registering(&w, 2);
     let bystander = snapshots
-        .start_snapshot(&me(), CRASHED_DISK, &[], "another-restore-disk0")
+        .start_snapshot(
+            &me(),
+            CRASHED_DISK,
+            &[],
+            &Encryption::Unencrypted,
+            "another-restore-disk0",
+        )
         .unwrap();
 
     // A transient error leaves the task to be failed again later.
@@ -803,4 +815,69 @@ fn a_failed_unit_fails_its_task_with_its_own_error() {
     let reason = w.task(&task.id).failure_reason.unwrap();
     assert!(reason.starts_with("unit "), "{reason}");
     assert!(!reason.contains("tolerated failure threshold"), "{reason}");
+}
+
+#[test]
+fn one_refused_clean_up_does_not_stop_the_sweep() {
+    // Two abandoned stores (their executions are gone); the first one's
+    // DeleteObject is refused, as S3 refuses a role without s3:DeleteObject.
+    let w = world();
+    let mut tasks = Vec::new();
+    for (i, name) in ["abandoned first", "abandoned second"].iter().enumerate() {
+        let (image, _) = w.image(name);
+        let key: ObjectKey = format!("{image}.bin").parse().unwrap();
+        let task = Task::start(
+            TaskKind::Store,
+            me(),
+            Some(image),
+            w.bucket.clone(),
+            key.clone(),
+            3,
+            i as i64,
+        );
+        w.local.engine.tasks.admit(&task, 600).unwrap();
+        let upload = w
+            .local
+            .engine
+            .objects
+            .create_multipart(&w.bucket, &key, &Default::default(), &[])
+            .unwrap();
+        w.local.engine.tasks.set_upload(&task.id, &upload).unwrap();
+        tasks.push(task);
+    }
+    assert_eq!(w.in_progress_gib(TaskKind::Store), 6);
+    w.faults.fail("delete_object", &[1], permanent);
+
+    let report = w
+        .local
+        .engine
+        .sweep(amistore_core::engine::now_ms(), 0)
+        .unwrap();
+    assert_eq!(report.failed, vec![tasks[1].id.clone()], "{report:?}");
+    assert_eq!(report.errors.len(), 1, "{report:?}");
+    assert!(
+        report.errors[0].contains(tasks[0].id.as_str())
+            && report.errors[0].contains("injected failure of delete_object"),
+        "{report:?}"
+    );
+    let second = w.task(&tasks[1].id);
+    assert_eq!(second.state, TaskState::Failed);
+    assert!(second.failure_reason.unwrap().starts_with("abandoned"));
+    assert_eq!(
+        w.in_progress_gib(TaskKind::Store),
+        3,
+        "the second's quota is free"
+    );
+    assert_eq!(w.task(&tasks[0].id).state, TaskState::InProgress);
+
+    // The next sweep finishes what the first could not.
+    let again = w
+        .local
+        .engine
+        .sweep(amistore_core::engine::now_ms(), 0)
+        .unwrap();
+    assert_eq!(again.failed, vec![tasks[0].id.clone()], "{again:?}");
+    assert!(again.errors.is_empty(), "{again:?}");
+    assert_eq!(w.in_progress_gib(TaskKind::Store), 0);
+    assert_eq!(w.uploads(), 0);
 }

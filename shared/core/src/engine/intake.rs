@@ -17,7 +17,7 @@ use crate::engine::metadata::object_metadata;
 use crate::engine::restore::snapshot_token;
 use crate::engine::{Engine, FailedBy, now_ms};
 use crate::ids::{AccountId, ImageId, ResourceState};
-use crate::image::{ImageName, Tag, VirtualizationType, check_unique_tag_keys};
+use crate::image::{EbsMapping, ImageName, Tag, VirtualizationType, check_unique_tag_keys};
 use crate::ports::ObjectReader;
 use crate::storage::{BucketName, BucketPath, ObjectKey};
 use crate::task::{Task, TaskKind, TaskState};
@@ -237,10 +237,20 @@ impl Engine {
         let mut snapshots = Vec::with_capacity(manifest.disks.len());
         let prepared = (|| {
             for (i, disk) in manifest.disks.iter().enumerate() {
+                // Each new snapshot is encrypted as its source disk was.
+                let encryption = manifest
+                    .image
+                    .block_device_mappings
+                    .iter()
+                    .filter_map(|m| m.ebs.as_ref())
+                    .find(|e| e.disk == Some(i))
+                    .map(EbsMapping::encryption)
+                    .unwrap_or_default();
                 snapshots.push(self.snapshots.start_snapshot(
                     account,
                     disk.volume_size,
                     &merge_tags(&disk.tags, &req.snapshot_tags),
+                    &encryption,
                     &snapshot_token(&task.id, i),
                 )?);
             }

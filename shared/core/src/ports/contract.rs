@@ -12,7 +12,7 @@ use std::sync::Arc;
 use crate::Error;
 use crate::blocks::{BLOCK_SIZE, BlockRanges};
 use crate::ids::{AccountId, ImageId, ResourceState, TaskId};
-use crate::image::{Architecture, DeviceName, EbsMapping, ImageMetadata, VolumeType};
+use crate::image::{Architecture, DeviceName, EbsMapping, Encryption, ImageMetadata, VolumeType};
 use crate::ports::{CompletedPart, ImageCatalog, ObjectStore, SnapshotStore, TaskStore};
 use crate::storage::{BucketName, ObjectKey};
 use crate::task::{Claim, ClaimRequest, Ending, Task, TaskKind, TaskState};
@@ -420,17 +420,29 @@ pub fn catalog_and_snapshots(
     let other: AccountId = "999999999999".parse().unwrap();
     let volume = 8 * BLOCK_SIZE;
     let s0 = snapshots
-        .start_snapshot(account, volume, &["disk=root".parse().unwrap()], "ct-0")
+        .start_snapshot(
+            account,
+            volume,
+            &["disk=root".parse().unwrap()],
+            &Encryption::Unencrypted,
+            "ct-0",
+        )
         .unwrap();
     assert_eq!(
         snapshots
-            .start_snapshot(account, volume, &[], "ct-0")
+            .start_snapshot(account, volume, &[], &Encryption::Unencrypted, "ct-0")
             .unwrap(),
         s0,
         "idempotent by token"
     );
     let s1 = snapshots
-        .start_snapshot(account, 2 * BLOCK_SIZE, &[], "ct-1")
+        .start_snapshot(
+            account,
+            2 * BLOCK_SIZE,
+            &[],
+            &Encryption::Unencrypted,
+            "ct-1",
+        )
         .unwrap();
     assert_ne!(s0, s1);
     assert_eq!(
@@ -475,6 +487,7 @@ pub fn catalog_and_snapshots(
             throughput: Some(125),
             delete_on_termination: true,
             encrypted: false,
+            kms_key_id: None,
         }),
         virtual_name: None,
         no_device: false,
@@ -551,7 +564,7 @@ pub fn catalog_and_snapshots(
     let mut other_meta = metadata.clone();
     other_meta.block_device_mappings.truncate(1);
     let s2 = snapshots
-        .start_snapshot(account, volume, &[], "ct-2")
+        .start_snapshot(account, volume, &[], &Encryption::Unencrypted, "ct-2")
         .unwrap();
     assert!(matches!(
         catalog.register_image(

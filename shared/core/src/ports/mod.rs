@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::blocks::BlockRanges;
 use crate::ids::{AccountId, ImageId, ResourceState, SnapshotId, TaskId};
-use crate::image::{DeviceName, ImageMetadata, ImageName, Tag};
+use crate::image::{DeviceName, Encryption, ImageMetadata, ImageName, Tag};
 use crate::storage::{BucketName, ObjectKey};
 use crate::task::{Claim, ClaimRequest, Ending, Task, TaskKind};
 use crate::{Error, Result};
@@ -124,13 +124,15 @@ pub trait SnapshotStore: Send + Sync {
     /// Blocks that hold no data read as zeros.
     fn read_blocks(&self, snapshot: &SnapshotId, first_block: u64, buf: &mut [u8]) -> Result<()>;
 
-    /// Starts a new, empty, `pending` snapshot of `volume_size` bytes. Starting
-    /// again with the same `client_token` returns the same snapshot.
+    /// Starts a new, empty, `pending` snapshot of `volume_size` bytes,
+    /// encrypted as `encryption` says. Starting again with the same
+    /// `client_token` returns the same snapshot.
     fn start_snapshot(
         &self,
         account: &AccountId,
         volume_size: u64,
         tags: &[Tag],
+        encryption: &Encryption,
         client_token: &str,
     ) -> Result<SnapshotId>;
 

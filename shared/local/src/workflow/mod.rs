@@ -263,6 +263,7 @@ impl WorkflowRunner for LocalRunner {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::workflow::execute::Host;
     use amistore_core::engine::steps::ERROR_NAMES;
 
     fn error_names(v: &Value, out: &mut Vec<String>) {
@@ -283,6 +284,87 @@ mod tests {
             }
             Value::Array(items) => items.iter().for_each(|i| error_names(i, out)),
             _ => {}
+        }
+    }
+
+    /// The deployed definition over stand-in functions: plan makes `units`
+    /// units, each unit is throttled by the Lambda service `throttled` times
+    /// before it runs, finalize and fail record that they ran.
+    fn run_throttled(
+        definition: &str,
+        units: u64,
+        throttled: usize,
+    ) -> (std::result::Result<Value, Failure>, Vec<String>) {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        let calls: Arc<Mutex<Vec<String>>> = Arc::default();
+        let tries: Arc<Mutex<HashMap<u64, usize>>> = Arc::default();
+        let (c, t) = (calls.clone(), tries.clone());
+        let busy = Arc::new(AtomicUsize::new(0));
+        let function: Function = Arc::new(move |input: &Value| {
+            let step = input["step"].as_str().unwrap_or_default().to_owned();
+            c.lock().unwrap().push(step.clone());
+            match step.as_str() {
+                "store.plan" => {
+                    Ok(json!({"units": units, "itemsBucket": "work", "itemsKey": "items"}))
+                }
+                "store.unit" => {
+                    let unit = input["unit"].as_u64().unwrap();
+                    let mut tries = t.lock().unwrap();
+                    let n = tries.entry(unit).or_default();
+                    *n += 1;
+                    if *n <= throttled {
+                        busy.fetch_add(1, Ordering::Relaxed);
+                        return Err(Failure {
+                            error: "Lambda.TooManyRequestsException".into(),
+                            cause: "Rate Exceeded.".into(),
+                        });
+                    }
+                    Ok(Value::Null)
+                }
+                _ => Ok(Value::Null),
+            }
+        });
+        let host = Host {
+            functions: FUNCTIONS
+                .iter()
+                .map(|f| (f.to_string(), function.clone()))
+                .collect(),
+            items: Arc::new(move |_: &str, _: &str| {
+                Ok(Value::Array(
+                    (0..units).map(|u| json!({"unit": u})).collect(),
+                ))
+            }),
+            max_map_concurrency: 4,
+            retry_delay_scale: 0.0,
+        };
+        let resources = FUNCTIONS.iter().map(|f| f.to_string()).collect();
+        let machine = StateMachine::parse(definition, &resources).unwrap();
+        let result = execute(
+            &host,
+            &machine,
+            json!({"taskId": "task-1", "unitConcurrency": 16}),
+            "t",
+        );
+        let calls = calls.lock().unwrap().clone();
+        (result, calls)
+    }
+
+    #[test]
+    fn a_queue_of_throttled_units_waits_its_turn_instead_of_failing_the_task() {
+        // Two tasks sharing chunk-transfer's concurrency: the second's units
+        // are refused by the Lambda service for a good while (here, 40 times
+        // each; six tries were all the first definitions allowed).
+        for definition in [STORE_DEFINITION, RESTORE_DEFINITION] {
+            let store = definition == STORE_DEFINITION;
+            let def = if store {
+                definition.to_owned()
+            } else {
+                definition.replace("restore.", "store.")
+            };
+            let (result, calls) = run_throttled(&def, 5, 40);
+            assert!(result.is_ok(), "{result:?}");
+            assert!(calls.iter().any(|c| c == "store.finalize"), "{calls:?}");
+            assert!(!calls.iter().any(|c| c == "store.fail"), "{calls:?}");
         }
     }
 

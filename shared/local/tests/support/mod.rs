@@ -12,7 +12,7 @@ use std::sync::{Arc, Condvar, Mutex};
 
 use amistore_core::blocks::{BLOCK_SIZE, BlockRanges};
 use amistore_core::ids::{AccountId, ImageId, ResourceState, SnapshotId, TaskId};
-use amistore_core::image::{Architecture, ImageMetadata, ImageName, ImageSpec, Tag};
+use amistore_core::image::{Architecture, Encryption, ImageMetadata, ImageName, ImageSpec, Tag};
 use amistore_core::ports::{
     CompletedPart, Image, ImageCatalog, ObjectInfo, ObjectStore, SnapshotStore, TaskStore,
 };
@@ -320,10 +320,11 @@ impl SnapshotStore for Faulty<dyn SnapshotStore> {
         a: &AccountId,
         size: u64,
         tags: &[Tag],
+        e: &Encryption,
         t: &str,
     ) -> Result<SnapshotId> {
         self.1.check("start_snapshot")?;
-        self.0.start_snapshot(a, size, tags, t)
+        self.0.start_snapshot(a, size, tags, e, t)
     }
     fn find_snapshot_by_token(&self, a: &AccountId, t: &str) -> Result<Option<SnapshotId>> {
         self.1.check("find_snapshot_by_token")?;
