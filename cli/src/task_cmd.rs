@@ -302,7 +302,7 @@ pub fn restore(
             objects,
             &args.bucket,
             &args.object_key,
-            info.size,
+            &info,
         ))
     {
         bar.begin(index.manifest().present_bytes());

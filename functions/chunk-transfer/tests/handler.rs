@@ -58,7 +58,7 @@ async fn plans_and_transfers_each_unit_once_however_often_retried() {
     let items: Value = serde_json::from_slice(
         &h.engine()
             .work
-            .get_range(&items_bucket, &items_key, 0..info.size)
+            .get_range(&items_bucket, &items_key, 0..info.size, None)
             .unwrap(),
     )
     .unwrap();

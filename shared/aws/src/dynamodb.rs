@@ -2,7 +2,7 @@
 //!
 //! | item | `pk` | `sk` | attributes |
 //! |---|---|---|---|
-//! | task | `TASK#<id>` | `TASK` | the task's fields; `byAccount` (`<account>#<kind>`) and `startedAt` key the newest-first GSI; `expiresAt` is the TTL; `ending`, `endingReason`, `claimedAt` once its end is claimed; `unitsDone` as it was when a failure claimed it |
+//! | task | `TASK#<id>` | `TASK` | the task's fields (a restore's `sourceEtag` and `sourceDigest` pin its archive); `byAccount` (`<account>#<kind>`) and `startedAt` key the newest-first GSI; `expiresAt` is the TTL; `ending`, `endingReason`, `claimedAt` once its end is claimed; `unitsDone` as it was when a failure claimed it |
 //! | unit | `TASK#<id>` | `UNIT#<n, 10 digits>` | `record` (JSON); `expiresAt` |
 //! | quota counter | `QUOTA` | `<account>#<kind>` | `gib`: GiB of tasks in progress |
 //! | running marker | `RUNNING` | `TASK#<id>` | none: the task is in progress |
@@ -37,7 +37,7 @@ use std::collections::HashMap;
 use amistore_core::ids::{AccountId, ImageId, TaskId};
 use amistore_core::ports::TaskStore;
 use amistore_core::task::{
-    Claim, ClaimRequest, EndClaim, Ending, RETENTION_MS, Task, TaskKind, TaskState,
+    Claim, ClaimRequest, EndClaim, Ending, RETENTION_MS, SourcePin, Task, TaskKind, TaskState,
 };
 use amistore_core::{Error, Result};
 use aws_sdk_dynamodb::Client;
@@ -142,6 +142,10 @@ fn task_item(task: &Task) -> Item {
     if let Some(reason) = &task.failure_reason {
         put("reason", s(reason));
     }
+    if let Some(pin) = &task.source {
+        put("sourceEtag", s(&pin.etag));
+        put("sourceDigest", s(&pin.manifest_digest));
+    }
     put(
         BY_ACCOUNT_INDEX,
         s(format!("{}#{}", task.account, task.kind.as_str())),
@@ -204,6 +208,13 @@ fn task_from(item: &Item) -> Result<Task> {
                 at_ms: number(item, "claimedAt").ok_or_else(|| damaged("claimedAt", item))?,
             }),
             None => None,
+        },
+        source: match (text(item, "sourceEtag"), text(item, "sourceDigest")) {
+            (Some(etag), Some(digest)) => Some(SourcePin {
+                etag: etag.to_owned(),
+                manifest_digest: digest.to_owned(),
+            }),
+            _ => None,
         },
     })
 }

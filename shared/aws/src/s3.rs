@@ -308,6 +308,7 @@ impl ObjectStore for S3ObjectStore {
                 .last_modified()
                 .and_then(|t| t.fmt(aws_smithy_types::date_time::Format::DateTime).ok())
                 .unwrap_or_default(),
+            etag: head.e_tag().unwrap_or_default().to_owned(),
         }))
     }
 
@@ -316,6 +317,7 @@ impl ObjectStore for S3ObjectStore {
         bucket: &BucketName,
         key: &ObjectKey,
         range: Range<u64>,
+        if_match: Option<&str>,
     ) -> Result<Vec<u8>> {
         if range.is_empty() {
             return Ok(Vec::new());
@@ -328,9 +330,16 @@ impl ObjectStore for S3ObjectStore {
                 .bucket(bucket.as_str())
                 .key(key.as_str())
                 .range(format!("bytes={}-{}", range.start, range.end - 1))
+                .set_if_match(if_match.map(str::to_owned))
                 .send()
                 .await
-                .map_err(|e| sdk(format_args!("reading {key} at {range:?}"), e))?;
+                .map_err(|e| match e.raw_response().map(|r| r.status().as_u16()) {
+                    Some(412) => Error::IncorrectState(format!(
+                        "s3://{bucket}/{key} was replaced (it no longer has ETag {})",
+                        if_match.unwrap_or_default()
+                    )),
+                    _ => sdk(format_args!("reading {key} at {range:?}"), e),
+                })?;
             out.body
                 .collect()
                 .await

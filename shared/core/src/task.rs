@@ -245,6 +245,21 @@ pub struct Task {
     /// Who claimed its end, while it is still in progress (kept afterwards).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub claim: Option<EndClaim>,
+    /// The archive a restore reads, as intake found it: every later read is
+    /// pinned to it, so a replaced object fails the restore.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<SourcePin>,
+}
+
+/// What pins a restore's source archive: the object's ETag and the digest of
+/// the manifest intake read from it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SourcePin {
+    /// The object's ETag.
+    pub etag: String,
+    /// [`crate::archive::Manifest::digest`] of its manifest.
+    pub manifest_digest: String,
 }
 
 impl Task {
@@ -274,6 +289,7 @@ impl Task {
             ended_at_ms: None,
             failure_reason: None,
             claim: None,
+            source: None,
         }
     }
 

@@ -24,7 +24,9 @@ use std::time::Duration;
 
 use amistore_core::ids::{AccountId, ImageId, TaskId};
 use amistore_core::ports::TaskStore;
-use amistore_core::task::{Claim, ClaimRequest, EndClaim, Ending, Task, TaskKind, TaskState};
+use amistore_core::task::{
+    Claim, ClaimRequest, EndClaim, Ending, SourcePin, Task, TaskKind, TaskState,
+};
 use amistore_core::{Error, Result};
 use rusqlite::{Connection, ErrorCode, OptionalExtension, Row, TransactionBehavior, params};
 
@@ -47,7 +49,9 @@ CREATE TABLE IF NOT EXISTS tasks (
     owner TEXT,
     ending TEXT,
     ending_reason TEXT,
-    claimed_at_ms INTEGER
+    claimed_at_ms INTEGER,
+    source_etag TEXT,
+    source_digest TEXT
 );
 CREATE INDEX IF NOT EXISTS tasks_newest_first ON tasks (account, kind, started_at_ms DESC);
 CREATE UNIQUE INDEX IF NOT EXISTS one_store_per_image_and_bucket ON tasks (account, image_id, bucket)
@@ -67,15 +71,18 @@ CREATE TABLE IF NOT EXISTS quota (
 ";
 
 /// Columns added since the first schema, added to databases made before them.
-const ADDED_COLUMNS: [(&str, &str); 3] = [
+const ADDED_COLUMNS: [(&str, &str); 5] = [
     ("ending", "TEXT"),
     ("ending_reason", "TEXT"),
     ("claimed_at_ms", "INTEGER"),
+    ("source_etag", "TEXT"),
+    ("source_digest", "TEXT"),
 ];
 
 const TASK_COLUMNS: &str = "id, kind, account, image_id, bucket, object_key, size_gib, upload_id, \
      units_total, (SELECT COUNT(*) FROM units WHERE units.task_id = tasks.id), state, \
-     started_at_ms, ended_at_ms, failure_reason, ending, ending_reason, claimed_at_ms";
+     started_at_ms, ended_at_ms, failure_reason, ending, ending_reason, claimed_at_ms, \
+     source_etag, source_digest";
 
 /// The engine's error for a failed SQLite call: retryable only when the
 /// database was busy or locked.
@@ -146,7 +153,7 @@ impl SqliteTaskStore {
             ))
             .map_err(db("listing tasks"))?;
         let rows = stmt
-            .query_map([], |r| Ok((task_from_row(r)?, r.get(17)?)))
+            .query_map([], |r| Ok((task_from_row(r)?, r.get(19)?)))
             .map_err(db("listing tasks"))?;
         rows.collect::<rusqlite::Result<_>>()
             .map_err(db("listing tasks"))
@@ -224,8 +231,9 @@ impl TaskStore for SqliteTaskStore {
         }
         let inserted = tx.execute(
             "INSERT INTO tasks (id, kind, account, image_id, bucket, object_key, size_gib, upload_id,
-                                units_total, state, started_at_ms, expires_at_ms, owner)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
+                                units_total, state, started_at_ms, expires_at_ms, owner,
+                                source_etag, source_digest)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)",
             params![
                 task.id.as_str(),
                 kind,
@@ -240,6 +248,8 @@ impl TaskStore for SqliteTaskStore {
                 task.started_at_ms,
                 task.expires_at_ms(),
                 self.owner,
+                task.source.as_ref().map(|s| s.etag.as_str()),
+                task.source.as_ref().map(|s| s.manifest_digest.as_str()),
             ],
         );
         match inserted {
@@ -490,6 +500,16 @@ fn task_from_row(r: &Row<'_>) -> rusqlite::Result<Task> {
         ended_at_ms: r.get(12)?,
         failure_reason: r.get(13)?,
         claim,
+        source: match (
+            r.get::<_, Option<String>>(17)?,
+            r.get::<_, Option<String>>(18)?,
+        ) {
+            (Some(etag), Some(manifest_digest)) => Some(SourcePin {
+                etag,
+                manifest_digest,
+            }),
+            _ => None,
+        },
     })
 }
 

@@ -881,3 +881,38 @@ fn one_refused_clean_up_does_not_stop_the_sweep() {
     assert_eq!(w.in_progress_gib(TaskKind::Store), 0);
     assert_eq!(w.uploads(), 0);
 }
+
+#[test]
+fn a_restore_whose_archive_is_replaced_midway_fails_instead_of_mixing_two() {
+    let w = world();
+    let (a, _) = w.image("pinned-a");
+    let (b, _) = w.image("pinned-b");
+    let key_a = store(&w, &a).key;
+    let key_b = store(&w, &b).key;
+    let object = |k: &ObjectKey| {
+        w.dir
+            .path()
+            .join("data/s3")
+            .join(w.bucket.as_str())
+            .join(k.as_str())
+    };
+    // The plan opens the archive, then waits here while it is replaced.
+    let gate = w.faults.hold("set_units_total");
+    let task = w
+        .local
+        .engine
+        .create_restore_task(&me(), &restore_request(&w, &key_a, "pinned copy"))
+        .unwrap();
+    let replacement = object(&key_a).with_extension("swap");
+    fs::copy(object(&key_b), &replacement).unwrap();
+    fs::rename(&replacement, object(&key_a)).unwrap();
+    drop(gate);
+    let done = w.local.wait(&task.id).unwrap();
+    assert_clean_failure(&w, &done, "was replaced");
+    let image = w
+        .local
+        .library
+        .get(&me(), done.image_id.as_ref().unwrap())
+        .unwrap();
+    assert_eq!(image.state, ResourceState::Failed);
+}

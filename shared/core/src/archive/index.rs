@@ -28,6 +28,9 @@ pub const MAX_DATA_FRAME: u64 = 64 << 20;
 pub const MAX_HOLE_FRAME: u64 = 1 << 30;
 /// Largest frame in the object a reader accepts, so fetching one frame is bounded.
 pub const MAX_COMPRESSED_FRAME: u64 = MAX_DATA_FRAME + (1 << 20);
+/// Largest manifest frame in the object (zstd's worst-case expansion of the
+/// largest manifest is well inside it).
+pub const MAX_MANIFEST_COMPRESSED: u64 = MAX_MANIFEST_FRAME + (1 << 20);
 
 /// What a frame of the object is, derived from the manifest and the seek table.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -130,9 +133,15 @@ impl ArchiveIndex {
         let entry_at = footer_at
             .checked_sub(footer.entry_len() as usize)
             .ok_or_else(|| Error::Truncated("the tail read ends inside the seek table".into()))?;
-        // The manifest frame is the last one the table lists.
-        let last_compressed = read_u32_le(tail, entry_at).unwrap_or_default();
-        let needed = footer.table_len() + u64::from(last_compressed);
+        // The manifest frame is the last one the table lists. Its size is the
+        // object's own claim: bound it before anything is read for it.
+        let last_compressed = u64::from(read_u32_le(tail, entry_at).unwrap_or_default());
+        if last_compressed > MAX_MANIFEST_COMPRESSED {
+            return Err(Error::Malformed(format!(
+                "the last frame (the manifest) claims {last_compressed} bytes; a manifest frame is at most {MAX_MANIFEST_COMPRESSED}"
+            )));
+        }
+        let needed = footer.table_len() + last_compressed;
         let start = object_len.checked_sub(needed).ok_or_else(|| {
             Error::Truncated(format!(
                 "the seek table and manifest frame need {needed} bytes but the object has {object_len}"
@@ -156,14 +165,16 @@ impl ArchiveIndex {
         }
         let rel = |at: u64| (at - suffix_start) as usize;
         let table_start = object_len - footer.table_len();
-        let entries = seek_table::parse(&suffix[rel(table_start)..], footer)?;
-
-        let sum: u64 = entries.iter().map(|e| u64::from(e.compressed)).sum();
+        let table = &suffix[rel(table_start)..];
+        // Added up before anything is built from it: a table that does not
+        // describe this object allocates nothing.
+        let sum = seek_table::compressed_total(table, footer)?;
         if sum != table_start {
             return Err(Error::Malformed(format!(
                 "seek table frames add up to {sum} bytes but {table_start} bytes precede the table"
             )));
         }
+        let entries = seek_table::parse(table, footer)?;
         let (manifest_entry, unit_entries) = entries
             .split_last()
             .ok_or_else(|| Error::malformed("seek table lists no frames"))?;

@@ -100,6 +100,12 @@ pub struct Unit {
 }
 
 impl Manifest {
+    /// BLAKE3 (hex) of the manifest's JSON: what a restore pins of it.
+    pub fn digest(&self) -> String {
+        let json = serde_json::to_vec(self).unwrap_or_default();
+        blake3::hash(&json).to_hex().to_string()
+    }
+
     /// The manifest's time stamp as seconds since the epoch (the tar mtime).
     pub fn mtime(&self) -> Result<u64> {
         mtime_of(&self.stored_at)

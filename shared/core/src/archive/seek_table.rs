@@ -110,6 +110,19 @@ pub fn parse_footer(last9: &[u8], object_len: u64) -> Result<Footer> {
     Ok(footer)
 }
 
+/// The sum of the table's compressed sizes (what the frames before it must
+/// occupy), read without building the entries.
+pub fn compressed_total(table: &[u8], footer: Footer) -> Result<u64> {
+    if table.len() as u64 != footer.table_len() {
+        return Err(Error::Truncated("seek table is incomplete".into()));
+    }
+    let entry_len = footer.entry_len() as usize;
+    Ok(table[8..table.len() - FOOTER_LEN as usize]
+        .chunks_exact(entry_len)
+        .map(|e| u64::from(read_u32_le(e, 0).unwrap_or_default()))
+        .sum())
+}
+
 /// Parses the whole seek-table frame (`table` is exactly `footer.table_len()` bytes).
 pub fn parse(table: &[u8], footer: Footer) -> Result<Vec<FrameEntry>> {
     if table.len() as u64 != footer.table_len() {

@@ -20,7 +20,7 @@ use crate::ids::{AccountId, ImageId, ResourceState};
 use crate::image::{EbsMapping, ImageName, Tag, VirtualizationType, check_unique_tag_keys};
 use crate::ports::ObjectReader;
 use crate::storage::{BucketName, BucketPath, ObjectKey};
-use crate::task::{Task, TaskKind, TaskState};
+use crate::task::{SourcePin, Task, TaskKind, TaskState};
 use crate::{Error, Result};
 
 /// S3 allows at most this many tags on an object.
@@ -205,7 +205,7 @@ impl Engine {
                     req.key, req.bucket
                 ))
             })?;
-        let reader = ObjectReader::new(&*self.objects, &req.bucket, &req.key, info.size);
+        let reader = ObjectReader::new(&*self.objects, &req.bucket, &req.key, &info);
         let index = ArchiveIndex::open(&reader)?;
         let manifest = index.manifest();
         let name = req
@@ -223,7 +223,7 @@ impl Engine {
             .iter()
             .map(|d| d.volume_size.div_ceil(crate::image::GIB))
             .sum();
-        let task = Task::start(
+        let mut task = Task::start(
             TaskKind::Restore,
             account.clone(),
             None,
@@ -232,6 +232,11 @@ impl Engine {
             size_gib,
             now_ms(),
         );
+        // Every later read is of this object, or the restore fails.
+        task.source = Some(SourcePin {
+            etag: info.etag.clone(),
+            manifest_digest: manifest.digest(),
+        });
         self.tasks.admit(&task, self.config.limits.restore_gib)?;
 
         let mut snapshots = Vec::with_capacity(manifest.disks.len());

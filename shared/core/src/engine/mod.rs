@@ -223,7 +223,7 @@ impl Engine {
         };
         let bytes = self
             .work
-            .get_range(&self.config.work_bucket, &key, 0..info.size)?;
+            .get_range(&self.config.work_bucket, &key, 0..info.size, None)?;
         serde_json::from_slice(&bytes)
             .map(Some)
             .map_err(|e| Error::Malformed(format!("{name} of task {task} is damaged: {e}")))

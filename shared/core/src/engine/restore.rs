@@ -12,7 +12,7 @@
 use crate::archive::{ArchiveIndex, Decoded, read_units};
 use crate::engine::{Engine, FailedBy, now_ms};
 use crate::ids::{ImageId, ResourceState, TaskId};
-use crate::ports::{Image, ObjectReader};
+use crate::ports::{Image, ObjectInfo, ObjectReader};
 use crate::task::{Claim, Ending, Task};
 use crate::{Error, Result};
 
@@ -31,24 +31,36 @@ impl Engine {
         Ok((id, image))
     }
 
-    /// Opens the task's archive and checks it still fits the image being made
-    /// (the object could have been replaced since intake).
+    /// Opens the task's archive: the very object intake read (its ETag and its
+    /// manifest's digest pinned then), every read conditional on that ETag. A
+    /// replaced object fails the restore instead of mixing two archives.
     fn open_source<'a>(
         &'a self,
         task: &'a Task,
         image: &Image,
+        info: &'a ObjectInfo,
     ) -> Result<(ObjectReader<'a>, ArchiveIndex)> {
-        let info = self
-            .objects
-            .head_object(&task.bucket, &task.key)?
-            .ok_or_else(|| {
-                Error::NotFound(format!(
-                    "object {} no longer exists in bucket {}",
-                    task.key, task.bucket
-                ))
-            })?;
-        let reader = ObjectReader::new(&*self.objects, &task.bucket, &task.key, info.size);
+        let replaced = || {
+            Error::IncorrectState(format!(
+                "s3://{}/{} was replaced since the restore began; restore it again to use the new archive",
+                task.bucket, task.key
+            ))
+        };
+        if let Some(pin) = &task.source
+            && !pin.etag.is_empty()
+            && info.etag != pin.etag
+        {
+            return Err(replaced());
+        }
+        let reader = ObjectReader::new(&*self.objects, &task.bucket, &task.key, info);
         let index = ArchiveIndex::open(&reader)?;
+        if task
+            .source
+            .as_ref()
+            .is_some_and(|pin| pin.manifest_digest != index.manifest().digest())
+        {
+            return Err(replaced());
+        }
         let disks = &index.manifest().disks;
         let fits = disks.len() == image.snapshots.len()
             && disks
@@ -64,11 +76,24 @@ impl Engine {
         Ok((reader, index))
     }
 
+    /// The object a restore reads, which must still exist.
+    fn source_info(&self, task: &Task) -> Result<ObjectInfo> {
+        self.objects
+            .head_object(&task.bucket, &task.key)?
+            .ok_or_else(|| {
+                Error::NotFound(format!(
+                    "object {} no longer exists in bucket {}",
+                    task.key, task.bucket
+                ))
+            })
+    }
+
     /// Plans a restore task; returns how many units it has.
     pub fn plan_restore(&self, id: &TaskId) -> Result<u64> {
         let task = self.running_task(id)?;
         let (_, image) = self.restore_image(&task)?;
-        let (_, index) = self.open_source(&task, &image)?;
+        let info = self.source_info(&task)?;
+        let (_, index) = self.open_source(&task, &image, &info)?;
         let units = index.manifest().units.len() as u64;
         self.tasks.set_units_total(id, units)?;
         Ok(units)
@@ -81,7 +106,8 @@ impl Engine {
             return Ok(());
         }
         let (_, image) = self.restore_image(&task)?;
-        let (reader, index) = self.open_source(&task, &image)?;
+        let info = self.source_info(&task)?;
+        let (reader, index) = self.open_source(&task, &image, &info)?;
         let index_of = usize::try_from(unit)
             .ok()
             .filter(|&u| u < index.manifest().units.len())
@@ -119,7 +145,8 @@ impl Engine {
             return Ok(());
         };
         let (image_id, image) = self.restore_image(&task)?;
-        let (_, index) = self.open_source(&task, &image)?;
+        let info = self.source_info(&task)?;
+        let (_, index) = self.open_source(&task, &image, &info)?;
         let recorded = self.tasks.units(id)?.len();
         let units = index.manifest().units.len();
         if recorded != units {

@@ -225,7 +225,7 @@ impl Engine {
                 info.size
             )));
         }
-        let reader = ObjectReader::new(&*self.objects, &task.bucket, &task.key, info.size);
+        let reader = ObjectReader::new(&*self.objects, &task.bucket, &task.key, &info);
         let index = ArchiveIndex::open(&reader)?;
         if *index.manifest() != last.manifest {
             return Err(Error::Malformed(

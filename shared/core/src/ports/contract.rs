@@ -106,8 +106,14 @@ pub fn object_store(
     let mut got_tags = info.tags.clone();
     got_tags.sort_by(|a, b| a.key().cmp(b.key()));
     assert_eq!(got_tags, vec![tags[1].clone(), tags[0].clone()]);
+    assert!(!info.etag.is_empty(), "an object has an ETag");
     let edge = store
-        .get_range(bucket, &k, (min_part as u64 - 1)..(min_part as u64 + 1))
+        .get_range(
+            bucket,
+            &k,
+            (min_part as u64 - 1)..(min_part as u64 + 1),
+            Some(&info.etag),
+        )
         .unwrap();
     assert_eq!(
         edge,
@@ -151,8 +157,30 @@ pub fn object_store(
     // Small objects: put, read, delete (deleting twice is fine).
     let k3 = key("tasks/t1/plan.json");
     store.put_object(bucket, &k3, b"{\"plan\":1}").unwrap();
-    assert_eq!(store.head_object(bucket, &k3).unwrap().unwrap().size, 10);
-    assert_eq!(store.get_range(bucket, &k3, 2..6).unwrap(), b"plan");
+    let first = store.head_object(bucket, &k3).unwrap().unwrap();
+    assert_eq!(first.size, 10);
+    assert_eq!(store.get_range(bucket, &k3, 2..6, None).unwrap(), b"plan");
+    assert_eq!(
+        store
+            .get_range(bucket, &k3, 2..6, Some(&first.etag))
+            .unwrap(),
+        b"plan"
+    );
+    // A replaced object has another ETag, and reads pinned to the first fail.
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    store.put_object(bucket, &k3, b"{\"PLAN\":2}").unwrap();
+    let second = store.head_object(bucket, &k3).unwrap().unwrap();
+    assert_ne!(second.etag, first.etag, "replacing changes the ETag");
+    assert!(matches!(
+        store.get_range(bucket, &k3, 2..6, Some(&first.etag)),
+        Err(Error::IncorrectState(_))
+    ));
+    assert_eq!(
+        store
+            .get_range(bucket, &k3, 2..6, Some(&second.etag))
+            .unwrap(),
+        b"PLAN"
+    );
     store.delete_object(bucket, &k3).unwrap();
     store.delete_object(bucket, &k3).unwrap();
     assert_eq!(store.head_object(bucket, &k3).unwrap(), None);

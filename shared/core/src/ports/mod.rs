@@ -170,6 +170,10 @@ pub struct ObjectInfo {
     pub tags: Vec<Tag>,
     /// When the object was completed (ISO 8601).
     pub last_modified: String,
+    /// The object's version tag: it changes whenever the object is replaced,
+    /// so a reader that pins it never mixes two objects.
+    #[serde(default)]
+    pub etag: String,
 }
 
 /// A part the caller uploaded, as CompleteMultipartUpload names it.
@@ -236,33 +240,44 @@ pub trait ObjectStore: Send + Sync {
     /// The object's size, metadata and tags, or `None` if it does not exist.
     fn head_object(&self, bucket: &BucketName, key: &ObjectKey) -> Result<Option<ObjectInfo>>;
 
-    /// Bytes `range` of the object.
-    fn get_range(&self, bucket: &BucketName, key: &ObjectKey, range: Range<u64>)
-    -> Result<Vec<u8>>;
+    /// Bytes `range` of the object; with `if_match`, only if the object's
+    /// ETag still is that ([`Error::IncorrectState`] if it was replaced).
+    fn get_range(
+        &self,
+        bucket: &BucketName,
+        key: &ObjectKey,
+        range: Range<u64>,
+        if_match: Option<&str>,
+    ) -> Result<Vec<u8>>;
 }
 
 /// An object seen through ranged reads: lets the archive reader open and decode
-/// an archive in any object store.
+/// an archive in any object store. Every read is pinned to the object's ETag,
+/// so reading an object that is replaced meanwhile fails instead of mixing
+/// the two.
 pub struct ObjectReader<'a> {
     store: &'a dyn ObjectStore,
     bucket: &'a BucketName,
     key: &'a ObjectKey,
     size: u64,
+    etag: &'a str,
 }
 
 impl<'a> ObjectReader<'a> {
-    /// A reader over an object of `size` bytes (from [`ObjectStore::head_object`]).
+    /// A reader over the object `info` describes (from
+    /// [`ObjectStore::head_object`]).
     pub fn new(
         store: &'a dyn ObjectStore,
         bucket: &'a BucketName,
         key: &'a ObjectKey,
-        size: u64,
+        info: &'a ObjectInfo,
     ) -> Self {
         Self {
             store,
             bucket,
             key,
-            size,
+            size: info.size,
+            etag: &info.etag,
         }
     }
 }
@@ -282,7 +297,10 @@ impl crate::archive::ReadAt for ObjectReader<'_> {
                 self.size
             )));
         }
-        let bytes = self.store.get_range(self.bucket, self.key, offset..end)?;
+        let pin = (!self.etag.is_empty()).then_some(self.etag);
+        let bytes = self
+            .store
+            .get_range(self.bucket, self.key, offset..end, pin)?;
         if bytes.len() != buf.len() {
             return Err(Error::Truncated(format!(
                 "{} returned {} bytes for a {}-byte range",

@@ -293,11 +293,12 @@ impl BucketStore {
         }
         let staging = Staging::lock(&dir)?;
         let (joined, size) = staging.complete(parts, self.min_part_size)?;
-        let info = ObjectInfo {
+        let mut info = ObjectInfo {
             size,
             metadata: record.metadata,
             tags: record.tags,
             last_modified: format_time(OffsetDateTime::now_utc()),
+            etag: String::new(),
         };
         let target = self.object_path(bucket, key)?;
         if let Some(parent) = target.parent() {
@@ -308,6 +309,9 @@ impl BucketStore {
         write_atomically(&Self::sidecar(&target), &sidecar)?;
         fs::rename(&joined, &target).map_err(io(format!("publishing {}", target.display())))?;
         fs::remove_dir_all(&dir).map_err(io(format!("removing {}", dir.display())))?;
+        info.etag = fs::metadata(&target)
+            .map(|m| etag_of(&m))
+            .map_err(io(format!("reading {}", target.display())))?;
         Ok(info)
     }
 
@@ -379,6 +383,7 @@ impl BucketStore {
             return Ok(None);
         }
         let sidecar = Self::sidecar(&path);
+        let etag = etag_of(&meta);
         let mut info: ObjectInfo = match fs::read(&sidecar) {
             Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| {
                 Error::InvalidInput(format!("{} is damaged: {e}", sidecar.display()))
@@ -389,9 +394,11 @@ impl BucketStore {
                 metadata: BTreeMap::new(),
                 tags: vec![],
                 last_modified: String::new(),
+                etag: String::new(),
             },
         };
         info.size = meta.len();
+        info.etag = etag;
         Ok(Some(info))
     }
 
@@ -439,14 +446,28 @@ impl BucketStore {
         })
     }
 
-    /// GetObject with a byte range.
+    /// GetObject with a byte range; with `if_match`, only from the object
+    /// with that ETag (checked on the open file, so a replacement between the
+    /// check and the read cannot slip in).
     pub fn read_range(
         &self,
         bucket: &BucketName,
         key: &ObjectKey,
         range: Range<u64>,
+        if_match: Option<&str>,
     ) -> Result<Vec<u8>> {
         let file = self.open_object(bucket, key)?;
+        if let Some(expected) = if_match {
+            let meta = file
+                .metadata()
+                .map_err(io(format!("reading the metadata of {key}")))?;
+            let now = etag_of(&meta);
+            if now != expected {
+                return Err(Error::Core(amistore_core::Error::IncorrectState(format!(
+                    "{key} in bucket {bucket} was replaced (ETag {expected}, now {now})"
+                ))));
+            }
+        }
         let len = range.end.saturating_sub(range.start);
         let mut buf = vec![
             0u8;
@@ -556,9 +577,25 @@ impl ObjectStore for BucketStore {
         bucket: &BucketName,
         key: &ObjectKey,
         range: Range<u64>,
+        if_match: Option<&str>,
     ) -> amistore_core::Result<Vec<u8>> {
-        Ok(self.read_range(bucket, key, range)?)
+        Ok(self.read_range(bucket, key, range, if_match)?)
     }
+}
+
+/// An object's ETag: its file's identity and version. Objects are written
+/// under another name and renamed into place, so a replaced object is a new
+/// file (a new inode), and its ETag differs.
+fn etag_of(meta: &fs::Metadata) -> String {
+    use std::os::unix::fs::MetadataExt;
+    format!(
+        "\"{:x}-{:x}-{:x}.{:x}-{:x}\"",
+        meta.dev(),
+        meta.ino(),
+        meta.mtime(),
+        meta.mtime_nsec(),
+        meta.len()
+    )
 }
 
 fn read_upload(dir: &Path, upload: &str) -> Result<UploadRecord> {
@@ -657,7 +694,7 @@ mod tests {
             (3510, &metadata, &tags)
         );
         assert_eq!(
-            store.read_range(&bucket, &k, 1999..2001).unwrap(),
+            store.read_range(&bucket, &k, 1999..2001, None).unwrap(),
             vec![1, 2]
         );
         let on_disk = dir
@@ -716,7 +753,9 @@ mod tests {
         let expected: Vec<u8> = [body(1), body(3), body(4)].concat();
         assert_eq!(info.size, expected.len() as u64);
         assert_eq!(
-            store.read_range(&bucket, &k, 0..info.size).unwrap(),
+            store
+                .read_range(&bucket, &k, 0..info.size, Some(&info.etag))
+                .unwrap(),
             expected
         );
         let _ = e2;

@@ -150,7 +150,7 @@ impl LocalRunner {
                     let info = work.work.head_object(&bucket, &key)?.ok_or_else(|| {
                         amistore_core::Error::NotFound(format!("{bucket}/{key} does not exist"))
                     })?;
-                    let bytes = work.work.get_range(&bucket, &key, 0..info.size)?;
+                    let bytes = work.work.get_range(&bucket, &key, 0..info.size, None)?;
                     serde_json::from_slice(&bytes)
                         .map_err(|e| amistore_core::Error::Malformed(format!("{key}: {e}")))
                 };

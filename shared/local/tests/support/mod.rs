@@ -400,9 +400,15 @@ impl ObjectStore for Faulty<dyn ObjectStore> {
         self.1.check("head_object")?;
         self.0.head_object(b, k)
     }
-    fn get_range(&self, b: &BucketName, k: &ObjectKey, r: Range<u64>) -> Result<Vec<u8>> {
+    fn get_range(
+        &self,
+        b: &BucketName,
+        k: &ObjectKey,
+        r: Range<u64>,
+        m: Option<&str>,
+    ) -> Result<Vec<u8>> {
         self.1.check("get_range")?;
-        self.0.get_range(b, k, r)
+        self.0.get_range(b, k, r, m)
     }
 }
 
