@@ -20,9 +20,14 @@ pub fn escape(text: &str) -> String {
             '>' => out.push_str("&gt;"),
             '"' => out.push_str("&quot;"),
             '\'' => out.push_str("&apos;"),
-            // XML 1.0 cannot carry other control characters even escaped.
-            c if c.is_control() && !matches!(c, '\t' | '\n' | '\r') => {
-                out.push_str(&format!("\\u{{{:x}}}", c as u32))
+            // XML 1.0 cannot carry other control characters or U+FFFE/U+FFFF
+            // even escaped. Validation keeps them out of names and tags; this
+            // keeps any that slip through (an error message quoting input)
+            // from making the document unreadable.
+            c if (c.is_control() && !matches!(c, '\t' | '\n' | '\r'))
+                || matches!(c, '\u{FFFE}' | '\u{FFFF}') =>
+            {
+                out.push('\u{FFFD}')
             }
             c => out.push(c),
         }

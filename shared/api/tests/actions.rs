@@ -283,3 +283,62 @@ fn the_quota_answers_resource_limit_exceeded() {
     ));
     assert_eq!((err.code, err.status), ("ResourceLimitExceeded", 400));
 }
+
+/// Percent-encodes a form value.
+fn form(v: &str) -> String {
+    v.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+#[test]
+fn text_xml_cannot_carry_and_reserved_tags_are_refused_at_the_door() {
+    let w = world(QuotaLimits::default());
+    let key = between(
+        &w.call(&format!(
+            "Action=CreateStoreImageTask&{V}&ImageId={}&Bucket=b-1",
+            w.image
+        ))
+        .unwrap(),
+        "objectKey",
+    )
+    .to_owned();
+    w.wait_all();
+    for (tag_key, tag_value) in [
+        // U+FFFF: XML 1.0 cannot carry it; every later DescribeImages of the
+        // account would be unreadable.
+        ("Name", "web\u{FFFF}"),
+        ("Name", "web\u{FFFE}"),
+        ("Name", "bell\u{7}"),
+        // amistore's own state lives in these tags on EC2.
+        ("amistore:state", "failed"),
+    ] {
+        let err = w.error(&format!(
+            "Action=CreateRestoreImageTask&{V}&Bucket=b-1&ObjectKey={}&Name=copy-{}\
+             &TagSpecification.1.ResourceType=image&TagSpecification.1.Tag.1.Key={}\
+             &TagSpecification.1.Tag.1.Value={}",
+            form(&key),
+            tag_key.len() + tag_value.len(),
+            form(tag_key),
+            form(tag_value)
+        ));
+        assert_eq!(
+            err.code, "InvalidParameterValue",
+            "{tag_key}={tag_value:?}: {err:?}"
+        );
+    }
+    // Nothing was made, and every answer is still XML a parser reads.
+    let images = w
+        .call(&format!("Action=DescribeImages&{V}&Owner.1=self"))
+        .unwrap();
+    assert_eq!(images.matches("<imageId>").count(), 1, "{images}");
+    assert!(
+        !images.contains('\u{FFFF}') && !images.contains('\u{FFFE}'),
+        "{images}"
+    );
+}

@@ -451,7 +451,12 @@ impl Ec2Images {
                     Some(
                         EbsBlockDevice::builder()
                             .set_snapshot_id(snapshot)
-                            .volume_size(e.volume_size_gib as i32)
+                            .volume_size(i32::try_from(e.volume_size_gib).map_err(|_| {
+                                Error::InvalidInput(format!(
+                                    "{}: a volume of {} GiB is too large",
+                                    m.device_name, e.volume_size_gib
+                                ))
+                            })?)
                             .volume_type(Ec2VolumeType::from(e.volume_type.as_str()))
                             .set_iops(e.iops.map(|v| v as i32))
                             .set_throughput(e.throughput.map(|v| v as i32))

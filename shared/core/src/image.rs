@@ -40,7 +40,28 @@ impl FromStr for ImageName {
     }
 }
 
-/// An AMI description: at most 255 characters.
+/// The prefix of the tags amistore keeps its own state in (on EC2); a user's
+/// tag, an archive's or an import's may not use it.
+pub const RESERVED_TAG_PREFIX: &str = "amistore:";
+
+/// Rejects text that EC2's XML (XML 1.0) cannot carry, or that no name or
+/// tag should hold: control characters, and the noncharacters U+FFFE and
+/// U+FFFF. One rule for every way a value comes in: the API, an import, an
+/// archive's manifest.
+pub fn check_text(what: &str, s: &str) -> Result<()> {
+    if let Some(bad) = s
+        .chars()
+        .find(|c| c.is_control() || matches!(*c, '\u{FFFE}' | '\u{FFFF}'))
+    {
+        return Err(Error::InvalidInput(format!(
+            "{what} contains the character U+{:04X}, which is not allowed",
+            bad as u32
+        )));
+    }
+    Ok(())
+}
+
+/// An AMI description: at most 255 characters, no control characters.
 pub fn check_description(s: &str) -> Result<()> {
     let len = s.chars().count();
     if len > 255 {
@@ -48,12 +69,7 @@ pub fn check_description(s: &str) -> Result<()> {
             "image description must be at most 255 characters, got {len}"
         )));
     }
-    if s.chars().any(char::is_control) {
-        return Err(Error::InvalidInput(
-            "image description must not contain control characters".into(),
-        ));
-    }
-    Ok(())
+    check_text("the image description", s)
 }
 
 /// A block device name such as `/dev/xvda` or `/dev/sda1` (or `xvdb` without `/dev/`).
@@ -119,16 +135,20 @@ impl Tag {
                 "tag key must be 1 to 128 characters long, got {key_len}"
             )));
         }
-        if key.starts_with("aws:") {
-            return Err(Error::InvalidInput(format!(
-                "tag key {key:?} uses the reserved prefix aws:"
-            )));
+        for reserved in ["aws:", RESERVED_TAG_PREFIX] {
+            if key.starts_with(reserved) {
+                return Err(Error::InvalidInput(format!(
+                    "tag key {key:?} uses the reserved prefix {reserved}"
+                )));
+            }
         }
         if value.chars().count() > 256 {
             return Err(Error::InvalidInput(format!(
                 "value of tag {key:?} is longer than 256 characters"
             )));
         }
+        check_text(&format!("tag key {key:?}"), &key)?;
+        check_text(&format!("the value of tag {key:?}"), &value)?;
         Ok(Self { key, value })
     }
 
@@ -350,7 +370,86 @@ pub struct ImageMetadata {
     pub tags: Vec<Tag>,
 }
 
+/// EBS's largest volume, GiB (64 TiB).
+pub const MAX_VOLUME_GIB: u64 = 65_536;
+/// Most provisioned IOPS of any EBS volume type (io2 Block Express).
+pub const MAX_IOPS: u32 = 256_000;
+/// Most throughput of any EBS volume type, MiB/s (gp3).
+pub const MAX_THROUGHPUT: u32 = 2_000;
+/// Longest UEFI variable store RegisterImage takes (base64 characters).
+pub const MAX_UEFI_DATA: usize = 64_000;
+
 impl ImageMetadata {
+    /// Checks what RegisterImage and EC2's answers need of metadata that came
+    /// from outside (a manifest, an import): the text, the tags, the bounds of
+    /// every mapping. Names and device names are checked by their types.
+    pub fn validate(&self) -> Result<()> {
+        if let Some(d) = &self.description {
+            check_description(d)?;
+        }
+        check_unique_tag_keys(&self.tags)?;
+        for (what, value) in [
+            ("the source image id", &self.source_image_id),
+            ("the source region", &self.source_region),
+            ("the owner id", &self.owner_id),
+            ("the creation date", &self.creation_date),
+            ("SR-IOV support", &self.sriov_net_support),
+            ("TPM support", &self.tpm_support),
+            ("IMDS support", &self.imds_support),
+            ("the kernel id", &self.kernel_id),
+            ("the RAM disk id", &self.ramdisk_id),
+            ("the platform details", &self.platform_details),
+        ] {
+            if let Some(v) = value {
+                if v.chars().count() > 255 {
+                    return Err(Error::InvalidInput(format!(
+                        "{what} is longer than 255 characters"
+                    )));
+                }
+                check_text(what, v)?;
+            }
+        }
+        if let Some(uefi) = &self.uefi_data {
+            let base64 = uefi
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'+' | b'/' | b'='));
+            if uefi.len() > MAX_UEFI_DATA || !base64 {
+                return Err(Error::InvalidInput(format!(
+                    "the UEFI data must be base64 of at most {MAX_UEFI_DATA} characters"
+                )));
+            }
+        }
+        for m in &self.block_device_mappings {
+            let Some(ebs) = &m.ebs else { continue };
+            let device = m.device_name.as_str();
+            if !(1..=MAX_VOLUME_GIB).contains(&ebs.volume_size_gib) {
+                return Err(Error::InvalidInput(format!(
+                    "{device}: a volume of {} GiB is not 1 to {MAX_VOLUME_GIB} GiB",
+                    ebs.volume_size_gib
+                )));
+            }
+            if ebs.iops.is_some_and(|i| i > MAX_IOPS) {
+                return Err(Error::InvalidInput(format!(
+                    "{device}: more than {MAX_IOPS} IOPS"
+                )));
+            }
+            if ebs.throughput.is_some_and(|t| t > MAX_THROUGHPUT) {
+                return Err(Error::InvalidInput(format!(
+                    "{device}: more than {MAX_THROUGHPUT} MiB/s of throughput"
+                )));
+            }
+            if let Some(key) = &ebs.kms_key_id {
+                check_text(&format!("{device}'s KMS key"), key)?;
+            }
+        }
+        for m in &self.block_device_mappings {
+            if let Some(name) = &m.virtual_name {
+                check_text("a virtual device name", name)?;
+            }
+        }
+        Ok(())
+    }
+
     /// Metadata with only what every image has: HVM, ENA on, and no optional
     /// attributes, mappings or tags (fill those in with struct-update syntax).
     pub fn minimal(
@@ -429,7 +528,7 @@ impl ImageSpec {
                     .join(", ")
             )));
         }
-        let block_device_mappings = disks
+        let block_device_mappings: Vec<BlockDeviceMapping> = disks
             .iter()
             .enumerate()
             .map(|(i, (device, size))| BlockDeviceMapping {
@@ -448,13 +547,15 @@ impl ImageSpec {
                 no_device: false,
             })
             .collect();
-        Ok(ImageMetadata {
+        let metadata = ImageMetadata {
             description: self.description.clone(),
             boot_mode: self.boot_mode,
             block_device_mappings,
             tags: self.tags.clone(),
             ..ImageMetadata::minimal(self.name.clone(), self.architecture, root)
-        })
+        };
+        metadata.validate()?;
+        Ok(metadata)
     }
 }
 

@@ -512,3 +512,74 @@ fn the_manifest_is_found_with_at_most_two_reads() {
         assert!(reads <= 2, "{reads} reads");
     }
 }
+
+#[test]
+fn metadata_from_a_manifest_obeys_the_same_rules_as_the_api() {
+    // What a restore registers and tags comes from the manifest: a hostile one
+    // must not smuggle in what the API refuses.
+    let disks = three_disks(&mut Rng(9));
+    let (archive, _) = pack(&disks, &plan_for(&disks, 4, 0));
+    type Edit = Box<dyn FnOnce(&mut serde_json::Value)>;
+    let tag = |k: &str, v: &str| serde_json::json!({"key": k, "value": v});
+    fn mapping(gib: u64, iops: u64) -> serde_json::Value {
+        serde_json::json!([{"deviceName": "/dev/xvda", "ebs": {
+            "disk": 0, "volumeSizeGib": gib, "volumeType": "io2", "iops": iops,
+            "deleteOnTermination": true}}])
+    }
+    assert!(
+        verify(&with_manifest(
+            &archive,
+            |m| m["image"]["blockDeviceMappings"] = mapping(8, 3000)
+        ))
+        .is_ok(),
+        "a sound mapping is accepted"
+    );
+    let cases: Vec<(&str, Edit)> = vec![
+        (
+            "a tag value XML cannot carry",
+            Box::new(move |m| m["image"]["tags"] = serde_json::json!([tag("Name", "x\u{FFFF}")])),
+        ),
+        (
+            "amistore's own state tag",
+            Box::new(move |m| {
+                m["image"]["tags"] = serde_json::json!([tag("amistore:state", "failed")])
+            }),
+        ),
+        (
+            "a tag key twice",
+            Box::new(move |m| {
+                m["image"]["tags"] = serde_json::json!([tag("a", "1"), tag("a", "2")])
+            }),
+        ),
+        (
+            "a snapshot tag key twice",
+            Box::new(move |m| {
+                m["disks"][0]["tags"] = serde_json::json!([tag("a", "1"), tag("a", "2")])
+            }),
+        ),
+        (
+            "a control character in the description",
+            Box::new(|m| m["image"]["description"] = "line\u{1b}[2J".into()),
+        ),
+        (
+            "a volume past EBS's 64 TiB",
+            Box::new(|m| m["image"]["blockDeviceMappings"] = mapping(1 << 33, 3000)),
+        ),
+        (
+            "absurd IOPS",
+            Box::new(|m| m["image"]["blockDeviceMappings"] = mapping(8, 4_000_000_000)),
+        ),
+        (
+            "UEFI data that is not base64",
+            Box::new(|m| m["image"]["uefiData"] = "<xml/>".into()),
+        ),
+    ];
+    for (what, edit) in cases {
+        let bad = with_manifest(&archive, edit);
+        let err = open_err(&bad);
+        assert!(
+            matches!(err, Error::Malformed(_) | Error::InvalidInput(_)),
+            "{what}: {err:?}"
+        );
+    }
+}

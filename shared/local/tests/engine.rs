@@ -916,3 +916,81 @@ fn a_restore_whose_archive_is_replaced_midway_fails_instead_of_mixing_two() {
         .unwrap();
     assert_eq!(image.state, ResourceState::Failed);
 }
+
+#[test]
+fn the_archive_policy_goes_on_past_an_image_it_cannot_store() {
+    use amistore_core::engine::sweep::ArchivePolicy;
+    use amistore_core::image::{Architecture, ImageMetadata, VirtualizationType};
+    let w = world();
+    let tag: Tag = "backup=nightly".parse().unwrap();
+    // First (oldest): a paravirtual image, which no store admits.
+    let engine = &w.local.engine;
+    let snap = engine
+        .snapshots
+        .start_snapshot(&me(), 4 << 20, &[], &Encryption::Unencrypted, "pv-disk")
+        .unwrap();
+    engine.snapshots.complete_snapshot(&snap, 0).unwrap();
+    let (source, _) = w.image("policy-template");
+    let template = engine.catalog.describe_image(&me(), &source).unwrap();
+    let pv = ImageMetadata {
+        virtualization_type: VirtualizationType::Paravirtual,
+        tags: vec![tag.clone()],
+        block_device_mappings: vec![template.metadata.block_device_mappings[0].clone()],
+        ..ImageMetadata::minimal(
+            "policy-pv".parse().unwrap(),
+            Architecture::X86_64,
+            "/dev/xvda".parse().unwrap(),
+        )
+    };
+    let pv_image = engine
+        .catalog
+        .register_image(&me(), &pv, std::slice::from_ref(&snap), "pv")
+        .unwrap();
+    engine
+        .catalog
+        .set_image_state(&me(), &pv_image, ResourceState::Available, None)
+        .unwrap();
+    // Then a good one, tagged at import.
+    let (tagged, _) = {
+        let d = w.dir.path();
+        let a = disk(d, "policy-tagged.raw", 8, &[0..2]);
+        let spec = amistore_core::image::ImageSpec {
+            name: "policy-tagged".parse().unwrap(),
+            description: None,
+            architecture: Architecture::X86_64,
+            boot_mode: None,
+            root_device_name: None,
+            tags: vec![tag.clone()],
+        };
+        let image = w
+            .local
+            .library
+            .import(&me(), &spec, &[("/dev/xvda".parse().unwrap(), a.clone())])
+            .unwrap();
+        (image.image_id, a)
+    };
+    let policy = ArchivePolicy {
+        tag,
+        bucket: format!("{}/policy", w.bucket).parse().unwrap(),
+    };
+    let report = engine.apply_archive_policy(&me(), &policy).unwrap();
+    assert_eq!(report.refused.len(), 1, "{report:?}");
+    assert!(
+        report.refused[0].starts_with(pv_image.as_str()),
+        "{report:?}"
+    );
+    assert!(report.refused[0].contains("paravirtual"), "{report:?}");
+    assert_eq!(
+        report.started.len(),
+        1,
+        "the next image is still stored: {report:?}"
+    );
+    let task = w.local.wait(&report.started[0]).unwrap();
+    assert_eq!(task.image_id, Some(tagged));
+    assert_eq!(
+        task.state,
+        TaskState::Completed,
+        "{:?}",
+        task.failure_reason
+    );
+}

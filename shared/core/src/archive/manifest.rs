@@ -156,6 +156,9 @@ impl Manifest {
         if self.disks.is_empty() {
             return bad("no disks".into());
         }
+        // What a restore registers and tags comes from here: the same rules
+        // as the API's.
+        self.image.validate().or_else(|e| bad(e.to_string()))?;
         for (i, disk) in self.disks.iter().enumerate() {
             check_member_name(&disk.member).or_else(|e| bad(format!("disk {i}: {e}")))?;
             if self.disks[..i].iter().any(|d| d.member == disk.member) {
@@ -178,6 +181,8 @@ impl Manifest {
             }
             disk.present
                 .validate(disk.block_count())
+                .or_else(|e| bad(format!("disk {i}: {e}")))?;
+            crate::image::check_unique_tag_keys(&disk.tags)
                 .or_else(|e| bad(format!("disk {i}: {e}")))?;
         }
         for m in &self.image.block_device_mappings {
