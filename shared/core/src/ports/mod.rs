@@ -416,3 +416,5 @@ pub trait WorkflowRunner: Send + Sync {
 
 #[cfg(feature = "contract")]
 pub mod contract;
+#[cfg(feature = "contract")]
+pub mod races;
