@@ -1,8 +1,8 @@
 //! `amistore serve`: the EC2-compatible endpoint over the local engine. This
-//! file only moves requests between tiny_http and the library's service, and
-//! logs one JSON line per request to stderr.
+//! file wires the engine, the API service and the HTTP transport
+//! (`amistore-server`, which bounds what clients can hold), runs the engine's
+//! maintenance now and then, and logs one JSON line per request to stderr.
 
-use std::io::Read;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -10,11 +10,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use amistore_api::query::MAX_REQUEST_BYTES;
-use amistore_api::service::{Credentials, HttpRequest, Service};
-use amistore_local::embedded::{LocalEngine, LocalOptions, Ports, Recovery};
+use amistore_api::service::{Credentials, HostPolicy, HttpRequest, HttpResponse, Outcome, Service};
+use amistore_local::embedded::{LocalEngine, LocalOptions, MAINTENANCE_GRACE_MS, Ports, Recovery};
 use amistore_local::throttle::{Bandwidth, Throttled};
 use amistore_local::workflow::RunnerOptions;
+use amistore_server::{Handler, Limits as ServerLimits, Refusal, Stats};
 use anyhow::{Context, Result, bail};
 use clap::Args;
 use serde_json::json;
@@ -29,18 +29,27 @@ pub struct ServeArgs {
     listen: SocketAddr,
     /// Credentials file: one `ACCESS_KEY SECRET ACCOUNT_ID` per line
     /// [default: access key `test`, secret `test`, account 000000000000,
-    /// accepted only on a loopback address].
+    /// accepted only on a loopback address, for loopback Host names].
     #[arg(long, env = "AMISTORE_CREDENTIALS", value_name = "FILE")]
     credentials: Option<PathBuf>,
-    /// Threads answering requests.
-    #[arg(long, default_value_t = 4)]
+    /// Requests answered at once (each holds a thread while it is).
+    #[arg(long, default_value_t = 8)]
     request_threads: usize,
+    /// Open connections at most; when full, the longest idle one is closed
+    /// for a new one.
+    #[arg(long, default_value_t = 1024, value_name = "N")]
+    max_connections: usize,
     /// Most tasks running at once; later ones wait, InProgress at 0%.
-    #[arg(long, value_name = "N")]
-    max_concurrent_tasks: Option<usize>,
+    #[arg(long, default_value_t = 4, value_name = "N")]
+    max_concurrent_tasks: usize,
     /// Cap on all task data (snapshot blocks read and written), in MiB/s.
     #[arg(long, value_name = "MIB_PER_S")]
     max_bandwidth: Option<u64>,
+    /// Seconds between maintenance passes (resuming the tasks of processes
+    /// that died, failing tasks whose execution ended without ending them,
+    /// correcting quota counters).
+    #[arg(long, default_value_t = 60, value_name = "SECONDS")]
+    maintenance_interval: u64,
 }
 
 fn log(event: serde_json::Value) {
@@ -52,14 +61,19 @@ fn log(event: serde_json::Value) {
 }
 
 pub fn run(args: ServeArgs, data_dir: &Path, limits: Limits) -> Result<ExitCode> {
-    let credentials = match &args.credentials {
+    let (credentials, hosts) = match &args.credentials {
         Some(path) => {
             let text = std::fs::read_to_string(path)
                 .with_context(|| format!("reading credentials {}", path.display()))?;
-            Credentials::parse(&text)
-                .map_err(|e| anyhow::anyhow!("credentials {}: {e}", path.display()))?
+            let credentials = Credentials::parse(&text)
+                .map_err(|e| anyhow::anyhow!("credentials {}: {e}", path.display()))?;
+            (credentials, HostPolicy::Any)
         }
-        None if args.listen.ip().is_loopback() => Credentials::local_default(),
+        // test/test is public: only this machine may use it, and only under
+        // its own name (a page that rebinds a name to 127.0.0.1 may not).
+        None if args.listen.ip().is_loopback() => {
+            (Credentials::local_default(), HostPolicy::Loopback)
+        }
         None => bail!(
             "refusing to listen on {} without --credentials: the default test/test credentials are for loopback addresses only",
             args.listen
@@ -68,7 +82,7 @@ pub fn run(args: ServeArgs, data_dir: &Path, limits: Limits) -> Result<ExitCode>
     let options = LocalOptions {
         limits: limits.quota(),
         runner: RunnerOptions {
-            max_executions: args.max_concurrent_tasks,
+            max_executions: Some(args.max_concurrent_tasks.max(1)),
             ..RunnerOptions::default()
         },
         ..LocalOptions::default()
@@ -87,90 +101,153 @@ pub fn run(args: ServeArgs, data_dir: &Path, limits: Limits) -> Result<ExitCode>
     for task in local.recover(Recovery::Resume)? {
         log(json!({"event": "task-resumed", "taskId": task.as_str()}));
     }
-    let service = Arc::new(Service::new(local.engine.clone(), credentials));
-    let server = Arc::new(
-        tiny_http::Server::http(args.listen)
-            .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", args.listen))?,
-    );
-    let stop = Arc::new(AtomicBool::new(false));
-    for signal in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
-        signal_hook::flag::register(signal, stop.clone()).context("installing a signal handler")?;
-    }
-    log(
-        json!({"event": "listening", "address": args.listen.to_string(), "dataDir": data_dir.display().to_string()}),
-    );
-    std::thread::scope(|scope| {
-        let watcher = {
-            let (server, stop) = (server.clone(), stop.clone());
-            scope.spawn(move || {
-                while !stop.load(Ordering::Relaxed) {
-                    std::thread::sleep(Duration::from_millis(100));
-                }
-                for _ in 0..args.request_threads.max(1) {
-                    server.unblock();
-                }
-            })
-        };
-        for _ in 0..args.request_threads.max(1) {
-            let (server, service) = (server.clone(), service.clone());
-            scope.spawn(move || {
-                while let Ok(request) = server.recv() {
-                    answer(&service, request);
-                }
-            });
-        }
-        let _ = watcher.join();
-    });
+    let service = Service::new(local.engine.clone(), credentials).with_hosts(hosts);
+    let handler = Arc::new(Logged(service));
+    let server_limits = ServerLimits {
+        max_connections: args.max_connections.max(1),
+        max_in_flight: args.request_threads.max(1),
+        ..ServerLimits::default()
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .max_blocking_threads(server_limits.max_in_flight + 2)
+        .enable_all()
+        .build()
+        .context("starting the server's runtime")?;
+    let listener = runtime
+        .block_on(tokio::net::TcpListener::bind(args.listen))
+        .with_context(|| format!("cannot listen on {}", args.listen))?;
+    log(json!({
+        "event": "listening",
+        "address": listener.local_addr().map(|a| a.to_string()).unwrap_or_default(),
+        "dataDir": data_dir.display().to_string(),
+        "maxConnections": server_limits.max_connections,
+        "requestThreads": server_limits.max_in_flight,
+        "maxConcurrentTasks": args.max_concurrent_tasks.max(1),
+    }));
+    let stats = Arc::new(Stats::default());
+    let stopping = AtomicBool::new(false);
+    std::thread::scope(|scope| -> Result<()> {
+        scope.spawn(|| maintain(&local, &stopping, args.maintenance_interval));
+        let served = runtime.block_on(async {
+            let shutdown = shutdown_signal()?;
+            amistore_server::serve(listener, server_limits, handler, stats.clone(), shutdown).await;
+            Ok::<_, anyhow::Error>(())
+        });
+        stopping.store(true, Ordering::Relaxed);
+        served
+    })?;
     // Executions still running stop with the process; their tasks are resumed
     // at the next start (every step is idempotent).
-    log(json!({"event": "stopped"}));
+    let counters: serde_json::Map<String, serde_json::Value> = stats
+        .snapshot()
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), json!(v)))
+        .collect();
+    log(json!({"event": "stopped", "connections": counters}));
     Ok(ExitCode::SUCCESS)
 }
 
-fn answer(service: &Service, mut request: tiny_http::Request) {
-    let started = Instant::now();
-    let (path, query) = match request.url().split_once('?') {
-        Some((p, q)) => (p.to_owned(), q.to_owned()),
-        None => (request.url().to_owned(), String::new()),
-    };
-    let mut body = Vec::new();
-    // One byte past the limit is enough to know it was passed.
-    let _ = request
-        .as_reader()
-        .take(MAX_REQUEST_BYTES as u64 + 1)
-        .read_to_end(&mut body);
-    let http = HttpRequest {
-        method: request.method().as_str().to_owned(),
-        path,
-        query,
-        headers: request
-            .headers()
-            .iter()
-            .map(|h| {
-                (
-                    h.field.as_str().as_str().to_owned(),
-                    h.value.as_str().to_owned(),
-                )
-            })
-            .collect(),
-        body,
-    };
-    let (response, outcome) = service.handle(&http, OffsetDateTime::now_utc());
-    log(json!({
-        "event": "request",
-        "requestId": outcome.request_id,
-        "method": http.method,
-        "action": outcome.action,
-        "account": outcome.account.as_ref().map(|a| a.as_str()),
-        "status": response.status,
-        "error": outcome.error,
-        "ms": started.elapsed().as_millis() as u64,
-    }));
-    let header =
-        tiny_http::Header::from_bytes(&b"Content-Type"[..], response.content_type.as_bytes())
-            .unwrap_or_else(|()| unreachable!("a constant header is valid"));
-    let reply = tiny_http::Response::from_string(response.body)
-        .with_status_code(response.status)
-        .with_header(header);
-    let _ = request.respond(reply);
+/// Completes at SIGTERM or SIGINT.
+fn shutdown_signal() -> Result<impl std::future::Future<Output = ()>> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).context("installing a signal handler")?;
+    let mut int = signal(SignalKind::interrupt()).context("installing a signal handler")?;
+    Ok(async move {
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+        }
+    })
+}
+
+/// Runs the engine's maintenance every `interval_s` seconds until `stopping`.
+fn maintain(local: &LocalEngine, stopping: &AtomicBool, interval_s: u64) {
+    let interval = Duration::from_secs(interval_s.max(1));
+    let mut next = Instant::now() + interval;
+    while !stopping.load(Ordering::Relaxed) {
+        std::thread::sleep(Duration::from_millis(100));
+        if Instant::now() < next {
+            continue;
+        }
+        next = Instant::now() + interval;
+        match local.maintain(MAINTENANCE_GRACE_MS) {
+            Ok(done) => {
+                let s = &done.sweep;
+                if !(done.resumed.is_empty()
+                    && s.failed.is_empty()
+                    && s.aborted_uploads.is_empty()
+                    && s.corrected_counters.is_empty()
+                    && s.errors.is_empty())
+                {
+                    log(json!({
+                        "event": "maintenance",
+                        "resumed": done.resumed.iter().map(|t| t.as_str()).collect::<Vec<_>>(),
+                        "failed": s.failed.iter().map(|t| t.as_str()).collect::<Vec<_>>(),
+                        "abortedUploads": s.aborted_uploads,
+                        "correctedCounters": s.corrected_counters,
+                        "errors": s.errors,
+                    }));
+                }
+            }
+            Err(e) => log(json!({"event": "maintenance", "error": format!("{e:#}")})),
+        }
+    }
+}
+
+/// The service, logging one line per request.
+struct Logged(Service);
+
+impl Logged {
+    fn log(
+        &self,
+        peer: SocketAddr,
+        method: &str,
+        response: &HttpResponse,
+        outcome: &Outcome,
+        started: Instant,
+    ) {
+        log(json!({
+            "event": "request",
+            "requestId": outcome.request_id,
+            "peer": peer.to_string(),
+            "method": method,
+            "action": outcome.action,
+            "account": outcome.account.as_ref().map(|a| a.as_str()),
+            "status": response.status,
+            "error": outcome.error,
+            "detail": outcome.detail,
+            "ms": started.elapsed().as_millis() as u64,
+        }));
+    }
+}
+
+impl Handler for Logged {
+    fn answer(&self, request: HttpRequest, peer: SocketAddr) -> HttpResponse {
+        let started = Instant::now();
+        let (response, outcome) = self.0.handle(&request, OffsetDateTime::now_utc());
+        self.log(peer, &request.method, &response, &outcome, started);
+        response
+    }
+
+    fn refuse(&self, refusal: Refusal, peer: SocketAddr) -> HttpResponse {
+        let started = Instant::now();
+        let (code, message) = match refusal {
+            Refusal::BodyTooLarge(limit) => (
+                "RequestEntityTooLarge",
+                format!("requests are limited to {limit} bytes"),
+            ),
+            Refusal::BodyTooSlow(limit) => (
+                "RequestTimeout",
+                format!("the request's body did not arrive within {limit:?}"),
+            ),
+            Refusal::BodyUnreadable => {
+                ("InvalidRequest", "the request's body is unreadable".into())
+            }
+            Refusal::HandlerFailed => ("InternalError", "the request failed".into()),
+        };
+        let (response, outcome) = self.0.refuse(code, &message);
+        self.log(peer, "-", &response, &outcome, started);
+        response
+    }
 }

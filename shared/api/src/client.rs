@@ -69,28 +69,52 @@ pub fn call(
     action: &str,
     params: &[(String, String)],
 ) -> Result<String, ApiError> {
-    let mut pairs = vec![
-        ("Action".to_owned(), action.to_owned()),
-        ("Version".to_owned(), "2016-11-15".to_owned()),
-    ];
-    pairs.extend(params.iter().cloned());
-    let body = pairs
-        .iter()
-        .map(|(k, v)| format!("{}={}", form_encode(k), form_encode(v)))
-        .collect::<Vec<_>>()
-        .join("&");
-    let now = OffsetDateTime::now_utc();
-    let amz_date = now
-        .format(format_description!(
-            "[year][month][day]T[hour][minute][second]Z"
-        ))
-        .map_err(|e| ApiError::new("InternalError", e.to_string()))?;
+    let (headers, body) = signed_form(
+        &endpoint.host,
+        credentials,
+        region,
+        action,
+        params,
+        OffsetDateTime::now_utc(),
+    )?;
+    let (status, text) = post(&endpoint.host, &headers, body.as_bytes()).map_err(|e| {
+        ApiError::new(
+            "Unavailable",
+            format!("cannot reach {}: {e}", endpoint.host),
+        )
+    })?;
+    if status == 200 {
+        return Ok(text);
+    }
+    let code = crate::xml::text_of(&text, "Code").unwrap_or_else(|| format!("HTTP{status}"));
+    let message = crate::xml::text_of(&text, "Message").unwrap_or_else(|| text.clone());
+    // The code is a borrowed 'static in ApiError; an unknown one reads as a
+    // generic failure with the server's code in the message.
+    Err(ApiError {
+        code: known_code(&code),
+        message: format!("{code}: {message}"),
+        status,
+    })
+}
+
+/// The form body of `Action=…` with `params`, and the headers that sign it
+/// with SigV4 for `host` at `now`, the way the SDKs sign EC2 requests.
+pub fn signed_form(
+    host: &str,
+    credentials: &ClientCredentials,
+    region: &str,
+    action: &str,
+    params: &[(String, String)],
+    now: OffsetDateTime,
+) -> Result<(Vec<(String, String)>, String), ApiError> {
+    let body = form(action, params);
+    let amz_date = amz_date(now)?;
     let mut headers = vec![
         (
             "content-type".to_owned(),
             "application/x-www-form-urlencoded; charset=utf-8".to_owned(),
         ),
-        ("host".to_owned(), endpoint.host.clone()),
+        ("host".to_owned(), host.to_owned()),
         ("x-amz-date".to_owned(), amz_date.clone()),
     ];
     if let Some(token) = &credentials.session_token {
@@ -122,24 +146,77 @@ pub fn call(
             names.join(";")
         ),
     ));
-    let (status, text) = post(&endpoint.host, &headers, body.as_bytes()).map_err(|e| {
-        ApiError::new(
-            "Unavailable",
-            format!("cannot reach {}: {e}", endpoint.host),
-        )
-    })?;
-    if status == 200 {
-        return Ok(text);
-    }
-    let code = crate::xml::text_of(&text, "Code").unwrap_or_else(|| format!("HTTP{status}"));
-    let message = crate::xml::text_of(&text, "Message").unwrap_or_else(|| text.clone());
-    // The code is a borrowed 'static in ApiError; an unknown one reads as a
-    // generic failure with the server's code in the message.
-    Err(ApiError {
-        code: known_code(&code),
-        message: format!("{code}: {message}"),
-        status,
-    })
+    Ok((headers, body))
+}
+
+/// The query string of a presigned `GET /?Action=…` for `host`, valid for
+/// `expires_seconds` from `now`: what a web page can make a browser send.
+pub fn presigned_query(
+    host: &str,
+    credentials: &ClientCredentials,
+    region: &str,
+    action: &str,
+    params: &[(String, String)],
+    now: OffsetDateTime,
+    expires_seconds: u32,
+) -> Result<String, ApiError> {
+    let amz_date = amz_date(now)?;
+    let date = &amz_date[..8];
+    let credential = format!(
+        "{}/{date}/{region}/{SERVICE}/aws4_request",
+        credentials.access_key
+    );
+    let mut auth = vec![
+        ("X-Amz-Algorithm".to_owned(), ALGORITHM.to_owned()),
+        ("X-Amz-Credential".to_owned(), credential),
+        ("X-Amz-Date".to_owned(), amz_date.clone()),
+        ("X-Amz-Expires".to_owned(), expires_seconds.to_string()),
+        ("X-Amz-SignedHeaders".to_owned(), "host".to_owned()),
+    ];
+    auth.extend(params.iter().cloned());
+    let query = format!("{}&{}", form(action, &[]), encode_pairs(&auth));
+    let headers = vec![("host".to_owned(), host.to_owned())];
+    let req = SignedRequest {
+        method: "GET",
+        path: "/",
+        query: &query,
+        headers: &headers,
+        body: b"",
+    };
+    let canonical = canonical_request(&req, &["host".to_owned()], None)?;
+    let sig = signature(
+        &credentials.secret,
+        date,
+        region,
+        SERVICE,
+        &amz_date,
+        &format!("{canonical}\n{}", sha256_hex(b"")),
+    );
+    Ok(format!("{query}&X-Amz-Signature={sig}"))
+}
+
+fn form(action: &str, params: &[(String, String)]) -> String {
+    let mut pairs = vec![
+        ("Action".to_owned(), action.to_owned()),
+        ("Version".to_owned(), "2016-11-15".to_owned()),
+    ];
+    pairs.extend(params.iter().cloned());
+    encode_pairs(&pairs)
+}
+
+fn encode_pairs(pairs: &[(String, String)]) -> String {
+    pairs
+        .iter()
+        .map(|(k, v)| format!("{}={}", form_encode(k), form_encode(v)))
+        .collect::<Vec<_>>()
+        .join("&")
+}
+
+fn amz_date(now: OffsetDateTime) -> Result<String, ApiError> {
+    now.format(format_description!(
+        "[year][month][day]T[hour][minute][second]Z"
+    ))
+    .map_err(|e| ApiError::new("InternalError", e.to_string()))
 }
 
 fn known_code(code: &str) -> &'static str {

@@ -58,6 +58,8 @@ pub fn status_of(code: &str) -> u16 {
         "UnauthorizedOperation" => 403,
         "RequestLimitExceeded" | "ServiceUnavailable" => 503,
         "InternalError" => 500,
+        "RequestEntityTooLarge" => 413,
+        "RequestTimeout" => 408,
         _ => 400,
     }
 }

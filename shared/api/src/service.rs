@@ -80,6 +80,9 @@ pub struct Outcome {
     pub account: Option<AccountId>,
     /// The error code, if it failed.
     pub error: Option<&'static str>,
+    /// What went wrong on the server's side, for its log only: callers of a
+    /// 5xx answer get a generic message naming the request id.
+    pub detail: Option<String>,
 }
 
 /// What an access key may do.
@@ -167,19 +170,43 @@ impl Credentials {
     }
 }
 
+/// Which `Host` header values a service answers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HostPolicy {
+    /// Any: the server is reached by a name only its operator knows.
+    Any,
+    /// Only loopback names (`localhost`, 127.0.0.0/8, `::1`): a server with
+    /// public default credentials must not answer a page that rebinds its
+    /// own name to 127.0.0.1.
+    Loopback,
+}
+
 /// The API over an engine.
 pub struct Service {
     engine: Arc<Engine>,
     credentials: Credentials,
+    hosts: HostPolicy,
 }
 
 impl Service {
-    /// A service answering for `credentials`' accounts.
+    /// A service answering for `credentials`' accounts, on any `Host`.
     pub fn new(engine: Arc<Engine>, credentials: Credentials) -> Self {
         Self {
             engine,
             credentials,
+            hosts: HostPolicy::Any,
         }
+    }
+
+    /// This service, answering only requests whose `Host` is `hosts`'.
+    pub fn with_hosts(self, hosts: HostPolicy) -> Self {
+        Self { hosts, ..self }
+    }
+
+    /// Answers a request the transport refused before it reached the service
+    /// (a body too large or too slow, say) in EC2's error framing.
+    pub fn refuse(&self, code: &'static str, message: &str) -> (HttpResponse, Outcome) {
+        respond(Protocol::Ec2Query, |_| Err(ApiError::new(code, message)))
     }
 
     /// Answers one request.
@@ -193,6 +220,9 @@ impl Service {
         now: OffsetDateTime,
         outcome: &mut Outcome,
     ) -> Result<(String, Body), ApiError> {
+        if self.hosts == HostPolicy::Loopback {
+            check_loopback_host(req)?;
+        }
         let mut params = request_params(req)?;
         outcome.action = params.peek("Action");
         let signed = SignedRequest {
@@ -208,10 +238,71 @@ impl Service {
             .account(&signer.access_key)
             .ok_or_else(|| ApiError::new("AuthFailure", "unknown access key"))?;
         outcome.account = Some(account.clone());
+        if signer.presigned && !outcome.action.as_deref().is_some_and(is_read_only) {
+            // A presigned URL is a link: a page can make a browser follow it
+            // (no preflight for a simple GET). Links may only read.
+            return Err(ApiError::new(
+                "AuthFailure",
+                format!(
+                    "query-string (presigned) signatures are accepted only for Describe actions; sign {} in the Authorization header",
+                    outcome.action.as_deref().unwrap_or("the request")
+                ),
+            ));
+        }
         authorize(permission, outcome.action.as_deref())?;
         params.drop_auth();
         actions::handle(&self.engine, &account, params)
     }
+}
+
+/// Whether `action` only reads.
+fn is_read_only(action: &str) -> bool {
+    action.starts_with("Describe")
+}
+
+/// Refuses a request whose `Host` is not a loopback name.
+fn check_loopback_host(req: &HttpRequest) -> Result<(), ApiError> {
+    let host = req
+        .headers
+        .iter()
+        .find(|(k, _)| k.eq_ignore_ascii_case("host"))
+        .map(|(_, v)| v.trim());
+    if host.is_some_and(is_loopback_host) {
+        return Ok(());
+    }
+    Err(ApiError::new(
+        "AuthFailure",
+        format!(
+            "Host {:?} is not a loopback name; a server with the default credentials answers only localhost, 127.0.0.0/8 and [::1]",
+            host.unwrap_or("")
+        ),
+    ))
+}
+
+/// `localhost`, an address in 127.0.0.0/8 or `[::1]`, with an optional port.
+fn is_loopback_host(host: &str) -> bool {
+    let name = match host.strip_prefix('[') {
+        Some(rest) => match rest.split_once(']') {
+            Some((name, port)) if port.is_empty() || valid_port(port) => name,
+            _ => return false,
+        },
+        None => match host.split_once(':') {
+            Some((name, port)) if valid_port(port) => name,
+            Some(_) => return false,
+            None => host,
+        },
+    };
+    name.eq_ignore_ascii_case("localhost")
+        || name
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
+fn valid_port(port: &str) -> bool {
+    port.strip_prefix(':')
+        .unwrap_or(port)
+        .parse::<u16>()
+        .is_ok()
 }
 
 /// Answers a request whose caller a front door has already authenticated as
@@ -253,6 +344,7 @@ fn respond(
         action: None,
         account: None,
         error: None,
+        detail: None,
     };
     let response = match (answer(&mut outcome), protocol) {
         (Ok((action, body)), Protocol::Ec2Query) => HttpResponse {
@@ -265,8 +357,20 @@ fn respond(
             content_type: JSON,
             body: body.json(&request_id),
         },
-        (Err(e), protocol) => {
+        (Err(mut e), protocol) => {
             outcome.error = Some(e.code);
+            if e.status >= 500 {
+                // The detail (a local path, a dependency's words) is the
+                // operator's; the caller gets what to quote to them.
+                let generic = match e.code {
+                    "InternalError" => "An internal error has occurred",
+                    _ => "The service is unavailable; try again shortly",
+                };
+                outcome.detail = Some(std::mem::replace(
+                    &mut e.message,
+                    format!("{generic} (request {request_id})"),
+                ));
+            }
             let (content_type, body) = match protocol {
                 Protocol::Ec2Query => (XML, error_document(&e, &request_id)),
                 Protocol::RestJson => (JSON, json_error_document(&e, &request_id)),

@@ -44,6 +44,10 @@ pub struct Signer {
     pub access_key: String,
     /// The region the client signed for.
     pub region: String,
+    /// Whether the signature came in the query string (a presigned URL, which
+    /// any web page can make a browser send) rather than the Authorization
+    /// header.
+    pub presigned: bool,
 }
 
 fn auth_failure(msg: impl Into<String>) -> ApiError {
@@ -370,12 +374,21 @@ pub fn verify_for(
     let skip = c.in_query.then_some("X-Amz-Signature");
     let canonical = canonical_request(req, &names, skip)?;
     let body_hash = sha256_hex(req.body);
+    // EC2 signs the body's hash: a signature over UNSIGNED-PAYLOAD would let
+    // whoever holds a signed request change its body. A presigned URL with no
+    // body may use it (S3-style presigners do), since nothing is unsigned.
+    let unsigned_allowed = c.in_query && req.body.is_empty();
     let payloads: Vec<String> = match header(req, "x-amz-content-sha256") {
+        Some("UNSIGNED-PAYLOAD") if !unsigned_allowed => {
+            return Err(auth_failure(
+                "UNSIGNED-PAYLOAD is not accepted: sign the body's SHA-256",
+            ));
+        }
         Some(claimed) if claimed != "UNSIGNED-PAYLOAD" && claimed != body_hash => {
             return Err(auth_failure("x-amz-content-sha256 does not match the body"));
         }
         Some(claimed) => vec![claimed.to_owned()],
-        None if c.in_query => vec![body_hash, "UNSIGNED-PAYLOAD".to_owned()],
+        None if unsigned_allowed => vec![body_hash, "UNSIGNED-PAYLOAD".to_owned()],
         None => vec![body_hash],
     };
     let expected = c.signature.to_ascii_lowercase();
@@ -399,6 +412,7 @@ pub fn verify_for(
     Ok(Signer {
         access_key: c.access_key,
         region: c.region,
+        presigned: c.in_query,
     })
 }
 
@@ -513,7 +527,8 @@ mod tests {
             signer,
             Signer {
                 access_key: "AKID".into(),
-                region: "us-east-1".into()
+                region: "us-east-1".into(),
+                presigned: false,
             }
         );
 
@@ -594,7 +609,11 @@ mod tests {
             ..unsigned
         };
         let secrets = |k: &str| (k == "AKID").then(|| "s3cret".to_owned());
-        assert!(verify(&req, secrets, at("20261128T120400Z")).is_ok());
+        assert!(
+            verify(&req, secrets, at("20261128T120400Z"))
+                .unwrap()
+                .presigned
+        );
         assert_eq!(
             verify(&req, secrets, at("20261128T120600Z"))
                 .unwrap_err()
@@ -616,5 +635,51 @@ mod tests {
             .code,
             "AuthFailure"
         );
+    }
+
+    /// A header-signed request over UNSIGNED-PAYLOAD: whoever holds it could
+    /// send any body with it.
+    #[test]
+    fn unsigned_payloads_are_refused_where_there_is_a_body() {
+        let amz_date = "20261128T120000Z";
+        let body = b"Action=DeregisterImage&ImageId=ami-0123456789abcdef0&Version=2016-11-15";
+        let headers = h(&[
+            ("Host", "localhost:9000"),
+            ("Content-Type", "application/x-www-form-urlencoded"),
+            ("X-Amz-Date", amz_date),
+            ("X-Amz-Content-Sha256", "UNSIGNED-PAYLOAD"),
+        ]);
+        let names: Vec<String> = ["content-type", "host", "x-amz-content-sha256", "x-amz-date"]
+            .map(String::from)
+            .to_vec();
+        let unsigned = SignedRequest {
+            method: "POST",
+            path: "/",
+            query: "",
+            headers: &headers,
+            body,
+        };
+        let canonical = canonical_request(&unsigned, &names, None).unwrap();
+        let sig = signature(
+            "s3cret",
+            "20261128",
+            "us-east-1",
+            "ec2",
+            amz_date,
+            &format!("{canonical}\nUNSIGNED-PAYLOAD"),
+        );
+        let mut headers = headers.clone();
+        headers.push((
+            "Authorization".into(),
+            format!("{ALGORITHM} Credential=AKID/20261128/us-east-1/ec2/aws4_request, SignedHeaders={}, Signature={sig}", names.join(";")),
+        ));
+        let req = SignedRequest {
+            headers: &headers,
+            ..unsigned
+        };
+        let secrets = |k: &str| (k == "AKID").then(|| "s3cret".to_owned());
+        let refused = verify(&req, secrets, at(amz_date)).unwrap_err();
+        assert_eq!(refused.code, "AuthFailure");
+        assert!(refused.message.contains("UNSIGNED-PAYLOAD"), "{refused:?}");
     }
 }

@@ -22,7 +22,8 @@ use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use amistore_core::engine::{Engine, EngineConfig, FailedBy, ProgressSink};
+use amistore_core::engine::sweep::SweepReport;
+use amistore_core::engine::{Engine, EngineConfig, FailedBy, ProgressSink, now_ms};
 use amistore_core::ids::{TaskId, unique_token};
 use amistore_core::ports::{ImageCatalog, ObjectStore, SnapshotStore, TaskStore, WorkflowRunner};
 use amistore_core::storage::BucketName;
@@ -83,13 +84,22 @@ struct Lease {
 
 impl Lease {
     fn take(dir: &Path) -> Result<Self> {
-        fs::create_dir_all(dir).map_err(|e| Error::io(format!("creating {}", dir.display()), e))?;
+        crate::private::create_dir_all(dir)
+            .map_err(|e| Error::io(format!("creating {}", dir.display()), e))?;
         let id = unique_token()[..20].to_owned();
         let path = dir.join(format!("{id}.lock"));
-        let file = File::create(&path)
-            .map_err(|e| Error::io(format!("creating {}", path.display()), e))?;
+        // Locked before it is visible under its name: a recover running in
+        // another process must never find it unlocked (and remove it as the
+        // lease of a dead process).
+        let hidden = dir.join(format!(".{id}.taking"));
+        let file = crate::private::create_new(&hidden)
+            .map_err(|e| Error::io(format!("creating {}", hidden.display()), e))?;
         rustix::fs::flock(&file, FlockOperation::LockExclusive)
-            .map_err(|e| Error::io(format!("locking {}", path.display()), e.into()))?;
+            .and_then(|()| rustix::fs::rename(&hidden, &path))
+            .map_err(|e| {
+                let _ = fs::remove_file(&hidden);
+                Error::io(format!("taking lease {}", path.display()), e.into())
+            })?;
         Ok(Self {
             id,
             path,
@@ -165,8 +175,8 @@ fn token_key(path: &Path) -> Result<[u8; 32]> {
         .and_then(|mut f| f.read_exact(&mut key))
         .map_err(|e| Error::io("reading /dev/urandom", e))?;
     let tmp = path.with_extension(format!("tmp.{}", std::process::id()));
-    fs::write(&tmp, key)
-        .and_then(|()| File::open(&tmp)?.sync_all())
+    crate::private::create(&tmp)
+        .and_then(|mut f| std::io::Write::write_all(&mut f, &key).and_then(|()| f.sync_all()))
         .map_err(|e| Error::io(format!("writing {}", tmp.display()), e))?;
     // Two processes starting at once: the first key to land wins, both use it.
     match fs::hard_link(&tmp, path) {
@@ -198,7 +208,8 @@ impl LocalEngine {
         progress: Option<ProgressSink>,
         wrap: impl FnOnce(Ports) -> Ports,
     ) -> Result<Self> {
-        fs::create_dir_all(data_dir)
+        crate::private::create_dir_all(data_dir)
+            .and_then(|()| crate::private::restrict(data_dir))
             .map_err(|e| Error::io(format!("creating {}", data_dir.display()), e))?;
         let leases = data_dir.join("work/leases");
         let lease = Lease::take(&leases)?;
@@ -250,6 +261,13 @@ impl LocalEngine {
             progress,
         });
         runner.attach(&engine);
+        runner.set_elsewhere({
+            let (tasks, leases, own) = (tasks.clone(), leases.clone(), lease.id.clone());
+            Arc::new(move |task| match tasks.owner_of(task) {
+                Ok(Some(owner)) => owner != own && Lease::alive(&leases, &owner),
+                _ => false,
+            })
+        });
         Ok(Self {
             engine,
             library,
@@ -315,9 +333,52 @@ impl LocalEngine {
                 {
                     Lease::alive(&self.leases, id);
                 }
+                // A process that died while taking its lease.
+                if name.starts_with('.')
+                    && name.ends_with(".taking")
+                    && let Ok(file) = File::open(entry.path())
+                    && rustix::fs::flock(&file, FlockOperation::NonBlockingLockExclusive).is_ok()
+                {
+                    let _ = fs::remove_file(entry.path());
+                }
             }
         }
         Ok(orphans.into_iter().map(|t| t.id).collect())
+    }
+}
+
+/// What [`LocalEngine::maintain`] did.
+#[derive(Debug, Default)]
+pub struct Maintenance {
+    /// Tasks of processes that died, resumed here.
+    pub resumed: Vec<TaskId>,
+    /// The sweep's report.
+    pub sweep: SweepReport,
+}
+
+/// How old a task must be before a maintenance pass may fail it: admission
+/// and the start of its execution are moments apart.
+pub const MAINTENANCE_GRACE_MS: i64 = 60_000;
+
+impl LocalEngine {
+    /// What a long-running process does now and then: resumes the tasks of
+    /// processes that died, and sweeps (fails the tasks whose execution ended
+    /// without ending them, aborts orphaned uploads, corrects the quota
+    /// counters). Tasks another live process runs are left to it.
+    pub fn maintain(&self, grace_ms: i64) -> Result<Maintenance> {
+        let resumed = self.recover(Recovery::Resume)?;
+        let sweep = self.engine.sweep(now_ms(), grace_ms)?;
+        Ok(Maintenance { resumed, sweep })
+    }
+
+    /// Executions this process has queued or running.
+    pub fn live_executions(&self) -> usize {
+        self.runner.live()
+    }
+
+    /// Worker threads this process runs executions on.
+    pub fn execution_threads(&self) -> usize {
+        self.runner.workers()
     }
 }
 
@@ -329,5 +390,49 @@ fn remove_matching(dir: &Path, prefix: &str) {
                 let _ = fs::remove_file(entry.path());
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    /// Another process's recover looks at every lease while this one takes
+    /// its own: it must never see the new lease unlocked (it would remove it,
+    /// and later treat this live process's tasks as orphans).
+    #[test]
+    fn a_lease_is_never_seen_unlocked_while_it_is_taken() {
+        let dir = tempfile::tempdir().unwrap();
+        let leases = dir.path().join("leases");
+        Lease::take(&leases).unwrap();
+        let stop = AtomicBool::new(false);
+        // Stops the scanner however the scope ends (a failed assertion too).
+        struct Stop<'a>(&'a AtomicBool);
+        impl Drop for Stop<'_> {
+            fn drop(&mut self) {
+                self.0.store(true, Ordering::Relaxed);
+            }
+        }
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                while !stop.load(Ordering::Relaxed) {
+                    for entry in fs::read_dir(&leases).unwrap().flatten() {
+                        let name = entry.file_name().to_string_lossy().into_owned();
+                        if let Some(id) = name.strip_suffix(".lock") {
+                            Lease::alive(&leases, id);
+                        }
+                    }
+                }
+            });
+            let _stop = Stop(&stop);
+            for _ in 0..3000 {
+                let lease = Lease::take(&leases).unwrap();
+                assert!(
+                    lease.path.exists() && Lease::alive(&leases, &lease.id),
+                    "a recover removed a live lease"
+                );
+            }
+        });
     }
 }

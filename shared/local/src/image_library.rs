@@ -82,7 +82,7 @@ fn write_json(path: &Path, value: &impl Serialize) -> Result<()> {
     let tmp = path.with_extension("json.tmp");
     let json = serde_json::to_vec_pretty(value)
         .map_err(|e| Error::InvalidInput(format!("record does not serialise: {e}")))?;
-    File::create(&tmp)
+    crate::private::create(&tmp)
         .and_then(|mut f| f.write_all(&json).and_then(|()| f.sync_all()))
         .and_then(|()| fs::rename(&tmp, path))
         .map_err(|e| Error::io(format!("writing {}", path.display()), e))
@@ -91,7 +91,13 @@ fn write_json(path: &Path, value: &impl Serialize) -> Result<()> {
 fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T> {
     let bytes = fs::read(path).map_err(|e| Error::io(format!("reading {}", path.display()), e))?;
     serde_json::from_slice(&bytes)
-        .map_err(|e| Error::InvalidInput(format!("record {} is damaged: {e}", path.display())))
+        // Damaged local state is the server's failure, not the caller's input.
+        .map_err(|e| {
+            Error::io(
+                format!("reading record {}", path.display()),
+                std::io::Error::new(std::io::ErrorKind::InvalidData, e),
+            )
+        })
 }
 
 fn remove_if_present(path: &Path) -> Result<()> {
@@ -109,7 +115,7 @@ impl ImageLibrary {
         let images = data_dir.join("images");
         let snapshots = data_dir.join("snapshots");
         for dir in [&images, &snapshots] {
-            fs::create_dir_all(dir)
+            crate::private::create_dir_all(dir)
                 .map_err(|e| Error::io(format!("creating {}", dir.display()), e))?;
         }
         Ok(Self { images, snapshots })
@@ -132,7 +138,7 @@ impl ImageLibrary {
     /// the record that takes it are one step for every process.
     fn locked<T>(&self, f: impl FnOnce() -> Result<T>) -> Result<T> {
         let path = self.images.join(".lock");
-        let lock = File::options()
+        let lock = crate::private::options()
             .create(true)
             .truncate(false)
             .write(true)

@@ -13,6 +13,7 @@ pub mod bucket_store;
 pub mod embedded;
 pub mod error;
 pub mod image_library;
+pub mod private;
 pub mod raw_disk;
 pub mod task_db;
 pub mod throttle;

@@ -137,10 +137,8 @@ pub struct SparseFile {
 impl SparseFile {
     /// Creates `path` (which must not exist) as an all-hole file of `size` bytes.
     pub fn create(path: &Path, size: u64) -> Result<Self> {
-        let file = File::options()
-            .write(true)
-            .create_new(true)
-            .open(path)
+        // Disk images hold whatever their owner's disks held.
+        let file = crate::private::create_new(path)
             .map_err(|e| Error::io(format!("creating {}", path.display()), e))?;
         file.set_len(size)
             .map_err(|e| Error::io(format!("sizing {}", path.display()), e))?;

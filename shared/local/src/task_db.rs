@@ -108,6 +108,14 @@ impl SqliteTaskStore {
     /// marked as run by `owner` (a process lease), so recovery can tell a live
     /// task from one whose process died.
     pub fn open(path: &Path, owner: Option<String>) -> Result<Self> {
+        // SQLite gives its -wal and -shm files the database's own mode.
+        crate::private::options()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(path)
+            .and_then(|_| crate::private::restrict(path))
+            .map_err(|e| Error::io(format!("creating {}", path.display()), e))?;
         let conn = Connection::open(path).map_err(db("opening"))?;
         conn.busy_timeout(Duration::from_secs(30))
             .map_err(db("configuring"))?;
@@ -142,6 +150,19 @@ impl SqliteTaskStore {
     /// Hands an in-progress task to this store's owner (on resumption).
     pub fn adopt(&self, id: &TaskId) -> Result<()> {
         self.set_column(id, "owner", self.owner.clone().into())
+    }
+
+    /// The lease of the process running task `id`, if one has it.
+    pub fn owner_of(&self, id: &TaskId) -> Result<Option<String>> {
+        self.conn()
+            .query_row(
+                "SELECT owner FROM tasks WHERE id = ?1",
+                params![id.as_str()],
+                |r| r.get(0),
+            )
+            .optional()
+            .map(Option::flatten)
+            .map_err(db("reading a task's owner"))
     }
 
     /// Every task in progress with the owner running it, oldest first.

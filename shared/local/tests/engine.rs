@@ -535,10 +535,17 @@ fn tasks_beyond_the_execution_limit_wait_their_turn() {
             .any(|(t, e)| *t == second.id && e == "running"),
         "the second task waits while the first runs"
     );
+    assert_eq!(
+        w.local.execution_threads(),
+        1,
+        "a queued execution holds no thread"
+    );
     drop(gate);
     for t in [&first, &second] {
         assert_eq!(w.local.wait(&t.id).unwrap().state, TaskState::Completed);
     }
+    // Nothing is kept per finished execution.
+    assert_eq!(w.local.live_executions(), 0);
     let order: Vec<(bool, String)> = events
         .lock()
         .unwrap()
@@ -993,4 +1000,92 @@ fn the_archive_policy_goes_on_past_an_image_it_cannot_store() {
         "{:?}",
         task.failure_reason
     );
+}
+
+#[test]
+fn the_data_directory_is_for_its_owner_only() {
+    use std::os::unix::fs::PermissionsExt;
+    let w = world();
+    let key = stored(&w);
+    let task = restore(&w, &key, "private copy");
+    assert_eq!(task.state, TaskState::Completed);
+    let data = w.dir.path().join("data");
+    let mut seen = 0;
+    let mut open = Vec::new();
+    let mut stack = vec![data];
+    while let Some(path) = stack.pop() {
+        let meta = fs::symlink_metadata(&path).unwrap();
+        if meta.permissions().mode() & 0o077 != 0 {
+            open.push(format!(
+                "{} {:o}",
+                path.display(),
+                meta.permissions().mode() & 0o777
+            ));
+        }
+        seen += 1;
+        if meta.is_dir() {
+            stack.extend(fs::read_dir(&path).unwrap().map(|e| e.unwrap().path()));
+        }
+    }
+    // Records, snapshots, objects, the database and its WAL, token.key, leases.
+    assert!(seen > 15, "{seen}");
+    assert!(open.is_empty(), "readable by others: {open:#?}");
+}
+
+/// The leak: an execution that ended without ending its task (its
+/// fail step failed too) kept the task, and its quota, until a restart.
+#[test]
+fn a_running_process_sweeps_the_tasks_its_executions_left_in_progress() {
+    let w = world();
+    let (image, _) = w.image("left behind");
+    // Every try of the workflow's fail step fails too.
+    let every: Vec<usize> = (1..=1000).collect();
+    w.faults.fail("complete_multipart", &every, permanent);
+    w.faults.fail("abort_multipart", &every, permanent);
+    let task = w
+        .local
+        .engine
+        .create_store_task(&me(), &store_request(&w, &image, ""))
+        .unwrap();
+    let left = w.local.wait(&task.id).unwrap();
+    assert_eq!(left.state, TaskState::InProgress, "{left:?}");
+    assert!(w.in_progress_gib(TaskKind::Store) > 0);
+
+    // Within the grace period, nothing happens.
+    let young = w.local.maintain(60_000).unwrap();
+    assert!(young.sweep.failed.is_empty(), "{young:?}");
+    // After it, the task fails (the clean-up works again) and frees its quota.
+    w.faults.clear();
+    let swept = w.local.maintain(0).unwrap();
+    assert_eq!(swept.sweep.failed, vec![task.id.clone()], "{swept:?}");
+    assert_eq!(w.task(&task.id).state, TaskState::Failed);
+    assert_eq!(w.in_progress_gib(TaskKind::Store), 0);
+    assert_eq!(w.uploads(), 0);
+}
+
+/// Two processes over one data directory: one's maintenance must not fail a
+/// task the other is running.
+#[test]
+fn maintenance_leaves_the_tasks_another_live_process_runs() {
+    let w = world();
+    let (image, _) = w.image("elsewhere");
+    let gate = w.faults.hold("complete_multipart");
+    let task = w
+        .local
+        .engine
+        .create_store_task(&me(), &store_request(&w, &image, ""))
+        .unwrap();
+    // Its units are done: its execution is in finalize, held.
+    while w.task(&task.id).units_done < w.task(&task.id).units_total {
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    let other =
+        amistore_local::embedded::LocalEngine::open(&w.dir.path().join("data"), options(), None)
+            .unwrap();
+    let report = other.maintain(0).unwrap();
+    assert!(report.sweep.failed.is_empty(), "{report:?}");
+    assert!(report.resumed.is_empty(), "{report:?}");
+    assert_eq!(w.task(&task.id).state, TaskState::InProgress);
+    drop(gate);
+    assert_eq!(w.local.wait(&task.id).unwrap().state, TaskState::Completed);
 }

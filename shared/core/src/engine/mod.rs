@@ -276,11 +276,17 @@ impl SpoolFile {
         name: &str,
         fill: impl FnOnce(&mut BufWriter<&File>) -> Result<T>,
     ) -> Result<(Self, T)> {
-        std::fs::create_dir_all(dir)
+        std::os::unix::fs::DirBuilderExt::mode(std::fs::DirBuilder::new().recursive(true), 0o700)
+            .create(dir)
             .map_err(|e| Error::io(format!("creating {}", dir.display()), e))?;
         let path = dir.join(format!("{name}.{}.part", &unique_token()[..16]));
-        let file = File::create_new(&path)
-            .map_err(|e| Error::io(format!("creating {}", path.display()), e))?;
+        // A unit of someone's disk: for its owner only.
+        let file = std::os::unix::fs::OpenOptionsExt::mode(
+            std::fs::OpenOptions::new().write(true).create_new(true),
+            0o600,
+        )
+        .open(&path)
+        .map_err(|e| Error::io(format!("creating {}", path.display()), e))?;
         let spool = Self { path };
         let mut out = BufWriter::with_capacity(1 << 20, &file);
         let value = fill(&mut out)?;

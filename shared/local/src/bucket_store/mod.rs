@@ -73,7 +73,7 @@ fn io(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> Error {
 /// Writes `bytes` to `path` via a temporary file and a rename.
 fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
     let tmp = path.with_file_name(format!(".amistore.tmp.{}", unique_token()));
-    File::create(&tmp)
+    crate::private::create(&tmp)
         .and_then(|mut f| f.write_all(bytes).and_then(|()| f.sync_all()))
         .and_then(|()| fs::rename(&tmp, path))
         .map_err(|e| {
@@ -91,7 +91,8 @@ impl BucketStore {
     /// A store whose buckets are the folders of `root` (created if missing).
     pub fn at(root: &Path) -> Result<Self> {
         let root = root.to_owned();
-        fs::create_dir_all(&root).map_err(io(format!("creating {}", root.display())))?;
+        crate::private::create_dir_all(&root)
+            .map_err(io(format!("creating {}", root.display())))?;
         Ok(Self {
             root,
             min_part_size: MIN_PART_SIZE,
@@ -163,7 +164,7 @@ impl BucketStore {
             }
             return Ok(());
         }
-        fs::create_dir_all(&dir).map_err(io(format!("creating {}", dir.display())))?;
+        crate::private::create_dir_all(&dir).map_err(io(format!("creating {}", dir.display())))?;
         if *owner != AccountId::local_default() {
             write_atomically(&dir.join(OWNER_FILE), owner.as_str().as_bytes())?;
         }
@@ -202,7 +203,7 @@ impl BucketStore {
         amistore_core::image::check_unique_tag_keys(&tags)?;
         let upload = unique_token();
         let dir = self.bucket_dir(bucket)?.join(UPLOADS).join(&upload);
-        fs::create_dir_all(&dir).map_err(io(format!("creating {}", dir.display())))?;
+        crate::private::create_dir_all(&dir).map_err(io(format!("creating {}", dir.display())))?;
         let record = serde_json::to_vec(&UploadRecord {
             key: key.clone(),
             metadata,
@@ -240,8 +241,11 @@ impl BucketStore {
                 return Ok(());
             }
             let tmp = target.with_extension("copying");
-            fs::copy(body, &tmp)
-                .and_then(|_| File::open(&tmp)?.sync_all())
+            crate::private::create(&tmp)
+                .and_then(|mut out| {
+                    std::io::copy(&mut File::open(body)?, &mut out)?;
+                    out.sync_all()
+                })
                 .and_then(|()| fs::rename(&tmp, target))
                 .map_err(|e| {
                     let _ = fs::remove_file(&tmp);
@@ -302,7 +306,8 @@ impl BucketStore {
         };
         let target = self.object_path(bucket, key)?;
         if let Some(parent) = target.parent() {
-            fs::create_dir_all(parent).map_err(io(format!("creating {}", parent.display())))?;
+            crate::private::create_dir_all(parent)
+                .map_err(io(format!("creating {}", parent.display())))?;
         }
         let sidecar = serde_json::to_vec_pretty(&info)
             .map_err(|e| Error::InvalidInput(format!("object info does not serialise: {e}")))?;
@@ -386,7 +391,10 @@ impl BucketStore {
         let etag = etag_of(&meta);
         let mut info: ObjectInfo = match fs::read(&sidecar) {
             Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| {
-                Error::InvalidInput(format!("{} is damaged: {e}", sidecar.display()))
+                Error::io(
+                    format!("reading {}", sidecar.display()),
+                    std::io::Error::new(std::io::ErrorKind::InvalidData, e),
+                )
             })?,
             // A file copied in by hand: no metadata, no tags.
             Err(_) => ObjectInfo {
@@ -406,7 +414,8 @@ impl BucketStore {
     pub fn put_object(&self, bucket: &BucketName, key: &ObjectKey, body: &[u8]) -> Result<()> {
         let target = self.object_path(bucket, key)?;
         if let Some(parent) = target.parent() {
-            fs::create_dir_all(parent).map_err(io(format!("creating {}", parent.display())))?;
+            crate::private::create_dir_all(parent)
+                .map_err(io(format!("creating {}", parent.display())))?;
         }
         let _ = fs::remove_file(Self::sidecar(&target));
         write_atomically(&target, body)

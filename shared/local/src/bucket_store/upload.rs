@@ -51,7 +51,7 @@ impl Staging {
     /// Locks the staging folder `dir` (which must exist).
     pub(super) fn lock(dir: &Path) -> Result<Self> {
         let path = dir.join(".lock");
-        let lock = File::options()
+        let lock = crate::private::options()
             .create(true)
             .truncate(false)
             .write(true)
@@ -100,7 +100,7 @@ impl Staging {
 
     fn object(&self) -> Result<File> {
         let path = self.dir.join("object");
-        File::options()
+        crate::private::options()
             .create(true)
             .truncate(false)
             .read(true)
@@ -268,5 +268,10 @@ impl Staging {
 fn etag_of(path: &Path) -> Result<String> {
     path.extension()
         .map(|e| e.to_string_lossy().into_owned())
-        .ok_or_else(|| Error::InvalidInput(format!("{} has no ETag", path.display())))
+        .ok_or_else(|| {
+            Error::io(
+                format!("reading the ETag of {}", path.display()),
+                std::io::Error::new(std::io::ErrorKind::InvalidData, "no ETag extension"),
+            )
+        })
 }

@@ -3,14 +3,16 @@
 //! their Task resources mapped to the library's steps, so every local run
 //! exercises the deployed workflow.
 //!
-//! Each started execution runs on its own thread; [`LocalRunner::wait`] joins it.
+//! Executions run on worker threads, at most [`RunnerOptions::max_executions`]
+//! of them; the rest wait in a queue without a thread. An execution is
+//! forgotten when it ends (a long-running server keeps nothing per finished
+//! task); [`LocalRunner::wait`] waits for that.
 
 pub mod asl;
 pub mod execute;
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::sync::{Arc, Condvar, Mutex, OnceLock, Weak};
-use std::thread::JoinHandle;
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock, Weak};
 
 use amistore_core::engine::Engine;
 use amistore_core::engine::steps::run_step;
@@ -59,11 +61,19 @@ impl Default for RunnerOptions {
 /// state then: `Completed`, `Failed`, or `InProgress` if it stopped short).
 pub type Observer = Arc<dyn Fn(&TaskId, TaskKind, &str) + Send + Sync>;
 
-/// Counts running executions against [`RunnerOptions::max_executions`].
+/// Whether another live process is running a task's execution (tasks in one
+/// data directory may be run by several `amistore` processes).
+pub type Elsewhere = Arc<dyn Fn(&TaskId) -> bool + Send + Sync>;
+
+/// The executions this runner has started and not yet finished.
 #[derive(Default)]
-struct Slots {
-    running: Mutex<usize>,
-    freed: Condvar,
+struct Executions {
+    /// Queued or running.
+    live: HashMap<TaskId, TaskKind>,
+    /// Waiting for a worker, oldest first.
+    queue: VecDeque<(TaskKind, TaskId)>,
+    /// Worker threads alive.
+    workers: usize,
 }
 
 /// Runs store and restore executions on threads of this process. Clones share
@@ -76,9 +86,10 @@ struct Shared {
     restore: StateMachine,
     options: RunnerOptions,
     engine: OnceLock<Weak<Engine>>,
-    running: Mutex<HashMap<TaskId, JoinHandle<()>>>,
-    slots: Slots,
+    executions: Mutex<Executions>,
+    ended: Condvar,
     observer: OnceLock<Observer>,
+    elsewhere: OnceLock<Elsewhere>,
 }
 
 impl LocalRunner {
@@ -90,10 +101,57 @@ impl LocalRunner {
             restore: StateMachine::parse(RESTORE_DEFINITION, &resources)?,
             options,
             engine: OnceLock::new(),
-            running: Mutex::new(HashMap::new()),
-            slots: Slots::default(),
+            executions: Mutex::new(Executions::default()),
+            ended: Condvar::new(),
             observer: OnceLock::new(),
+            elsewhere: OnceLock::new(),
         })))
+    }
+
+    /// Tells the runner how to know that another process runs a task (for
+    /// [`WorkflowRunner::status`] of a task this runner did not start).
+    pub fn set_elsewhere(&self, elsewhere: Elsewhere) {
+        let _ = self.0.elsewhere.set(elsewhere);
+    }
+
+    fn executions(&self) -> MutexGuard<'_, Executions> {
+        // The bookkeeping stays consistent whatever panicked while holding it.
+        self.0.executions.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Runs queued executions until none is left, then ends the worker.
+    fn work(&self) {
+        loop {
+            let next = {
+                let mut ex = self.executions();
+                match ex.queue.pop_front() {
+                    Some(next) => next,
+                    None => {
+                        ex.workers -= 1;
+                        return;
+                    }
+                }
+            };
+            let (kind, id) = next;
+            self.event(&id, kind, "running");
+            // A panic in a step is a bug; it must still end the execution, or
+            // waiters would wait forever and the task never be swept.
+            let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                // The state machine ends in its Fail state after the fail step
+                // has recorded the reason; the task's state tells how it ended.
+                let _ = self.run(kind, &id);
+            }));
+            let state = self
+                .0
+                .engine
+                .get()
+                .and_then(Weak::upgrade)
+                .and_then(|e| e.task(&id).ok())
+                .map_or("unknown", |t| t.state.as_str());
+            self.executions().live.remove(&id);
+            self.0.ended.notify_all();
+            self.event(&id, kind, state);
+        }
     }
 
     /// Reports what happens to executions to `observer` (the server logs it).
@@ -105,19 +163,6 @@ impl LocalRunner {
         if let Some(o) = self.0.observer.get() {
             o(task, kind, what);
         }
-    }
-
-    /// Waits for a free execution slot; the slot is freed when the guard drops.
-    fn slot(&self) -> SlotGuard<'_> {
-        let slots = &self.0.slots;
-        let mut running = slots.running.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(max) = self.0.options.max_executions {
-            while *running >= max.max(1) {
-                running = slots.freed.wait(running).unwrap_or_else(|p| p.into_inner());
-            }
-        }
-        *running += 1;
-        SlotGuard(slots)
     }
 
     /// Connects the runner to the engine whose steps it runs (the engine holds
@@ -164,17 +209,25 @@ impl LocalRunner {
         }
     }
 
-    /// Waits for the execution of `task` started by this runner, if any.
+    /// Waits until the execution of `task` started by this runner, if any, has
+    /// ended.
     pub fn wait(&self, task: &TaskId) {
-        let handle = self
+        let ex = self.executions();
+        let _ended = self
             .0
-            .running
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(task);
-        if let Some(h) = handle {
-            let _ = h.join();
-        }
+            .ended
+            .wait_while(ex, |ex| ex.live.contains_key(task))
+            .unwrap_or_else(|p| p.into_inner());
+    }
+
+    /// Executions queued or running.
+    pub fn live(&self) -> usize {
+        self.executions().live.len()
+    }
+
+    /// Worker threads alive (at most [`RunnerOptions::max_executions`]).
+    pub fn workers(&self) -> usize {
+        self.executions().workers
     }
 
     /// Runs an execution on the calling thread.
@@ -203,53 +256,44 @@ impl LocalRunner {
     }
 }
 
-/// A running execution's slot.
-struct SlotGuard<'a>(&'a Slots);
-
-impl Drop for SlotGuard<'_> {
-    fn drop(&mut self) {
-        *self.0.running.lock().unwrap_or_else(|p| p.into_inner()) -= 1;
-        self.0.freed.notify_one();
-    }
-}
-
 impl WorkflowRunner for LocalRunner {
     fn start(&self, kind: TaskKind, task: &TaskId) -> amistore_core::Result<()> {
-        let mut running = self.0.running.lock().unwrap_or_else(|p| p.into_inner());
-        if running.get(task).is_some_and(|h| !h.is_finished()) {
+        let mut ex = self.executions();
+        if ex.live.contains_key(task) {
             return Ok(());
         }
-        let runner = self.clone();
-        let id = task.clone();
+        ex.live.insert(task.clone(), kind);
+        ex.queue.push_back((kind, task.clone()));
         self.event(task, kind, "queued");
-        let handle = std::thread::Builder::new()
-            .name(format!("exec-{task}"))
-            .spawn(move || {
-                let _slot = runner.slot();
-                runner.event(&id, kind, "running");
-                // The state machine ends in its Fail state after the fail step has
-                // recorded the reason; the task's state tells how it ended.
-                let _ = runner.run(kind, &id);
-                let state = runner
-                    .0
-                    .engine
-                    .get()
-                    .and_then(Weak::upgrade)
-                    .and_then(|e| e.task(&id).ok())
-                    .map_or("unknown", |t| t.state.as_str());
-                runner.event(&id, kind, state);
-            })
-            .map_err(|e| Error::io("starting a workflow thread", e))?;
-        running.insert(task.clone(), handle);
+        if ex.workers < self.0.options.max_executions.unwrap_or(usize::MAX).max(1) {
+            let runner = self.clone();
+            match std::thread::Builder::new()
+                .name("execution".into())
+                .spawn(move || runner.work())
+            {
+                Ok(_) => ex.workers += 1,
+                // No worker now: a later start or a running worker takes it
+                // from the queue, unless none is alive.
+                Err(e) if ex.workers == 0 => {
+                    ex.live.remove(task);
+                    ex.queue.retain(|(_, t)| t != task);
+                    return Err(Error::io("starting a workflow thread", e).into());
+                }
+                Err(_) => {}
+            }
+        }
         Ok(())
     }
 
     fn status(&self, _kind: TaskKind, task: &TaskId) -> amistore_core::Result<ExecutionStatus> {
-        let running = self.0.running.lock().unwrap_or_else(|p| p.into_inner());
-        Ok(match running.get(task) {
-            Some(h) if !h.is_finished() => ExecutionStatus::Running,
-            Some(_) => ExecutionStatus::Ended,
-            None => ExecutionStatus::Missing,
+        if self.executions().live.contains_key(task) {
+            return Ok(ExecutionStatus::Running);
+        }
+        let elsewhere = self.0.elsewhere.get().is_some_and(|e| e(task));
+        Ok(if elsewhere {
+            ExecutionStatus::Running
+        } else {
+            ExecutionStatus::Missing
         })
     }
 

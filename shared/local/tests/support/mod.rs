@@ -219,6 +219,11 @@ impl Faults {
             .push((method.to_owned(), nth.to_vec(), error));
     }
 
+    /// Ends every injected failure.
+    pub fn clear(&self) {
+        self.state.0.lock().unwrap().rules.clear();
+    }
+
     /// Makes calls of `method` wait until the gate is dropped.
     pub fn hold(&self, method: &str) -> Gate {
         self.state.0.lock().unwrap().held.push(method.to_owned());
