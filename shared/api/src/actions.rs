@@ -195,13 +195,7 @@ fn describe_tasks(
         .iter()
         .map(|i| image_id(i))
         .collect::<Result<Vec<_>, _>>()?;
-    let mut filters = Vec::new();
-    for mut f in p.groups("Filter")? {
-        let name = f.req("Name")?;
-        let values = f.list("Value")?;
-        f.finish()?;
-        filters.push((name, values));
-    }
+    let filters = filters(&mut p)?;
     let query = DescribeQuery {
         image_ids,
         filters,
@@ -281,18 +275,15 @@ fn describe_images(engine: &Engine, account: &AccountId, mut p: Params) -> Resul
         .map(|i| image_id(i))
         .collect::<Result<Vec<_>, _>>()?;
     let owners = p.list("Owner")?;
-    let mut filters = Vec::new();
-    for mut f in p.groups("Filter")? {
-        let name = f.req("Name")?;
-        let values = f.list("Value")?;
-        f.finish()?;
-        if !(name == "name" || name == "state" || name.starts_with("tag:")) {
-            return Err(ApiError::new(
-                "InvalidParameterValue",
-                format!("The filter '{name}' is invalid; supported: name, state, tag:KEY"),
-            ));
-        }
-        filters.push((name, values));
+    let filters = filters(&mut p)?;
+    if let Some((name, _)) = filters
+        .iter()
+        .find(|(name, _)| !(name == "name" || name == "state" || name.starts_with("tag:")))
+    {
+        return Err(ApiError::new(
+            "InvalidParameterValue",
+            format!("The filter '{name}' is invalid; supported: name, state, tag:KEY"),
+        ));
     }
     finish(p)?;
     let images = owned_images(engine, account, &owners)?;
@@ -488,25 +479,89 @@ fn owned_images(
     })
 }
 
-/// EC2's filter wildcards: `*` any run, `?` any one character.
-fn wildcard(pattern: &str, text: &str) -> bool {
-    let (p, t): (Vec<char>, Vec<char>) = (pattern.chars().collect(), text.chars().collect());
-    // Classic two-row dynamic programme; inputs are short (names, tag values).
-    let mut prev = vec![false; t.len() + 1];
-    prev[0] = true;
-    for pc in &p {
-        let mut cur = vec![false; t.len() + 1];
-        cur[0] = *pc == '*' && prev[0];
-        for j in 1..=t.len() {
-            cur[j] = match pc {
-                '*' => cur[j - 1] || prev[j],
-                '?' => prev[j - 1],
-                c => prev[j - 1] && *c == t[j - 1],
-            };
+/// Most filter values one request may give (EC2's documented
+/// `FilterLimitExceeded`: "too many filters or too many filter values").
+pub const MAX_FILTER_VALUES: usize = 200;
+/// Longest filter value, in characters: names and tag values are shorter.
+pub const MAX_FILTER_VALUE_CHARS: usize = 256;
+
+/// The request's `Filter.N.Name` / `Filter.N.Value.M` groups, bounded: the
+/// work a describe does is images × values × (pattern × text), and every
+/// factor a caller controls is capped.
+fn filters(p: &mut Params) -> Result<Vec<(String, Vec<String>)>, ApiError> {
+    let mut filters = Vec::new();
+    let mut values_total = 0;
+    for mut f in p.groups("Filter")? {
+        let name = f.req("Name")?;
+        let values = f.list("Value")?;
+        f.finish()?;
+        values_total += values.len();
+        if values_total > MAX_FILTER_VALUES {
+            return Err(ApiError::new(
+                "FilterLimitExceeded",
+                format!("The request uses more than {MAX_FILTER_VALUES} filter values"),
+            ));
         }
-        prev = cur;
+        if let Some(long) = values
+            .iter()
+            .find(|v| v.chars().count() > MAX_FILTER_VALUE_CHARS)
+        {
+            return Err(ApiError::new(
+                "FilterLimitExceeded",
+                format!(
+                    "A value of filter '{name}' is {} characters; at most {MAX_FILTER_VALUE_CHARS} are accepted",
+                    long.chars().count()
+                ),
+            ));
+        }
+        filters.push((name, values));
     }
-    prev[t.len()]
+    Ok(filters)
+}
+
+/// EC2's filter wildcards: `*` any run, `?` any one character. Greedy, with
+/// one backtrack point (the last `*`): no allocation, and linear unless the
+/// pattern has several stars that keep almost matching (bounded then by
+/// pattern × text, both capped by [`MAX_FILTER_VALUE_CHARS`] and field limits).
+fn wildcard(pattern: &str, text: &str) -> bool {
+    let (p, t) = (pattern.as_bytes(), text.as_bytes());
+    // UTF-8: a leading byte tells its character's length; indices stay on
+    // character boundaries because literals match whole characters.
+    let char_len = |b: u8| match b {
+        0xF0..=0xFF => 4,
+        0xE0..=0xEF => 3,
+        0xC0..=0xDF => 2,
+        _ => 1,
+    };
+    let (mut pi, mut ti) = (0, 0);
+    let mut retry: Option<(usize, usize)> = None;
+    while ti < t.len() {
+        match p.get(pi) {
+            Some(b'*') => {
+                pi += 1;
+                retry = Some((pi, ti));
+            }
+            Some(b'?') => {
+                pi += 1;
+                ti += char_len(t[ti]);
+            }
+            Some(&c) if c == t[ti] => {
+                pi += 1;
+                ti += 1;
+            }
+            _ => match retry {
+                // The last star takes one more character; try again after it.
+                Some((after_star, from)) => {
+                    let next = from + char_len(t[from]);
+                    retry = Some((after_star, next));
+                    pi = after_star;
+                    ti = next;
+                }
+                None => return false,
+            },
+        }
+    }
+    p[pi.min(p.len())..].iter().all(|&c| c == b'*')
 }
 
 #[cfg(test)]
@@ -521,5 +576,49 @@ mod tests {
         assert!(!wildcard("web", "web-server"));
         assert!(!wildcard("w?b", "wb"));
         assert!(wildcard("a*b*c", "aXXbYYc"));
+        assert!(wildcard("é?ü*", "éxü"));
+        assert!(wildcard("?", "é"));
+        assert!(!wildcard("??", "é"));
+    }
+
+    /// The dynamic programme this matcher replaced, as the reference.
+    fn reference(pattern: &str, text: &str) -> bool {
+        let (p, t): (Vec<char>, Vec<char>) = (pattern.chars().collect(), text.chars().collect());
+        let mut prev = vec![false; t.len() + 1];
+        prev[0] = true;
+        for pc in &p {
+            let mut cur = vec![false; t.len() + 1];
+            cur[0] = *pc == '*' && prev[0];
+            for j in 1..=t.len() {
+                cur[j] = match pc {
+                    '*' => cur[j - 1] || prev[j],
+                    '?' => prev[j - 1],
+                    c => prev[j - 1] && *c == t[j - 1],
+                };
+            }
+            prev = cur;
+        }
+        prev[t.len()]
+    }
+
+    #[test]
+    fn the_greedy_matcher_agrees_with_the_dynamic_programme() {
+        let alphabet = ['a', 'b', 'é', '日', '*', '?'];
+        let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+        let mut next = |n: usize| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x % n as u64) as usize
+        };
+        for _ in 0..20_000 {
+            let pattern: String = (0..next(8)).map(|_| alphabet[next(6)]).collect();
+            let text: String = (0..next(10)).map(|_| alphabet[next(4)]).collect();
+            assert_eq!(
+                wildcard(&pattern, &text),
+                reference(&pattern, &text),
+                "{pattern:?} against {text:?}"
+            );
+        }
     }
 }

@@ -342,3 +342,33 @@ fn text_xml_cannot_carry_and_reserved_tags_are_refused_at_the_door() {
         "{images}"
     );
 }
+
+/// A read-only key could make one DescribeImages cost tens of seconds with
+/// many long wildcard patterns: the values are bounded, and the longest
+/// allowed pattern that almost matches everywhere is answered.
+#[test]
+fn filters_are_bounded_in_number_and_length() {
+    let w = world(QuotaLimits::default());
+    let many: String = (1..=201)
+        .map(|i| format!("&Filter.1.Value.{i}=n{i}"))
+        .collect();
+    let many = format!("&Filter.1.Name=name{many}");
+    for action in ["DescribeImages", "DescribeStoreImageTasks"] {
+        let e = w.error(&format!("Action={action}&{V}{many}"));
+        assert_eq!(e.code, "FilterLimitExceeded", "{action}: {e:?}");
+        let long = "a".repeat(257);
+        let e = w.error(&format!(
+            "Action={action}&{V}&Filter.1.Name=name&Filter.1.Value.1={long}"
+        ));
+        assert_eq!(e.code, "FilterLimitExceeded", "{action}: {e:?}");
+    }
+    // 200 patterns of 256 characters, each with many stars and no match.
+    let hostile = format!("{}b", "*a".repeat(127));
+    let values: String = (1..=200)
+        .map(|i| format!("&Filter.1.Value.{i}={}", hostile.replace('*', "%2A")))
+        .collect();
+    let xml = w
+        .call(&format!("Action=DescribeImages&{V}&Filter.1.Name=name{values}"))
+        .unwrap();
+    assert!(xml.contains("<imagesSet/>"), "{xml}");
+}
