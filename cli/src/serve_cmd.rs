@@ -45,6 +45,12 @@ pub struct ServeArgs {
     /// Cap on all task data (snapshot blocks read and written), in MiB/s.
     #[arg(long, value_name = "MIB_PER_S")]
     max_bandwidth: Option<u64>,
+    /// Seconds a client has to send a request's head (line and headers).
+    #[arg(long, default_value_t = 10, value_name = "SECONDS")]
+    header_timeout: u64,
+    /// Seconds a client has to send a request's body.
+    #[arg(long, default_value_t = 30, value_name = "SECONDS")]
+    body_timeout: u64,
     /// Seconds between maintenance passes (resuming the tasks of processes
     /// that died, failing tasks whose execution ended without ending them,
     /// correcting quota counters).
@@ -106,6 +112,8 @@ pub fn run(args: ServeArgs, data_dir: &Path, limits: Limits) -> Result<ExitCode>
     let server_limits = ServerLimits {
         max_connections: args.max_connections.max(1),
         max_in_flight: args.request_threads.max(1),
+        header_timeout: Duration::from_secs(args.header_timeout.max(1)),
+        body_timeout: Duration::from_secs(args.body_timeout.max(1)),
         ..ServerLimits::default()
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -115,7 +123,7 @@ pub fn run(args: ServeArgs, data_dir: &Path, limits: Limits) -> Result<ExitCode>
         .build()
         .context("starting the server's runtime")?;
     let listener = runtime
-        .block_on(tokio::net::TcpListener::bind(args.listen))
+        .block_on(async { amistore_server::bind(args.listen) })
         .with_context(|| format!("cannot listen on {}", args.listen))?;
     log(json!({
         "event": "listening",

@@ -368,7 +368,9 @@ fn filters_are_bounded_in_number_and_length() {
         .map(|i| format!("&Filter.1.Value.{i}={}", hostile.replace('*', "%2A")))
         .collect();
     let xml = w
-        .call(&format!("Action=DescribeImages&{V}&Filter.1.Name=name{values}"))
+        .call(&format!(
+            "Action=DescribeImages&{V}&Filter.1.Name=name{values}"
+        ))
         .unwrap();
     assert!(xml.contains("<imagesSet/>"), "{xml}");
 }

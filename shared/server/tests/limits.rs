@@ -109,7 +109,7 @@ fn start(limits: Limits) -> Running {
         .build()
         .unwrap();
     let listener = runtime
-        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+        .block_on(async { amistore_server::bind("127.0.0.1:0".parse().unwrap()) })
         .unwrap();
     let addr = listener.local_addr().unwrap();
     let stats = Arc::new(Stats::default());
