@@ -717,6 +717,55 @@ fn a_server_stopped_with_sigterm_resumes_its_task_at_the_next_start() {
         "InProgress"
     );
     drop(server); // SIGTERM, and wait for the exit
+
+    // Between the two runs, the one-shot commands leave the server's task to
+    // the server: a describe changes nothing, and another store (which fails
+    // the tasks of dead one-shot commands) does not fail it either.
+    let state = |data: &Path| -> Value {
+        let out = ok_in(
+            &["describe-store-image-tasks", "--image-id", &ami],
+            Some(data),
+        );
+        serde_json::from_str::<Value>(&out).unwrap()["StoreImageTaskResults"][0]["StoreTaskState"]
+            .clone()
+    };
+    let described = amistore_in(&["describe-store-image-tasks"], Some(&data));
+    assert!(
+        !String::from_utf8_lossy(&described.stderr).contains("now Failed"),
+        "a describe failed the server's task"
+    );
+    assert_eq!(state(&data), "InProgress");
+    let other = image.dir.path().join("other.raw");
+    std::fs::write(&other, bytes(1 << 20, 7)).unwrap();
+    let other_ami = ok_in(
+        &[
+            "image",
+            "import",
+            "--name",
+            "other",
+            "--disk",
+            &format!("/dev/xvda={}", other.display()),
+        ],
+        Some(&data),
+    )
+    .trim()
+    .to_owned();
+    ok_in(
+        &[
+            "store-image",
+            "--image-id",
+            &other_ami,
+            "--bucket",
+            "bucket-a",
+        ],
+        Some(&data),
+    );
+    assert_eq!(
+        state(&data),
+        "InProgress",
+        "a one-shot store failed the server's task"
+    );
+
     let server = Server::start(&data, &[]);
     server.wait(&["wait", "store-image-task-complete", "--image-ids", &ami]);
     let tasks = server.json(&["describe-store-image-tasks", "--image-ids", &ami]);

@@ -406,11 +406,23 @@ fn a_store_killed_with_sigkill_is_failed_cleanly_at_the_next_start() {
         "the killed task still holds its quota"
     );
 
-    let out = amistore_in(&["describe-store-image-tasks"], Some(&data.path));
-    assert!(out.status.success());
+    // A describe only reads: the task is still in progress.
+    let described = |expect: &str| -> Value {
+        let out = amistore_in(&["describe-store-image-tasks"], Some(&data.path));
+        assert!(out.status.success());
+        let tasks: Value = serde_json::from_slice(&out.stdout).unwrap();
+        let t = tasks["StoreImageTaskResults"][0].clone();
+        assert_eq!(t["StoreTaskState"], expect, "{t}");
+        t
+    };
+    described("InProgress");
+    // The next command that starts a task fails the dead command's task.
+    let out = amistore_in(
+        &["store-image", "--image-id", &ami, "--bucket", "no-such-bucket"],
+        Some(&data.path),
+    );
     assert!(String::from_utf8_lossy(&out.stderr).contains("was interrupted"));
-    let tasks: Value = serde_json::from_slice(&out.stdout).unwrap();
-    let t = &tasks["StoreImageTaskResults"][0];
+    let t = &described("Failed");
     assert_eq!(t["AmiId"], ami.as_str());
     assert_eq!(t["StoreTaskState"], "Failed");
     assert!(

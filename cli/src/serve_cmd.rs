@@ -11,7 +11,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use amistore_api::service::{Credentials, HostPolicy, HttpRequest, HttpResponse, Outcome, Service};
-use amistore_local::embedded::{LocalEngine, LocalOptions, MAINTENANCE_GRACE_MS, Ports, Recovery};
+use amistore_local::embedded::{
+    LocalEngine, LocalOptions, MAINTENANCE_GRACE_MS, Ports, ProcessKind, Recovery,
+};
 use amistore_local::throttle::{Bandwidth, Throttled};
 use amistore_local::workflow::RunnerOptions;
 use amistore_server::{Handler, Limits as ServerLimits, Refusal, Stats};
@@ -91,6 +93,7 @@ pub fn run(args: ServeArgs, data_dir: &Path, limits: Limits) -> Result<ExitCode>
             max_executions: Some(args.max_concurrent_tasks.max(1)),
             ..RunnerOptions::default()
         },
+        process: ProcessKind::Server,
         ..LocalOptions::default()
     };
     let bandwidth = args.max_bandwidth.map(|m| Arc::new(Bandwidth::new(m)));

@@ -188,7 +188,23 @@ impl Opened {
     }
 }
 
-fn open(data_dir: &Path, limits: Limits, backend: &Backend, bar: Option<&Bar>) -> Result<Opened> {
+/// Whether a command may change the state of tasks it did not start.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Access {
+    /// It only reads (describe): it changes nothing.
+    ReadOnly,
+    /// It starts a task: first it fails the tasks of one-shot commands that
+    /// died (their quota would otherwise stay in use).
+    StartsTasks,
+}
+
+fn open(
+    data_dir: &Path,
+    limits: Limits,
+    backend: &Backend,
+    bar: Option<&Bar>,
+    access: Access,
+) -> Result<Opened> {
     let options = LocalOptions {
         limits: limits.quota(),
         ..LocalOptions::default()
@@ -200,10 +216,12 @@ fn open(data_dir: &Path, limits: Limits, backend: &Backend, bar: Option<&Bar>) -
     match backend.backend {
         BackendKind::Local => {
             let local = LocalEngine::open(data_dir, options, progress)?;
-            for task in local.recover(Recovery::Fail)? {
-                eprintln!(
-                    "amistore: task {task} was interrupted when its process stopped; it is now Failed"
-                );
+            if access == Access::StartsTasks {
+                for task in local.recover(Recovery::Fail)? {
+                    eprintln!(
+                        "amistore: task {task} was interrupted when its command stopped; it is now Failed"
+                    );
+                }
             }
             Ok(Opened::Local(local))
         }
@@ -242,7 +260,7 @@ pub fn store(
     quiet: bool,
 ) -> Result<ExitCode> {
     let mut bar = Bar::new("storing", quiet);
-    let opened = open(data_dir, limits, backend, Some(&bar))?;
+    let opened = open(data_dir, limits, backend, Some(&bar), Access::StartsTasks)?;
     let (local, account) = (opened.local(), opened.account());
     let image = local
         .engine
@@ -280,7 +298,7 @@ pub fn restore(
     quiet: bool,
 ) -> Result<ExitCode> {
     let mut bar = Bar::new("restoring", quiet);
-    let opened = open(data_dir, limits, backend, Some(&bar))?;
+    let opened = open(data_dir, limits, backend, Some(&bar), Access::StartsTasks)?;
     let (local, account) = (opened.local(), opened.account());
     let (image_tags, snapshot_tags): (Vec<_>, Vec<_>) =
         args.tags.into_iter().partition(|(i, _)| *i);
@@ -338,7 +356,7 @@ pub fn describe_store(
     limits: Limits,
     backend: &Backend,
 ) -> Result<ExitCode> {
-    let opened = open(data_dir, limits, backend, None)?;
+    let opened = open(data_dir, limits, backend, None, Access::ReadOnly)?;
     let (local, account) = (opened.local(), opened.account());
     let tasks = local
         .engine

@@ -53,6 +53,35 @@ pub struct LocalOptions {
     /// The work bucket, when the work store is not the data directory's (the
     /// CLI's AWS backend keeps plans in an S3 bucket).
     pub work_bucket: Option<BucketName>,
+    /// What kind of process this is, which decides who recovers its tasks
+    /// if it dies (see [`LocalEngine::recover`]).
+    pub process: ProcessKind,
+}
+
+/// Whether the task owned by lease `owner` was run by a one-shot command
+/// (tasks from before leases named their kind were).
+fn run_by_a_command(owner: Option<&str>) -> bool {
+    !owner.is_some_and(|o| o.starts_with(ProcessKind::Server.lease_prefix()))
+}
+
+/// The kinds of process that run tasks over a data directory.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum ProcessKind {
+    /// A one-shot command (`store-image`, `restore-image`): its tasks die
+    /// with it, and the next one-shot command that starts a task fails them.
+    #[default]
+    Command,
+    /// `amistore serve`: its tasks are resumed when a server starts again.
+    Server,
+}
+
+impl ProcessKind {
+    fn lease_prefix(self) -> &'static str {
+        match self {
+            ProcessKind::Command => "command-",
+            ProcessKind::Server => "server-",
+        }
+    }
 }
 
 /// The ports an engine works through; [`LocalEngine::open_with`] lets a caller
@@ -83,10 +112,10 @@ struct Lease {
 }
 
 impl Lease {
-    fn take(dir: &Path) -> Result<Self> {
+    fn take(dir: &Path, kind: ProcessKind) -> Result<Self> {
         crate::private::create_dir_all(dir)
             .map_err(|e| Error::io(format!("creating {}", dir.display()), e))?;
-        let id = unique_token()[..20].to_owned();
+        let id = format!("{}{}", kind.lease_prefix(), &unique_token()[..20]);
         let path = dir.join(format!("{id}.lock"));
         // Locked before it is visible under its name: a recover running in
         // another process must never find it unlocked (and remove it as the
@@ -212,7 +241,7 @@ impl LocalEngine {
             .and_then(|()| crate::private::restrict(data_dir))
             .map_err(|e| Error::io(format!("creating {}", data_dir.display()), e))?;
         let leases = data_dir.join("work/leases");
-        let lease = Lease::take(&leases)?;
+        let lease = Lease::take(&leases, options.process)?;
         let library = ImageLibrary::open(data_dir)?;
         let buckets = BucketStore::open(data_dir)?;
         let work = BucketStore::at(&data_dir.join("work"))?;
@@ -292,8 +321,11 @@ impl LocalEngine {
         Ok(self.engine.task(task)?)
     }
 
-    /// Finds in-progress tasks whose process died and resumes or fails them.
-    /// Returns them with what became of them.
+    /// Finds in-progress tasks whose process died and resumes or fails them;
+    /// returns them. [`Recovery::Resume`] (a server starting) takes every
+    /// orphan. [`Recovery::Fail`] (a one-shot command about to start a task)
+    /// takes only the orphans of one-shot commands: a stopped server's tasks
+    /// wait for the server, which resumes them.
     pub fn recover(&self, how: Recovery) -> Result<Vec<TaskId>> {
         let orphans: Vec<Task> = self
             .tasks
@@ -303,6 +335,9 @@ impl LocalEngine {
                 owner
                     .as_deref()
                     .is_none_or(|o| o != self.lease.id && !Lease::alive(&self.leases, o))
+            })
+            .filter(|(_, owner)| {
+                how == Recovery::Resume || run_by_a_command(owner.as_deref())
             })
             .map(|(task, _)| task)
             .collect();
@@ -405,7 +440,7 @@ mod tests {
     fn a_lease_is_never_seen_unlocked_while_it_is_taken() {
         let dir = tempfile::tempdir().unwrap();
         let leases = dir.path().join("leases");
-        Lease::take(&leases).unwrap();
+        Lease::take(&leases, ProcessKind::Server).unwrap();
         let stop = AtomicBool::new(false);
         // Stops the scanner however the scope ends (a failed assertion too).
         struct Stop<'a>(&'a AtomicBool);
@@ -427,7 +462,7 @@ mod tests {
             });
             let _stop = Stop(&stop);
             for _ in 0..3000 {
-                let lease = Lease::take(&leases).unwrap();
+                let lease = Lease::take(&leases, ProcessKind::Command).unwrap();
                 assert!(
                     lease.path.exists() && Lease::alive(&leases, &lease.id),
                     "a recover removed a live lease"
