@@ -418,7 +418,13 @@ fn a_store_killed_with_sigkill_is_failed_cleanly_at_the_next_start() {
     described("InProgress");
     // The next command that starts a task fails the dead command's task.
     let out = amistore_in(
-        &["store-image", "--image-id", &ami, "--bucket", "no-such-bucket"],
+        &[
+            "store-image",
+            "--image-id",
+            &ami,
+            "--bucket",
+            "no-such-bucket",
+        ],
         Some(&data.path),
     );
     assert!(String::from_utf8_lossy(&out.stderr).contains("was interrupted"));
@@ -481,5 +487,41 @@ fn a_store_killed_with_sigkill_resumes_where_it_stopped() {
     assert!(
         local.recover(Recovery::Resume).unwrap().is_empty(),
         "nothing left to recover"
+    );
+}
+
+/// `--endpoint` used to be ignored by the commands that cannot use it: `bucket
+/// create` made a bucket on this machine instead of the server's.
+#[test]
+fn commands_that_cannot_use_an_endpoint_refuse_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    for args in [
+        &[
+            "--endpoint",
+            "http://127.0.0.1:9",
+            "bucket",
+            "create",
+            "x-bucket",
+        ][..],
+        &["--endpoint", "http://127.0.0.1:9", "image", "list"],
+        &[
+            "--endpoint",
+            "http://127.0.0.1:9",
+            "archive",
+            "inspect",
+            "nothing.bin",
+        ],
+        &["--endpoint", "http://127.0.0.1:9", "serve"],
+    ] {
+        let err = fails_in(args, Some(&data));
+        assert!(
+            err.contains("cannot be used with `amistore"),
+            "{args:?}: {err}"
+        );
+    }
+    assert!(
+        !data.join("s3/x-bucket").exists(),
+        "a local bucket was made"
     );
 }

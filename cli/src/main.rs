@@ -80,8 +80,33 @@ fn data_dir(given: Option<PathBuf>) -> anyhow::Result<PathBuf> {
         })
 }
 
+/// The commands that work against a server; every other one refuses
+/// `--endpoint` rather than silently acting on this machine.
+fn refuse_endpoint(command: &Command, endpoint: Option<&String>) -> anyhow::Result<()> {
+    let name = match command {
+        Command::StoreImage(_) | Command::RestoreImage(_) | Command::DescribeStoreImageTasks(_) => {
+            return Ok(());
+        }
+        Command::Archive(_) => "archive (which works on local files)",
+        Command::Image(_) => "image (which manages this machine's image library)",
+        Command::Bucket(_) => "bucket (which manages this machine's buckets)",
+        Command::Serve(_) => "serve",
+    };
+    match endpoint {
+        Some(url) => anyhow::bail!(
+            "--endpoint {url} (or AMISTORE_ENDPOINT) cannot be used with `amistore {name}`; \
+             only store-image, restore-image and describe-store-image-tasks talk to a server"
+        ),
+        None => Ok(()),
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Err(err) = refuse_endpoint(&cli.command, cli.endpoint.as_ref()) {
+        eprintln!("amistore: error: {err:#}");
+        return ExitCode::from(2);
+    }
     let (quiet, limits, backend) = (cli.quiet, cli.limits, cli.backend);
     let result = match cli.command {
         Command::Archive(cmd) => archive_cmd::run(cmd, quiet),

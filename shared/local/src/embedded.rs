@@ -336,9 +336,7 @@ impl LocalEngine {
                     .as_deref()
                     .is_none_or(|o| o != self.lease.id && !Lease::alive(&self.leases, o))
             })
-            .filter(|(_, owner)| {
-                how == Recovery::Resume || run_by_a_command(owner.as_deref())
-            })
+            .filter(|(_, owner)| how == Recovery::Resume || run_by_a_command(owner.as_deref()))
             .map(|(task, _)| task)
             .collect();
         for task in &orphans {

@@ -42,6 +42,136 @@ pub fn present_blocks(file: &File, len: u64) -> std::io::Result<BlockRanges> {
     Ok(BlockRanges::from_unsorted(runs))
 }
 
+/// A file format that holds a disk image but is not one: archiving it as a
+/// raw disk would make its container the disk's contents (an AMI that never
+/// boots).
+struct Container {
+    /// What it is, for the message.
+    name: &'static str,
+    /// Where its signature is (negative: from the end of the file).
+    offset: i64,
+    signature: &'static [u8],
+    /// What to do instead: a command to run on the file, or advice.
+    instead: Instead,
+}
+
+enum Instead {
+    /// Run this, with the file's path (and for a conversion, the output's).
+    Run(&'static str),
+    Advice(&'static str),
+}
+
+/// qemu-img's `convert` reads all the disk formats; it keeps holes as holes.
+const CONVERT: Instead = Instead::Run("convert it to a raw disk first: qemu-img convert -O raw");
+
+const CONTAINERS: &[Container] = &[
+    Container {
+        name: "a qcow2 image",
+        offset: 0,
+        signature: b"QFI\xfb",
+        instead: CONVERT,
+    },
+    Container {
+        name: "a VMDK image",
+        offset: 0,
+        signature: b"KDMV",
+        instead: CONVERT,
+    },
+    Container {
+        name: "a VMDK descriptor",
+        offset: 0,
+        signature: b"# Disk DescriptorFile",
+        instead: CONVERT,
+    },
+    Container {
+        name: "a VHDX image",
+        offset: 0,
+        signature: b"vhdxfile",
+        instead: CONVERT,
+    },
+    Container {
+        name: "a VHD image",
+        offset: 0,
+        signature: b"conectix",
+        instead: CONVERT,
+    },
+    Container {
+        name: "a VHD image",
+        offset: -512,
+        signature: b"conectix",
+        instead: CONVERT,
+    },
+    Container {
+        name: "a VDI image",
+        offset: 0x40,
+        signature: b"\x7f\x10\xda\xbe",
+        instead: CONVERT,
+    },
+    Container {
+        name: "an ISO 9660 image",
+        offset: 0x8001,
+        signature: b"CD001",
+        instead: Instead::Advice(
+            "an ISO is installation media, not a disk: install from it onto a raw disk first",
+        ),
+    },
+    Container {
+        name: "a gzip file",
+        offset: 0,
+        signature: b"\x1f\x8b",
+        instead: Instead::Run("decompress it first: gunzip -k"),
+    },
+    Container {
+        name: "an xz file",
+        offset: 0,
+        signature: b"\xfd7zXZ\x00",
+        instead: Instead::Run("decompress it first: xz -dk"),
+    },
+    Container {
+        name: "a bzip2 file",
+        offset: 0,
+        signature: b"BZh",
+        instead: Instead::Run("decompress it first: bunzip2 -k"),
+    },
+    Container {
+        name: "a zip file",
+        offset: 0,
+        signature: b"PK\x03\x04",
+        instead: Instead::Run("unpack it first: unzip"),
+    },
+    Container {
+        name: "a zstd file (an amistore archive?)",
+        offset: 0,
+        signature: b"\x28\xb5\x2f\xfd",
+        instead: Instead::Advice(
+            "decompress it first (zstd -d), or restore an archive with restore-image or extract it with archive extract",
+        ),
+    },
+];
+
+/// The container format `file` (of `size` bytes) is in, if any.
+fn container_of(file: &File, size: u64) -> std::io::Result<Option<&'static Container>> {
+    for c in CONTAINERS {
+        let at = if c.offset < 0 {
+            match size.checked_sub(c.offset.unsigned_abs()) {
+                Some(at) => at,
+                None => continue,
+            }
+        } else {
+            c.offset as u64
+        };
+        if at + c.signature.len() as u64 > size {
+            continue;
+        }
+        let mut buf = vec![0u8; c.signature.len()];
+        file.read_exact_at(&mut buf, at)?;
+        if buf == c.signature {
+            return Ok(Some(c));
+        }
+    }
+    Ok(None)
+}
+
 /// A raw disk file opened for archiving: its size, present blocks and handle.
 #[derive(Debug)]
 pub struct RawDisk {
@@ -70,6 +200,28 @@ impl RawDisk {
             )));
         }
         let size = meta.len();
+        // Before the size rule: padding a container to 512 KiB must not make
+        // it acceptable.
+        let container = container_of(&file, size)
+            .map_err(|e| Error::io(format!("reading {}", path.display()), e))?;
+        if let Some(c) = container {
+            let shown = path.display();
+            let command = match c.instead {
+                Instead::Run(run) if run.contains("qemu-img") => {
+                    let mut out = path.with_extension("raw");
+                    if out == path {
+                        out = path.with_extension("converted.raw");
+                    }
+                    format!("{run} {shown} {}", out.display())
+                }
+                Instead::Run(run) => format!("{run} {shown}"),
+                Instead::Advice(advice) => advice.to_owned(),
+            };
+            return Err(Error::InvalidInput(format!(
+                "{shown} is {}, not a raw disk; {command}",
+                c.name
+            )));
+        }
         if size == 0 || size % BLOCK_SIZE != 0 {
             return Err(Error::InvalidInput(format!(
                 "disk {} is {size} bytes, not a positive multiple of 512 KiB (524288 bytes); \
