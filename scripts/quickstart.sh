@@ -10,7 +10,12 @@
 # from tests/requirements.txt if missing).
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
-disk=${1:?usage: scripts/quickstart.sh DISK.raw [DATA_DIR]}
+disk=${1:?usage: scripts/quickstart.sh DISK.raw [DATA_DIR]  (make one: truncate -s 1G root.raw)}
+# Before building: a mistyped path should not cost a build.
+if [ ! -f "$disk" ]; then
+  echo "quickstart: $disk is not a file; make a raw disk with: truncate -s 1G $disk" >&2
+  exit 2
+fi
 data=${2:-$(mktemp -d /tmp/amistore-quickstart.XXXXXX)}
 cargo build --release --quiet --manifest-path "$root/Cargo.toml" -p amistore
 bin=${CARGO_TARGET_DIR:-$root/target}/release/amistore

@@ -262,6 +262,22 @@ fn the_aws_cli_stores_waits_describes_restores_and_waits_for_the_image() {
         .to_owned();
     let snaps = server.json(&["describe-snapshots", "--snapshot-ids", &snapshot]);
     assert_eq!(snaps["Snapshots"][0]["State"], "completed");
+    // EC2's timestamps carry milliseconds; an untagged resource has no Tags.
+    for stamp in [
+        &images["Images"][0]["CreationDate"],
+        &snaps["Snapshots"][0]["StartTime"],
+    ] {
+        let stamp = stamp.as_str().unwrap();
+        assert!(
+            stamp.len() == 24 && stamp.ends_with('Z') && stamp.as_bytes()[19] == b'.',
+            "{stamp} is not YYYY-MM-DDTHH:MM:SS.mmmZ"
+        );
+    }
+    assert!(
+        snaps["Snapshots"][0].get("Tags").is_none(),
+        "an untagged snapshot shows Tags: {}",
+        snaps["Snapshots"][0]
+    );
 
     let out = image.dir.path().join("exported");
     let files = local(&["image", "export", &new, "--out", s(&out)]);

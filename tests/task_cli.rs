@@ -525,3 +525,14 @@ fn commands_that_cannot_use_an_endpoint_refuse_it() {
         "a local bucket was made"
     );
 }
+
+/// JSON output is shaped and indented as `aws --output json` prints it.
+#[test]
+fn json_output_is_indented_as_the_aws_cli_indents_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = ok_in(
+        &["describe-store-image-tasks"],
+        Some(&dir.path().join("data")),
+    );
+    assert_eq!(out, "{\n    \"StoreImageTaskResults\": []\n}\n");
+}

@@ -148,7 +148,7 @@ pub fn run(cmd: ArchiveCommand, quiet: bool) -> Result<ExitCode> {
         ArchiveCommand::Inspect { file, json } => {
             let summary = archive_file::summary(&file)?;
             if json {
-                println!("{}", serde_json::to_string_pretty(&summary)?);
+                crate::output::print_json(&summary)?;
             } else {
                 print_summary(&summary);
             }

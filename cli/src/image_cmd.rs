@@ -45,7 +45,7 @@ pub fn run(cmd: ImageCommand, data_dir: &Path) -> Result<ExitCode> {
         ImageCommand::List { json } => {
             let images = library.list(&owner)?;
             if json {
-                println!("{}", serde_json::to_string_pretty(&images)?);
+                crate::output::print_json(&images)?;
             } else {
                 print_table(&images);
             }

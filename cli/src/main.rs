@@ -6,6 +6,7 @@ mod archive_cmd;
 mod aws_backend;
 mod bucket_cmd;
 mod image_cmd;
+mod output;
 mod progress;
 mod remote;
 mod serve_cmd;

@@ -14,10 +14,22 @@ pub struct Bar {
 impl Bar {
     /// A bar labelled `what`; it appears once the total is known.
     pub fn new(what: &'static str, quiet: bool) -> Self {
-        let bar = ProgressBar::hidden();
-        if let Ok(style) = ProgressStyle::with_template(
+        Self::styled(
+            what,
+            quiet,
             "{msg:>10} [{bar:40}] {binary_bytes}/{binary_total_bytes} {binary_bytes_per_sec} eta {eta}",
-        ) {
+        )
+    }
+
+    /// A bar in percent (a server reports a task's progress as a percentage,
+    /// not bytes).
+    pub fn percent(what: &'static str, quiet: bool) -> Self {
+        Self::styled(what, quiet, "{msg:>10} [{bar:40}] {pos:>3}% eta {eta}")
+    }
+
+    fn styled(what: &'static str, quiet: bool, template: &str) -> Self {
+        let bar = ProgressBar::hidden();
+        if let Ok(style) = ProgressStyle::with_template(template) {
             bar.set_style(style.progress_chars("=> "));
         }
         bar.set_message(what);

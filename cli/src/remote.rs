@@ -140,7 +140,7 @@ impl Remote {
         let doc = self.call("CreateStoreImageTask", params)?;
         let key = text_of(&doc, "objectKey").context("the answer has no objectKey")?;
         if wait {
-            let mut bar = Bar::new("storing %", quiet);
+            let mut bar = Bar::percent("storing", quiet);
             self.wait(
                 "DescribeStoreImageTasks",
                 "storeImageTaskResultSet",
@@ -192,7 +192,7 @@ impl Remote {
         let doc = self.call("CreateRestoreImageTask", params)?;
         let image = text_of(&doc, "imageId").context("the answer has no imageId")?;
         if wait {
-            let mut bar = Bar::new("restoring %", quiet);
+            let mut bar = Bar::percent("restoring", quiet);
             self.wait(
                 "DescribeRestoreImageTasks",
                 "restoreImageTaskResultSet",
@@ -246,7 +246,7 @@ impl Remote {
         if let Some(t) = text_of(&doc, "nextToken") {
             out["NextToken"] = json!(t);
         }
-        println!("{}", serde_json::to_string_pretty(&out)?);
+        crate::output::print_json(&out)?;
         Ok(ExitCode::SUCCESS)
     }
 }

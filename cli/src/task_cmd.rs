@@ -32,7 +32,7 @@ pub struct Limits {
         long,
         global = true,
         env = "AMISTORE_STORE_LIMIT_GIB",
-        default_value_t = 600
+        default_value_t = 1_200
     )]
     store_limit_gib: u64,
     /// Admit restore tasks while fewer GiB than this are in progress.
@@ -40,7 +40,7 @@ pub struct Limits {
         long,
         global = true,
         env = "AMISTORE_RESTORE_LIMIT_GIB",
-        default_value_t = 300
+        default_value_t = 600
     )]
     restore_limit_gib: u64,
 }
@@ -380,6 +380,6 @@ pub fn describe_store(
     if let Some(token) = page.next_token {
         out["NextToken"] = json!(token);
     }
-    println!("{}", serde_json::to_string_pretty(&out)?);
+    crate::output::print_json(&out)?;
     Ok(ExitCode::SUCCESS)
 }

@@ -321,7 +321,7 @@ fn describe_images(engine: &Engine, account: &AccountId, mut p: Params) -> Resul
         b.text("imageId", i.image_id.as_str())
             .text("imageState", i.state.as_str())
             .text("imageOwnerId", i.owner_id.as_str())
-            .text("creationDate", &i.creation_date)
+            .text("creationDate", &with_millis(&i.creation_date))
             .text("isPublic", "false")
             .text("architecture", m.architecture.as_str())
             .text("imageType", "machine")
@@ -361,9 +361,13 @@ fn describe_images(engine: &Engine, account: &AccountId, mut p: Params) -> Resul
             }
             b.opt("virtualName", bdm.virtual_name.as_deref());
         });
-        b.list("tagSet", &m.tags, |b, t| {
-            b.text("key", t.key()).text("value", t.value());
-        });
+        // EC2 omits tagSet for an untagged resource (the AWS CLI then shows
+        // no "Tags", not "Tags": []).
+        if !m.tags.is_empty() {
+            b.list("tagSet", &m.tags, |b, t| {
+                b.text("key", t.key()).text("value", t.value());
+            });
+        }
         if let Some(reason) = &i.state_reason {
             b.element("stateReason", |b| {
                 b.text("code", "Client.RestoreFailed")
@@ -440,7 +444,7 @@ fn describe_snapshots(
         b.text("snapshotId", s.snapshot_id.as_str())
             .text("volumeId", "vol-ffffffff")
             .text("status", status)
-            .text("startTime", &image.creation_date)
+            .text("startTime", &with_millis(&image.creation_date))
             .text(
                 "progress",
                 if status == "completed" { "100%" } else { "0%" },
@@ -457,9 +461,11 @@ fn describe_snapshots(
                 &format!("{} of {}", s.device_name, image.image_id),
             )
             .text("encrypted", "false");
-        b.list("tagSet", &s.tags, |b, t| {
-            b.text("key", t.key()).text("value", t.value());
-        });
+        if !s.tags.is_empty() {
+            b.list("tagSet", &s.tags, |b, t| {
+                b.text("key", t.key()).text("value", t.value());
+            });
+        }
     });
     Ok(body)
 }
@@ -477,6 +483,15 @@ fn owned_images(
     } else {
         Vec::new()
     })
+}
+
+/// An RFC 3339 time as EC2 writes its timestamps: UTC with milliseconds
+/// (`2026-11-30T12:00:00.000Z`). Records keep seconds.
+fn with_millis(rfc3339: &str) -> String {
+    time::OffsetDateTime::parse(rfc3339, &time::format_description::well_known::Rfc3339)
+        .ok()
+        .map(|t| amistore_core::task::iso8601_millis((t.unix_timestamp_nanos() / 1_000_000) as i64))
+        .unwrap_or_else(|| rfc3339.to_owned())
 }
 
 /// Most filter values one request may give (EC2's documented

@@ -106,3 +106,15 @@ fn every_ending_of_a_store_at_once_in_random_orders_leaves_one_consistent_end() 
     );
     assert_eq!(runs, 12);
 }
+
+#[test]
+fn two_failures_of_a_restore_at_once_show_one_reason() {
+    let w = world(&format!(
+        "stored-{}",
+        &amistore_core::ids::unique_token()[..8]
+    ));
+    let account = &w.aws.ports.account;
+    let (bucket, key) = races::stored(&w.engine, account, &w.image, &w.bucket.parse().unwrap());
+    let name = format!("failed-{}", &amistore_core::ids::unique_token()[..8]);
+    races::two_failures_agree_on_one_reason(&w.engine, account, &bucket, &key, &name);
+}

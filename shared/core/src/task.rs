@@ -2,8 +2,9 @@
 //! records them, and the quota rules that admit them.
 //!
 //! Quota: per account and kind, the sum of the volume sizes (GiB) of tasks in
-//! progress. A task is admitted while that sum is *below* the limit (600 GiB for
-//! stores, 300 GiB for restores by default), so one task larger than the limit is
+//! progress. A task is admitted while that sum is *below* the limit (1,200 GiB
+//! for stores, 600 GiB for restores by default: EC2's current quotas, which were
+//! 600 and 300 until 2023), so one task larger than the limit is
 //! admitted when nothing else runs, and then blocks new tasks until it ends.
 
 use std::fmt;
@@ -192,8 +193,8 @@ pub struct QuotaLimits {
 impl Default for QuotaLimits {
     fn default() -> Self {
         Self {
-            store_gib: 600,
-            restore_gib: 300,
+            store_gib: 1_200,
+            restore_gib: 600,
         }
     }
 }
@@ -341,7 +342,8 @@ mod tests {
         assert_eq!(t.expires_at_ms(), RETENTION_MS);
         assert_eq!(TaskState::parse("InProgress"), Some(TaskState::InProgress));
         assert_eq!(TaskKind::parse("restore"), Some(TaskKind::Restore));
-        assert_eq!(QuotaLimits::default().for_kind(TaskKind::Restore), 300);
+        assert_eq!(QuotaLimits::default().for_kind(TaskKind::Store), 1_200);
+        assert_eq!(QuotaLimits::default().for_kind(TaskKind::Restore), 600);
         assert_eq!(
             iso8601_millis(1_609_462_861_001),
             "2021-01-01T01:01:01.001Z"

@@ -56,3 +56,16 @@ fn every_ending_of_a_store_at_once_in_random_orders_leaves_one_consistent_end() 
     );
     assert_eq!(runs, 40);
 }
+
+#[test]
+fn two_failures_of_a_restore_at_once_show_one_reason() {
+    let w = world();
+    let (image, _) = w.image("to restore");
+    let (bucket, key) = races::stored(
+        &w.local.engine,
+        &me(),
+        &image,
+        &w.bucket.to_string().parse().unwrap(),
+    );
+    races::two_failures_agree_on_one_reason(&w.local.engine, &me(), &bucket, &key, "failed twice");
+}

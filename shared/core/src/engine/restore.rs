@@ -176,6 +176,14 @@ impl Engine {
             Claim::Held(task) => task,
             Claim::Taken(_) => return Ok(false),
         };
+        // A second failure of the same task (a retry, or another unit's step
+        // failing at the same time) holds the same claim: the reason shown is
+        // the claim's, the one the task records, not this caller's.
+        let reason = task
+            .claim
+            .as_ref()
+            .and_then(|c| c.reason.clone())
+            .unwrap_or_else(|| reason.to_owned());
         // The image may have been registered just before a crash, before the
         // task learnt its id: the registration token finds it.
         let image = match &task.image_id {
@@ -190,7 +198,7 @@ impl Engine {
                 &task.account,
                 &image,
                 ResourceState::Failed,
-                Some(reason),
+                Some(&reason),
             )?,
             // No image: intake died after starting some snapshots, and
             // nothing else would ever delete them. A transient error is

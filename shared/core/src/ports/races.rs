@@ -41,6 +41,9 @@ pub struct Gates(Arc<(Mutex<GateState>, Condvar)>);
 #[derive(Default)]
 struct GateState {
     closed: BTreeSet<&'static str>,
+    /// Gates that park every caller in a queue, released one at a time:
+    /// (tickets handed out, tickets released).
+    queues: BTreeMap<&'static str, (usize, usize)>,
     forbidden: BTreeSet<&'static str>,
     waiting: BTreeMap<&'static str, usize>,
 }
@@ -49,6 +52,32 @@ impl Gates {
     /// From now on, calls of `method` wait at the gate.
     pub fn close(&self, method: &'static str) {
         self.0.0.lock().unwrap().closed.insert(method);
+    }
+
+    /// From now on, calls of `method` queue at the gate (several holders of
+    /// the same claim may); [`Gates::release_one`] lets them on in order.
+    pub fn queue(&self, method: &'static str) {
+        self.0.0.lock().unwrap().queues.insert(method, (0, 0));
+    }
+
+    /// Waits until `n` calls of `method` have queued.
+    pub fn wait_for_queued(&self, method: &'static str, n: usize) {
+        let (lock, wake) = &*self.0;
+        let (_state, waited) = wake
+            .wait_timeout_while(lock.lock().unwrap(), GATE_TIMEOUT, |s| {
+                s.queues.get(method).is_none_or(|q| q.0 < n)
+            })
+            .unwrap();
+        assert!(!waited.timed_out(), "{n} calls of {method} never queued");
+    }
+
+    /// Lets the next queued call of `method` go on.
+    pub fn release_one(&self, method: &'static str) {
+        let (lock, wake) = &*self.0;
+        if let Some(q) = lock.lock().unwrap().queues.get_mut(method) {
+            q.1 += 1;
+        }
+        wake.notify_all();
     }
 
     /// Waits until a call of `method` is parked at its gate; panics if none
@@ -94,6 +123,17 @@ impl Gates {
             drop(state);
             wake.notify_all();
             panic!("{method} was called while the other side held the task's end");
+        }
+        if let Some(q) = state.queues.get_mut(method) {
+            let ticket = q.0;
+            q.0 += 1;
+            wake.notify_all();
+            let _released = wake
+                .wait_while(state, |s| {
+                    s.queues.get(method).is_some_and(|q| q.1 <= ticket)
+                })
+                .unwrap();
+            return;
         }
         if !state.closed.contains(method) {
             return;
@@ -557,6 +597,69 @@ pub fn fail_against_finalize_restore(
     });
     restore_invariants(&r, &task, gib);
     assert_eq!(r.task(&task).state, TaskState::Completed);
+}
+
+/// Two failures of one restore at once (another unit's step failing while
+/// the first failure is making its side effects): both hold the same claim,
+/// and the image shows the reason the task records, the first one.
+pub fn two_failures_agree_on_one_reason(
+    base: &Engine,
+    account: &AccountId,
+    bucket: &BucketName,
+    key: &ObjectKey,
+    name: &str,
+) {
+    let r = Racer::over(base);
+    let task = r
+        .engine
+        .create_restore_task(
+            account,
+            &RestoreRequest {
+                bucket: bucket.clone(),
+                key: key.clone(),
+                name: Some(name.parse().unwrap()),
+                image_tags: vec![],
+                snapshot_tags: vec![],
+            },
+        )
+        .unwrap();
+    r.transfer(TaskKind::Restore, &task.id);
+    // Both claim while neither has ended; the first marks the image failed
+    // and ends the task, then the second marks the image.
+    r.gates.queue("set_image_state");
+    std::thread::scope(|s| {
+        let first = s.spawn(|| {
+            r.engine
+                .fail_restore(&task.id, "unit 0: the first failure", FailedBy::Workflow)
+        });
+        r.gates.wait_for_queued("set_image_state", 1);
+        let second = s.spawn(|| {
+            r.engine
+                .fail_restore(&task.id, "unit 2: task is ending", FailedBy::Workflow)
+        });
+        r.gates.wait_for_queued("set_image_state", 2);
+        r.gates.release_one("set_image_state");
+        first.join().unwrap().unwrap();
+        r.gates.release_one("set_image_state");
+        second.join().unwrap().unwrap();
+    });
+    let t = r.task(&task.id);
+    assert_eq!(t.state, TaskState::Failed);
+    assert_eq!(
+        t.failure_reason.as_deref(),
+        Some("unit 0: the first failure")
+    );
+    let image = r
+        .engine
+        .catalog
+        .describe_image(account, t.image_id.as_ref().unwrap())
+        .unwrap();
+    assert_eq!(image.state, ResourceState::Failed);
+    assert_eq!(
+        image.state_reason.as_deref(),
+        Some("unit 0: the first failure"),
+        "the image shows another reason than its task"
+    );
 }
 
 /// A small deterministic generator (xorshift), for interleavings.
