@@ -279,6 +279,52 @@ fn the_aws_cli_stores_waits_describes_restores_and_waits_for_the_image() {
         snaps["Snapshots"][0]
     );
 
+    // Every parameter the CLI sends for these actions is understood: the
+    // owner and restorable-by scopes, filters, and pages (the CLI follows
+    // NextToken itself, so one item per page still lists them all).
+    let all_images = server.json(&["describe-images"]);
+    let count = all_images["Images"].as_array().unwrap().len();
+    assert!(count >= 2, "{all_images}");
+    for args in [
+        &["describe-images", "--page-size", "1"][..],
+        &["describe-images", "--owners", "self", "--include-deprecated", "--include-disabled"],
+        &["describe-images", "--executable-users", "self"],
+    ] {
+        let listed = server.json(args);
+        assert_eq!(listed["Images"].as_array().unwrap().len(), count, "{args:?}: {listed}");
+    }
+    let none = server.json(&["describe-images", "--executable-users", "all"]);
+    assert_eq!(none["Images"].as_array().unwrap().len(), 0, "{none}");
+    let named = server.json(&[
+        "describe-images",
+        "--filters",
+        "Name=name,Values=aws cli restored",
+        "Name=block-device-mapping.snapshot-id,Values=snap-*",
+    ]);
+    assert_eq!(named["Images"][0]["ImageId"], new.as_str(), "{named}");
+    let all_snaps = server.json(&["describe-snapshots", "--owner-ids", "self"]);
+    let snap_count = all_snaps["Snapshots"].as_array().unwrap().len();
+    assert!(snap_count >= 3, "{all_snaps}");
+    for args in [
+        &["describe-snapshots"][..],
+        &["describe-snapshots", "--page-size", "5"],
+        &["describe-snapshots", "--restorable-by-user-ids", "self"],
+        &["describe-snapshots", "--filters", "Name=status,Values=completed"],
+    ] {
+        let listed = server.json(args);
+        assert_eq!(
+            listed["Snapshots"].as_array().unwrap().len(),
+            snap_count,
+            "{args:?}: {listed}"
+        );
+    }
+    let one = server.json(&[
+        "describe-snapshots",
+        "--filters",
+        &format!("Name=snapshot-id,Values={snapshot}"),
+    ]);
+    assert_eq!(one["Snapshots"].as_array().unwrap().len(), 1, "{one}");
+
     let out = image.dir.path().join("exported");
     let files = local(&["image", "export", &new, "--out", s(&out)]);
     for ((_, src), got) in image.disks.iter().zip(files.lines()) {

@@ -275,18 +275,29 @@ fn describe_images(engine: &Engine, account: &AccountId, mut p: Params) -> Resul
         .map(|i| image_id(i))
         .collect::<Result<Vec<_>, _>>()?;
     let owners = p.list("Owner")?;
+    let executable_by = p.list("ExecutableBy")?;
+    // No image here is ever deprecated or disabled: both are accepted and
+    // change nothing.
+    let _ = p.opt_bool("IncludeDeprecated")?;
+    let _ = p.opt_bool("IncludeDisabled")?;
+    let max_results = page_size(&mut p, 1)?;
+    let next_token = p.opt("NextToken");
     let filters = filters(&mut p)?;
     if let Some((name, _)) = filters
         .iter()
-        .find(|(name, _)| !(name == "name" || name == "state" || name.starts_with("tag:")))
+        .find(|(name, _)| image_attribute_names(name).is_none())
     {
         return Err(ApiError::new(
             "InvalidParameterValue",
-            format!("The filter '{name}' is invalid; supported: name, state, tag:KEY"),
+            format!("The filter '{name}' is invalid"),
         ));
     }
     finish(p)?;
-    let images = owned_images(engine, account, &owners)?;
+    let mut images = owned_images(engine, account, &owners)?;
+    // An image here can be launched by its owner only.
+    if !executable_by.is_empty() && !executable_by.iter().any(|e| is_self(e, account)) {
+        images.clear();
+    }
     if let Some(missing) = ids
         .iter()
         .find(|id| !images.iter().any(|i| i.image_id == **id))
@@ -296,25 +307,27 @@ fn describe_images(engine: &Engine, account: &AccountId, mut p: Params) -> Resul
             format!("The image id '[{missing}]' does not exist"),
         ));
     }
-    let shown: Vec<_> = images
+    let mut matching: Vec<_> = images
         .into_iter()
         .filter(|i| ids.is_empty() || ids.contains(&i.image_id))
-        .filter(|i| {
-            filters.iter().all(|(name, values)| {
-                let actual: Option<&str> = match name.as_str() {
-                    "name" => Some(i.metadata.name.as_str()),
-                    "state" => Some(i.state.as_str()),
-                    tag => i
-                        .metadata
-                        .tags
-                        .iter()
-                        .find(|t| Some(t.key()) == tag.strip_prefix("tag:"))
-                        .map(|t| t.value()),
-                };
-                actual.is_some_and(|a| values.iter().any(|v| wildcard(v, a)))
-            })
-        })
+        .filter(|i| matches_filters(&filters, |name| image_attribute(i, name)))
         .collect();
+    matching.sort_by(|a, b| a.image_id.cmp(&b.image_id));
+    let (shown, next) = paged(
+        engine,
+        account,
+        "DescribeImages",
+        &[
+            &ids.iter().map(|i| i.to_string()).collect::<Vec<_>>(),
+            &owners,
+            &executable_by,
+        ],
+        &filters,
+        matching,
+        |i| i.image_id.to_string(),
+        max_results,
+        next_token.as_deref(),
+    )?;
     let mut body = Body::new();
     body.list("imagesSet", &shown, |b, i| {
         let m = &i.metadata;
@@ -375,6 +388,7 @@ fn describe_images(engine: &Engine, account: &AccountId, mut p: Params) -> Resul
             });
         }
     });
+    body.opt("nextToken", next.as_deref());
     Ok(body)
 }
 
@@ -397,26 +411,36 @@ fn deregister_image(engine: &Engine, account: &AccountId, mut p: Params) -> Resu
     Ok(body)
 }
 
-/// DescribeSnapshots over the snapshots of the caller's images (`SnapshotId.N`,
-/// `Owner.N`); states as EC2 spells them for snapshots.
+/// DescribeSnapshots over the snapshots of the caller's images: `SnapshotId.N`,
+/// `Owner.N`, `RestorableBy.N`, filters, pages; states as EC2 spells them
+/// for snapshots.
 fn describe_snapshots(
     engine: &Engine,
     account: &AccountId,
     mut p: Params,
 ) -> Result<Body, ApiError> {
     let ids = p.list("SnapshotId")?;
-    let owners = p.list("OwnerId")?;
-    // Accepted for the CLI's paginator; one page holds everything.
-    let _ = p.opt_u32("MaxResults")?;
-    if let Some(token) = p.opt("NextToken") {
+    let owners = p.list("Owner")?;
+    let restorable_by = p.list("RestorableBy")?;
+    let max_results = page_size(&mut p, 5)?;
+    let next_token = p.opt("NextToken");
+    let filters = filters(&mut p)?;
+    if let Some((name, _)) = filters
+        .iter()
+        .find(|(name, _)| snapshot_attribute_names(name).is_none())
+    {
         return Err(ApiError::new(
-            "InvalidNextToken",
-            format!("The token '{token}' is invalid"),
+            "InvalidParameterValue",
+            format!("The filter '{name}' is invalid"),
         ));
     }
     finish(p)?;
-    let images = owned_images(engine, account, &owners)?;
-    let snapshots: Vec<(
+    let mut images = owned_images(engine, account, &owners)?;
+    // A snapshot here can be restored from by its owner only.
+    if !restorable_by.is_empty() && !restorable_by.iter().any(|r| is_self(r, account)) {
+        images.clear();
+    }
+    let mut snapshots: Vec<(
         &amistore_core::ports::Image,
         &amistore_core::ports::Snapshot,
     )> = images
@@ -434,13 +458,23 @@ fn describe_snapshots(
             format!("The snapshot '{missing}' does not exist."),
         ));
     }
+    snapshots
+        .retain(|(image, s)| matches_filters(&filters, |name| snapshot_attribute(image, s, name)));
+    snapshots.sort_by(|a, b| a.1.snapshot_id.cmp(&b.1.snapshot_id));
+    let (snapshots, next) = paged(
+        engine,
+        account,
+        "DescribeSnapshots",
+        &[&ids, &owners, &restorable_by],
+        &filters,
+        snapshots,
+        |(_, s)| s.snapshot_id.to_string(),
+        max_results,
+        next_token.as_deref(),
+    )?;
     let mut body = Body::new();
     body.list("snapshotSet", &snapshots, |b, (image, s)| {
-        let status = match s.state {
-            ResourceState::Pending => "pending",
-            ResourceState::Available => "completed",
-            ResourceState::Failed => "error",
-        };
+        let status = snapshot_status(s.state);
         b.text("snapshotId", s.snapshot_id.as_str())
             .text("volumeId", "vol-ffffffff")
             .text("status", status)
@@ -467,7 +501,236 @@ fn describe_snapshots(
             });
         }
     });
+    body.opt("nextToken", next.as_deref());
     Ok(body)
+}
+
+/// Whether `who` (an `Owner`, `ExecutableBy` or `RestorableBy` value) names
+/// the caller.
+fn is_self(who: &str, account: &AccountId) -> bool {
+    who == "self" || who == account.as_str()
+}
+
+/// `MaxResults`: at least `min`; above 1,000 only 1,000 are returned (as EC2
+/// does). Without it, everything is one page.
+fn page_size(p: &mut Params, min: u32) -> Result<usize, ApiError> {
+    match p.opt_u32("MaxResults")? {
+        Some(n) if n < min => Err(ApiError::invalid(
+            "MaxResults",
+            format!("{n} is below {min}"),
+        )),
+        Some(n) => Ok(n.min(1_000) as usize),
+        None => Ok(usize::MAX),
+    }
+}
+
+/// One page of `items` (sorted by `key`) and the next page's token, bound to
+/// the caller and to everything in the query but the page size.
+#[allow(clippy::too_many_arguments)]
+fn paged<T>(
+    engine: &Engine,
+    account: &AccountId,
+    action: &str,
+    lists: &[&Vec<String>],
+    filters: &[(String, Vec<String>)],
+    items: Vec<T>,
+    key: impl Fn(&T) -> String,
+    limit: usize,
+    token: Option<&str>,
+) -> Result<(Vec<T>, Option<String>), ApiError> {
+    let mut query: Vec<String> = vec![action.to_owned()];
+    for list in lists {
+        query.push(list.join("\u{1}"));
+    }
+    for (name, values) in filters {
+        query.push(format!("{name}\u{2}{}", values.join("\u{1}")));
+    }
+    let parts: Vec<&str> = query.iter().map(String::as_str).collect();
+    amistore_core::engine::describe::page(
+        &engine.config.token_key,
+        account,
+        &parts,
+        items,
+        key,
+        limit,
+        token,
+    )
+    .map_err(|e| match e {
+        CoreError::InvalidToken(m) => ApiError::new("InvalidNextToken", m),
+        other => other.into(),
+    })
+}
+
+/// Whether a resource passes every filter: values of one filter are ORed
+/// (with wildcards), filters are ANDed; `attribute` gives a filter's values
+/// on the resource (several for tags and block device mappings).
+fn matches_filters(
+    filters: &[(String, Vec<String>)],
+    attribute: impl Fn(&str) -> Vec<String>,
+) -> bool {
+    filters.iter().all(|(name, patterns)| {
+        attribute(name)
+            .iter()
+            .any(|actual| patterns.iter().any(|p| wildcard(p, actual)))
+    })
+}
+
+/// DescribeImages' filters, as EC2 names them.
+const IMAGE_FILTERS: &[&str] = &[
+    "architecture",
+    "block-device-mapping.delete-on-termination",
+    "block-device-mapping.device-name",
+    "block-device-mapping.snapshot-id",
+    "block-device-mapping.volume-size",
+    "block-device-mapping.volume-type",
+    "block-device-mapping.encrypted",
+    "boot-mode",
+    "creation-date",
+    "description",
+    "ena-support",
+    "image-id",
+    "image-type",
+    "is-public",
+    "name",
+    "owner-id",
+    "platform",
+    "root-device-name",
+    "root-device-type",
+    "state",
+    "state-reason-message",
+    "tag-key",
+    "tpm-support",
+    "virtualization-type",
+];
+
+fn image_attribute_names(name: &str) -> Option<()> {
+    (IMAGE_FILTERS.contains(&name) || name.starts_with("tag:")).then_some(())
+}
+
+/// The values image `i` has for filter `name`.
+fn image_attribute(i: &amistore_core::ports::Image, name: &str) -> Vec<String> {
+    let m = &i.metadata;
+    let one = |v: &str| vec![v.to_owned()];
+    let ebs = || {
+        m.block_device_mappings
+            .iter()
+            .filter_map(|b| b.ebs.as_ref().map(|e| (b, e)))
+    };
+    match name {
+        "architecture" => one(m.architecture.as_str()),
+        "block-device-mapping.delete-on-termination" => ebs()
+            .map(|(_, e)| e.delete_on_termination.to_string())
+            .collect(),
+        "block-device-mapping.device-name" => m
+            .block_device_mappings
+            .iter()
+            .map(|b| b.device_name.to_string())
+            .collect(),
+        "block-device-mapping.snapshot-id" => ebs()
+            .filter_map(|(_, e)| e.disk.and_then(|d| i.snapshots.get(d)))
+            .map(|s| s.snapshot_id.to_string())
+            .collect(),
+        "block-device-mapping.volume-size" => {
+            ebs().map(|(_, e)| e.volume_size_gib.to_string()).collect()
+        }
+        "block-device-mapping.volume-type" => ebs()
+            .map(|(_, e)| e.volume_type.as_str().to_owned())
+            .collect(),
+        "block-device-mapping.encrypted" => ebs().map(|(_, e)| e.encrypted.to_string()).collect(),
+        "boot-mode" => m.boot_mode.map(|b| one(b.as_str())).unwrap_or_default(),
+        "creation-date" => one(&with_millis(&i.creation_date)),
+        "description" => m.description.iter().cloned().collect(),
+        "ena-support" => one(if m.ena_support { "true" } else { "false" }),
+        "image-id" => one(i.image_id.as_str()),
+        "image-type" => one("machine"),
+        "is-public" => one("false"),
+        "name" => one(m.name.as_str()),
+        "owner-id" => one(i.owner_id.as_str()),
+        "platform" => vec![],
+        "root-device-name" => one(m.root_device_name.as_str()),
+        "root-device-type" => one("ebs"),
+        "state" => one(i.state.as_str()),
+        "state-reason-message" => i.state_reason.iter().cloned().collect(),
+        "tag-key" => m.tags.iter().map(|t| t.key().to_owned()).collect(),
+        "tpm-support" => m.tpm_support.iter().cloned().collect(),
+        "virtualization-type" => one(m.virtualization_type.as_str()),
+        tag => match tag.strip_prefix("tag:") {
+            Some(key) => m
+                .tags
+                .iter()
+                .filter(|t| t.key() == key)
+                .map(|t| t.value().to_owned())
+                .collect(),
+            None => vec![],
+        },
+    }
+}
+
+/// DescribeSnapshots' filters, as EC2 names them.
+const SNAPSHOT_FILTERS: &[&str] = &[
+    "description",
+    "encrypted",
+    "owner-alias",
+    "owner-id",
+    "progress",
+    "snapshot-id",
+    "start-time",
+    "status",
+    "storage-tier",
+    "tag-key",
+    "transfer-type",
+    "volume-id",
+    "volume-size",
+];
+
+fn snapshot_attribute_names(name: &str) -> Option<()> {
+    (SNAPSHOT_FILTERS.contains(&name) || name.starts_with("tag:")).then_some(())
+}
+
+/// A snapshot's status as EC2 spells it.
+fn snapshot_status(state: ResourceState) -> &'static str {
+    match state {
+        ResourceState::Pending => "pending",
+        ResourceState::Available => "completed",
+        ResourceState::Failed => "error",
+    }
+}
+
+/// The values snapshot `s` (of image `image`) has for filter `name`.
+fn snapshot_attribute(
+    image: &amistore_core::ports::Image,
+    s: &amistore_core::ports::Snapshot,
+    name: &str,
+) -> Vec<String> {
+    let one = |v: &str| vec![v.to_owned()];
+    let status = snapshot_status(s.state);
+    match name {
+        "description" => one(&format!("{} of {}", s.device_name, image.image_id)),
+        "encrypted" => one("false"),
+        "owner-alias" => vec![],
+        "owner-id" => one(image.owner_id.as_str()),
+        "progress" => one(if status == "completed" { "100%" } else { "0%" }),
+        "snapshot-id" => one(s.snapshot_id.as_str()),
+        "start-time" => one(&with_millis(&image.creation_date)),
+        "status" => one(status),
+        "storage-tier" => one("standard"),
+        "tag-key" => s.tags.iter().map(|t| t.key().to_owned()).collect(),
+        "transfer-type" => one("standard"),
+        "volume-id" => one("vol-ffffffff"),
+        "volume-size" => one(&s
+            .volume_size
+            .div_ceil(amistore_core::image::GIB)
+            .to_string()),
+        tag => match tag.strip_prefix("tag:") {
+            Some(key) => s
+                .tags
+                .iter()
+                .filter(|t| t.key() == key)
+                .map(|t| t.value().to_owned())
+                .collect(),
+            None => vec![],
+        },
+    }
 }
 
 /// The caller's images, if `owners` (an `Owner.N` list) includes the caller

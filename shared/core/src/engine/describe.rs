@@ -234,9 +234,134 @@ pub fn describe(
     })
 }
 
+/// What a token of [`page`] remembers: the query's fingerprint and the key of
+/// the last item shown.
+#[derive(Serialize, Deserialize)]
+struct After {
+    q: String,
+    k: String,
+}
+
+/// One page of `items` (sorted by `key`, ascending), after the item a
+/// `next_token` names, at most `limit` long; and the token for the next page.
+/// Tokens are sealed like the tasks' (MACed over `account` and `query`, the
+/// fingerprint of everything but the page size), so a forged token, or one
+/// from another account or query, is refused.
+pub fn page<T>(
+    key: &[u8; 32],
+    account: &AccountId,
+    query: &[&str],
+    items: Vec<T>,
+    item_key: impl Fn(&T) -> String,
+    limit: usize,
+    next_token: Option<&str>,
+) -> Result<(Vec<T>, Option<String>)> {
+    let mut h = blake3::Hasher::new();
+    for part in query {
+        h.update(&(part.len() as u64).to_le_bytes());
+        h.update(part.as_bytes());
+    }
+    let fp = h.finalize().to_hex()[..32].to_owned();
+    let after: Option<After> = match next_token {
+        Some(token) => {
+            let bad =
+                || Error::InvalidToken(format!("the pagination token {token:?} is not valid"));
+            let (payload, tag) = token.split_once('.').ok_or_else(bad)?;
+            let expected = mac(key, account, payload);
+            if blake3::hash(expected.as_bytes()) != blake3::hash(tag.as_bytes()) {
+                return Err(bad());
+            }
+            let json = URL_SAFE_NO_PAD.decode(payload).map_err(|_| bad())?;
+            let after: After = serde_json::from_slice(&json).map_err(|_| bad())?;
+            if after.q != fp {
+                return Err(Error::InvalidToken(
+                    "the pagination token belongs to a different query".into(),
+                ));
+            }
+            Some(after)
+        }
+        None => None,
+    };
+    let mut rest = items
+        .into_iter()
+        .filter(|i| after.as_ref().is_none_or(|a| item_key(i) > a.k));
+    let shown: Vec<T> = rest.by_ref().take(limit.max(1)).collect();
+    let next = match (rest.next(), shown.last()) {
+        (Some(_), Some(last)) => {
+            let json = serde_json::to_string(&After {
+                q: fp,
+                k: item_key(last),
+            })
+            .map_err(|e| Error::InvalidInput(format!("token does not serialise: {e}")))?;
+            let payload = URL_SAFE_NO_PAD.encode(json);
+            Some(format!("{payload}.{}", mac(key, account, &payload)))
+        }
+        _ => None,
+    };
+    Ok((shown, next))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn pages_of_any_items_chain_and_their_tokens_are_bound() {
+        let key = [3u8; 32];
+        let me = AccountId::local_default();
+        let other: AccountId = "111122223333".parse().unwrap();
+        let items: Vec<String> = (0..7).map(|i| format!("item-{i}")).collect();
+        let mut seen = Vec::new();
+        let mut token = None;
+        loop {
+            let (shown, next) = page(
+                &key,
+                &me,
+                &["images", "q"],
+                items.clone(),
+                |i| i.clone(),
+                3,
+                token.as_deref(),
+            )
+            .unwrap();
+            seen.extend(shown);
+            match next {
+                Some(t) => token = Some(t),
+                None => break,
+            }
+        }
+        assert_eq!(seen, items);
+        let (_, t) = page(
+            &key,
+            &me,
+            &["images", "q"],
+            items.clone(),
+            |i| i.clone(),
+            3,
+            None,
+        )
+        .unwrap();
+        let t = t.unwrap();
+        for (account, query, token) in [
+            (&other, "q", t.as_str()),
+            (&me, "another query", t.as_str()),
+            (&me, "q", "forged.token"),
+        ] {
+            let refused = page(
+                &key,
+                account,
+                &["images", query],
+                items.clone(),
+                |i| i.clone(),
+                3,
+                Some(token),
+            );
+            assert!(
+                matches!(refused, Err(Error::InvalidToken(_))),
+                "{refused:?}"
+            );
+        }
+    }
 
     fn task(image: &ImageId, bucket: &str, state: TaskState, t: i64) -> Task {
         let mut task = Task::start(
