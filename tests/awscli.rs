@@ -287,11 +287,21 @@ fn the_aws_cli_stores_waits_describes_restores_and_waits_for_the_image() {
     assert!(count >= 2, "{all_images}");
     for args in [
         &["describe-images", "--page-size", "1"][..],
-        &["describe-images", "--owners", "self", "--include-deprecated", "--include-disabled"],
+        &[
+            "describe-images",
+            "--owners",
+            "self",
+            "--include-deprecated",
+            "--include-disabled",
+        ],
         &["describe-images", "--executable-users", "self"],
     ] {
         let listed = server.json(args);
-        assert_eq!(listed["Images"].as_array().unwrap().len(), count, "{args:?}: {listed}");
+        assert_eq!(
+            listed["Images"].as_array().unwrap().len(),
+            count,
+            "{args:?}: {listed}"
+        );
     }
     let none = server.json(&["describe-images", "--executable-users", "all"]);
     assert_eq!(none["Images"].as_array().unwrap().len(), 0, "{none}");
@@ -309,7 +319,11 @@ fn the_aws_cli_stores_waits_describes_restores_and_waits_for_the_image() {
         &["describe-snapshots"][..],
         &["describe-snapshots", "--page-size", "5"],
         &["describe-snapshots", "--restorable-by-user-ids", "self"],
-        &["describe-snapshots", "--filters", "Name=status,Values=completed"],
+        &[
+            "describe-snapshots",
+            "--filters",
+            "Name=status,Values=completed",
+        ],
     ] {
         let listed = server.json(args);
         assert_eq!(
@@ -725,6 +739,62 @@ fn the_amistore_cli_drives_a_server_with_endpoint() {
     let files = ok_in(&["image", "export", &new, "--out", s(&out)], Some(&data));
     same_file(&image.disks[0].1, Path::new(files.lines().next().unwrap()));
 
+    // The restore's task, then the image deregistered (its name is free
+    // again), all through the server, then the same locally.
+    let restores: Value = serde_json::from_str(&ok(client(
+        "test",
+        &["describe-restore-image-tasks", "--image-id", &new],
+    )))
+    .unwrap();
+    let r = &restores["RestoreImageTaskResults"][0];
+    assert_eq!(r["RestoreTaskState"], "Completed", "{restores}");
+    assert_eq!(r["ObjectKey"], key.as_str(), "{restores}");
+    ok(client("test", &["deregister-image", "--image-id", &new]));
+    let gone = server.aws_as("test", &["describe-images", "--image-ids", &new]);
+    assert!(!gone.status.success());
+    let again = ok(client(
+        "test",
+        &[
+            "restore-image",
+            "--bucket",
+            "bucket-a",
+            "--object-key",
+            &key,
+            "--name",
+            "client copy",
+            "--wait",
+        ],
+    ));
+    let local_restores: Value = serde_json::from_str(&ok_in(
+        &["describe-restore-image-tasks", "--image-id", &again],
+        Some(&data),
+    ))
+    .unwrap();
+    assert_eq!(
+        local_restores["RestoreImageTaskResults"][0]["RestoreTaskState"],
+        "Completed"
+    );
+    ok_in(&["deregister-image", "--image-id", &again], Some(&data));
+    assert!(
+        !server
+            .aws_as("test", &["describe-images", "--image-ids", &again])
+            .status
+            .success()
+    );
+    // Nothing to cancel: EC2's IncorrectState, through the server and here.
+    let nothing = client("test", &["cancel-store-image-task", "--image-id", &ami]);
+    assert!(!nothing.status.success());
+    assert!(
+        String::from_utf8_lossy(&nothing.stderr).contains("no store task"),
+        "{}",
+        String::from_utf8_lossy(&nothing.stderr)
+    );
+    let nothing = amistore_in(
+        &["cancel-store-image-task", "--image-id", &ami],
+        Some(&data),
+    );
+    assert!(!nothing.status.success());
+
     let denied = client("wrong", &["describe-store-image-tasks"]);
     assert!(!denied.status.success());
     assert!(String::from_utf8_lossy(&denied.stderr).contains("AuthFailure"));
@@ -741,6 +811,81 @@ fn the_amistore_cli_drives_a_server_with_endpoint() {
     assert!(!https.status.success());
     let err = String::from_utf8_lossy(&https.stderr);
     assert!(err.contains("must start with http://"), "{err}");
+}
+
+#[test]
+fn a_store_in_progress_is_cancelled_through_the_server_or_from_the_data_directory() {
+    let image = make_image();
+    let data = image.dir.path().join("data");
+    // 20 MiB of data at 2 MiB/s: the stores are still running when cancelled.
+    let disk = image.dir.path().join("slow.raw");
+    std::fs::write(&disk, bytes(20 << 20, 9)).unwrap();
+    let ami = ok_in(
+        &[
+            "image",
+            "import",
+            "--name",
+            "slow",
+            "--disk",
+            &format!("/dev/xvda={}", disk.display()),
+        ],
+        Some(&data),
+    )
+    .trim()
+    .to_owned();
+    for b in ["bucket-a", "bucket-b"] {
+        ok_in(&["bucket", "create", b], Some(&data));
+    }
+    let server = Server::start(&data, &["--max-bandwidth", "2"]);
+    let endpoint = format!("http://127.0.0.1:{}", server.port);
+    let client = |args: &[&str]| -> Output {
+        Command::new(env!("CARGO_BIN_EXE_amistore"))
+            .args(["--endpoint", &endpoint])
+            .args(args)
+            .env_remove("AMISTORE_DATA_DIR")
+            .env("AWS_ACCESS_KEY_ID", "test")
+            .env("AWS_SECRET_ACCESS_KEY", "test")
+            .output()
+            .unwrap()
+    };
+    for (bucket, through_server) in [("bucket-a", true), ("bucket-b", false)] {
+        let started = client(&["store-image", "--image-id", &ami, "--bucket", bucket]);
+        assert!(
+            started.status.success(),
+            "{}",
+            String::from_utf8_lossy(&started.stderr)
+        );
+        let args = [
+            "cancel-store-image-task",
+            "--image-id",
+            &ami,
+            "--bucket",
+            bucket,
+        ];
+        // From the data directory, another process's (the server's) task is
+        // cancelled the same way: the end is claimed in the shared database.
+        let out = if through_server {
+            client(&args)
+        } else {
+            amistore_in(&args, Some(&data))
+        };
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let cancelled: Value = serde_json::from_slice(&out.stdout).unwrap();
+        let t = &cancelled["StoreImageTaskResult"];
+        assert_eq!(t["StoreTaskState"], "Failed", "{cancelled}");
+        assert_eq!(t["StoreTaskFailureReason"], "cancelled", "{cancelled}");
+        assert!(
+            !data
+                .join("s3")
+                .join(bucket)
+                .join(format!("{ami}.bin"))
+                .exists()
+        );
+    }
 }
 
 #[test]

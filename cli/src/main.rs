@@ -15,6 +15,7 @@ mod task_cmd;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use amistore_core::task::TaskKind;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
@@ -71,6 +72,15 @@ enum Command {
     /// List store tasks of the last 31 days, newest first, as JSON shaped like
     /// the AWS CLI's output (DescribeStoreImageTasks).
     DescribeStoreImageTasks(task_cmd::DescribeArgs),
+    /// List restore tasks of the last 31 days, newest first
+    /// (DescribeRestoreImageTasks, amistore's extension).
+    DescribeRestoreImageTasks(task_cmd::DescribeArgs),
+    /// Cancel a store in progress: it ends Failed ("cancelled") and no object
+    /// appears (CancelStoreImageTask, amistore's extension).
+    CancelStoreImageTask(task_cmd::CancelArgs),
+    /// Deregister an AMI, with its snapshots (DeregisterImage); frees the name
+    /// of a failed restore's image.
+    DeregisterImage(task_cmd::DeregisterArgs),
 }
 
 fn data_dir(given: Option<PathBuf>) -> anyhow::Result<PathBuf> {
@@ -85,7 +95,12 @@ fn data_dir(given: Option<PathBuf>) -> anyhow::Result<PathBuf> {
 /// `--endpoint` rather than silently acting on this machine.
 fn refuse_endpoint(command: &Command, endpoint: Option<&String>) -> anyhow::Result<()> {
     let name = match command {
-        Command::StoreImage(_) | Command::RestoreImage(_) | Command::DescribeStoreImageTasks(_) => {
+        Command::StoreImage(_)
+        | Command::RestoreImage(_)
+        | Command::DescribeStoreImageTasks(_)
+        | Command::DescribeRestoreImageTasks(_)
+        | Command::CancelStoreImageTask(_)
+        | Command::DeregisterImage(_) => {
             return Ok(());
         }
         Command::Archive(_) => "archive (which works on local files)",
@@ -96,9 +111,25 @@ fn refuse_endpoint(command: &Command, endpoint: Option<&String>) -> anyhow::Resu
     match endpoint {
         Some(url) => anyhow::bail!(
             "--endpoint {url} (or AMISTORE_ENDPOINT) cannot be used with `amistore {name}`; \
-             only store-image, restore-image and describe-store-image-tasks talk to a server"
+             only the task commands (store-image, restore-image, describe-*-image-tasks, \
+             cancel-store-image-task, deregister-image) talk to a server"
         ),
         None => Ok(()),
+    }
+}
+
+fn describe(
+    args: task_cmd::DescribeArgs,
+    kind: TaskKind,
+    endpoint: Option<String>,
+    data_dir_arg: Option<PathBuf>,
+    limits: task_cmd::Limits,
+    backend: &task_cmd::Backend,
+) -> anyhow::Result<ExitCode> {
+    match &endpoint {
+        Some(url) => remote::Remote::new(url).and_then(|r| r.describe_tasks(args, kind)),
+        None => data_dir(data_dir_arg)
+            .and_then(|dir| task_cmd::describe_tasks(args, kind, &dir, limits, backend)),
     }
 }
 
@@ -129,10 +160,31 @@ fn main() -> ExitCode {
             None => data_dir(cli.data_dir)
                 .and_then(|dir| task_cmd::restore(args, &dir, limits, &backend, quiet)),
         },
-        Command::DescribeStoreImageTasks(args) => match &cli.endpoint {
-            Some(url) => remote::Remote::new(url).and_then(|r| r.describe_store(args)),
+        Command::DescribeStoreImageTasks(args) => describe(
+            args,
+            TaskKind::Store,
+            cli.endpoint,
+            cli.data_dir,
+            limits,
+            &backend,
+        ),
+        Command::DescribeRestoreImageTasks(args) => describe(
+            args,
+            TaskKind::Restore,
+            cli.endpoint,
+            cli.data_dir,
+            limits,
+            &backend,
+        ),
+        Command::CancelStoreImageTask(args) => match &cli.endpoint {
+            Some(url) => remote::Remote::new(url).and_then(|r| r.cancel_store(args)),
             None => data_dir(cli.data_dir)
-                .and_then(|dir| task_cmd::describe_store(args, &dir, limits, &backend)),
+                .and_then(|dir| task_cmd::cancel_store(args, &dir, limits, &backend)),
+        },
+        Command::DeregisterImage(args) => match &cli.endpoint {
+            Some(url) => remote::Remote::new(url).and_then(|r| r.deregister(args)),
+            None => data_dir(cli.data_dir)
+                .and_then(|dir| task_cmd::deregister(args, &dir, limits, &backend)),
         },
         Command::Serve(args) => {
             data_dir(cli.data_dir).and_then(|dir| serve_cmd::run(args, &dir, limits))

@@ -14,7 +14,10 @@ use anyhow::{Context, Result, anyhow, bail};
 use serde_json::{Value, json};
 
 use crate::progress::Bar;
-use crate::task_cmd::{DescribeArgs, RestoreArgs, StoreArgs};
+use crate::task_cmd::{
+    CancelArgs, DeregisterArgs, DescribeArgs, RestoreArgs, StoreArgs, results_name,
+};
+use amistore_core::task::TaskKind;
 use amistore_local::Progress;
 
 /// A server to send the task commands to.
@@ -206,7 +209,9 @@ impl Remote {
         Ok(ExitCode::SUCCESS)
     }
 
-    pub fn describe_store(&self, args: DescribeArgs) -> Result<ExitCode> {
+    /// DescribeStoreImageTasks or DescribeRestoreImageTasks, printed as the
+    /// AWS CLI prints them.
+    pub fn describe_tasks(&self, args: DescribeArgs, kind: TaskKind) -> Result<ExitCode> {
         let mut params = Vec::new();
         for (i, id) in args.image_ids.iter().enumerate() {
             params.push((format!("ImageId.{}", i + 1), id.to_string()));
@@ -223,30 +228,83 @@ impl Remote {
         if let Some(t) = &args.next_token {
             params.push(("NextToken".into(), t.clone()));
         }
-        let doc = self.call("DescribeStoreImageTasks", params)?;
-        let results: Vec<Value> = items(&doc, "storeImageTaskResultSet")
+        let (action, list) = match kind {
+            TaskKind::Store => ("DescribeStoreImageTasks", "storeImageTaskResultSet"),
+            TaskKind::Restore => ("DescribeRestoreImageTasks", "restoreImageTaskResultSet"),
+        };
+        let doc = self.call(action, params)?;
+        let results: Vec<Value> = items(&doc, list)
             .iter()
-            .map(|item| {
-                let field = |tag: &str| text_of(item, tag);
-                let mut v = json!({
-                    "AmiId": field("amiId"),
-                    "TaskStartTime": field("taskStartTime"),
-                    "Bucket": field("bucket"),
-                    "S3objectKey": field("s3objectKey"),
-                    "ProgressPercentage": field("progressPercentage").and_then(|p| p.parse::<u64>().ok()),
-                    "StoreTaskState": field("storeTaskState"),
-                });
-                if let Some(r) = field("storeTaskFailureReason") {
-                    v["StoreTaskFailureReason"] = json!(r);
-                }
-                v
-            })
+            .map(|item| task_from_xml(item, kind))
             .collect();
-        let mut out = json!({ "StoreImageTaskResults": results });
+        let mut out = json!({ results_name(kind): results });
         if let Some(t) = text_of(&doc, "nextToken") {
             out["NextToken"] = json!(t);
         }
         crate::output::print_json(&out)?;
         Ok(ExitCode::SUCCESS)
     }
+
+    /// CancelStoreImageTask; prints the task.
+    pub fn cancel_store(&self, args: CancelArgs) -> Result<ExitCode> {
+        let mut params = vec![("ImageId".to_owned(), args.image_id.to_string())];
+        if let Some(b) = &args.bucket {
+            params.push(("Bucket".into(), b.to_string()));
+        }
+        let doc = self.call("CancelStoreImageTask", params)?;
+        let item = items(&doc, "storeImageTaskResult")
+            .first()
+            .map(|s| s.to_string())
+            .unwrap_or(doc);
+        crate::output::print_json(
+            &json!({ "StoreImageTaskResult": task_from_xml(&item, TaskKind::Store) }),
+        )?;
+        Ok(ExitCode::SUCCESS)
+    }
+
+    /// DeregisterImage.
+    pub fn deregister(&self, args: DeregisterArgs) -> Result<ExitCode> {
+        self.call(
+            "DeregisterImage",
+            vec![("ImageId".into(), args.image_id.to_string())],
+        )?;
+        Ok(ExitCode::SUCCESS)
+    }
+}
+
+/// A describe item (or a cancel's result) as the AWS CLI prints it.
+fn task_from_xml(item: &str, kind: TaskKind) -> Value {
+    let (image, key, state, reason) = match kind {
+        TaskKind::Store => (
+            "amiId",
+            "s3objectKey",
+            "storeTaskState",
+            "storeTaskFailureReason",
+        ),
+        TaskKind::Restore => (
+            "imageId",
+            "objectKey",
+            "restoreTaskState",
+            "restoreTaskFailureReason",
+        ),
+    };
+    let field = |tag: &str| text_of(item, tag);
+    let upper = |tag: &str| {
+        let mut c = tag.chars();
+        c.next()
+            .map(|f| f.to_uppercase().collect::<String>() + c.as_str())
+            .unwrap_or_default()
+    };
+    let mut v = json!({
+        upper(image): field(image),
+        "TaskStartTime": field("taskStartTime"),
+        "Bucket": field("bucket"),
+        upper(key): field(key),
+        "ProgressPercentage": field("progressPercentage").and_then(|p| p.parse::<u64>().ok()),
+        upper(state): field(state),
+    });
+    if let Some(r) = field(reason) {
+        v[upper(reason)] = json!(r);
+    }
+    v
 }

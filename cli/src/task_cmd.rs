@@ -193,6 +193,9 @@ impl Opened {
 enum Access {
     /// It only reads (describe): it changes nothing.
     ReadOnly,
+    /// It changes one task or image it names (cancel, deregister), and no
+    /// other.
+    ChangesOne,
     /// It starts a task: first it fails the tasks of one-shot commands that
     /// died (their quota would otherwise stay in use).
     StartsTasks,
@@ -334,38 +337,60 @@ pub fn restore(
     Ok(ExitCode::SUCCESS)
 }
 
-/// A task as the AWS CLI prints a StoreImageTaskResult.
-pub fn store_task_json(task: &Task) -> Value {
+/// A task as the AWS CLI prints a describe item of its kind.
+pub fn task_json(task: &Task, kind: TaskKind) -> Value {
+    let (image, key, state, reason) = match kind {
+        TaskKind::Store => (
+            "AmiId",
+            "S3objectKey",
+            "StoreTaskState",
+            "StoreTaskFailureReason",
+        ),
+        TaskKind::Restore => (
+            "ImageId",
+            "ObjectKey",
+            "RestoreTaskState",
+            "RestoreTaskFailureReason",
+        ),
+    };
     let mut item = json!({
-        "AmiId": task.image_id.as_ref().map(|i| i.as_str()),
+        image: task.image_id.as_ref().map(|i| i.as_str()),
         "TaskStartTime": iso8601_millis(task.started_at_ms),
         "Bucket": task.bucket.as_str(),
-        "S3objectKey": task.key.as_str(),
+        key: task.key.as_str(),
         "ProgressPercentage": task.progress_percent(),
-        "StoreTaskState": task.state.as_str(),
+        state: task.state.as_str(),
     });
-    if let Some(reason) = &task.failure_reason {
-        item["StoreTaskFailureReason"] = json!(reason);
+    if let Some(r) = &task.failure_reason {
+        item[reason] = json!(r);
     }
     item
 }
 
-pub fn describe_store(
+/// The list a describe of `kind` answers with.
+pub fn results_name(kind: TaskKind) -> &'static str {
+    match kind {
+        TaskKind::Store => "StoreImageTaskResults",
+        TaskKind::Restore => "RestoreImageTaskResults",
+    }
+}
+
+/// DescribeStoreImageTasks or DescribeRestoreImageTasks over the data
+/// directory.
+pub fn describe_tasks(
     args: DescribeArgs,
+    kind: TaskKind,
     data_dir: &Path,
     limits: Limits,
     backend: &Backend,
 ) -> Result<ExitCode> {
     let opened = open(data_dir, limits, backend, None, Access::ReadOnly)?;
     let (local, account) = (opened.local(), opened.account());
-    let tasks = local
-        .engine
-        .tasks
-        .list(&account, TaskKind::Store, now_ms())?;
+    let tasks = local.engine.tasks.list(&account, kind, now_ms())?;
     let page = describe(
         &local.engine.config.token_key,
         &account,
-        TaskKind::Store,
+        kind,
         tasks,
         &DescribeQuery {
             image_ids: args.image_ids,
@@ -375,11 +400,64 @@ pub fn describe_store(
         },
     )?;
     let mut out = json!({
-        "StoreImageTaskResults": page.tasks.iter().map(store_task_json).collect::<Vec<_>>(),
+        results_name(kind): page.tasks.iter().map(|t| task_json(t, kind)).collect::<Vec<_>>(),
     });
     if let Some(token) = page.next_token {
         out["NextToken"] = json!(token);
     }
     crate::output::print_json(&out)?;
+    Ok(ExitCode::SUCCESS)
+}
+
+#[derive(Args)]
+pub struct CancelArgs {
+    /// The AMI whose store to cancel.
+    #[arg(long)]
+    pub image_id: ImageId,
+    /// The bucket of the store to cancel [default: the AMI's newest store in
+    /// progress].
+    #[arg(long)]
+    pub bucket: Option<BucketName>,
+}
+
+/// CancelStoreImageTask over the data directory: the task ends Failed
+/// ("cancelled"), its upload aborted; prints the task.
+pub fn cancel_store(
+    args: CancelArgs,
+    data_dir: &Path,
+    limits: Limits,
+    backend: &Backend,
+) -> Result<ExitCode> {
+    let opened = open(data_dir, limits, backend, None, Access::ChangesOne)?;
+    let (local, account) = (opened.local(), opened.account());
+    let task = local
+        .engine
+        .cancel_store(&account, &args.image_id, args.bucket.as_ref())?;
+    crate::output::print_json(
+        &json!({ "StoreImageTaskResult": task_json(&task, TaskKind::Store) }),
+    )?;
+    Ok(ExitCode::SUCCESS)
+}
+
+#[derive(Args)]
+pub struct DeregisterArgs {
+    /// The AMI to deregister (a failed restore's, say, to free its name).
+    #[arg(long)]
+    pub image_id: ImageId,
+}
+
+/// DeregisterImage over the data directory (its snapshots go with it).
+pub fn deregister(
+    args: DeregisterArgs,
+    data_dir: &Path,
+    limits: Limits,
+    backend: &Backend,
+) -> Result<ExitCode> {
+    let opened = open(data_dir, limits, backend, None, Access::ChangesOne)?;
+    let (local, account) = (opened.local(), opened.account());
+    local
+        .engine
+        .catalog
+        .deregister_image(&account, &args.image_id)?;
     Ok(ExitCode::SUCCESS)
 }
