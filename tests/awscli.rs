@@ -855,6 +855,12 @@ fn a_store_in_progress_is_cancelled_through_the_server_or_from_the_data_director
             "{}",
             String::from_utf8_lossy(&started.stderr)
         );
+        // The quota in use shows the store, through the server.
+        let quotas: Value =
+            serde_json::from_slice(&client(&["describe-task-quotas"]).stdout).unwrap();
+        assert_eq!(quotas["TaskQuotas"][0]["TaskType"], "store", "{quotas}");
+        assert_eq!(quotas["TaskQuotas"][0]["InProgressGiB"], 1, "{quotas}");
+        assert_eq!(quotas["TaskQuotas"][0]["LimitGiB"], 1200, "{quotas}");
         let args = [
             "cancel-store-image-task",
             "--image-id",
@@ -886,6 +892,13 @@ fn a_store_in_progress_is_cancelled_through_the_server_or_from_the_data_director
                 .exists()
         );
     }
+    // And back to 0, seen from the data directory.
+    let quotas: Value =
+        serde_json::from_str(&ok_in(&["describe-task-quotas"], Some(&data))).unwrap();
+    for q in quotas["TaskQuotas"].as_array().unwrap() {
+        assert_eq!(q["InProgressGiB"], 0, "{quotas}");
+    }
+    assert_eq!(quotas["TaskQuotas"][1]["LimitGiB"], 600, "{quotas}");
 }
 
 #[test]

@@ -81,6 +81,10 @@ enum Command {
     /// Deregister an AMI, with its snapshots (DeregisterImage); frees the name
     /// of a failed restore's image.
     DeregisterImage(task_cmd::DeregisterArgs),
+    /// Show the in-progress quotas of stores and restores: GiB in progress and
+    /// the limit new tasks are admitted below (DescribeTaskQuotas, amistore's
+    /// extension).
+    DescribeTaskQuotas,
 }
 
 fn data_dir(given: Option<PathBuf>) -> anyhow::Result<PathBuf> {
@@ -100,7 +104,8 @@ fn refuse_endpoint(command: &Command, endpoint: Option<&String>) -> anyhow::Resu
         | Command::DescribeStoreImageTasks(_)
         | Command::DescribeRestoreImageTasks(_)
         | Command::CancelStoreImageTask(_)
-        | Command::DeregisterImage(_) => {
+        | Command::DeregisterImage(_)
+        | Command::DescribeTaskQuotas => {
             return Ok(());
         }
         Command::Archive(_) => "archive (which works on local files)",
@@ -180,6 +185,11 @@ fn main() -> ExitCode {
             Some(url) => remote::Remote::new(url).and_then(|r| r.cancel_store(args)),
             None => data_dir(cli.data_dir)
                 .and_then(|dir| task_cmd::cancel_store(args, &dir, limits, &backend)),
+        },
+        Command::DescribeTaskQuotas => match &cli.endpoint {
+            Some(url) => remote::Remote::new(url).and_then(|r| r.describe_quotas()),
+            None => data_dir(cli.data_dir)
+                .and_then(|dir| task_cmd::describe_quotas(&dir, limits, &backend)),
         },
         Command::DeregisterImage(args) => match &cli.endpoint {
             Some(url) => remote::Remote::new(url).and_then(|r| r.deregister(args)),

@@ -15,7 +15,7 @@ use serde_json::{Value, json};
 
 use crate::progress::Bar;
 use crate::task_cmd::{
-    CancelArgs, DeregisterArgs, DescribeArgs, RestoreArgs, StoreArgs, results_name,
+    CancelArgs, DeregisterArgs, DescribeArgs, RestoreArgs, StoreArgs, quota_json, results_name,
 };
 use amistore_core::task::TaskKind;
 use amistore_local::Progress;
@@ -259,6 +259,28 @@ impl Remote {
         crate::output::print_json(
             &json!({ "StoreImageTaskResult": task_from_xml(&item, TaskKind::Store) }),
         )?;
+        Ok(ExitCode::SUCCESS)
+    }
+
+    /// DescribeTaskQuotas (amistore's extension).
+    pub fn describe_quotas(&self) -> Result<ExitCode> {
+        let doc = self.call("DescribeTaskQuotas", vec![])?;
+        let quotas: Vec<Value> = items(&doc, "taskQuotaSet")
+            .iter()
+            .map(|item| {
+                let number = |tag: &str| {
+                    text_of(item, tag)
+                        .and_then(|n| n.parse::<u64>().ok())
+                        .unwrap_or(0)
+                };
+                let kind = match text_of(item, "taskType").as_deref() {
+                    Some("restore") => TaskKind::Restore,
+                    _ => TaskKind::Store,
+                };
+                quota_json(kind, number("inProgressGiB"), number("limitGiB"))
+            })
+            .collect();
+        crate::output::print_json(&json!({ "TaskQuotas": quotas }))?;
         Ok(ExitCode::SUCCESS)
     }
 

@@ -461,3 +461,30 @@ pub fn deregister(
         .deregister_image(&account, &args.image_id)?;
     Ok(ExitCode::SUCCESS)
 }
+
+/// The quota a kind of task counts against, as JSON.
+pub fn quota_json(kind: TaskKind, in_progress_gib: u64, limit_gib: u64) -> Value {
+    json!({
+        "TaskType": kind.as_str(),
+        "InProgressGiB": in_progress_gib,
+        "LimitGiB": limit_gib,
+    })
+}
+
+/// The account's in-progress quotas over the data directory.
+pub fn describe_quotas(data_dir: &Path, limits: Limits, backend: &Backend) -> Result<ExitCode> {
+    let opened = open(data_dir, limits, backend, None, Access::ReadOnly)?;
+    let (local, account) = (opened.local(), opened.account());
+    let quotas: Vec<Value> = [TaskKind::Store, TaskKind::Restore]
+        .into_iter()
+        .map(|kind| {
+            Ok(quota_json(
+                kind,
+                local.engine.tasks.in_progress_gib(&account, kind)?,
+                local.engine.config.limits.for_kind(kind),
+            ))
+        })
+        .collect::<Result<_>>()?;
+    crate::output::print_json(&json!({ "TaskQuotas": quotas }))?;
+    Ok(ExitCode::SUCCESS)
+}

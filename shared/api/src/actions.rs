@@ -89,6 +89,7 @@ pub fn handle(
         "CancelStoreImageTask" => cancel_store(engine, account, params)?,
         "DescribeSnapshots" => describe_snapshots(engine, account, params)?,
         "DeregisterImage" => deregister_image(engine, account, params)?,
+        "DescribeTaskQuotas" => describe_task_quotas(engine, account, params)?,
         other => {
             return Err(ApiError::new(
                 "InvalidAction",
@@ -248,6 +249,25 @@ fn task_item(b: &mut Body, t: &Task, names: &ItemNames) {
         .number("progressPercentage", u64::from(t.progress_percent()))
         .text(names.state, t.state.as_str())
         .opt(names.reason, t.failure_reason.as_deref());
+}
+
+/// amistore's extension: the caller's in-progress quota, per kind of task:
+/// `taskQuotaSet` of `taskType` (`store`|`restore`), `inProgressGiB` and
+/// `limitGiB` (a task is admitted while in-progress is below the limit).
+fn describe_task_quotas(engine: &Engine, account: &AccountId, p: Params) -> Result<Body, ApiError> {
+    finish(p)?;
+    let mut quotas = Vec::new();
+    for kind in [TaskKind::Store, TaskKind::Restore] {
+        let used = engine.tasks.in_progress_gib(account, kind)?;
+        quotas.push((kind, used, engine.config.limits.for_kind(kind)));
+    }
+    let mut body = Body::new();
+    body.list("taskQuotaSet", &quotas, |b, (kind, used, limit)| {
+        b.text("taskType", kind.as_str())
+            .number("inProgressGiB", *used)
+            .number("limitGiB", *limit);
+    });
+    Ok(body)
 }
 
 fn cancel_store(engine: &Engine, account: &AccountId, mut p: Params) -> Result<Body, ApiError> {
