@@ -536,3 +536,146 @@ fn json_output_is_indented_as_the_aws_cli_indents_it() {
     );
     assert_eq!(out, "{\n    \"StoreImageTaskResults\": []\n}\n");
 }
+
+/// Each plausible mistake gets a message that says what to do next, once.
+#[test]
+fn mistakes_get_messages_that_say_what_to_do_next() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let disk = dir.path().join("d.raw");
+    fs::write(&disk, bytes(MIB, 1)).unwrap();
+    let ami = ok_in(
+        &[
+            "image",
+            "import",
+            "--name",
+            "source",
+            "--disk",
+            &format!("/dev/xvda={}", s(&disk)),
+        ],
+        Some(&data),
+    )
+    .trim()
+    .to_owned();
+
+    let err = fails_in(
+        &["store-image", "--image-id", &ami, "--bucket", "no-bucket"],
+        Some(&data),
+    );
+    assert!(err.contains("amistore bucket create no-bucket"), "{err}");
+    let err = fails_in(
+        &[
+            "store-image",
+            "--image-id",
+            &ami,
+            "--bucket",
+            "s3://no-bucket/p",
+        ],
+        Some(&data),
+    );
+    assert!(err.contains("give the bucket without it"), "{err}");
+
+    ok_in(&["bucket", "create", "archive-bucket"], Some(&data));
+    let key = ok_in(
+        &[
+            "store-image",
+            "--image-id",
+            &ami,
+            "--bucket",
+            "archive-bucket",
+        ],
+        Some(&data),
+    );
+    let key = key.trim();
+    // The stored AMI's name is taken by the source itself.
+    let err = fails_in(
+        &[
+            "restore-image",
+            "--bucket",
+            "archive-bucket",
+            "--object-key",
+            key,
+        ],
+        Some(&data),
+    );
+    assert!(err.contains("add --name NAME"), "{err}");
+
+    let missing = dir.path().join("missing.raw");
+    let err = fails_in(
+        &[
+            "image",
+            "import",
+            "--name",
+            "other",
+            "--disk",
+            &format!("/dev/xvda={}", s(&missing)),
+        ],
+        Some(&data),
+    );
+    assert_eq!(err.matches("No such file or directory").count(), 1, "{err}");
+
+    // A damaged data frame: the message names the object and the command that
+    // checks it, and the unit once.
+    let object = data.join("s3/archive-bucket").join(key);
+    let mut bytes_on_disk = fs::read(&object).unwrap();
+    let frame = bytes_on_disk
+        .windows(4)
+        .enumerate()
+        .skip(1)
+        .find(|(_, w)| *w == [0x28, 0xb5, 0x2f, 0xfd])
+        .map(|(i, _)| i)
+        .unwrap();
+    for b in &mut bytes_on_disk[frame + 6..frame + 14] {
+        *b ^= 0x5a;
+    }
+    fs::write(&object, &bytes_on_disk).unwrap();
+    let err = fails_in(
+        &[
+            "restore-image",
+            "--bucket",
+            "archive-bucket",
+            "--object-key",
+            key,
+            "--name",
+            "damaged copy",
+        ],
+        Some(&data),
+    );
+    assert!(err.contains("amistore archive verify"), "{err}");
+    assert!(err.contains(&format!("archive-bucket/{key}")), "{err}");
+    assert!(!err.contains("unit 0: unit 0"), "{err}");
+
+    // A host name to listen on resolves.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut server = std::process::Command::new(env!("CARGO_BIN_EXE_amistore"))
+        .args([
+            "serve",
+            "--listen",
+            &format!("localhost:{port}"),
+            "--data-dir",
+            s(&data),
+        ])
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "localhost:{port} was not served"
+        );
+        assert!(server.try_wait().unwrap().is_none(), "serve exited");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    server.kill().unwrap();
+    server.wait().unwrap();
+    let err = fails_in(
+        &["serve", "--listen", "no-such-host.invalid:9000"],
+        Some(&data),
+    );
+    assert!(err.contains("IP:PORT"), "{err}");
+}

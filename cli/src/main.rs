@@ -138,6 +138,21 @@ fn describe(
     }
 }
 
+/// An error and its causes on one line, each cause shown once: an error that
+/// already quotes its cause (`opening disk x: No such file…`) is not followed
+/// by the cause again.
+fn report(err: &anyhow::Error) -> String {
+    let mut line = err.to_string();
+    for cause in err.chain().skip(1) {
+        let cause = cause.to_string();
+        if !line.contains(&cause) {
+            line.push_str(": ");
+            line.push_str(&cause);
+        }
+    }
+    line
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     if let Err(err) = refuse_endpoint(&cli.command, cli.endpoint.as_ref()) {
@@ -203,7 +218,7 @@ fn main() -> ExitCode {
     match result {
         Ok(code) => code,
         Err(err) => {
-            eprintln!("amistore: error: {err:#}");
+            eprintln!("amistore: error: {}", report(&err));
             ExitCode::FAILURE
         }
     }

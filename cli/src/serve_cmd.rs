@@ -26,8 +26,9 @@ use crate::task_cmd::Limits;
 
 #[derive(Args)]
 pub struct ServeArgs {
-    /// Address to listen on.
-    #[arg(long, default_value = "127.0.0.1:9000")]
+    /// Address to listen on: IP:PORT, or HOST:PORT (resolved; `localhost`
+    /// is 127.0.0.1).
+    #[arg(long, default_value = "127.0.0.1:9000", value_parser = resolve_listen)]
     listen: SocketAddr,
     /// Credentials file: one `ACCESS_KEY SECRET ACCOUNT_ID` per line
     /// [default: access key `test`, secret `test`, account 000000000000,
@@ -58,6 +59,27 @@ pub struct ServeArgs {
     /// correcting quota counters).
     #[arg(long, default_value_t = 60, value_name = "SECONDS")]
     maintenance_interval: u64,
+}
+
+/// `HOST:PORT` to the address to bind: an IP as given, a name resolved
+/// (IPv4 first, as `localhost` means 127.0.0.1 to most clients).
+fn resolve_listen(s: &str) -> Result<SocketAddr> {
+    if let Ok(addr) = s.parse() {
+        return Ok(addr);
+    }
+    use std::net::ToSocketAddrs;
+    let addrs: Vec<SocketAddr> = s
+        .to_socket_addrs()
+        .with_context(|| {
+            format!("{s:?} is not IP:PORT or a HOST:PORT that resolves (e.g. 127.0.0.1:9000)")
+        })?
+        .collect();
+    addrs
+        .iter()
+        .find(|a| a.is_ipv4())
+        .or(addrs.first())
+        .copied()
+        .ok_or_else(|| anyhow::anyhow!("{s:?} resolves to no address"))
 }
 
 fn log(event: serde_json::Value) {

@@ -278,14 +278,25 @@ pub fn store(
             .present_count()
             * BLOCK_SIZE;
     }
-    let task = local.engine.create_store_task(
-        &account,
-        &StoreRequest {
-            image_id: args.image_id,
-            bucket: args.bucket,
-            object_tags: args.object_tags,
-        },
-    )?;
+    let bucket = args.bucket.bucket.clone();
+    let task = local
+        .engine
+        .create_store_task(
+            &account,
+            &StoreRequest {
+                image_id: args.image_id,
+                bucket: args.bucket,
+                object_tags: args.object_tags,
+            },
+        )
+        .map_err(|e| match e {
+            amistore_core::Error::NotFound(m)
+                if backend.backend == BackendKind::Local && m.starts_with("bucket ") =>
+            {
+                anyhow!("{m}; create it with `amistore bucket create {bucket}`")
+            }
+            other => other.into(),
+        })?;
     bar.begin(present);
     let done = wait_for(local, &task)?;
     drop(bar);
@@ -305,16 +316,25 @@ pub fn restore(
     let (local, account) = (opened.local(), opened.account());
     let (image_tags, snapshot_tags): (Vec<_>, Vec<_>) =
         args.tags.into_iter().partition(|(i, _)| *i);
-    let task = local.engine.create_restore_task(
-        &account,
-        &RestoreRequest {
-            bucket: args.bucket.clone(),
-            key: args.object_key.clone(),
-            name: args.name,
-            image_tags: image_tags.into_iter().map(|(_, t)| t).collect(),
-            snapshot_tags: snapshot_tags.into_iter().map(|(_, t)| t).collect(),
-        },
-    )?;
+    let named = args.name.is_some();
+    let task = local
+        .engine
+        .create_restore_task(
+            &account,
+            &RestoreRequest {
+                bucket: args.bucket.clone(),
+                key: args.object_key.clone(),
+                name: args.name,
+                image_tags: image_tags.into_iter().map(|(_, t)| t).collect(),
+                snapshot_tags: snapshot_tags.into_iter().map(|(_, t)| t).collect(),
+            },
+        )
+        .map_err(|e| match e {
+            amistore_core::Error::AlreadyExists(m) if !named => anyhow!(
+                "{m}; the restore takes the stored AMI's name unless given another: add --name NAME"
+            ),
+            other => other.into(),
+        })?;
     // The object was opened by intake already; opening it again for the bar's
     // total costs one tail read.
     let objects = local.engine.objects.as_ref();
@@ -328,7 +348,25 @@ pub fn restore(
     {
         bar.begin(index.manifest().present_bytes());
     }
-    let done = wait_for(local, &task)?;
+    let done = wait_for(local, &task).map_err(|e| {
+        let damaged = ["is corrupt", "is malformed", "is truncated"]
+            .iter()
+            .any(|w| e.to_string().contains(w));
+        if damaged && backend.backend == BackendKind::Local {
+            let path = data_dir
+                .join("s3")
+                .join(args.bucket.as_str())
+                .join(args.object_key.as_str());
+            anyhow!(
+                "{e}\nthe archive {}/{} is damaged; `amistore archive verify {}` checks every frame",
+                args.bucket,
+                args.object_key,
+                path.display()
+            )
+        } else {
+            e
+        }
+    })?;
     drop(bar);
     let image = done
         .image_id

@@ -21,9 +21,20 @@ pub const MAX_KEY_LEN: usize = 1024;
 #[serde(try_from = "String", into = "String")]
 pub struct BucketName(String);
 
+/// Refuses `s3://bucket…`: EC2's parameters take the bare bucket name.
+fn no_scheme(s: &str) -> Result<()> {
+    match s.strip_prefix("s3://") {
+        Some(rest) => Err(Error::InvalidInput(format!(
+            "{s:?} has an s3:// scheme; give the bucket without it: {rest:?}"
+        ))),
+        None => Ok(()),
+    }
+}
+
 impl FromStr for BucketName {
     type Err = Error;
     fn from_str(s: &str) -> Result<Self> {
+        no_scheme(s)?;
         let alnum = |c: char| c.is_ascii_lowercase() || c.is_ascii_digit();
         let ok = (3..=63).contains(&s.len())
             && s.chars().all(|c| alnum(c) || c == '.' || c == '-')
@@ -104,6 +115,7 @@ pub struct BucketPath {
 impl FromStr for BucketPath {
     type Err = Error;
     fn from_str(s: &str) -> Result<Self> {
+        no_scheme(s)?;
         let s = s.strip_suffix('/').unwrap_or(s);
         let mut parts = s.split('/');
         let bucket: BucketName = parts.next().unwrap_or_default().parse()?;
@@ -154,6 +166,22 @@ mod tests {
             "my-bucket/p1/".parse::<BucketPath>().unwrap().to_string(),
             "my-bucket/p1"
         );
+    }
+
+    #[test]
+    fn an_s3_scheme_is_refused_naming_the_bare_bucket() {
+        for given in ["s3://my-bucket", "s3://my-bucket/p1"] {
+            let e = given.parse::<BucketPath>().unwrap_err().to_string();
+            assert!(
+                e.contains("s3:// scheme") && e.contains("\"my-bucket"),
+                "{e}"
+            );
+        }
+        let e = "s3://my-bucket"
+            .parse::<BucketName>()
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("give the bucket without it"), "{e}");
     }
 
     #[test]

@@ -70,6 +70,8 @@ struct StepInput {
 fn failure_reason(unit: Option<u64>, error: Option<CaughtError>) -> String {
     let reason = caught_reason(error);
     match unit {
+        // A unit's own error may name it already ("unit 3 is corrupt: …").
+        Some(unit) if reason.starts_with(&format!("unit {unit} ")) => reason,
         Some(unit) => format!("unit {unit}: {reason}"),
         None => reason,
     }
