@@ -679,3 +679,43 @@ fn mistakes_get_messages_that_say_what_to_do_next() {
     );
     assert!(err.contains("IP:PORT"), "{err}");
 }
+
+/// Help keeps each command's options apart from the global ones; shell
+/// completions and a manual page come with the binary.
+#[test]
+fn help_completions_and_the_manual_page() {
+    let help = ok_in(&["archive", "pack", "--help"], None);
+    let (own, global) = help
+        .split_once("Global options:")
+        .expect("a Global options section");
+    assert!(own.contains("--disk") && own.contains("512 KiB"), "{own}");
+    assert!(!own.contains("--store-limit-gib"), "{own}");
+    assert!(
+        global.contains("--store-limit-gib") && global.contains("--data-dir"),
+        "{global}"
+    );
+    assert!(
+        own.contains("arm64_mac"),
+        "--architecture lists its values: {own}"
+    );
+    let serve = ok_in(&["serve", "--help"], None);
+    assert!(serve.contains("[read-only]"), "{serve}");
+
+    let dir = tempfile::tempdir().unwrap();
+    let script = dir.path().join("amistore.bash");
+    fs::write(&script, ok_in(&["completions", "bash"], None)).unwrap();
+    assert!(
+        sh("bash -n \"$1\"", &[&script]),
+        "the bash completion does not parse"
+    );
+    assert!(fs::read_to_string(&script).unwrap().contains("store-image"));
+    for shell in ["zsh", "fish"] {
+        assert!(ok_in(&["completions", shell], None).contains("amistore"));
+    }
+    let page = ok_in(&["man"], None);
+    assert!(page.contains(".TH amistore 1"), "{}", &page[..200]);
+    assert!(
+        page.contains("store\\-image"),
+        "the page lists the commands"
+    );
+}

@@ -83,7 +83,7 @@ pub struct ImageArgs {
     /// AMI description.
     #[arg(long)]
     description: Option<String>,
-    /// CPU architecture.
+    /// CPU architecture: i386, x86_64, arm64, x86_64_mac or arm64_mac.
     #[arg(long, default_value = "x86_64")]
     architecture: Architecture,
     /// Boot mode: legacy-bios, uefi or uefi-preferred.
@@ -96,6 +96,9 @@ pub struct ImageArgs {
     #[arg(long = "tag", value_name = "KEY=VALUE")]
     tags: Vec<Tag>,
     /// A disk, DEVICE=PATH, e.g. /dev/xvda=root.raw (repeatable, in order).
+    /// A raw disk image whose size is a whole number of 512 KiB blocks
+    /// (`truncate -s %512K FILE` pads one); qcow2, VMDK, VHD and compressed
+    /// files are refused with the command that converts them.
     #[arg(long = "disk", value_name = "DEVICE=PATH", required = true, value_parser = parse_disk)]
     pub disks: Vec<(DeviceName, PathBuf)>,
 }
@@ -136,10 +139,11 @@ pub fn run(cmd: ArchiveCommand, quiet: bool) -> Result<ExitCode> {
                 .map(|m| m.len())
                 .unwrap_or_default();
             if !quiet {
+                let disks = manifest.disks.len();
                 eprintln!(
-                    "wrote {} ({} disks, {} present, archive {})",
+                    "wrote {} ({disks} disk{}, {} present, archive {})",
                     args.out.display(),
-                    manifest.disks.len(),
+                    if disks == 1 { "" } else { "s" },
                     human(manifest.present_bytes()),
                     human(size)
                 );

@@ -22,6 +22,7 @@ pub struct AwsArgs {
     #[arg(
         long,
         global = true,
+        help_heading = "Global options",
         env = "AMISTORE_TABLE",
         default_value = "amistore-tasks",
         value_name = "NAME"
@@ -31,6 +32,7 @@ pub struct AwsArgs {
     #[arg(
         long,
         global = true,
+        help_heading = "Global options",
         env = "AMISTORE_WORK_BUCKET",
         value_name = "BUCKET"
     )]

@@ -26,12 +26,18 @@ use clap::{Parser, Subcommand};
 )]
 struct Cli {
     /// Print no progress bars (they are also hidden when stderr is not a terminal).
-    #[arg(long, short, global = true)]
+    #[arg(long, short, global = true, help_heading = "Global options")]
     quiet: bool,
 
     /// Data directory (image library, buckets, task database)
     /// [default: the user's data directory, e.g. ~/.local/share/amistore].
-    #[arg(long, global = true, env = "AMISTORE_DATA_DIR", value_name = "DIR")]
+    #[arg(
+        long,
+        global = true,
+        help_heading = "Global options",
+        env = "AMISTORE_DATA_DIR",
+        value_name = "DIR"
+    )]
     data_dir: Option<PathBuf>,
 
     #[command(flatten)]
@@ -42,7 +48,13 @@ struct Cli {
 
     /// Send the task commands to this server (http://HOST:PORT) instead of
     /// running them here, signed with the usual AWS credentials.
-    #[arg(long, global = true, env = "AMISTORE_ENDPOINT", value_name = "URL")]
+    #[arg(
+        long,
+        global = true,
+        help_heading = "Global options",
+        env = "AMISTORE_ENDPOINT",
+        value_name = "URL"
+    )]
     endpoint: Option<String>,
 
     #[command(subcommand)]
@@ -85,6 +97,14 @@ enum Command {
     /// the limit new tasks are admitted below (DescribeTaskQuotas, amistore's
     /// extension).
     DescribeTaskQuotas,
+    /// Print a shell completion script (e.g. `amistore completions bash >
+    /// ~/.local/share/bash-completion/completions/amistore`).
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
+    /// Print the manual page, in roff (`amistore man | man -l -`).
+    Man,
 }
 
 fn data_dir(given: Option<PathBuf>) -> anyhow::Result<PathBuf> {
@@ -112,6 +132,7 @@ fn refuse_endpoint(command: &Command, endpoint: Option<&String>) -> anyhow::Resu
         Command::Image(_) => "image (which manages this machine's image library)",
         Command::Bucket(_) => "bucket (which manages this machine's buckets)",
         Command::Serve(_) => "serve",
+        Command::Completions { .. } | Command::Man => return Ok(()),
     };
     match endpoint {
         Some(url) => anyhow::bail!(
@@ -151,6 +172,13 @@ fn report(err: &anyhow::Error) -> String {
         }
     }
     line
+}
+
+fn print_bytes(bytes: &[u8]) -> anyhow::Result<ExitCode> {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    out.write_all(bytes).and_then(|()| out.flush())?;
+    Ok(ExitCode::SUCCESS)
 }
 
 fn main() -> ExitCode {
@@ -211,6 +239,25 @@ fn main() -> ExitCode {
             None => data_dir(cli.data_dir)
                 .and_then(|dir| task_cmd::deregister(args, &dir, limits, &backend)),
         },
+        // Rendered into memory first: writing to a closed pipe (`| head`) is
+        // an error to report, not a panic in the generator.
+        Command::Completions { shell } => {
+            let mut script = Vec::new();
+            clap_complete::generate(
+                shell,
+                &mut <Cli as clap::CommandFactory>::command(),
+                "amistore",
+                &mut script,
+            );
+            print_bytes(&script)
+        }
+        Command::Man => {
+            let mut page = Vec::new();
+            clap_mangen::Man::new(<Cli as clap::CommandFactory>::command())
+                .render(&mut page)
+                .map_err(anyhow::Error::from)
+                .and_then(|()| print_bytes(&page))
+        }
         Command::Serve(args) => {
             data_dir(cli.data_dir).and_then(|dir| serve_cmd::run(args, &dir, limits))
         }

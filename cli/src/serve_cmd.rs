@@ -30,7 +30,8 @@ pub struct ServeArgs {
     /// is 127.0.0.1).
     #[arg(long, default_value = "127.0.0.1:9000", value_parser = resolve_listen)]
     listen: SocketAddr,
-    /// Credentials file: one `ACCESS_KEY SECRET ACCOUNT_ID` per line
+    /// Credentials file: one `ACCESS_KEY SECRET ACCOUNT_ID [read-only]` per
+    /// line (a read-only key may only describe)
     /// [default: access key `test`, secret `test`, account 000000000000,
     /// accepted only on a loopback address, for loopback Host names].
     #[arg(long, env = "AMISTORE_CREDENTIALS", value_name = "FILE")]

@@ -31,6 +31,7 @@ pub struct Limits {
     #[arg(
         long,
         global = true,
+        help_heading = "Global options",
         env = "AMISTORE_STORE_LIMIT_GIB",
         default_value_t = 1_200
     )]
@@ -39,6 +40,7 @@ pub struct Limits {
     #[arg(
         long,
         global = true,
+        help_heading = "Global options",
         env = "AMISTORE_RESTORE_LIMIT_GIB",
         default_value_t = 600
     )]
@@ -153,6 +155,7 @@ pub struct Backend {
     #[arg(
         long,
         global = true,
+        help_heading = "Global options",
         env = "AMISTORE_BACKEND",
         value_enum,
         default_value = "local"
