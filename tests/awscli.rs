@@ -72,13 +72,18 @@ impl Server {
 
     /// Runs `aws ec2 ARGS` signed with `key` and `secret`.
     fn aws_with(&self, key: &str, secret: &str, args: &[&str]) -> Output {
+        self.aws_service("ec2", key, secret, args)
+    }
+
+    /// Runs `aws SERVICE ARGS` signed with `key` and `secret`.
+    fn aws_service(&self, service: &str, key: &str, secret: &str, args: &[&str]) -> Output {
         Command::new(aws_cli())
             .args([
                 "--endpoint-url",
                 &format!("http://127.0.0.1:{}", self.port),
                 "--output",
                 "json",
-                "ec2",
+                service,
             ])
             .args(args)
             .env("AWS_ACCESS_KEY_ID", key)
@@ -99,6 +104,31 @@ impl Server {
             String::from_utf8_lossy(&out.stderr)
         );
         serde_json::from_slice(&out.stdout).unwrap()
+    }
+
+    /// `aws ebs ARGS` as the default account; its JSON answer.
+    fn ebs<A: AsRef<str>>(&self, args: &[A]) -> Value {
+        let args: Vec<&str> = args.iter().map(AsRef::as_ref).collect();
+        let out = self.aws_service("ebs", "test", "test", &args);
+        assert!(
+            out.status.success(),
+            "aws ebs {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).unwrap()
+    }
+
+    /// `aws ebs ARGS`, which must fail with `code`; its message.
+    fn ebs_fails<A: AsRef<str>>(&self, args: &[A], code: &str) -> String {
+        let args: Vec<&str> = args.iter().map(AsRef::as_ref).collect();
+        let out = self.aws_service("ebs", "test", "test", &args);
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(!out.status.success(), "aws ebs {args:?} should fail");
+        assert!(
+            stderr.contains(&format!("An error occurred ({code})")),
+            "aws ebs {args:?}: expected {code}: {stderr}"
+        );
+        stderr
     }
 
     fn wait(&self, args: &[&str]) {
@@ -995,4 +1025,382 @@ fn a_server_stopped_with_sigterm_resumes_its_task_at_the_next_start() {
     );
     let object = data.join("s3/bucket-a").join(format!("{ami}.bin"));
     assert!(sh("zstd -q -t \"$1\"", &[&object]));
+}
+
+/// The EBS direct APIs and RegisterImage, with the stock AWS CLI as a user of
+/// AWS would call them: `aws ebs` writes a snapshot block by block (with
+/// EBS's checksums), `aws ec2 register-image` makes it an AMI, which stores
+/// and restores byte-identical; the restored snapshot reads back through
+/// `aws ebs list-snapshot-blocks` / `get-snapshot-block`, and
+/// `list-changed-blocks` finds no difference from the original.
+#[test]
+fn the_aws_cli_writes_a_snapshot_with_ebs_direct_apis_that_registers_stores_and_restores() {
+    use base64::Engine as _;
+    use sha2::{Digest, Sha256};
+    const BLOCK: usize = 512 * 1024;
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    ok_in(&["bucket", "create", "ebs-bucket"], Some(&data));
+    let server = Server::start(&data, &[]);
+    let b64 = |bytes: &[u8]| base64::engine::general_purpose::STANDARD.encode(bytes);
+
+    // A 1 GiB volume: blocks 0, 1 and 5 hold data, block 7 is written zeros,
+    // the rest is never written.
+    let blocks: Vec<(u64, Vec<u8>)> = vec![
+        (0, bytes(BLOCK as u64, 1)),
+        (1, vec![0x5a; BLOCK]),
+        (5, bytes(BLOCK as u64, 2)),
+        (7, vec![0; BLOCK]),
+    ];
+    let mut expected = vec![0u8; 1 << 30];
+    for (index, block) in &blocks {
+        let at = *index as usize * BLOCK;
+        expected[at..at + BLOCK].copy_from_slice(block);
+    }
+    let expected_path = dir.path().join("expected.raw");
+    std::fs::write(&expected_path, &expected).unwrap();
+    drop(expected);
+
+    let started = server.ebs(&[
+        "start-snapshot",
+        "--volume-size",
+        "1",
+        "--description",
+        "written with aws ebs",
+        "--tags",
+        "Key=made-by,Value=aws-ebs",
+        "--timeout",
+        "60",
+    ]);
+    assert_eq!(started["Status"], "pending", "{started}");
+    assert_eq!(started["BlockSize"], 524288);
+    assert_eq!(started["VolumeSize"], 1);
+    assert_eq!(started["OwnerId"], "000000000000");
+    let snapshot = started["SnapshotId"].as_str().unwrap().to_owned();
+
+    let block_file = dir.path().join("block");
+    let put = |index: u64, block: &[u8], checksum: &str| {
+        std::fs::write(&block_file, block).unwrap();
+        vec![
+            "put-snapshot-block".to_owned(),
+            "--snapshot-id".into(),
+            snapshot.clone(),
+            "--block-index".into(),
+            index.to_string(),
+            "--block-data".into(),
+            block_file.display().to_string(),
+            "--data-length".into(),
+            "524288".into(),
+            "--checksum".into(),
+            checksum.to_owned(),
+            "--checksum-algorithm".into(),
+            "SHA256".into(),
+        ]
+    };
+    // A block whose data does not match its checksum is refused, and a
+    // block past the volume's end too.
+    let wrong = put(2, &blocks[0].1, &b64(&Sha256::digest(b"other data")));
+    let message = server.ebs_fails(&wrong, "ValidationException");
+    assert!(
+        message.contains("does not match its x-amz-Checksum"),
+        "{message}"
+    );
+    let past = put(2048, &blocks[0].1, &b64(&Sha256::digest(&blocks[0].1)));
+    server.ebs_fails(&past, "ValidationException");
+
+    let mut digests = Vec::new();
+    for (index, block) in &blocks {
+        let digest = Sha256::digest(block);
+        let answer = server.ebs(&put(*index, block, &b64(&digest)));
+        assert_eq!(answer["Checksum"], b64(&digest), "{answer}");
+        digests.extend_from_slice(&digest);
+    }
+    // Reading a pending snapshot and completing it with a wrong count fail.
+    server.ebs_fails(
+        &["list-snapshot-blocks", "--snapshot-id", &snapshot],
+        "ValidationException",
+    );
+    server.ebs_fails(
+        &[
+            "complete-snapshot",
+            "--snapshot-id",
+            &snapshot,
+            "--changed-blocks-count",
+            "3",
+        ],
+        "ValidationException",
+    );
+    let completed = server.ebs(&[
+        "complete-snapshot",
+        "--snapshot-id",
+        &snapshot,
+        "--changed-blocks-count",
+        "4",
+        "--checksum",
+        &b64(&Sha256::digest(&digests)),
+        "--checksum-algorithm",
+        "SHA256",
+        "--checksum-aggregation-method",
+        "LINEAR",
+    ]);
+    assert_eq!(completed["Status"], "completed");
+    let late = put(3, &blocks[0].1, &b64(&Sha256::digest(&blocks[0].1)));
+    let message = server.ebs_fails(&late, "ValidationException");
+    assert!(message.contains("only while it is pending"), "{message}");
+
+    let listed = server.ebs(&["list-snapshot-blocks", "--snapshot-id", &snapshot]);
+    let indexes: Vec<u64> = listed["Blocks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| b["BlockIndex"].as_u64().unwrap())
+        .collect();
+    assert_eq!(indexes, [0, 1, 5, 7]);
+    let token = listed["Blocks"][2]["BlockToken"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let read_back = dir.path().join("read-back");
+    let got = server.ebs(&[
+        "get-snapshot-block",
+        "--snapshot-id",
+        &snapshot,
+        "--block-index",
+        "5",
+        "--block-token",
+        &token,
+        s(&read_back),
+    ]);
+    assert_eq!(std::fs::read(&read_back).unwrap(), blocks[2].1);
+    assert_eq!(got["Checksum"], b64(&Sha256::digest(&blocks[2].1)));
+    assert_eq!(got["DataLength"], 524288);
+    server.ebs_fails(
+        &[
+            "get-snapshot-block",
+            "--snapshot-id",
+            &snapshot,
+            "--block-index",
+            "1",
+            "--block-token",
+            &token,
+            s(&read_back),
+        ],
+        "ValidationException",
+    );
+
+    let registered = server.json(&[
+        "register-image",
+        "--name",
+        "made with aws ebs",
+        "--architecture",
+        "x86_64",
+        "--virtualization-type",
+        "hvm",
+        "--ena-support",
+        "--boot-mode",
+        "uefi",
+        "--root-device-name",
+        "/dev/xvda",
+        "--block-device-mappings",
+        &format!("DeviceName=/dev/xvda,Ebs={{SnapshotId={snapshot},VolumeType=gp3}}"),
+        "--tag-specifications",
+        "ResourceType=image,Tags=[{Key=source,Value=ebs-direct}]",
+    ]);
+    let ami = registered["ImageId"].as_str().unwrap().to_owned();
+    let described = server.json(&["describe-images", "--image-ids", &ami]);
+    let image = &described["Images"][0];
+    assert_eq!(image["State"], "available", "{image}");
+    assert_eq!(image["BootMode"], "uefi");
+    assert_eq!(
+        image["BlockDeviceMappings"][0]["Ebs"]["SnapshotId"],
+        snapshot.as_str()
+    );
+    assert_eq!(image["BlockDeviceMappings"][0]["Ebs"]["VolumeSize"], 1);
+    // A snapshot belongs to one image; a pending one cannot be registered.
+    let again = server.aws_as(
+        "test",
+        &[
+            "register-image",
+            "--name",
+            "twice",
+            "--root-device-name",
+            "/dev/xvda",
+            "--block-device-mappings",
+            &format!("DeviceName=/dev/xvda,Ebs={{SnapshotId={snapshot}}}"),
+        ],
+    );
+    assert!(!again.status.success());
+
+    server.json(&[
+        "create-store-image-task",
+        "--image-id",
+        &ami,
+        "--bucket",
+        "ebs-bucket",
+    ]);
+    server.wait(&["wait", "store-image-task-complete", "--image-ids", &ami]);
+    let restored = server.json(&[
+        "create-restore-image-task",
+        "--bucket",
+        "ebs-bucket",
+        "--object-key",
+        &format!("{ami}.bin"),
+        "--name",
+        "restored from ebs",
+    ]);
+    let new = restored["ImageId"].as_str().unwrap().to_owned();
+    server.wait(&["wait", "image-available", "--image-ids", &new]);
+    let out = dir.path().join("export");
+    let files = ok_in(&["image", "export", &new, "--out", s(&out)], Some(&data));
+    let disk = PathBuf::from(files.lines().next().unwrap().trim());
+    same_file(&disk, &expected_path);
+
+    // The restored snapshot reads back through the EBS direct APIs, block
+    // for block the original.
+    let images = server.json(&["describe-images", "--image-ids", &new]);
+    let copy = images["Images"][0]["BlockDeviceMappings"][0]["Ebs"]["SnapshotId"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let changed = server.ebs(&[
+        "list-changed-blocks",
+        "--first-snapshot-id",
+        &snapshot,
+        "--second-snapshot-id",
+        &copy,
+    ]);
+    assert_eq!(changed["ChangedBlocks"], serde_json::json!([]), "{changed}");
+    let all = server.ebs(&["list-changed-blocks", "--second-snapshot-id", &copy]);
+    let present: Vec<u64> = all["ChangedBlocks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| b["BlockIndex"].as_u64().unwrap())
+        .collect();
+    assert!(
+        present.iter().all(|i| [0, 1, 5, 7].contains(i)) && present.contains(&5),
+        "{all}"
+    );
+}
+
+/// What the EBS direct APIs refuse: another account's snapshot (not found),
+/// a read-only key's writes, what a local library cannot do (encryption,
+/// incremental snapshots), and a completion whose aggregated checksum does
+/// not match the blocks (the snapshot is deleted: it cannot be trusted).
+#[test]
+fn the_ebs_direct_apis_keep_accounts_apart_and_refuse_what_they_cannot_do() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let creds = dir.path().join("credentials");
+    std::fs::write(
+        &creds,
+        "KEYA secret-a 000000000000\nKEYB secret-b 111122223333\nKEYR secret-r 000000000000 read-only\n",
+    )
+    .unwrap();
+    let server = Server::start(&data, &["--credentials", s(&creds)]);
+    let as_key = |key: &str, secret: &str, args: &[&str]| {
+        let out = server.aws_service("ebs", key, secret, args);
+        let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+        (out.status.success(), text(&out.stdout), text(&out.stderr))
+    };
+    let a = |args: &[&str]| as_key("KEYA", "secret-a", args);
+    let b = |args: &[&str]| as_key("KEYB", "secret-b", args);
+    let r = |args: &[&str]| as_key("KEYR", "secret-r", args);
+    let failed = |(ok, _, err): (bool, String, String), code: &str| {
+        assert!(
+            !ok && err.contains(&format!("({code})")),
+            "expected {code}: {err}"
+        );
+        err
+    };
+
+    for refused in [
+        &["start-snapshot", "--volume-size", "1", "--encrypted"][..],
+        &[
+            "start-snapshot",
+            "--volume-size",
+            "1",
+            "--parent-snapshot-id",
+            "snap-0123456789abcdef0",
+        ],
+        &["start-snapshot", "--volume-size", "0"],
+        &["start-snapshot", "--volume-size", "65537"],
+        &[
+            "start-snapshot",
+            "--volume-size",
+            "1",
+            "--tags",
+            "Key=amistore:task,Value=x",
+        ],
+    ] {
+        failed(a(refused), "ValidationException");
+    }
+    failed(
+        r(&["start-snapshot", "--volume-size", "1"]),
+        "AccessDeniedException",
+    );
+
+    let (ok, out, err) = a(&["start-snapshot", "--volume-size", "1"]);
+    assert!(ok, "{err}");
+    let started: Value = serde_json::from_str(&out).unwrap();
+    let snapshot = started["SnapshotId"].as_str().unwrap().to_owned();
+    let block = dir.path().join("block");
+    std::fs::write(&block, vec![9u8; 512 * 1024]).unwrap();
+    let checksum = {
+        use base64::Engine as _;
+        use sha2::{Digest, Sha256};
+        base64::engine::general_purpose::STANDARD.encode(Sha256::digest(vec![9u8; 512 * 1024]))
+    };
+    let put = [
+        "put-snapshot-block",
+        "--snapshot-id",
+        &snapshot,
+        "--block-index",
+        "0",
+        "--block-data",
+        s(&block),
+        "--data-length",
+        "524288",
+        "--checksum",
+        &checksum,
+        "--checksum-algorithm",
+        "SHA256",
+    ];
+    failed(b(&put), "ResourceNotFoundException");
+    failed(r(&put), "AccessDeniedException");
+    let (ok, _, err) = a(&put);
+    assert!(ok, "{err}");
+    // A short block is refused whatever its checksum says.
+    let short = dir.path().join("short");
+    std::fs::write(&short, [9u8; 4096]).unwrap();
+    let mut short_put = put;
+    short_put[6] = s(&short);
+    short_put[8] = "4096";
+    failed(a(&short_put), "ValidationException");
+
+    let message = failed(
+        a(&[
+            "complete-snapshot",
+            "--snapshot-id",
+            &snapshot,
+            "--changed-blocks-count",
+            "1",
+            "--checksum",
+            &checksum,
+            "--checksum-algorithm",
+            "SHA256",
+            "--checksum-aggregation-method",
+            "LINEAR",
+        ]),
+        "ValidationException",
+    );
+    assert!(message.contains("is deleted"), "{message}");
+    failed(
+        a(&["list-snapshot-blocks", "--snapshot-id", &snapshot]),
+        "ResourceNotFoundException",
+    );
+    failed(
+        a(&["list-snapshot-blocks", "--snapshot-id", "not-a-snapshot"]),
+        "ValidationException",
+    );
 }

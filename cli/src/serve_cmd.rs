@@ -279,6 +279,10 @@ impl Handler for Logged {
                 ("InvalidRequest", "the request's body is unreadable".into())
             }
             Refusal::HandlerFailed => ("InternalError", "the request failed".into()),
+            Refusal::Overloaded => (
+                "ServiceUnavailable",
+                "the server is receiving too many request bodies; retry shortly".into(),
+            ),
         };
         let (response, outcome) = self.0.refuse(code, &message);
         self.log(peer, "-", &response, &outcome, started);

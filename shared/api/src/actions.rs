@@ -89,6 +89,7 @@ pub fn handle(
         "CancelStoreImageTask" => cancel_store(engine, account, params)?,
         "DescribeSnapshots" => describe_snapshots(engine, account, params)?,
         "DeregisterImage" => deregister_image(engine, account, params)?,
+        "RegisterImage" => register_image(engine, account, params)?,
         "DescribeTaskQuotas" => describe_task_quotas(engine, account, params)?,
         other => {
             return Err(ApiError::new(
@@ -428,6 +429,239 @@ fn deregister_image(engine: &Engine, account: &AccountId, mut p: Params) -> Resu
         })?;
     let mut body = Body::new();
     body.text("return", "true");
+    Ok(body)
+}
+
+/// RegisterImage over snapshots written with the EBS direct APIs (completed,
+/// owned by the caller, in no image yet): the image is `available` at once.
+/// What only AWS can do is refused by name: instance-store images
+/// (`ImageLocation`), billing products, and mappings tied to an Outpost, an
+/// Availability Zone or a launch-time setting.
+fn register_image(engine: &Engine, account: &AccountId, mut p: Params) -> Result<Body, ApiError> {
+    use amistore_core::image::{BlockDeviceMapping, EbsMapping, GIB, ImageMetadata, VolumeType};
+    let unsupported = |name: &str, why: &str| {
+        ApiError::new(
+            "InvalidParameterCombination",
+            format!("{name} is not supported by amistore: {why}"),
+        )
+    };
+    if p.opt("ImageLocation").is_some() {
+        return Err(unsupported(
+            "ImageLocation",
+            "instance-store images cannot be registered; register EBS snapshots",
+        ));
+    }
+    if !p.list("BillingProduct")?.is_empty() {
+        return Err(unsupported(
+            "BillingProduct",
+            "it is for AWS Marketplace sellers",
+        ));
+    }
+    let name = p
+        .req("Name")?
+        .parse::<ImageName>()
+        .map_err(|e| ApiError::new("InvalidAMIName.Malformed", e.to_string()))?;
+    let description = p.opt("Description");
+    // EC2's documented default for EBS-backed images.
+    let architecture = match p.opt("Architecture") {
+        Some(a) => parsed("Architecture", &a)?,
+        None => amistore_core::image::Architecture::I386,
+    };
+    let root_device_name = parsed("RootDeviceName", &p.req("RootDeviceName")?)?;
+    let virtualization_type = match p.opt("VirtualizationType") {
+        Some(v) => parsed("VirtualizationType", &v)?,
+        None => amistore_core::image::VirtualizationType::Paravirtual,
+    };
+    let boot_mode = p
+        .opt("BootMode")
+        .map(|b| parsed("BootMode", &b))
+        .transpose()?;
+    let ena_support = p.opt_bool("EnaSupport")?.unwrap_or(false);
+    let sriov_net_support = p.opt("SriovNetSupport");
+    let tpm_support = p.opt("TpmSupport");
+    let uefi_data = p.opt("UefiData");
+    let imds_support = p.opt("ImdsSupport");
+    let kernel_id = p.opt("KernelId");
+    let ramdisk_id = p.opt("RamdiskId");
+    let mut image_tags = Vec::new();
+    for mut spec in p.groups("TagSpecification")? {
+        let kind = spec.req("ResourceType")?;
+        let list = tags(spec.groups("Tag")?)?;
+        spec.finish()?;
+        if kind != "image" {
+            return Err(ApiError::invalid(
+                "TagSpecification.N.ResourceType",
+                format!("{kind:?} is not image (RegisterImage tags only the image)"),
+            ));
+        }
+        image_tags.extend(list);
+    }
+    let mut snapshots = Vec::new();
+    let mut block_device_mappings = Vec::new();
+    for mut m in p.groups("BlockDeviceMapping")? {
+        let device_name = parsed("BlockDeviceMapping.N.DeviceName", &m.req("DeviceName")?)?;
+        let virtual_name = m.opt("VirtualName");
+        let no_device = m.opt("NoDevice").is_some();
+        let mut ebs = None;
+        let snapshot = m.opt("Ebs.SnapshotId");
+        let volume_size = m.opt_u32("Ebs.VolumeSize")?;
+        let volume_type = m.opt("Ebs.VolumeType");
+        let iops = m.opt_u32("Ebs.Iops")?;
+        let throughput = m.opt_u32("Ebs.Throughput")?;
+        let delete_on_termination = m.opt_bool("Ebs.DeleteOnTermination")?.unwrap_or(true);
+        let encrypted = m.opt_bool("Ebs.Encrypted")?.unwrap_or(false);
+        let kms_key_id = m.opt("Ebs.KmsKeyId");
+        for (name, why) in [
+            ("Ebs.OutpostArn", "Outposts are AWS hardware"),
+            (
+                "Ebs.AvailabilityZone",
+                "a local volume has no Availability Zone",
+            ),
+            (
+                "Ebs.AvailabilityZoneId",
+                "a local volume has no Availability Zone",
+            ),
+            (
+                "Ebs.VolumeInitializationRate",
+                "it applies when an instance launches",
+            ),
+            ("Ebs.EbsCardIndex", "it applies when an instance launches"),
+        ] {
+            if m.opt(name).is_some() {
+                return Err(unsupported(&format!("BlockDeviceMapping.N.{name}"), why));
+            }
+        }
+        let any_ebs = snapshot.is_some()
+            || volume_size.is_some()
+            || volume_type.is_some()
+            || iops.is_some()
+            || throughput.is_some()
+            || kms_key_id.is_some();
+        if any_ebs {
+            let disk = match &snapshot {
+                Some(raw) => {
+                    let id: amistore_core::ids::SnapshotId = raw.parse().map_err(|_| {
+                        ApiError::new(
+                            "InvalidSnapshotID.Malformed",
+                            format!("Invalid id: \"{raw}\" (expecting \"snap-...\")"),
+                        )
+                    })?;
+                    let info =
+                        engine
+                            .snapshots
+                            .describe_snapshot(account, &id)
+                            .map_err(|e| match e {
+                                CoreError::NotFound(_) => ApiError::new(
+                                    "InvalidSnapshot.NotFound",
+                                    format!("The snapshot '{id}' does not exist."),
+                                ),
+                                other => other.into(),
+                            })?;
+                    if info.state != ResourceState::Available {
+                        return Err(ApiError::new(
+                            "IncorrectState",
+                            format!(
+                                "Snapshot {id} is {}; complete it (CompleteSnapshot) before registering it",
+                                snapshot_status(info.state)
+                            ),
+                        ));
+                    }
+                    if snapshots.iter().any(|(s, _)| *s == id) {
+                        return Err(ApiError::new(
+                            "InvalidBlockDeviceMapping",
+                            format!("Snapshot {id} is mapped to more than one device"),
+                        ));
+                    }
+                    let needed = info.volume_size.div_ceil(GIB);
+                    if volume_size.is_some_and(|v| u64::from(v) < needed) {
+                        return Err(ApiError::new(
+                            "InvalidBlockDeviceMapping",
+                            format!(
+                                "Volume of {} GiB is smaller than snapshot {id} ({needed} GiB)",
+                                volume_size.unwrap_or_default()
+                            ),
+                        ));
+                    }
+                    snapshots.push((id, needed));
+                    Some(snapshots.len() - 1)
+                }
+                None => None,
+            };
+            let volume_size_gib = match (volume_size, disk) {
+                (Some(v), _) => u64::from(v),
+                (None, Some(d)) => snapshots[d].1,
+                (None, None) => {
+                    return Err(ApiError::new(
+                        "InvalidBlockDeviceMapping",
+                        format!("{device_name}: a volume with no snapshot needs Ebs.VolumeSize"),
+                    ));
+                }
+            };
+            ebs = Some(EbsMapping {
+                disk,
+                volume_size_gib,
+                volume_type: match volume_type {
+                    Some(t) => parsed("BlockDeviceMapping.N.Ebs.VolumeType", &t)?,
+                    None => VolumeType::Gp2,
+                },
+                iops,
+                throughput,
+                delete_on_termination,
+                encrypted,
+                kms_key_id,
+            });
+        }
+        m.finish()?;
+        block_device_mappings.push(BlockDeviceMapping {
+            device_name,
+            ebs,
+            virtual_name,
+            no_device,
+        });
+    }
+    finish(p)?;
+    let root: &amistore_core::image::DeviceName = &root_device_name;
+    if !block_device_mappings
+        .iter()
+        .any(|m| m.device_name == *root && m.ebs.as_ref().is_some_and(|e| e.disk.is_some()))
+    {
+        return Err(ApiError::new(
+            "InvalidBlockDeviceMapping",
+            format!(
+                "The root device {root} must map a snapshot (BlockDeviceMapping.N.Ebs.SnapshotId)"
+            ),
+        ));
+    }
+    let metadata = ImageMetadata {
+        description,
+        boot_mode,
+        ena_support,
+        sriov_net_support,
+        tpm_support,
+        uefi_data,
+        imds_support,
+        kernel_id,
+        ramdisk_id,
+        block_device_mappings,
+        tags: image_tags,
+        virtualization_type,
+        ..ImageMetadata::minimal(name, architecture, root_device_name.clone())
+    };
+    metadata.validate()?;
+    let ids: Vec<_> = snapshots.into_iter().map(|(id, _)| id).collect();
+    let token = format!("register-{}", amistore_core::ids::unique_token());
+    let image = engine
+        .catalog
+        .register_image(account, &metadata, &ids, &token)
+        .map_err(|e| match e {
+            CoreError::AlreadyExists(m) => ApiError::new("InvalidAMIName.Duplicate", m),
+            other => other.into(),
+        })?;
+    engine
+        .catalog
+        .set_image_state(account, &image, ResourceState::Available, None)?;
+    let mut body = Body::new();
+    body.text("imageId", image.as_str());
     Ok(body)
 }
 

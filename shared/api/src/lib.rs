@@ -9,11 +9,13 @@
 //! - [`error`]: EC2's error codes and HTTP statuses.
 //! - [`sigv4`]: verifying AWS Signature Version 4 (header and query forms).
 //! - [`actions`]: the actions over the engine, scoped to the caller's account.
+//! - [`ebs`]: the EBS direct APIs over the engine's snapshot store.
 //! - [`service`]: one HTTP request to one response, authentication included.
 //! - [`client`]: signing and sending requests (the CLI's remote mode).
 
 pub mod actions;
 pub mod client;
+pub mod ebs;
 pub mod error;
 pub mod json;
 pub mod query;

@@ -11,12 +11,12 @@ use amistore_core::ids::{AccountId, unique_token};
 use time::OffsetDateTime;
 
 use crate::query::{MAX_REQUEST_BYTES, Params};
-use crate::sigv4::{SignedRequest, verify};
+use crate::sigv4::{SignedRequest, verify, verify_checksummed, verify_for};
 use crate::xml::{Body, error_document, json_error_document};
 
 const XML: &str = "text/xml;charset=UTF-8";
 const JSON: &str = "application/json";
-use crate::{ApiError, actions};
+use crate::{ApiError, actions, ebs};
 
 /// An HTTP request, as the server received it.
 #[derive(Debug, Clone, Default)]
@@ -38,10 +38,31 @@ pub struct HttpRequest {
 pub struct HttpResponse {
     /// HTTP status.
     pub status: u16,
-    /// `text/xml;charset=UTF-8` or `application/json`.
+    /// `text/xml;charset=UTF-8`, `application/json` or (a snapshot block)
+    /// `application/octet-stream`.
     pub content_type: &'static str,
-    /// XML or JSON body.
-    pub body: String,
+    /// Headers besides Content-Type (the EBS direct APIs answer some fields
+    /// in headers).
+    pub headers: Vec<(&'static str, String)>,
+    /// XML, JSON or block data.
+    pub body: Vec<u8>,
+}
+
+impl HttpResponse {
+    /// A text answer with no extra headers.
+    pub fn text(status: u16, content_type: &'static str, body: String) -> Self {
+        Self {
+            status,
+            content_type,
+            headers: Vec::new(),
+            body: body.into_bytes(),
+        }
+    }
+
+    /// The body as text (XML and JSON answers are UTF-8).
+    pub fn body_text(&self) -> std::borrow::Cow<'_, str> {
+        String::from_utf8_lossy(&self.body)
+    }
 }
 
 /// How a request is framed, and so its answer.
@@ -83,6 +104,19 @@ pub struct Outcome {
     /// What went wrong on the server's side, for its log only: callers of a
     /// 5xx answer get a generic message naming the request id.
     pub detail: Option<String>,
+}
+
+impl Outcome {
+    /// A request under a fresh request id, nothing known yet.
+    fn new() -> Self {
+        Self {
+            request_id: unique_token()[..36].to_owned(),
+            action: None,
+            account: None,
+            error: None,
+            detail: None,
+        }
+    }
 }
 
 /// What an access key may do.
@@ -211,7 +245,73 @@ impl Service {
 
     /// Answers one request.
     pub fn handle(&self, req: &HttpRequest, now: OffsetDateTime) -> (HttpResponse, Outcome) {
+        if ebs::is_ebs_path(&req.path) {
+            return self.handle_ebs(req, now);
+        }
         respond(Protocol::Ec2Query, |outcome| self.answer(req, now, outcome))
+    }
+
+    /// Answers one of the EBS direct APIs (signed for `ebs`, rest-json).
+    fn handle_ebs(&self, req: &HttpRequest, now: OffsetDateTime) -> (HttpResponse, Outcome) {
+        let mut outcome = Outcome::new();
+        let answer = (|| {
+            if self.hosts == HostPolicy::Loopback {
+                check_loopback_host(req)?;
+            }
+            let route = ebs::Route::parse(&req.method, &req.path)?;
+            outcome.action = Some(route.action().to_owned());
+            let signed = SignedRequest {
+                method: &req.method,
+                path: &req.path,
+                query: &req.query,
+                headers: &req.headers,
+                body: &req.body,
+            };
+            let secret = |k: &str| self.credentials.secret(k);
+            let signer = match route.body_checksummed() {
+                true => verify_checksummed(ebs::SERVICE, &signed, secret, now)?,
+                false => verify_for(ebs::SERVICE, &signed, secret, now)?,
+            };
+            let (account, permission) = self
+                .credentials
+                .account(&signer.access_key)
+                .ok_or_else(|| ApiError::new("AuthFailure", "unknown access key"))?;
+            outcome.account = Some(account.clone());
+            if signer.presigned && !is_read_only(route.action()) {
+                return Err(ApiError::new(
+                    "AuthFailure",
+                    "query-string (presigned) signatures are accepted only for reads",
+                )
+                .into());
+            }
+            authorize(permission, Some(route.action()))?;
+            let request = ebs::Request {
+                query: &req.query,
+                headers: &req.headers,
+                body: &req.body,
+            };
+            ebs::answer(&self.engine, &account, &route, &request, now)
+        })();
+        let mut response = match answer {
+            Ok(response) => response,
+            Err(mut e) => {
+                outcome.error = Some(e.code);
+                if e.status >= 500 {
+                    outcome.detail = Some(std::mem::replace(
+                        &mut e.message,
+                        format!(
+                            "An internal error has occurred (request {})",
+                            outcome.request_id
+                        ),
+                    ));
+                }
+                e.response()
+            }
+        };
+        response
+            .headers
+            .push(("x-amzn-RequestId", outcome.request_id.clone()));
+        (response, outcome)
     }
 
     fn answer(
@@ -258,6 +358,10 @@ impl Service {
 /// Whether `action` only reads.
 fn is_read_only(action: &str) -> bool {
     action.starts_with("Describe")
+        || matches!(
+            action,
+            "ListSnapshotBlocks" | "ListChangedBlocks" | "GetSnapshotBlock"
+        )
 }
 
 /// Refuses a request whose `Host` is not a loopback name.
@@ -338,25 +442,15 @@ fn respond(
     protocol: Protocol,
     answer: impl FnOnce(&mut Outcome) -> Result<(String, Body), ApiError>,
 ) -> (HttpResponse, Outcome) {
-    let request_id = unique_token()[..36].to_owned();
-    let mut outcome = Outcome {
-        request_id: request_id.clone(),
-        action: None,
-        account: None,
-        error: None,
-        detail: None,
-    };
+    let mut outcome = Outcome::new();
+    let request_id = outcome.request_id.clone();
     let response = match (answer(&mut outcome), protocol) {
-        (Ok((action, body)), Protocol::Ec2Query) => HttpResponse {
-            status: 200,
-            content_type: XML,
-            body: body.document(&action, &request_id),
-        },
-        (Ok((_, body)), Protocol::RestJson) => HttpResponse {
-            status: 200,
-            content_type: JSON,
-            body: body.json(&request_id),
-        },
+        (Ok((action, body)), Protocol::Ec2Query) => {
+            HttpResponse::text(200, XML, body.document(&action, &request_id))
+        }
+        (Ok((_, body)), Protocol::RestJson) => {
+            HttpResponse::text(200, JSON, body.json(&request_id))
+        }
         (Err(mut e), protocol) => {
             outcome.error = Some(e.code);
             if e.status >= 500 {
@@ -375,11 +469,7 @@ fn respond(
                 Protocol::Ec2Query => (XML, error_document(&e, &request_id)),
                 Protocol::RestJson => (JSON, json_error_document(&e, &request_id)),
             };
-            HttpResponse {
-                status: e.status,
-                content_type,
-                body,
-            }
+            HttpResponse::text(e.status, content_type, body)
         }
     };
     (response, outcome)
@@ -408,7 +498,7 @@ fn request_params(req: &HttpRequest) -> Result<Params, ApiError> {
 fn authorize(permission: Permission, action: Option<&str>) -> Result<(), ApiError> {
     let allowed = match permission {
         Permission::Full => true,
-        Permission::ReadOnly => action.is_some_and(|a| a.starts_with("Describe")),
+        Permission::ReadOnly => action.is_some_and(is_read_only),
         Permission::Only(actions) => action.is_some_and(|a| actions.contains(&a)),
     };
     if !allowed {

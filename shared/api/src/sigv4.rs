@@ -335,6 +335,28 @@ pub fn verify_for(
     secret_of: impl Fn(&str) -> Option<String>,
     now: OffsetDateTime,
 ) -> Result<Signer, ApiError> {
+    verify_checked(service, req, secret_of, now, false)
+}
+
+/// [`verify_for`], for a request whose body a checksum header covers, which
+/// the action checks (EBS's PutSnapshotBlock): its body may be sent unsigned
+/// (`UNSIGNED-PAYLOAD`), as EBS allows.
+pub fn verify_checksummed(
+    service: &str,
+    req: &SignedRequest,
+    secret_of: impl Fn(&str) -> Option<String>,
+    now: OffsetDateTime,
+) -> Result<Signer, ApiError> {
+    verify_checked(service, req, secret_of, now, true)
+}
+
+fn verify_checked(
+    service: &str,
+    req: &SignedRequest,
+    secret_of: impl Fn(&str) -> Option<String>,
+    now: OffsetDateTime,
+    body_checksummed: bool,
+) -> Result<Signer, ApiError> {
     let c = claim(req)?;
     if c.service != service {
         return Err(auth_failure(format!(
@@ -377,7 +399,10 @@ pub fn verify_for(
     // EC2 signs the body's hash: a signature over UNSIGNED-PAYLOAD would let
     // whoever holds a signed request change its body. A presigned URL with no
     // body may use it (S3-style presigners do), since nothing is unsigned.
-    let unsigned_allowed = c.in_query && req.body.is_empty();
+    // A checksummed body may go unsigned only if the checksum is signed:
+    // otherwise whoever holds the request could swap body and checksum.
+    let checksum_signed = body_checksummed && names.iter().any(|h| h == "x-amz-checksum");
+    let unsigned_allowed = (c.in_query && req.body.is_empty()) || checksum_signed;
     let payloads: Vec<String> = match header(req, "x-amz-content-sha256") {
         Some("UNSIGNED-PAYLOAD") if !unsigned_allowed => {
             return Err(auth_failure(
@@ -680,6 +705,74 @@ mod tests {
         let secrets = |k: &str| (k == "AKID").then(|| "s3cret".to_owned());
         let refused = verify(&req, secrets, at(amz_date)).unwrap_err();
         assert_eq!(refused.code, "AuthFailure");
+        assert!(refused.message.contains("UNSIGNED-PAYLOAD"), "{refused:?}");
+    }
+
+    /// PutSnapshotBlock's body may go unsigned, as EBS allows, but only when
+    /// the signature covers its `x-amz-checksum` header (which the action
+    /// checks against the body).
+    #[test]
+    fn a_checksummed_body_may_be_unsigned_only_with_its_checksum_signed() {
+        let amz_date = "20261128T120000Z";
+        let body = vec![7u8; 64];
+        let sign = |names: &[&str]| {
+            let headers = h(&[
+                ("Host", "localhost:9000"),
+                ("X-Amz-Date", amz_date),
+                ("X-Amz-Content-Sha256", "UNSIGNED-PAYLOAD"),
+                ("X-Amz-Checksum", "c3VtLW9mLXRoZS1ibG9jaw=="),
+            ]);
+            let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
+            let unsigned = SignedRequest {
+                method: "PUT",
+                path: "/snapshots/snap-1/blocks/0",
+                query: "",
+                headers: &headers,
+                body: &body,
+            };
+            let canonical = canonical_request(&unsigned, &names, None).unwrap();
+            let sig = signature(
+                "s3cret",
+                "20261128",
+                "us-east-1",
+                "ebs",
+                amz_date,
+                &format!("{canonical}\nUNSIGNED-PAYLOAD"),
+            );
+            let mut headers = headers.clone();
+            headers.push((
+                "Authorization".into(),
+                format!("{ALGORITHM} Credential=AKID/20261128/us-east-1/ebs/aws4_request, SignedHeaders={}, Signature={sig}", names.join(";")),
+            ));
+            headers
+        };
+        let secrets = |k: &str| (k == "AKID").then(|| "s3cret".to_owned());
+        let check = |headers: &[(String, String)], checksummed: bool| {
+            let req = SignedRequest {
+                method: "PUT",
+                path: "/snapshots/snap-1/blocks/0",
+                query: "",
+                headers,
+                body: &body,
+            };
+            match checksummed {
+                true => verify_checksummed("ebs", &req, secrets, at(amz_date)),
+                false => verify_for("ebs", &req, secrets, at(amz_date)),
+            }
+        };
+        let covered = sign(&[
+            "host",
+            "x-amz-checksum",
+            "x-amz-content-sha256",
+            "x-amz-date",
+        ]);
+        check(&covered, true).unwrap();
+        assert!(
+            check(&covered, false).is_err(),
+            "only where the action checks a checksum"
+        );
+        let uncovered = sign(&["host", "x-amz-content-sha256", "x-amz-date"]);
+        let refused = check(&uncovered, true).unwrap_err();
         assert!(refused.message.contains("UNSIGNED-PAYLOAD"), "{refused:?}");
     }
 }

@@ -17,13 +17,14 @@ use amistore_local::embedded::{LocalEngine, LocalOptions};
 use serde_json::Value;
 
 /// The actions of the EC2 model this server answers.
-const SERVED: [&str; 6] = [
+const SERVED: [&str; 7] = [
     "CreateStoreImageTask",
     "DescribeStoreImageTasks",
     "CreateRestoreImageTask",
     "DescribeImages",
     "DescribeSnapshots",
     "DeregisterImage",
+    "RegisterImage",
 ];
 
 fn model() -> Value {

@@ -113,7 +113,7 @@ fn link(host: &str, action: &str, pairs: &[(&str, &str)]) -> HttpRequest {
 
 fn answer(w: &World, req: &HttpRequest) -> (u16, String) {
     let (response, _) = w.service.handle(req, OffsetDateTime::now_utc());
-    (response.status, response.body)
+    (response.status, response.body_text().into_owned())
 }
 
 #[test]
@@ -203,19 +203,23 @@ fn failures_on_the_servers_side_name_the_request_not_the_data_directory() {
         &post("127.0.0.1:9000", "DescribeImages", &[]),
         OffsetDateTime::now_utc(),
     );
-    assert_eq!(response.status, 500, "{}", response.body);
+    assert_eq!(response.status, 500, "{}", response.body_text());
     assert!(
-        response.body.contains("<Code>InternalError</Code>"),
+        response.body_text().contains("<Code>InternalError</Code>"),
         "{}",
-        response.body
+        response.body_text()
     );
     assert!(
-        response.body.contains(&outcome.request_id),
+        response.body_text().contains(&outcome.request_id),
         "{}",
-        response.body
+        response.body_text()
     );
     let data_dir = w.dir.path().to_str().unwrap();
-    assert!(!response.body.contains(data_dir), "{}", response.body);
+    assert!(
+        !response.body_text().contains(data_dir),
+        "{}",
+        response.body_text()
+    );
     // The log line keeps the detail.
     assert!(
         outcome.detail.as_deref().unwrap().contains(data_dir),

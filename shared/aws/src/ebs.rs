@@ -15,7 +15,7 @@ use std::time::Duration;
 use amistore_core::blocks::{BLOCK_SIZE, BlockRanges};
 use amistore_core::ids::{AccountId, SnapshotId};
 use amistore_core::image::{Encryption, GIB, Tag};
-use amistore_core::ports::SnapshotStore;
+use amistore_core::ports::{SnapshotInfo, SnapshotStore};
 use amistore_core::{Error, Result};
 use aws_sdk_ebs::primitives::ByteStream;
 use aws_sdk_ebs::types::{ChecksumAlgorithm, Tag as EbsTag};
@@ -294,6 +294,26 @@ impl Ec2Images {
 }
 
 impl SnapshotStore for Ec2Images {
+    fn describe_snapshot(
+        &self,
+        account: &AccountId,
+        snapshot: &SnapshotId,
+    ) -> Result<SnapshotInfo> {
+        if *account != self.account {
+            return Err(Error::NotFound(format!(
+                "snapshot {snapshot} does not exist"
+            )));
+        }
+        let facts = self.snapshot_facts(snapshot)?;
+        Ok(SnapshotInfo {
+            snapshot_id: snapshot.clone(),
+            volume_size: facts.volume_bytes,
+            state: facts.state,
+            start_time: facts.start_time,
+            tags: facts.tags,
+        })
+    }
+
     fn list_blocks(&self, account: &AccountId, snapshot: &SnapshotId) -> Result<BlockRanges> {
         if *account != self.account {
             return Err(Error::NotFound(format!(

@@ -67,6 +67,7 @@ pub(crate) struct SnapshotFacts {
     pub tags: Vec<Tag>,
     pub encrypted: bool,
     pub kms_key_id: Option<String>,
+    pub start_time: Option<String>,
 }
 
 fn ec2_tag(key: &str, value: &str) -> Ec2Tag {
@@ -192,6 +193,7 @@ impl Ec2Images {
                     tags,
                     encrypted: snap.encrypted().unwrap_or(false),
                     kms_key_id: snap.kms_key_id().map(str::to_owned),
+                    start_time: snap.start_time().map(|t| t.to_string()),
                 },
             );
         }

@@ -41,8 +41,8 @@ fn ec2_and_ebs_keep_the_catalog_and_snapshot_contracts() {
         aws.ports.images.as_ref(),
         aws.ports.images.as_ref(),
         &aws.ports.account,
-        // moto does not check CompleteSnapshot's count; tests/requests.rs shows
-        // the count amistore sends.
+        // moto completes a snapshot at once and checks no CompleteSnapshot
+        // count; tests/requests.rs shows the count amistore sends.
         false,
     );
 }

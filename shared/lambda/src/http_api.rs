@@ -238,7 +238,11 @@ pub async fn answer(
         response.status,
         started.elapsed(),
     );
-    reply(response.status, response.content_type, response.body)
+    reply(
+        response.status,
+        response.content_type,
+        response.body_text().into_owned(),
+    )
 }
 
 fn log(

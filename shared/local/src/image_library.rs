@@ -23,7 +23,7 @@ use amistore_core::archive::manifest::format_time;
 use amistore_core::blocks::{BLOCK_SIZE, BlockRanges};
 use amistore_core::ids::{AccountId, ImageId, ResourceState, SnapshotId};
 use amistore_core::image::{Encryption, ImageMetadata, ImageName, ImageSpec, Tag};
-use amistore_core::ports::{Image, ImageCatalog, Snapshot, SnapshotStore};
+use amistore_core::ports::{Image, ImageCatalog, Snapshot, SnapshotInfo, SnapshotStore};
 use rustix::fs::FlockOperation;
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
@@ -47,6 +47,9 @@ struct LooseSnapshot {
     #[serde(default)]
     tags: Vec<Tag>,
     client_token: String,
+    /// When it was started (records written before this field have none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    start_time: Option<String>,
 }
 
 /// Where a snapshot's record lives.
@@ -229,6 +232,7 @@ impl ImageLibrary {
                 state: ResourceState::Pending,
                 tags: tags.to_vec(),
                 client_token: client_token.to_owned(),
+                start_time: Some(format_time(OffsetDateTime::now_utc())),
             };
             let raw = self.snapshot_path(&loose.snapshot_id);
             SparseFile::create(&raw, volume_size)?.sync()?;
@@ -569,6 +573,32 @@ impl ImageCatalog for ImageLibrary {
 }
 
 impl SnapshotStore for ImageLibrary {
+    fn describe_snapshot(
+        &self,
+        account: &AccountId,
+        snapshot: &SnapshotId,
+    ) -> amistore_core::Result<SnapshotInfo> {
+        Ok(match self.snapshot_of(Some(account), snapshot)? {
+            Found::Loose(l) => SnapshotInfo {
+                snapshot_id: l.snapshot_id,
+                volume_size: l.volume_size,
+                state: l.state,
+                start_time: l.start_time,
+                tags: l.tags,
+            },
+            Found::InImage(image, n) => {
+                let s = &image.snapshots[n];
+                SnapshotInfo {
+                    snapshot_id: s.snapshot_id.clone(),
+                    volume_size: s.volume_size,
+                    state: s.state,
+                    start_time: Some(image.creation_date.clone()),
+                    tags: s.tags.clone(),
+                }
+            }
+        })
+    }
+
     fn list_blocks(
         &self,
         account: &AccountId,

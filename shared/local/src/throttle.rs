@@ -10,7 +10,7 @@ use amistore_core::Result;
 use amistore_core::blocks::BlockRanges;
 use amistore_core::ids::{AccountId, SnapshotId};
 use amistore_core::image::{Encryption, Tag};
-use amistore_core::ports::SnapshotStore;
+use amistore_core::ports::{SnapshotInfo, SnapshotStore};
 
 /// A token bucket: `rate` bytes per second, with one second of burst.
 pub struct Bandwidth {
@@ -48,6 +48,13 @@ impl Bandwidth {
 pub struct Throttled(pub Arc<dyn SnapshotStore>, pub Arc<Bandwidth>);
 
 impl SnapshotStore for Throttled {
+    fn describe_snapshot(
+        &self,
+        account: &AccountId,
+        snapshot: &SnapshotId,
+    ) -> Result<SnapshotInfo> {
+        self.0.describe_snapshot(account, snapshot)
+    }
     fn list_blocks(&self, account: &AccountId, snapshot: &SnapshotId) -> Result<BlockRanges> {
         self.0.list_blocks(account, snapshot)
     }

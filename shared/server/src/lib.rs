@@ -11,7 +11,9 @@
 //!   [`Limits::idle_timeout`] is closed;
 //! - memory: a head is at most [`Limits::max_header_bytes`] (hyper answers 431
 //!   past it), a body at most [`Limits::max_body_bytes`] (413, before reading
-//!   it when Content-Length says so), both before any authentication;
+//!   it when Content-Length says so), both before any authentication; all
+//!   bodies being read at once hold at most [`Limits::max_body_memory`] (a
+//!   body waits its body timeout for room, then is answered 503);
 //! - threads: at most [`Limits::max_in_flight`] requests are answered at once,
 //!   on tokio's blocking pool (the engine is synchronous); the rest wait for a
 //!   turn without a thread.
@@ -58,6 +60,8 @@ pub struct Limits {
     pub max_headers: usize,
     /// Size of a request's body, in bytes.
     pub max_body_bytes: usize,
+    /// Bytes all request bodies being read or answered may hold together.
+    pub max_body_memory: usize,
 }
 
 impl Default for Limits {
@@ -70,7 +74,10 @@ impl Default for Limits {
             idle_timeout: Duration::from_secs(60),
             max_header_bytes: 16 * 1024,
             max_headers: 64,
-            max_body_bytes: amistore_api::query::MAX_REQUEST_BYTES,
+            // An EBS block (PutSnapshotBlock); EC2 requests are bounded
+            // tighter by the API itself.
+            max_body_bytes: 512 * 1024,
+            max_body_memory: 64 << 20,
         }
     }
 }
@@ -86,6 +93,9 @@ pub enum Refusal {
     BodyUnreadable,
     /// The handler failed without an answer (a bug: it is logged).
     HandlerFailed,
+    /// Other requests' bodies hold [`Limits::max_body_memory`] and none gave
+    /// room within the body timeout.
+    Overloaded,
 }
 
 /// What answers requests. Called on a blocking thread: it may block.
@@ -215,6 +225,9 @@ struct Shared {
     stats: Arc<Stats>,
     registry: Registry,
     turns: Semaphore,
+    /// [`Limits::max_body_memory`], in KiB permits.
+    body_memory: Semaphore,
+    body_memory_kib: u32,
 }
 
 /// Connections the kernel completes before the server accepts them.
@@ -243,8 +256,14 @@ pub async fn serve(
     stats: Arc<Stats>,
     shutdown: impl Future<Output = ()>,
 ) {
+    let body_memory_kib = limits
+        .max_body_memory
+        .div_ceil(1024)
+        .clamp(1, Semaphore::MAX_PERMITS.min(u32::MAX as usize)) as u32;
     let shared = Arc::new(Shared {
         turns: Semaphore::new(limits.max_in_flight.max(1)),
+        body_memory: Semaphore::new(body_memory_kib as usize),
+        body_memory_kib,
         limits,
         handler,
         stats,
@@ -386,6 +405,24 @@ async fn answer(
     if declared.is_some_and(|n| n > limits.max_body_bytes as u64) {
         return refuse(Refusal::BodyTooLarge(limits.max_body_bytes));
     }
+    // Room for the whole body is taken before a byte of it is read: what
+    // Content-Length declares, or the most a body may be.
+    let kib = declared
+        .map_or(limits.max_body_bytes as u64, |n| {
+            n.min(limits.max_body_bytes as u64)
+        })
+        .div_ceil(1024)
+        .min(u64::from(u32::MAX)) as u32;
+    let room = tokio::time::timeout(
+        limits.body_timeout,
+        shared
+            .body_memory
+            .acquire_many(kib.min(shared.body_memory_kib)),
+    )
+    .await;
+    let Ok(Ok(_room)) = room else {
+        return refuse(Refusal::Overloaded);
+    };
     let read = tokio::time::timeout(
         limits.body_timeout,
         Limited::new(body, limits.max_body_bytes).collect(),
@@ -433,10 +470,17 @@ fn to_hyper(response: HttpResponse) -> Response<Full<Bytes>> {
     let mut out = Response::new(Full::new(Bytes::from(response.body)));
     *out.status_mut() = hyper::StatusCode::from_u16(response.status)
         .unwrap_or(hyper::StatusCode::INTERNAL_SERVER_ERROR);
-    out.headers_mut().insert(
+    let headers = out.headers_mut();
+    headers.insert(
         CONTENT_TYPE,
         HeaderValue::from_static(response.content_type),
     );
+    for (name, value) in response.headers {
+        // Values are the service's own (ids, numbers, base64): never refused.
+        if let Ok(value) = HeaderValue::from_str(&value) {
+            headers.insert(name, value);
+        }
+    }
     out
 }
 

@@ -50,11 +50,11 @@ impl Handler for Echo {
             "/panic" => panic!("a handler bug"),
             _ => {}
         }
-        HttpResponse {
-            status: 200,
-            content_type: "text/plain",
-            body: format!("{} {} {}", request.method, request.path, request.body.len()),
-        }
+        HttpResponse::text(
+            200,
+            "text/plain",
+            format!("{} {} {}", request.method, request.path, request.body.len()),
+        )
     }
 
     fn refuse(&self, refusal: Refusal, _peer: SocketAddr) -> HttpResponse {
@@ -63,12 +63,9 @@ impl Handler for Echo {
             Refusal::BodyTooSlow(_) => 408,
             Refusal::BodyUnreadable => 400,
             Refusal::HandlerFailed => 500,
+            Refusal::Overloaded => 503,
         };
-        HttpResponse {
-            status,
-            content_type: "text/plain",
-            body: format!("{refusal:?}"),
-        }
+        HttpResponse::text(status, "text/plain", format!("{refusal:?}"))
     }
 }
 
@@ -99,6 +96,7 @@ fn small() -> Limits {
         max_header_bytes: 8192,
         max_headers: 32,
         max_body_bytes: 1024,
+        max_body_memory: 4096,
     }
 }
 
@@ -227,6 +225,51 @@ fn a_slow_head_or_body_is_timed_out_while_others_are_answered() {
     assert_eq!(status(&refused), 408, "{refused}");
     assert!(refused.contains("BodyTooSlow"), "{refused}");
     assert!(server.stats.broken.load(Ordering::Relaxed) >= 1);
+}
+
+#[test]
+fn bodies_share_a_memory_budget_and_a_request_that_finds_no_room_is_told_so() {
+    // Room for one 1 KiB body at a time. A takes it and sends nothing; C
+    // queues behind A and, once A is timed out, takes it and sends nothing
+    // too; B, queued behind C, finds no room within its body timeout.
+    let server = start(Limits {
+        max_body_memory: 1024,
+        ..small()
+    });
+    let hold = |addr| {
+        let mut s = connect(addr);
+        s.write_all(b"POST / HTTP/1.1\r\nHost: localhost\r\nContent-Length: 1024\r\n\r\n")
+            .unwrap();
+        s
+    };
+    let mut a = hold(server.addr);
+    std::thread::sleep(Duration::from_millis(100));
+    let mut c = hold(server.addr);
+    std::thread::sleep(Duration::from_millis(100));
+    let b = exchange(
+        server.addr,
+        format!(
+            "POST / HTTP/1.1\r\nHost: localhost\r\nContent-Length: 1024\r\nConnection: close\r\n\r\n{}",
+            "b".repeat(1024)
+        )
+        .as_bytes(),
+    );
+    assert_eq!(status(&b), 503, "{b}");
+    assert!(b.contains("Overloaded"), "{b}");
+    for held in [&mut a, &mut c] {
+        let answer = read_answer(held);
+        assert_eq!(status(&answer), 408, "{answer}");
+    }
+    // With room again, the same request is answered.
+    let b = exchange(
+        server.addr,
+        format!(
+            "POST / HTTP/1.1\r\nHost: localhost\r\nContent-Length: 1024\r\nConnection: close\r\n\r\n{}",
+            "b".repeat(1024)
+        )
+        .as_bytes(),
+    );
+    assert_eq!(status(&b), 200, "{b}");
 }
 
 #[test]

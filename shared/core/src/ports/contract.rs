@@ -435,15 +435,16 @@ pub fn task_store(store: Arc<dyn TaskStore>) {
 }
 
 /// The image catalog and snapshot store contract: a restore's sequence, then a
-/// store's reads. `account` starts with no images. `checks_changed_blocks`:
-/// whether the store refuses a CompleteSnapshot whose changed-block count is
-/// wrong (EBS does; moto does not, so the AWS adapter's request is checked by a
-/// request-capturing test instead).
+/// store's reads. `account` starts with no images. `models_lifecycle`: whether
+/// the store keeps a started snapshot `pending` until it is completed and
+/// refuses a CompleteSnapshot whose changed-block count is wrong (EBS does;
+/// moto shows a started snapshot completed at once and checks no count, so
+/// the AWS adapter's requests are checked by a request-capturing test instead).
 pub fn catalog_and_snapshots(
     catalog: &dyn ImageCatalog,
     snapshots: &dyn SnapshotStore,
     account: &AccountId,
-    checks_changed_blocks: bool,
+    models_lifecycle: bool,
 ) {
     let other: AccountId = "999999999999".parse().unwrap();
     let volume = 8 * BLOCK_SIZE;
@@ -486,6 +487,24 @@ pub fn catalog_and_snapshots(
         None
     );
 
+    let started = snapshots.describe_snapshot(account, &s0).unwrap();
+    assert_eq!((&started.snapshot_id, started.volume_size), (&s0, volume));
+    if models_lifecycle {
+        assert_eq!(
+            started.state,
+            ResourceState::Pending,
+            "a started snapshot is pending"
+        );
+    }
+    assert_eq!(started.tags, vec!["disk=root".parse().unwrap()]);
+    assert!(
+        matches!(
+            snapshots.describe_snapshot(&other, &s0),
+            Err(crate::Error::NotFound(_))
+        ),
+        "another account's snapshot is not found"
+    );
+
     let mut data = vec![0u8; 2 * BLOCK_SIZE as usize];
     data[..BLOCK_SIZE as usize].fill(0xab);
     snapshots.write_blocks(&s0, 3, &data).unwrap(); // block 3 data, block 4 written zeros
@@ -494,7 +513,7 @@ pub fn catalog_and_snapshots(
         snapshots.write_blocks(&s0, 7, &data).is_err(),
         "past the end"
     );
-    if checks_changed_blocks {
+    if models_lifecycle {
         assert!(
             snapshots.complete_snapshot(&s0, 5).is_err(),
             "wrong changed-block count"
@@ -502,6 +521,11 @@ pub fn catalog_and_snapshots(
     }
     snapshots.complete_snapshot(&s0, 2).unwrap();
     snapshots.complete_snapshot(&s1, 0).unwrap();
+    assert_eq!(
+        snapshots.describe_snapshot(account, &s0).unwrap().state,
+        ResourceState::Available,
+        "a completed snapshot is available"
+    );
 
     let name = "contract image".parse().unwrap();
     assert!(!catalog.image_name_taken(account, &name).unwrap());

@@ -38,6 +38,23 @@ pub struct Snapshot {
     pub tags: Vec<Tag>,
 }
 
+/// A snapshot as the EBS direct APIs see it, whether or not an image uses it
+/// yet (one started with [`SnapshotStore::start_snapshot`] and not yet
+/// registered is `pending` until completed, then `available`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SnapshotInfo {
+    /// The snapshot's id.
+    pub snapshot_id: SnapshotId,
+    /// Volume size in bytes (a whole number of 512 KiB blocks).
+    pub volume_size: u64,
+    /// Lifecycle state.
+    pub state: ResourceState,
+    /// When the snapshot was started (ISO 8601, UTC), if the adapter knows.
+    pub start_time: Option<String>,
+    /// Snapshot tags.
+    pub tags: Vec<Tag>,
+}
+
 /// An image as the image catalog describes it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -119,6 +136,11 @@ pub trait SnapshotStore: Send + Sync {
     /// Blocks of a completed snapshot that hold data (zero blocks that were
     /// written count; blocks never written do not).
     fn list_blocks(&self, account: &AccountId, snapshot: &SnapshotId) -> Result<BlockRanges>;
+
+    /// The snapshot `snapshot`, if `account` owns it ([`Error::NotFound`]
+    /// otherwise), in an image or not.
+    fn describe_snapshot(&self, account: &AccountId, snapshot: &SnapshotId)
+    -> Result<SnapshotInfo>;
 
     /// Fills `buf` (a whole number of blocks) with blocks from `first_block`.
     /// Blocks that hold no data read as zeros.

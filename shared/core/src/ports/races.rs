@@ -27,8 +27,8 @@ use crate::engine::{Engine, FailedBy, now_ms};
 use crate::ids::{AccountId, ImageId, ResourceState, SnapshotId, TaskId};
 use crate::image::{Encryption, ImageMetadata, ImageName, Tag};
 use crate::ports::{
-    CompletedPart, ExecutionStatus, Image, ImageCatalog, ObjectInfo, ObjectStore, SnapshotStore,
-    WorkflowRunner,
+    CompletedPart, ExecutionStatus, Image, ImageCatalog, ObjectInfo, ObjectStore, SnapshotInfo,
+    SnapshotStore, WorkflowRunner,
 };
 use crate::storage::{BucketName, BucketPath, ObjectKey};
 use crate::task::{Task, TaskKind, TaskState};
@@ -262,6 +262,9 @@ impl ImageCatalog for Gated<dyn ImageCatalog> {
 }
 
 impl SnapshotStore for Gated<dyn SnapshotStore> {
+    fn describe_snapshot(&self, a: &AccountId, s: &SnapshotId) -> Result<SnapshotInfo> {
+        self.0.describe_snapshot(a, s)
+    }
     fn list_blocks(&self, a: &AccountId, s: &SnapshotId) -> Result<BlockRanges> {
         self.0.list_blocks(a, s)
     }

@@ -14,7 +14,8 @@ use amistore_core::blocks::{BLOCK_SIZE, BlockRanges};
 use amistore_core::ids::{AccountId, ImageId, ResourceState, SnapshotId, TaskId};
 use amistore_core::image::{Architecture, Encryption, ImageMetadata, ImageName, ImageSpec, Tag};
 use amistore_core::ports::{
-    CompletedPart, Image, ImageCatalog, ObjectInfo, ObjectStore, SnapshotStore, TaskStore,
+    CompletedPart, Image, ImageCatalog, ObjectInfo, ObjectStore, SnapshotInfo, SnapshotStore,
+    TaskStore,
 };
 use amistore_core::storage::{BucketName, ObjectKey};
 use amistore_core::task::{Claim, ClaimRequest, Ending, Task, TaskKind};
@@ -312,6 +313,10 @@ impl ImageCatalog for Faulty<dyn ImageCatalog> {
 }
 
 impl SnapshotStore for Faulty<dyn SnapshotStore> {
+    fn describe_snapshot(&self, a: &AccountId, s: &SnapshotId) -> Result<SnapshotInfo> {
+        self.1.check("describe_snapshot")?;
+        self.0.describe_snapshot(a, s)
+    }
     fn list_blocks(&self, a: &AccountId, s: &SnapshotId) -> Result<BlockRanges> {
         self.1.check("list_blocks")?;
         self.0.list_blocks(a, s)
