@@ -1404,3 +1404,113 @@ fn the_ebs_direct_apis_keep_accounts_apart_and_refuse_what_they_cannot_do() {
         "ValidationException",
     );
 }
+
+/// The S3 subset with the stock AWS CLI: `aws s3 mb` makes a bucket a store
+/// task writes to, `aws s3 ls` lists buckets and archives (with prefixes),
+/// `aws s3api head-object` shows the archive's metadata, `aws s3 cp` downloads
+/// it in ranges (it is larger than one answer may be) byte-identical, and
+/// `aws s3 rm` deletes it. Another account sees none of it.
+#[test]
+fn the_aws_cli_reaches_buckets_and_archives_through_s3() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let disk = dir.path().join("root.raw");
+    std::fs::write(&disk, bytes(20 << 20, 7)).unwrap();
+    let ami = ok_in(
+        &[
+            "image",
+            "import",
+            "--name",
+            "s3 source",
+            "--disk",
+            &format!("/dev/xvda={}", disk.display()),
+        ],
+        Some(&data),
+    )
+    .trim()
+    .to_owned();
+    let creds = dir.path().join("credentials");
+    std::fs::write(
+        &creds,
+        "test test 000000000000\nKEYB secret-b 111122223333\nKEYR secret-r 000000000000 read-only\n",
+    )
+    .unwrap();
+    let server = Server::start(&data, &["--credentials", s(&creds)]);
+    let s3 = |key: &str, secret: &str, args: &[&str]| {
+        let out = server.aws_service("s3", key, secret, args);
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let ok = |args: &[&str]| {
+        let (ok, out, err) = s3("test", "test", args);
+        assert!(ok, "aws s3 {args:?}: {err}");
+        out
+    };
+    let s3api = |args: &[&str]| server.aws_service("s3api", "test", "test", args);
+
+    ok(&["mb", "s3://archives"]);
+    let (made, _, err) = s3("KEYB", "secret-b", &["mb", "s3://archives"]);
+    assert!(!made && err.contains("BucketAlreadyExists"), "{err}");
+    let (made, _, err) = s3("KEYR", "secret-r", &["mb", "s3://reader-bucket"]);
+    assert!(!made && err.contains("AccessDenied"), "{err}");
+    assert!(ok(&["ls"]).contains("archives"));
+    let (_, theirs, _) = s3("KEYB", "secret-b", &["ls"]);
+    assert!(!theirs.contains("archives"), "{theirs}");
+
+    server.json(&[
+        "create-store-image-task",
+        "--image-id",
+        &ami,
+        "--bucket",
+        "archives/nightly/2026",
+    ]);
+    server.wait(&["wait", "store-image-task-complete", "--image-ids", &ami]);
+    let key = format!("nightly/2026/{ami}.bin");
+    let top = ok(&["ls", "s3://archives/"]);
+    assert!(top.contains("PRE nightly/"), "{top}");
+    let all = ok(&["ls", "s3://archives/", "--recursive"]);
+    assert!(all.contains(&key), "{all}");
+    let (listed, _, err) = s3("KEYB", "secret-b", &["ls", "s3://archives/"]);
+    assert!(!listed && err.contains("AccessDenied"), "{err}");
+
+    let head = s3api(&["head-object", "--bucket", "archives", "--key", &key]);
+    assert!(
+        head.status.success(),
+        "{}",
+        String::from_utf8_lossy(&head.stderr)
+    );
+    let head: Value = serde_json::from_slice(&head.stdout).unwrap();
+    let size = head["ContentLength"].as_u64().unwrap();
+    assert!(
+        size > 16 << 20,
+        "the archive is larger than one answer: {head}"
+    );
+    assert_eq!(head["Metadata"]["ami-name"], "s3 source", "{head}");
+
+    // One answer holds at most 16 MiB: a whole-object GET says to use ranges,
+    // and aws s3 cp (8 MiB ranges) downloads it.
+    let whole = dir.path().join("whole.bin");
+    let refused = s3api(&[
+        "get-object",
+        "--bucket",
+        "archives",
+        "--key",
+        &key,
+        s(&whole),
+    ]);
+    assert!(!refused.status.success());
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("in ranges"));
+    let copy = dir.path().join("copy.bin");
+    ok(&["cp", &format!("s3://archives/{key}"), s(&copy)]);
+    same_file(&copy, &data.join("s3/archives").join(&key));
+    let verified = ok_in(&["archive", "verify", s(&copy)], None);
+    assert!(!verified.is_empty());
+
+    let (removed, _, err) = s3("KEYR", "secret-r", &["rm", &format!("s3://archives/{key}")]);
+    assert!(!removed && err.contains("AccessDenied"), "{err}");
+    ok(&["rm", &format!("s3://archives/{key}")]);
+    assert!(!ok(&["ls", "s3://archives/", "--recursive"]).contains(&key));
+}

@@ -133,7 +133,9 @@ pub fn run(args: ServeArgs, data_dir: &Path, limits: Limits) -> Result<ExitCode>
     for task in local.recover(Recovery::Resume)? {
         log(json!({"event": "task-resumed", "taskId": task.as_str()}));
     }
-    let service = Service::new(local.engine.clone(), credentials).with_hosts(hosts);
+    let service = Service::new(local.engine.clone(), credentials)
+        .with_hosts(hosts)
+        .with_buckets(Arc::new(local.buckets.clone()));
     let handler = Arc::new(Logged(service));
     let server_limits = ServerLimits {
         max_connections: args.max_connections.max(1),

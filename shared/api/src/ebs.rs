@@ -95,7 +95,7 @@ impl EbsError {
         HttpResponse {
             status: self.status,
             content_type: JSON,
-            headers: vec![("x-amzn-ErrorType", self.code.to_owned())],
+            headers: vec![("x-amzn-ErrorType".into(), self.code.to_owned())],
             body: body.to_string().into_bytes(),
         }
     }
@@ -540,8 +540,8 @@ fn put_block(
         status: 201,
         content_type: JSON,
         headers: vec![
-            ("x-amz-Checksum", sum),
-            ("x-amz-Checksum-Algorithm", SHA256.to_owned()),
+            ("x-amz-Checksum".into(), sum),
+            ("x-amz-Checksum-Algorithm".into(), SHA256.to_owned()),
         ],
         body: Vec::new(),
     })
@@ -658,9 +658,9 @@ fn get_block(
         status: 200,
         content_type: OCTETS,
         headers: vec![
-            ("x-amz-Data-Length", BLOCK_SIZE.to_string()),
-            ("x-amz-Checksum", checksum(&data)),
-            ("x-amz-Checksum-Algorithm", SHA256.to_owned()),
+            ("x-amz-Data-Length".into(), BLOCK_SIZE.to_string()),
+            ("x-amz-Checksum".into(), checksum(&data)),
+            ("x-amz-Checksum-Algorithm".into(), SHA256.to_owned()),
         ],
         body: data,
     })

@@ -10,6 +10,7 @@
 //! - [`sigv4`]: verifying AWS Signature Version 4 (header and query forms).
 //! - [`actions`]: the actions over the engine, scoped to the caller's account.
 //! - [`ebs`]: the EBS direct APIs over the engine's snapshot store.
+//! - [`s3`]: a subset of S3 over the server's buckets.
 //! - [`service`]: one HTTP request to one response, authentication included.
 //! - [`client`]: signing and sending requests (the CLI's remote mode).
 
@@ -19,6 +20,7 @@ pub mod ebs;
 pub mod error;
 pub mod json;
 pub mod query;
+pub mod s3;
 pub mod service;
 pub mod sigv4;
 pub mod xml;

@@ -8,15 +8,16 @@ use std::sync::Arc;
 
 use amistore_core::engine::Engine;
 use amistore_core::ids::{AccountId, unique_token};
+use amistore_core::ports::BucketAdmin;
 use time::OffsetDateTime;
 
 use crate::query::{MAX_REQUEST_BYTES, Params};
-use crate::sigv4::{SignedRequest, verify, verify_checksummed, verify_for};
+use crate::sigv4::{SignedRequest, signed_service, verify, verify_checksummed, verify_for};
 use crate::xml::{Body, error_document, json_error_document};
 
 const XML: &str = "text/xml;charset=UTF-8";
 const JSON: &str = "application/json";
-use crate::{ApiError, actions, ebs};
+use crate::{ApiError, actions, ebs, s3};
 
 /// An HTTP request, as the server received it.
 #[derive(Debug, Clone, Default)]
@@ -43,7 +44,7 @@ pub struct HttpResponse {
     pub content_type: &'static str,
     /// Headers besides Content-Type (the EBS direct APIs answer some fields
     /// in headers).
-    pub headers: Vec<(&'static str, String)>,
+    pub headers: Vec<(String, String)>,
     /// XML, JSON or block data.
     pub body: Vec<u8>,
 }
@@ -220,6 +221,7 @@ pub struct Service {
     engine: Arc<Engine>,
     credentials: Credentials,
     hosts: HostPolicy,
+    buckets: Option<Arc<dyn BucketAdmin>>,
 }
 
 impl Service {
@@ -229,6 +231,16 @@ impl Service {
             engine,
             credentials,
             hosts: HostPolicy::Any,
+            buckets: None,
+        }
+    }
+
+    /// This service, answering S3 requests over `buckets` (without it, S3
+    /// requests are `NotImplemented`).
+    pub fn with_buckets(self, buckets: Arc<dyn BucketAdmin>) -> Self {
+        Self {
+            buckets: Some(buckets),
+            ..self
         }
     }
 
@@ -245,10 +257,85 @@ impl Service {
 
     /// Answers one request.
     pub fn handle(&self, req: &HttpRequest, now: OffsetDateTime) -> (HttpResponse, Outcome) {
+        let signed = SignedRequest {
+            method: &req.method,
+            path: &req.path,
+            query: &req.query,
+            headers: &req.headers,
+            body: &req.body,
+        };
+        if signed_service(&signed).as_deref() == Some(s3::SERVICE) {
+            return self.handle_s3(req, now);
+        }
         if ebs::is_ebs_path(&req.path) {
             return self.handle_ebs(req, now);
         }
         respond(Protocol::Ec2Query, |outcome| self.answer(req, now, outcome))
+    }
+
+    /// Answers an S3 request (signed for `s3`, path-style).
+    fn handle_s3(&self, req: &HttpRequest, now: OffsetDateTime) -> (HttpResponse, Outcome) {
+        let mut outcome = Outcome::new();
+        let action = s3::action_of(&req.method, &req.path, &req.query);
+        outcome.action = action.map(str::to_owned);
+        let answer = (|| {
+            if self.hosts == HostPolicy::Loopback {
+                check_loopback_host(req)?;
+            }
+            let signed = SignedRequest {
+                method: &req.method,
+                path: &req.path,
+                query: &req.query,
+                headers: &req.headers,
+                body: &req.body,
+            };
+            let signer = verify_for(s3::SERVICE, &signed, |k| self.credentials.secret(k), now)?;
+            let (account, permission) = self
+                .credentials
+                .account(&signer.access_key)
+                .ok_or_else(|| ApiError::new("AuthFailure", "unknown access key"))?;
+            outcome.account = Some(account.clone());
+            let reads = action.is_some_and(is_read_only);
+            if signer.presigned && !reads {
+                return Err(ApiError::new(
+                    "AuthFailure",
+                    "query-string (presigned) signatures are accepted only for reads",
+                )
+                .into());
+            }
+            if action.is_some() {
+                authorize(permission, action)?;
+            }
+            let request = s3::Request {
+                method: &req.method,
+                path: &req.path,
+                query: &req.query,
+                headers: &req.headers,
+            };
+            s3::answer(&self.engine, self.buckets.as_ref(), &account, &request)
+        })();
+        let response = match answer {
+            Ok(mut response) => {
+                response
+                    .headers
+                    .push(("x-amz-request-id".into(), outcome.request_id.clone()));
+                response
+            }
+            Err(mut e) => {
+                outcome.error = Some(e.code);
+                if e.status >= 500 && e.status != 501 {
+                    outcome.detail = Some(std::mem::replace(
+                        &mut e.message,
+                        format!(
+                            "We encountered an internal error (request {})",
+                            outcome.request_id
+                        ),
+                    ));
+                }
+                e.response(&outcome.request_id, req.method == "HEAD")
+            }
+        };
+        (response, outcome)
     }
 
     /// Answers one of the EBS direct APIs (signed for `ebs`, rest-json).
@@ -310,7 +397,7 @@ impl Service {
         };
         response
             .headers
-            .push(("x-amzn-RequestId", outcome.request_id.clone()));
+            .push(("x-amzn-RequestId".into(), outcome.request_id.clone()));
         (response, outcome)
     }
 
@@ -360,7 +447,15 @@ fn is_read_only(action: &str) -> bool {
     action.starts_with("Describe")
         || matches!(
             action,
-            "ListSnapshotBlocks" | "ListChangedBlocks" | "GetSnapshotBlock"
+            "ListSnapshotBlocks"
+                | "ListChangedBlocks"
+                | "GetSnapshotBlock"
+                | "ListBuckets"
+                | "HeadBucket"
+                | "ListObjects"
+                | "ListObjectsV2"
+                | "HeadObject"
+                | "GetObject"
         )
 }
 

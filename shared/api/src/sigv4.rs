@@ -134,6 +134,17 @@ pub(crate) fn canonical_request(
     signed_headers: &[String],
     skip_query: Option<&str>,
 ) -> Result<String, ApiError> {
+    canonical_request_for(req, signed_headers, skip_query, false)
+}
+
+/// [`canonical_request`]; `s3` takes the path as sent (S3 signs it encoded
+/// once, every other service encodes the encoded path again).
+fn canonical_request_for(
+    req: &SignedRequest,
+    signed_headers: &[String],
+    skip_query: Option<&str>,
+    s3: bool,
+) -> Result<String, ApiError> {
     let mut pairs: Vec<(String, String)> = query_pairs(req.query)?
         .into_iter()
         .filter(|(k, _)| Some(k.as_str()) != skip_query)
@@ -161,10 +172,13 @@ pub(crate) fn canonical_request(
         headers.push_str(&format!("{name}:{}\n", values.join(",")));
     }
     let path = if req.path.is_empty() { "/" } else { req.path };
+    let path = match s3 {
+        true => path.to_owned(),
+        false => uri_encode(path, true),
+    };
     Ok(format!(
-        "{}\n{}\n{query}\n{headers}\n{}",
+        "{}\n{path}\n{query}\n{headers}\n{}",
         req.method,
-        uri_encode(path, true),
         signed_headers.join(";")
     ))
 }
@@ -316,6 +330,12 @@ fn claim(req: &SignedRequest) -> Result<Claim, ApiError> {
     })
 }
 
+/// The service `req` says it is signed for (its credential scope's), if it
+/// is signed at all: which API the request is for, before it is verified.
+pub fn signed_service(req: &SignedRequest) -> Option<String> {
+    claim(req).ok().map(|c| c.service)
+}
+
 /// Verifies `req`'s signature for EC2 ([`SERVICE`]). `secret_of` gives the
 /// secret of an access key (or `None` for an unknown key); `now` is the
 /// server's clock.
@@ -394,7 +414,7 @@ fn verify_checked(
         auth_failure("AWS was not able to validate the provided access credentials")
     })?;
     let skip = c.in_query.then_some("X-Amz-Signature");
-    let canonical = canonical_request(req, &names, skip)?;
+    let canonical = canonical_request_for(req, &names, skip, c.service == "s3")?;
     let body_hash = sha256_hex(req.body);
     // EC2 signs the body's hash: a signature over UNSIGNED-PAYLOAD would let
     // whoever holds a signed request change its body. A presigned URL with no

@@ -29,6 +29,12 @@ fn bucket_store_keeps_the_object_store_contract() {
 }
 
 #[test]
+fn bucket_store_keeps_the_bucket_admin_contract() {
+    let dir = tempfile::tempdir().unwrap();
+    contract::bucket_admin(&BucketStore::open(&dir.path().join("data")).unwrap());
+}
+
+#[test]
 fn sqlite_keeps_the_task_store_contract() {
     let dir = tempfile::tempdir().unwrap();
     let db = SqliteTaskStore::open(&dir.path().join("tasks.db"), None).unwrap();

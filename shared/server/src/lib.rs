@@ -476,9 +476,14 @@ fn to_hyper(response: HttpResponse) -> Response<Full<Bytes>> {
         HeaderValue::from_static(response.content_type),
     );
     for (name, value) in response.headers {
-        // Values are the service's own (ids, numbers, base64): never refused.
-        if let Ok(value) = HeaderValue::from_str(&value) {
-            headers.insert(name, value);
+        // Names and values are the service's own (ids, numbers, base64,
+        // printable metadata): one that is not a valid header is a bug, and
+        // is left out rather than failing the answer.
+        if let (Ok(name), Ok(value)) = (
+            hyper::header::HeaderName::from_bytes(name.as_bytes()),
+            HeaderValue::from_str(&value),
+        ) {
+            headers.append(name, value);
         }
     }
     out

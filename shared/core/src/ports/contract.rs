@@ -13,7 +13,9 @@ use crate::Error;
 use crate::blocks::{BLOCK_SIZE, BlockRanges};
 use crate::ids::{AccountId, ImageId, ResourceState, TaskId};
 use crate::image::{Architecture, DeviceName, EbsMapping, Encryption, ImageMetadata, VolumeType};
-use crate::ports::{CompletedPart, ImageCatalog, ObjectStore, SnapshotStore, TaskStore};
+use crate::ports::{
+    BucketAdmin, CompletedPart, ImageCatalog, ObjectStore, SnapshotStore, TaskStore,
+};
 use crate::storage::{BucketName, ObjectKey};
 use crate::task::{Claim, ClaimRequest, Ending, Task, TaskKind, TaskState};
 
@@ -28,6 +30,77 @@ fn listed(store: &dyn ObjectStore, bucket: &BucketName, upload: &str) -> bool {
 
 fn key(s: &str) -> ObjectKey {
     s.parse().unwrap()
+}
+
+/// The bucket administration contract, over a store with no buckets yet that
+/// is also an [`ObjectStore`] (to put objects to list).
+pub fn bucket_admin(store: &(impl BucketAdmin + ObjectStore)) {
+    let me: AccountId = "111122223333".parse().unwrap();
+    let other: AccountId = "444455556666".parse().unwrap();
+    let (a, b): (BucketName, BucketName) = ("admin-a".parse().unwrap(), "admin-b".parse().unwrap());
+    assert!(store.list_buckets(&me).unwrap().is_empty());
+    store.create_bucket(&me, &b).unwrap();
+    store.create_bucket(&me, &a).unwrap();
+    store.create_bucket(&me, &a).unwrap(); // again: fine
+    assert!(
+        matches!(
+            store.create_bucket(&other, &a),
+            Err(Error::AlreadyExists(_))
+        ),
+        "another account's bucket name is taken"
+    );
+    let names = |account: &AccountId| -> Vec<String> {
+        store
+            .list_buckets(account)
+            .unwrap()
+            .into_iter()
+            .map(|b| b.name.to_string())
+            .collect()
+    };
+    assert_eq!(names(&me), ["admin-a", "admin-b"], "by name");
+    assert!(names(&other).is_empty(), "only the account's own");
+    assert!(store.bucket_exists(&me, &a).unwrap());
+    assert_eq!(store.owner_of(&a).unwrap(), Some(me.clone()));
+    assert_eq!(
+        store.owner_of(&"admin-none".parse().unwrap()).unwrap(),
+        None
+    );
+
+    for k in ["p/2.bin", "p/1.bin", "q/x/3.bin", "root.bin", "p/sub/4.bin"] {
+        store.put_object(&a, &key(k), k.as_bytes()).unwrap();
+    }
+    let keys = |prefix: &str, after: &str, max: usize| -> Vec<String> {
+        store
+            .list_objects(&a, prefix, after, max)
+            .unwrap()
+            .into_iter()
+            .map(|o| o.key.to_string())
+            .collect()
+    };
+    assert_eq!(
+        keys("", "", 1000),
+        ["p/1.bin", "p/2.bin", "p/sub/4.bin", "q/x/3.bin", "root.bin"],
+        "in key order"
+    );
+    assert_eq!(keys("p/", "", 1000), ["p/1.bin", "p/2.bin", "p/sub/4.bin"]);
+    assert_eq!(keys("p/", "p/1.bin", 1), ["p/2.bin"], "a page after a key");
+    assert_eq!(keys("q/x", "", 1000), ["q/x/3.bin"]);
+    assert!(keys("zzz", "", 1000).is_empty());
+    let listed = store.list_objects(&a, "root", "", 10).unwrap();
+    assert_eq!(listed[0].size, 8);
+    assert_eq!(
+        listed[0].etag,
+        store
+            .head_object(&a, &key("root.bin"))
+            .unwrap()
+            .unwrap()
+            .etag
+    );
+    // An upload in progress is not an object.
+    store
+        .create_multipart(&a, &key("p/3.bin"), &BTreeMap::new(), &[])
+        .unwrap();
+    assert_eq!(keys("p/", "", 1000).len(), 3);
 }
 
 /// The object store contract. `bucket` exists, is empty and belongs to

@@ -198,6 +198,60 @@ pub struct ObjectInfo {
     pub etag: String,
 }
 
+/// One object as a listing shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ObjectSummary {
+    /// The key.
+    pub key: ObjectKey,
+    /// Size in bytes.
+    pub size: u64,
+    /// When the object was completed (ISO 8601).
+    pub last_modified: String,
+    /// The object's version tag (as [`ObjectInfo::etag`]).
+    pub etag: String,
+}
+
+/// A bucket as a listing shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct BucketSummary {
+    /// The bucket's name.
+    pub name: BucketName,
+    /// When it was created (ISO 8601).
+    pub creation_date: String,
+}
+
+/// Keys in one listing page at most (S3's ListObjectsV2 `MaxKeys` bound).
+pub const MAX_LIST_KEYS: usize = 1000;
+
+/// Bucket administration: making, listing and browsing buckets, as
+/// `amistore bucket` and `amistore serve`'s S3 front need it. The workflows
+/// never call it; on AWS, S3 itself is the administration, so only the local
+/// bucket store implements it.
+pub trait BucketAdmin: Send + Sync {
+    /// Creates `bucket` for `account`. Creating one `account` already has is
+    /// fine; one another account has is [`Error::AlreadyExists`].
+    fn create_bucket(&self, account: &AccountId, bucket: &BucketName) -> Result<()>;
+
+    /// The buckets `account` owns, by name.
+    fn list_buckets(&self, account: &AccountId) -> Result<Vec<BucketSummary>>;
+
+    /// The account `bucket` belongs to, or `None` if there is no such bucket.
+    fn owner_of(&self, bucket: &BucketName) -> Result<Option<AccountId>>;
+
+    /// At most `max` (≤ [`MAX_LIST_KEYS`]) objects of `bucket` whose keys
+    /// start with `prefix` and sort after `start_after`, in key order (UTF-8
+    /// bytes, as S3 orders them). Uploads in progress are not objects.
+    fn list_objects(
+        &self,
+        bucket: &BucketName,
+        prefix: &str,
+        start_after: &str,
+        max: usize,
+    ) -> Result<Vec<ObjectSummary>>;
+}
+
 /// A part the caller uploaded, as CompleteMultipartUpload names it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]

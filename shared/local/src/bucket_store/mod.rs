@@ -28,7 +28,7 @@ use std::path::{Path, PathBuf};
 use amistore_core::archive::manifest::format_time;
 use amistore_core::ids::{AccountId, unique_token};
 use amistore_core::image::Tag;
-use amistore_core::ports::ObjectStore;
+use amistore_core::ports::{BucketAdmin, BucketSummary, MAX_LIST_KEYS, ObjectStore, ObjectSummary};
 pub use amistore_core::ports::{CompletedPart, ObjectInfo};
 use amistore_core::storage::{BucketName, ObjectKey};
 use serde::{Deserialize, Serialize};
@@ -589,6 +589,106 @@ impl ObjectStore for BucketStore {
         if_match: Option<&str>,
     ) -> amistore_core::Result<Vec<u8>> {
         Ok(self.read_range(bucket, key, range, if_match)?)
+    }
+}
+
+impl BucketAdmin for BucketStore {
+    fn create_bucket(&self, account: &AccountId, bucket: &BucketName) -> amistore_core::Result<()> {
+        Ok(self.create_bucket_for(bucket, account)?)
+    }
+
+    fn list_buckets(&self, account: &AccountId) -> amistore_core::Result<Vec<BucketSummary>> {
+        let entries =
+            fs::read_dir(&self.root).map_err(io(format!("listing {}", self.root.display())))?;
+        let mut buckets = Vec::new();
+        for entry in entries {
+            let entry = entry.map_err(io(format!("listing {}", self.root.display())))?;
+            // A folder whose name S3 would refuse is not a bucket.
+            let Some(name) = entry
+                .file_name()
+                .to_str()
+                .and_then(|n| n.parse::<BucketName>().ok())
+            else {
+                continue;
+            };
+            let Ok(meta) = entry.metadata() else { continue };
+            if !meta.is_dir() || self.bucket_owner(&name)? != *account {
+                continue;
+            }
+            let created = meta.created().or_else(|_| meta.modified());
+            buckets.push(BucketSummary {
+                name,
+                creation_date: format_time(
+                    created.map_or(OffsetDateTime::UNIX_EPOCH, OffsetDateTime::from),
+                ),
+            });
+        }
+        buckets.sort_by(|a, b| a.name.as_str().cmp(b.name.as_str()));
+        Ok(buckets)
+    }
+
+    fn owner_of(&self, bucket: &BucketName) -> amistore_core::Result<Option<AccountId>> {
+        if !BucketStore::bucket_exists(self, bucket) {
+            return Ok(None);
+        }
+        Ok(Some(self.bucket_owner(bucket)?))
+    }
+
+    fn list_objects(
+        &self,
+        bucket: &BucketName,
+        prefix: &str,
+        start_after: &str,
+        max: usize,
+    ) -> amistore_core::Result<Vec<ObjectSummary>> {
+        let root = self.bucket_dir(bucket)?;
+        let mut keys = Vec::new();
+        let mut folders = vec![(root.clone(), String::new())];
+        while let Some((dir, above)) = folders.pop() {
+            let entries = fs::read_dir(&dir).map_err(io(format!("listing {}", dir.display())))?;
+            for entry in entries {
+                let entry = entry.map_err(io(format!("listing {}", dir.display())))?;
+                let Some(name) = entry.file_name().to_str().map(str::to_owned) else {
+                    continue;
+                };
+                // The store's own files (owner, sidecars, uploads, temporaries).
+                if name.starts_with(".amistore") {
+                    continue;
+                }
+                let key = format!("{above}{name}");
+                let Ok(kind) = entry.file_type() else {
+                    continue;
+                };
+                if kind.is_dir() {
+                    // Only folders that can hold keys with the prefix.
+                    let folder = format!("{key}/");
+                    if folder.starts_with(prefix) || prefix.starts_with(&folder) {
+                        folders.push((entry.path(), folder));
+                    }
+                } else if kind.is_file() && key.starts_with(prefix) && key.as_str() > start_after {
+                    keys.push(key);
+                }
+            }
+        }
+        keys.sort_unstable();
+        let mut objects = Vec::new();
+        // A file copied in by hand under a name S3 would refuse is no object.
+        let valid = keys.into_iter().filter_map(|k| k.parse::<ObjectKey>().ok());
+        for parsed in valid.take(max.min(MAX_LIST_KEYS)) {
+            let Ok(meta) = fs::metadata(self.object_path(bucket, &parsed)?) else {
+                continue; // deleted meanwhile
+            };
+            objects.push(ObjectSummary {
+                size: meta.len(),
+                last_modified: format_time(
+                    meta.modified()
+                        .map_or(OffsetDateTime::UNIX_EPOCH, OffsetDateTime::from),
+                ),
+                etag: etag_of(&meta),
+                key: parsed,
+            });
+        }
+        Ok(objects)
     }
 }
 
