@@ -60,10 +60,13 @@ fn import_list_export_round_trip_through_the_data_dir() {
     );
     let json: serde_json::Value =
         serde_json::from_str(&ok(&["image", "list", "--json"], Some(&data))).unwrap();
-    assert_eq!(json[0]["imageId"], id.as_str());
-    assert_eq!(json[0]["metadata"]["tags"][0]["key"], "team");
+    // `aws ec2 describe-images`' shape.
+    let image = &json["Images"][0];
+    assert_eq!(image["ImageId"], id.as_str());
+    assert_eq!(image["State"], "available");
+    assert_eq!(image["Tags"][0]["Key"], "team");
     assert!(
-        json[0]["snapshots"][1]["snapshotId"]
+        image["BlockDeviceMappings"][1]["Ebs"]["SnapshotId"]
             .as_str()
             .unwrap()
             .starts_with("snap-")
@@ -110,7 +113,7 @@ fn import_list_export_round_trip_through_the_data_dir() {
     );
     assert_eq!(
         ok(&["image", "list", "--json"], Some(&data))
-            .matches("imageId")
+            .matches("\"ImageId\"")
             .count(),
         1
     );

@@ -496,6 +496,8 @@ fn a_store_killed_with_sigkill_resumes_where_it_stopped() {
 fn commands_that_cannot_use_an_endpoint_refuse_it() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
+    // The bucket and image commands go to the server (here, none answers);
+    // nothing is done on this machine instead.
     for args in [
         &[
             "--endpoint",
@@ -505,13 +507,21 @@ fn commands_that_cannot_use_an_endpoint_refuse_it() {
             "x-bucket",
         ][..],
         &["--endpoint", "http://127.0.0.1:9", "image", "list"],
+    ] {
+        let err = fails_in(args, Some(&data));
+        assert!(
+            err.contains("cannot reach http://127.0.0.1:9"),
+            "{args:?}: {err}"
+        );
+    }
+    for args in [
         &[
             "--endpoint",
             "http://127.0.0.1:9",
             "archive",
             "inspect",
             "nothing.bin",
-        ],
+        ][..],
         &["--endpoint", "http://127.0.0.1:9", "serve"],
     ] {
         let err = fails_in(args, Some(&data));

@@ -1,22 +1,38 @@
-//! `amistore image …`: the local image library.
+//! `amistore image …`: images, in this machine's library or, with
+//! `--endpoint`, on a server (imported and exported through its EBS direct
+//! APIs and RegisterImage, listed with DescribeImages).
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use amistore_core::ids::{AccountId, ImageId};
-use amistore_local::image_library::{ImageLibrary, ImageRecord};
-use anyhow::Result;
+use amistore_local::image_library::ImageLibrary;
+use anyhow::{Result, bail};
 use clap::Subcommand;
+use serde_json::Value;
 
 use crate::archive_cmd::ImageArgs;
+use crate::remote::Remote;
 
 #[derive(Subcommand)]
 pub enum ImageCommand {
     /// Import raw disk files as a new AMI (sparse-aware); prints its id.
-    Import(ImageArgs),
-    /// List the library's images.
+    /// Through a server, each disk's volume is its size rounded up to a
+    /// whole GiB, as EBS volumes are.
+    Import {
+        #[command(flatten)]
+        image: ImageArgs,
+        /// The account the image belongs to (this machine only; through a
+        /// server it is the caller's) [default: 000000000000].
+        #[arg(long)]
+        owner: Option<AccountId>,
+    },
+    /// List the images (a table, or `aws ec2 describe-images`' JSON).
     List {
-        /// Print JSON records instead of a table.
+        /// Whose images (this machine only) [default: 000000000000].
+        #[arg(long)]
+        owner: Option<AccountId>,
+        /// Print JSON as `aws ec2 describe-images --owners self` does.
         #[arg(long)]
         json: bool,
     },
@@ -30,32 +46,72 @@ pub enum ImageCommand {
         /// Replace files that already exist.
         #[arg(long)]
         force: bool,
+        /// Whose image (this machine only) [default: 000000000000].
+        #[arg(long)]
+        owner: Option<AccountId>,
     },
 }
 
-pub fn run(cmd: ImageCommand, data_dir: &Path) -> Result<ExitCode> {
-    let library = ImageLibrary::open(data_dir)?;
-    // Embedded mode acts for one local account; the server maps credentials to accounts.
-    let owner = AccountId::local_default();
+/// Where the images are.
+pub enum Images<'a> {
+    /// This machine's library.
+    Local(&'a Path),
+    /// A server's, for the caller.
+    Remote(Remote),
+}
+
+fn owner_of(owner: Option<AccountId>, images: &Images<'_>) -> Result<AccountId> {
+    match (owner, images) {
+        (Some(_), Images::Remote(_)) => bail!(
+            "--owner is for this machine's library; through a server, images belong to the caller's account"
+        ),
+        (owner, _) => Ok(owner.unwrap_or_else(AccountId::local_default)),
+    }
+}
+
+pub fn run(cmd: ImageCommand, images: Images<'_>, quiet: bool) -> Result<ExitCode> {
     match cmd {
-        ImageCommand::Import(args) => {
-            let image = library.import(&owner, &args.spec(), &args.disks)?;
-            println!("{}", image.image_id);
+        ImageCommand::Import { image, owner } => {
+            let owner = owner_of(owner, &images)?;
+            let id = match &images {
+                Images::Local(dir) => {
+                    ImageLibrary::open(dir)?
+                        .import(&owner, &image.spec(), &image.disks)?
+                        .image_id
+                }
+                Images::Remote(r) => r.import_image(&image.spec(), &image.disks, quiet)?,
+            };
+            println!("{id}");
         }
-        ImageCommand::List { json } => {
-            let images = library.list(&owner)?;
+        ImageCommand::List { owner, json } => {
+            let owner = owner_of(owner, &images)?;
+            let document = match &images {
+                Images::Local(dir) => amistore_api::actions::describe_images_document(
+                    &ImageLibrary::open(dir)?.list(&owner)?,
+                ),
+                Images::Remote(r) => r.describe_images(None)?,
+            };
+            let listed = crate::output::ec2_json(&document)?;
             if json {
-                crate::output::print_json(&images)?;
+                crate::output::print_json(&listed)?;
             } else {
-                print_table(&images);
+                print_table(&listed);
             }
         }
         ImageCommand::Export {
             image_id,
             out,
             force,
+            owner,
         } => {
-            for path in library.export(&owner, &image_id, &out, force)? {
+            let owner = owner_of(owner, &images)?;
+            let written = match &images {
+                Images::Local(dir) => {
+                    ImageLibrary::open(dir)?.export(&owner, &image_id, &out, force)?
+                }
+                Images::Remote(r) => r.export_image(&image_id, &out, force, quiet)?,
+            };
+            for path in written {
                 println!("{}", path.display());
             }
         }
@@ -63,25 +119,33 @@ pub fn run(cmd: ImageCommand, data_dir: &Path) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn print_table(images: &[ImageRecord]) {
+/// IMAGE ID, STATE, CREATED, DISKS, SIZE GiB and NAME of each image in a
+/// DescribeImages answer.
+fn print_table(listed: &Value) {
     println!(
-        "{:<21}  {:<9}  {:<20}  {:>5}  {:>9}  NAME",
+        "{:<21}  {:<9}  {:<24}  {:>5}  {:>9}  NAME",
         "IMAGE ID", "STATE", "CREATED", "DISKS", "SIZE GiB"
     );
-    for image in images {
-        let gib: u64 = image
-            .snapshots
+    let text = |v: &Value, k: &str| v[k].as_str().unwrap_or_default().to_owned();
+    for image in listed["Images"].as_array().into_iter().flatten() {
+        let disks: Vec<&Value> = image["BlockDeviceMappings"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|m| m["Ebs"]["SnapshotId"].is_string())
+            .collect();
+        let gib: u64 = disks
             .iter()
-            .map(|s| s.volume_size.div_ceil(1 << 30))
+            .filter_map(|m| m["Ebs"]["VolumeSize"].as_u64())
             .sum();
         println!(
-            "{:<21}  {:<9}  {:<20}  {:>5}  {:>9}  {}",
-            image.image_id,
-            image.state,
-            image.creation_date,
-            image.snapshots.len(),
+            "{:<21}  {:<9}  {:<24}  {:>5}  {:>9}  {}",
+            text(image, "ImageId"),
+            text(image, "State"),
+            text(image, "CreationDate"),
+            disks.len(),
             gib,
-            image.metadata.name
+            text(image, "Name")
         );
     }
 }

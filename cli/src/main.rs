@@ -125,20 +125,19 @@ fn refuse_endpoint(command: &Command, endpoint: Option<&String>) -> anyhow::Resu
         | Command::DescribeRestoreImageTasks(_)
         | Command::CancelStoreImageTask(_)
         | Command::DeregisterImage(_)
-        | Command::DescribeTaskQuotas => {
+        | Command::DescribeTaskQuotas
+        | Command::Bucket(_)
+        | Command::Image(_) => {
             return Ok(());
         }
         Command::Archive(_) => "archive (which works on local files)",
-        Command::Image(_) => "image (which manages this machine's image library)",
-        Command::Bucket(_) => "bucket (which manages this machine's buckets)",
         Command::Serve(_) => "serve",
         Command::Completions { .. } | Command::Man => return Ok(()),
     };
     match endpoint {
         Some(url) => anyhow::bail!(
             "--endpoint {url} (or AMISTORE_ENDPOINT) cannot be used with `amistore {name}`; \
-             only the task commands (store-image, restore-image, describe-*-image-tasks, \
-             cancel-store-image-task, deregister-image) talk to a server"
+             the task, image and bucket commands talk to a server"
         ),
         None => Ok(()),
     }
@@ -190,8 +189,18 @@ fn main() -> ExitCode {
     let (quiet, limits, backend) = (cli.quiet, cli.limits, cli.backend);
     let result = match cli.command {
         Command::Archive(cmd) => archive_cmd::run(cmd, quiet),
-        Command::Image(cmd) => data_dir(cli.data_dir).and_then(|dir| image_cmd::run(cmd, &dir)),
-        Command::Bucket(cmd) => data_dir(cli.data_dir).and_then(|dir| bucket_cmd::run(cmd, &dir)),
+        Command::Image(cmd) => match &cli.endpoint {
+            Some(url) => remote::Remote::new(url)
+                .and_then(|r| image_cmd::run(cmd, image_cmd::Images::Remote(r), quiet)),
+            None => data_dir(cli.data_dir)
+                .and_then(|dir| image_cmd::run(cmd, image_cmd::Images::Local(&dir), quiet)),
+        },
+        Command::Bucket(cmd) => match &cli.endpoint {
+            Some(url) => remote::Remote::new(url)
+                .and_then(|r| bucket_cmd::run(cmd, bucket_cmd::Buckets::Remote(r))),
+            None => data_dir(cli.data_dir)
+                .and_then(|dir| bucket_cmd::run(cmd, bucket_cmd::Buckets::Local(&dir))),
+        },
         Command::StoreImage(args) => match &cli.endpoint {
             Some(url) => remote::Remote::new(url).and_then(|r| {
                 let wait = args.wait;

@@ -8,7 +8,7 @@
 use std::process::ExitCode;
 use std::time::Duration;
 
-use amistore_api::client::{ClientCredentials, Endpoint, call};
+use amistore_api::client::{Answer, ClientCredentials, Endpoint, Outgoing, call, send};
 use amistore_api::xml::{items, text_of};
 use anyhow::{Context, Result, anyhow, bail};
 use serde_json::{Value, json};
@@ -17,8 +17,16 @@ use crate::progress::Bar;
 use crate::task_cmd::{
     CancelArgs, DeregisterArgs, DescribeArgs, RestoreArgs, StoreArgs, quota_json, results_name,
 };
+use std::path::{Path, PathBuf};
+
+use amistore_core::blocks::BLOCK_SIZE;
+use amistore_core::ids::ImageId;
+use amistore_core::image::{DeviceName, GIB, ImageSpec};
+use amistore_core::ports::{BucketSummary, ObjectSummary};
+use amistore_core::storage::{BucketName, ObjectKey};
 use amistore_core::task::TaskKind;
 use amistore_local::Progress;
+use amistore_local::raw_disk::open_image_disks;
 
 /// A server to send the task commands to.
 pub struct Remote {
@@ -91,6 +99,370 @@ impl Remote {
             &params,
         )
         .map_err(|e| anyhow!("{}", e.message))
+    }
+
+    /// Sends one request of another of the server's APIs (`s3`, `ebs`).
+    pub fn send(&self, request: &Outgoing<'_>) -> Result<Answer> {
+        send(&self.endpoint, &self.credentials, &self.region, request)
+            .map_err(|e| anyhow!("{}", e.message))
+    }
+
+    /// An S3 request; an error answer becomes an error naming S3's code.
+    fn s3(&self, method: &str, path: &str, query: &str) -> Result<Answer> {
+        let answer = self.send(&Outgoing {
+            service: "s3",
+            method,
+            path,
+            query,
+            headers: &[],
+            body: b"",
+        })?;
+        if answer.status >= 300 {
+            let text = answer.text();
+            let doc = roxmltree::Document::parse(&text).ok();
+            let field = |name: &str| {
+                doc.as_ref().and_then(|d| {
+                    d.descendants()
+                        .find(|n| n.has_tag_name(name))
+                        .and_then(|n| n.text())
+                        .map(str::to_owned)
+                })
+            };
+            bail!(
+                "{}: {}",
+                field("Code").unwrap_or_else(|| format!("HTTP {}", answer.status)),
+                field("Message").unwrap_or(text)
+            );
+        }
+        Ok(answer)
+    }
+
+    /// CreateBucket, for the caller's account.
+    pub fn create_bucket(&self, bucket: &BucketName) -> Result<()> {
+        self.s3("PUT", &format!("/{bucket}"), "").map(|_| ())
+    }
+
+    /// ListBuckets.
+    pub fn list_buckets(&self) -> Result<Vec<BucketSummary>> {
+        let answer = self.s3("GET", "/", "")?;
+        let text = answer.text();
+        let doc = roxmltree::Document::parse(&text).context("the bucket list is not XML")?;
+        doc.descendants()
+            .filter(|n| n.has_tag_name("Bucket"))
+            .map(|b| {
+                let field = |name: &str| child_text(&b, name).unwrap_or_default();
+                Ok(BucketSummary {
+                    name: field("Name").parse()?,
+                    creation_date: field("CreationDate"),
+                })
+            })
+            .collect()
+    }
+
+    /// ListObjectsV2 under `prefix`, every page.
+    pub fn list_objects(&self, bucket: &BucketName, prefix: &str) -> Result<Vec<ObjectSummary>> {
+        let mut all = Vec::new();
+        let mut token: Option<String> = None;
+        loop {
+            let mut query = vec![("list-type", "2".to_owned()), ("prefix", prefix.to_owned())];
+            if let Some(t) = &token {
+                query.push(("continuation-token", t.clone()));
+            }
+            let query = query
+                .iter()
+                .map(|(k, v)| format!("{k}={}", query_encode(v)))
+                .collect::<Vec<_>>()
+                .join("&");
+            let text = self.s3("GET", &format!("/{bucket}"), &query)?.text();
+            let doc = roxmltree::Document::parse(&text).context("the object list is not XML")?;
+            let root = doc.root_element();
+            for c in root.children().filter(|n| n.has_tag_name("Contents")) {
+                let field = |name: &str| child_text(&c, name).unwrap_or_default();
+                all.push(ObjectSummary {
+                    key: field("Key").parse()?,
+                    size: field("Size").parse().unwrap_or_default(),
+                    last_modified: field("LastModified"),
+                    etag: field("ETag"),
+                });
+            }
+            match child_text(&root, "NextContinuationToken") {
+                Some(t) if child_text(&root, "IsTruncated").as_deref() == Some("true") => {
+                    token = Some(t);
+                }
+                _ => return Ok(all),
+            }
+        }
+    }
+
+    /// DeleteObject.
+    pub fn delete_object(&self, bucket: &BucketName, key: &ObjectKey) -> Result<()> {
+        let path: String = key
+            .segments()
+            .map(query_encode)
+            .collect::<Vec<_>>()
+            .join("/");
+        self.s3("DELETE", &format!("/{bucket}/{path}"), "")
+            .map(|_| ())
+    }
+
+    /// The DescribeImages answer for the caller's images (or one image).
+    pub fn describe_images(&self, image: Option<&ImageId>) -> Result<String> {
+        let mut params = vec![("Owner.1".to_owned(), "self".to_owned())];
+        if let Some(id) = image {
+            params.push(("ImageId.1".to_owned(), id.to_string()));
+        }
+        self.call("DescribeImages", params)
+    }
+
+    /// An EBS direct API request; an error answer becomes an error naming
+    /// EBS's type and message.
+    fn ebs(
+        &self,
+        method: &str,
+        path: &str,
+        query: &str,
+        headers: &[(String, String)],
+        body: &[u8],
+    ) -> Result<Answer> {
+        let answer = self.send(&Outgoing {
+            service: "ebs",
+            method,
+            path,
+            query,
+            headers,
+            body,
+        })?;
+        if answer.status >= 300 {
+            let detail: Value = serde_json::from_slice(&answer.body).unwrap_or_default();
+            bail!(
+                "{}: {}",
+                answer.header("x-amzn-ErrorType").unwrap_or("error"),
+                detail["message"].as_str().unwrap_or(&answer.text())
+            );
+        }
+        Ok(answer)
+    }
+
+    /// Imports raw disks as an image of the caller's through the EBS direct
+    /// APIs (each present block written with its checksum, each snapshot
+    /// completed with the aggregated one) and RegisterImage.
+    pub fn import_image(
+        &self,
+        spec: &ImageSpec,
+        disks: &[(DeviceName, PathBuf)],
+        quiet: bool,
+    ) -> Result<ImageId> {
+        use sha2::{Digest, Sha256};
+        let (metadata, opened) = open_image_disks(spec, disks)?;
+        let total: u64 = opened.iter().map(|(_, d)| d.present.present_count()).sum();
+        let mut bar = Bar::new("importing", quiet);
+        bar.begin(total * BLOCK_SIZE);
+        let token = amistore_core::ids::unique_token();
+        let mut snapshots = Vec::new();
+        for (i, (device, disk)) in opened.iter().enumerate() {
+            let gib = disk.size.div_ceil(GIB).max(1);
+            let started = self.ebs(
+                "POST",
+                "/snapshots",
+                "",
+                &[("content-type".into(), "application/json".into())],
+                json!({"VolumeSize": gib, "ClientToken": format!("{token}-{i}"),
+                       "Description": format!("{device} of {}", metadata.name.as_str())})
+                .to_string()
+                .as_bytes(),
+            )?;
+            let started: Value = serde_json::from_slice(&started.body)?;
+            let id = started["SnapshotId"]
+                .as_str()
+                .context("StartSnapshot answered no SnapshotId")?
+                .to_owned();
+            let file = std::fs::File::open(&disk.path)
+                .with_context(|| format!("opening {}", disk.path.display()))?;
+            let mut digests = Vec::new();
+            let mut block = vec![0u8; BLOCK_SIZE as usize];
+            for run in disk.present.runs() {
+                for index in run.clone() {
+                    std::os::unix::fs::FileExt::read_exact_at(
+                        &file,
+                        &mut block,
+                        index * BLOCK_SIZE,
+                    )
+                    .with_context(|| format!("reading {}", disk.path.display()))?;
+                    let digest = Sha256::digest(&block);
+                    self.ebs(
+                        "PUT",
+                        &format!("/snapshots/{id}/blocks/{index}"),
+                        "",
+                        &[
+                            ("x-amz-data-length".into(), BLOCK_SIZE.to_string()),
+                            ("x-amz-checksum".into(), b64(&digest)),
+                            ("x-amz-checksum-algorithm".into(), "SHA256".into()),
+                            ("content-type".into(), "application/octet-stream".into()),
+                        ],
+                        &block,
+                    )?;
+                    digests.extend_from_slice(&digest);
+                    bar.advance(BLOCK_SIZE);
+                }
+            }
+            self.ebs(
+                "POST",
+                &format!("/snapshots/completion/{id}"),
+                "",
+                &[
+                    (
+                        "x-amz-changedblockscount".into(),
+                        disk.present.present_count().to_string(),
+                    ),
+                    ("x-amz-checksum".into(), b64(&Sha256::digest(&digests))),
+                    ("x-amz-checksum-algorithm".into(), "SHA256".into()),
+                    ("x-amz-checksum-aggregation-method".into(), "LINEAR".into()),
+                ],
+                b"",
+            )?;
+            snapshots.push((device.clone(), id));
+        }
+        drop(bar);
+        let m = &metadata;
+        let mut params = vec![
+            ("Name".to_owned(), m.name.as_str().to_owned()),
+            (
+                "Architecture".to_owned(),
+                m.architecture.as_str().to_owned(),
+            ),
+            (
+                "RootDeviceName".to_owned(),
+                m.root_device_name.as_str().to_owned(),
+            ),
+            (
+                "VirtualizationType".to_owned(),
+                m.virtualization_type.as_str().to_owned(),
+            ),
+            ("EnaSupport".to_owned(), m.ena_support.to_string()),
+        ];
+        if let Some(d) = &m.description {
+            params.push(("Description".into(), d.clone()));
+        }
+        if let Some(b) = m.boot_mode {
+            params.push(("BootMode".into(), b.as_str().into()));
+        }
+        for (n, (device, id)) in snapshots.iter().enumerate() {
+            let p = format!("BlockDeviceMapping.{}", n + 1);
+            params.push((format!("{p}.DeviceName"), device.as_str().to_owned()));
+            params.push((format!("{p}.Ebs.SnapshotId"), id.clone()));
+            params.push((format!("{p}.Ebs.VolumeType"), "gp3".into()));
+            params.push((format!("{p}.Ebs.DeleteOnTermination"), "true".into()));
+        }
+        if !m.tags.is_empty() {
+            params.push(("TagSpecification.1.ResourceType".into(), "image".into()));
+            for (n, t) in m.tags.iter().enumerate() {
+                let p = format!("TagSpecification.1.Tag.{}", n + 1);
+                params.push((format!("{p}.Key"), t.key().to_owned()));
+                params.push((format!("{p}.Value"), t.value().to_owned()));
+            }
+        }
+        let doc = self.call("RegisterImage", params)?;
+        Ok(text_of(&doc, "imageId")
+            .context("RegisterImage answered no imageId")?
+            .parse()?)
+    }
+
+    /// Writes an image's disks into `dir` as sparse raw files
+    /// (`disk<i>-<device>.raw`), read with ListSnapshotBlocks and
+    /// GetSnapshotBlock (each block's checksum checked). A disk is its
+    /// volume's whole-GiB size, the EBS direct APIs' unit.
+    pub fn export_image(
+        &self,
+        image: &ImageId,
+        dir: &Path,
+        force: bool,
+        quiet: bool,
+    ) -> Result<Vec<PathBuf>> {
+        use sha2::{Digest, Sha256};
+        let described = crate::output::ec2_json(&self.describe_images(Some(image))?)?;
+        let found = &described["Images"][0];
+        if found["State"] != "available" {
+            bail!("image {image} is {}, not available", found["State"]);
+        }
+        let disks: Vec<(String, String)> = found["BlockDeviceMappings"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|m| {
+                let device = m["DeviceName"].as_str()?;
+                let base = device.rsplit('/').next().unwrap_or(device).to_owned();
+                Some((base, m["Ebs"]["SnapshotId"].as_str()?.to_owned()))
+            })
+            .collect();
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        let mut bar = Bar::new("exporting", quiet);
+        bar.begin(0);
+        let mut written = Vec::new();
+        for (i, (device, snapshot)) in disks.iter().enumerate() {
+            let target = dir.join(format!("disk{i}-{device}.raw"));
+            if target.exists() && !force {
+                bail!("{} exists; pass --force to replace it", target.display());
+            }
+            let tmp = dir.join(format!(".disk{i}.{}.partial", std::process::id()));
+            let _ = std::fs::remove_file(&tmp);
+            let exported = (|| -> Result<()> {
+                let out = std::fs::File::create(&tmp)
+                    .with_context(|| format!("creating {}", tmp.display()))?;
+                let mut page = String::new();
+                loop {
+                    let listed = self.ebs(
+                        "GET",
+                        &format!("/snapshots/{snapshot}/blocks"),
+                        &page,
+                        &[],
+                        b"",
+                    )?;
+                    let listed: Value = serde_json::from_slice(&listed.body)?;
+                    let gib = listed["VolumeSize"].as_u64().context("no VolumeSize")?;
+                    out.set_len(gib * GIB)?;
+                    let blocks = listed["Blocks"].as_array().cloned().unwrap_or_default();
+                    bar.handle().inc_length(blocks.len() as u64 * BLOCK_SIZE);
+                    for b in blocks {
+                        let index = b["BlockIndex"].as_u64().context("no BlockIndex")?;
+                        let token = b["BlockToken"].as_str().context("no BlockToken")?;
+                        let got = self.ebs(
+                            "GET",
+                            &format!("/snapshots/{snapshot}/blocks/{index}"),
+                            &format!("blockToken={}", query_encode(token)),
+                            &[],
+                            b"",
+                        )?;
+                        let sum = b64(&Sha256::digest(&got.body));
+                        if got.header("x-amz-checksum") != Some(sum.as_str())
+                            || got.body.len() as u64 != BLOCK_SIZE
+                        {
+                            bail!("block {index} of {snapshot} does not match its checksum");
+                        }
+                        std::os::unix::fs::FileExt::write_all_at(
+                            &out,
+                            &got.body,
+                            index * BLOCK_SIZE,
+                        )?;
+                        bar.advance(BLOCK_SIZE);
+                    }
+                    match listed["NextToken"].as_str() {
+                        Some(next) => page = format!("pageToken={}", query_encode(next)),
+                        None => break,
+                    }
+                }
+                out.sync_all()?;
+                std::fs::rename(&tmp, &target)
+                    .with_context(|| format!("renaming to {}", target.display()))?;
+                Ok(())
+            })();
+            if let Err(e) = exported {
+                let _ = std::fs::remove_file(&tmp);
+                return Err(e);
+            }
+            written.push(target);
+        }
+        drop(bar);
+        Ok(written)
     }
 
     /// Follows the task of `image` through `describe` until it ends, with a
@@ -329,4 +701,29 @@ fn task_from_xml(item: &str, kind: TaskKind) -> Value {
         v[upper(reason)] = json!(r);
     }
     v
+}
+
+fn child_text(node: &roxmltree::Node<'_, '_>, name: &str) -> Option<String> {
+    node.children()
+        .find(|n| n.has_tag_name(name))
+        .and_then(|n| n.text())
+        .map(str::to_owned)
+}
+
+/// RFC 3986 encoding of a query value or path segment.
+fn query_encode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// Base64, as the EBS direct APIs' checksums are written.
+fn b64(bytes: &[u8]) -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD.encode(bytes)
 }

@@ -350,67 +350,78 @@ fn describe_images(engine: &Engine, account: &AccountId, mut p: Params) -> Resul
         next_token.as_deref(),
     )?;
     let mut body = Body::new();
-    body.list("imagesSet", &shown, |b, i| {
-        let m = &i.metadata;
-        b.text("imageId", i.image_id.as_str())
-            .text("imageState", i.state.as_str())
-            .text("imageOwnerId", i.owner_id.as_str())
-            .text("creationDate", &with_millis(&i.creation_date))
-            .text("isPublic", "false")
-            .text("architecture", m.architecture.as_str())
-            .text("imageType", "machine")
-            .text("name", m.name.as_str())
-            .opt("description", m.description.as_deref())
-            .text("rootDeviceType", "ebs")
-            .text("rootDeviceName", m.root_device_name.as_str())
-            .text("virtualizationType", m.virtualization_type.as_str())
-            .text("enaSupport", if m.ena_support { "true" } else { "false" })
-            .opt("bootMode", m.boot_mode.map(|b| b.as_str()))
-            .opt("tpmSupport", m.tpm_support.as_deref())
-            .opt("imdsSupport", m.imds_support.as_deref())
-            .opt("sourceImageId", m.source_image_id.as_deref());
-        b.list("blockDeviceMapping", &m.block_device_mappings, |b, bdm| {
-            b.text("deviceName", bdm.device_name.as_str());
-            if let Some(ebs) = &bdm.ebs {
-                b.element("ebs", |b| {
-                    let snapshot = ebs.disk.and_then(|d| i.snapshots.get(d));
-                    b.opt("snapshotId", snapshot.map(|s| s.snapshot_id.as_str()))
-                        .text("volumeSize", &ebs.volume_size_gib.to_string())
-                        .text(
-                            "deleteOnTermination",
-                            if ebs.delete_on_termination {
-                                "true"
-                            } else {
-                                "false"
-                            },
-                        )
-                        .text("volumeType", ebs.volume_type.as_str())
-                        .opt("iops", ebs.iops.map(|n| n.to_string()).as_deref())
-                        .opt(
-                            "throughput",
-                            ebs.throughput.map(|n| n.to_string()).as_deref(),
-                        )
-                        .text("encrypted", if ebs.encrypted { "true" } else { "false" });
-                });
-            }
-            b.opt("virtualName", bdm.virtual_name.as_deref());
-        });
-        // EC2 omits tagSet for an untagged resource (the AWS CLI then shows
-        // no "Tags", not "Tags": []).
-        if !m.tags.is_empty() {
-            b.list("tagSet", &m.tags, |b, t| {
-                b.text("key", t.key()).text("value", t.value());
-            });
-        }
-        if let Some(reason) = &i.state_reason {
-            b.element("stateReason", |b| {
-                b.text("code", "Client.RestoreFailed")
-                    .text("message", reason);
-            });
-        }
-    });
+    body.list("imagesSet", &shown, image_item);
     body.opt("nextToken", next.as_deref());
     Ok(body)
+}
+
+/// One image as DescribeImages' `imagesSet` item shows it.
+fn image_item(b: &mut Body, i: &amistore_core::ports::Image) {
+    let m = &i.metadata;
+    b.text("imageId", i.image_id.as_str())
+        .text("imageState", i.state.as_str())
+        .text("imageOwnerId", i.owner_id.as_str())
+        .text("creationDate", &with_millis(&i.creation_date))
+        .text("isPublic", "false")
+        .text("architecture", m.architecture.as_str())
+        .text("imageType", "machine")
+        .text("name", m.name.as_str())
+        .opt("description", m.description.as_deref())
+        .text("rootDeviceType", "ebs")
+        .text("rootDeviceName", m.root_device_name.as_str())
+        .text("virtualizationType", m.virtualization_type.as_str())
+        .text("enaSupport", if m.ena_support { "true" } else { "false" })
+        .opt("bootMode", m.boot_mode.map(|b| b.as_str()))
+        .opt("tpmSupport", m.tpm_support.as_deref())
+        .opt("imdsSupport", m.imds_support.as_deref())
+        .opt("sourceImageId", m.source_image_id.as_deref());
+    b.list("blockDeviceMapping", &m.block_device_mappings, |b, bdm| {
+        b.text("deviceName", bdm.device_name.as_str());
+        if let Some(ebs) = &bdm.ebs {
+            b.element("ebs", |b| {
+                let snapshot = ebs.disk.and_then(|d| i.snapshots.get(d));
+                b.opt("snapshotId", snapshot.map(|s| s.snapshot_id.as_str()))
+                    .text("volumeSize", &ebs.volume_size_gib.to_string())
+                    .text(
+                        "deleteOnTermination",
+                        if ebs.delete_on_termination {
+                            "true"
+                        } else {
+                            "false"
+                        },
+                    )
+                    .text("volumeType", ebs.volume_type.as_str())
+                    .opt("iops", ebs.iops.map(|n| n.to_string()).as_deref())
+                    .opt(
+                        "throughput",
+                        ebs.throughput.map(|n| n.to_string()).as_deref(),
+                    )
+                    .text("encrypted", if ebs.encrypted { "true" } else { "false" });
+            });
+        }
+        b.opt("virtualName", bdm.virtual_name.as_deref());
+    });
+    // EC2 omits tagSet for an untagged resource (the AWS CLI then shows
+    // no "Tags", not "Tags": []).
+    if !m.tags.is_empty() {
+        b.list("tagSet", &m.tags, |b, t| {
+            b.text("key", t.key()).text("value", t.value());
+        });
+    }
+    if let Some(reason) = &i.state_reason {
+        b.element("stateReason", |b| {
+            b.text("code", "Client.RestoreFailed")
+                .text("message", reason);
+        });
+    }
+}
+
+/// The DescribeImages answer for `images` (for a caller that lists images
+/// without a server: the same document the server answers).
+pub fn describe_images_document(images: &[amistore_core::ports::Image]) -> String {
+    let mut body = Body::new();
+    body.list("imagesSet", images, image_item);
+    body.document("DescribeImages", "local")
 }
 
 fn deregister_image(engine: &Engine, account: &AccountId, mut p: Params) -> Result<Body, ApiError> {

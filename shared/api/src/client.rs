@@ -1,16 +1,16 @@
-//! The client side of the protocol, for the `amistore` task commands' remote
-//! mode: form-encoding a request, signing it with SigV4 the way the SDKs do,
-//! sending it over HTTP/1.1, and reading the answer's elements.
-
-use std::io::{Read, Write};
-use std::net::TcpStream;
-use std::time::Duration;
+//! The client side of the protocols, for the `amistore` commands' remote
+//! mode: form-encoding an EC2 request, signing any request with SigV4 the way
+//! the SDKs do (EC2, EBS, S3), and, with the `client` feature, sending it with
+//! `ureq` (HTTP/1.1, rustls for `https://`) and reading the answer.
 
 use time::OffsetDateTime;
 use time::macros::format_description;
 
 use crate::ApiError;
-use crate::sigv4::{ALGORITHM, SERVICE, SignedRequest, canonical_request, sha256_hex, signature};
+use crate::sigv4::{
+    ALGORITHM, SERVICE, SignedRequest, canonical_request, canonical_request_for, sha256_hex,
+    signature,
+};
 
 /// Credentials to sign with.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -35,33 +35,224 @@ fn form_encode(s: &str) -> String {
         .collect()
 }
 
-/// An endpoint `http://host[:port]`.
+/// An endpoint `http[s]://host[:port]`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Endpoint {
+    /// `http` or `https`.
+    scheme: &'static str,
+    /// `host[:port]`, as the Host header (and the signature) carry it.
     host: String,
 }
 
 impl Endpoint {
-    /// Parses `http://host[:port][/]`. HTTPS needs a TLS client this binary does
-    /// not carry; the stock AWS CLI talks to HTTPS endpoints.
+    /// Parses `http[s]://host[:port][/]`.
     pub fn parse(url: &str) -> Result<Self, String> {
-        let rest = url.strip_prefix("http://").ok_or_else(|| {
-            format!(
-                "endpoint {url:?} must start with http:// (use the AWS CLI for https endpoints)"
-            )
-        })?;
+        let (scheme, rest) = match (url.strip_prefix("http://"), url.strip_prefix("https://")) {
+            (Some(rest), _) => ("http", rest),
+            (_, Some(rest)) => ("https", rest),
+            _ => {
+                return Err(format!(
+                    "endpoint {url:?} must start with http:// or https://"
+                ));
+            }
+        };
         let host = rest.trim_end_matches('/');
         if host.is_empty() || host.contains('/') {
-            return Err(format!("endpoint {url:?} must be http://HOST[:PORT]"));
+            return Err(format!("endpoint {url:?} must be {scheme}://HOST[:PORT]"));
         }
         Ok(Self {
+            scheme,
             host: host.to_owned(),
         })
     }
+
+    /// `host[:port]`.
+    pub fn host(&self) -> &str {
+        &self.host
+    }
+}
+
+/// A request to sign and send: one of the server's APIs' (`service` is
+/// `ec2`, `ebs` or `s3`).
+#[derive(Debug, Clone, Copy)]
+pub struct Outgoing<'a> {
+    /// The service the request is signed for.
+    pub service: &'a str,
+    /// Method.
+    pub method: &'a str,
+    /// Path, percent-encoded.
+    pub path: &'a str,
+    /// Query, encoded, without `?`.
+    pub query: &'a str,
+    /// Headers besides the ones signing adds.
+    pub headers: &'a [(String, String)],
+    /// Body.
+    pub body: &'a [u8],
+}
+
+/// `request`'s headers with what SigV4 adds for `host` at `now`: `host`,
+/// `x-amz-date`, `x-amz-content-sha256` (S3 wants it), the session token, and
+/// `authorization`, which signs them all.
+pub fn sign(
+    host: &str,
+    credentials: &ClientCredentials,
+    region: &str,
+    request: &Outgoing<'_>,
+    now: OffsetDateTime,
+) -> Result<Vec<(String, String)>, ApiError> {
+    let amz_date = amz_date(now)?;
+    let payload = sha256_hex(request.body);
+    let mut headers: Vec<(String, String)> = request
+        .headers
+        .iter()
+        .map(|(k, v)| (k.to_ascii_lowercase(), v.clone()))
+        .collect();
+    headers.push(("host".to_owned(), host.to_owned()));
+    headers.push(("x-amz-date".to_owned(), amz_date.clone()));
+    headers.push(("x-amz-content-sha256".to_owned(), payload.clone()));
+    if let Some(token) = &credentials.session_token {
+        headers.push(("x-amz-security-token".to_owned(), token.clone()));
+    }
+    headers.sort();
+    let names: Vec<String> = headers.iter().map(|(n, _)| n.clone()).collect();
+    let req = SignedRequest {
+        method: request.method,
+        path: request.path,
+        query: request.query,
+        headers: &headers,
+        body: request.body,
+    };
+    let canonical = canonical_request_for(&req, &names, None, request.service == "s3")?;
+    let date = &amz_date[..8];
+    let service = request.service;
+    let sig = signature(
+        &credentials.secret,
+        date,
+        region,
+        service,
+        &amz_date,
+        &format!("{canonical}\n{payload}"),
+    );
+    headers.push((
+        "authorization".to_owned(),
+        format!(
+            "{ALGORITHM} Credential={}/{date}/{region}/{service}/aws4_request, SignedHeaders={}, Signature={sig}",
+            credentials.access_key,
+            names.join(";")
+        ),
+    ));
+    Ok(headers)
+}
+
+/// An answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Answer {
+    /// HTTP status.
+    pub status: u16,
+    /// Headers, names lowercase.
+    pub headers: Vec<(String, String)>,
+    /// Body.
+    pub body: Vec<u8>,
+}
+
+impl Answer {
+    /// A header's value.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// The body as text.
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+}
+
+/// The largest answer read (an S3 GET is at most 16 MiB here).
+#[cfg(feature = "client")]
+const MAX_ANSWER_BYTES: u64 = 64 << 20;
+
+/// Signs and sends `request` to `endpoint`; any HTTP status is an answer,
+/// only a failure to reach the server or read its answer is an error.
+#[cfg(feature = "client")]
+pub fn send(
+    endpoint: &Endpoint,
+    credentials: &ClientCredentials,
+    region: &str,
+    request: &Outgoing<'_>,
+) -> Result<Answer, ApiError> {
+    use std::sync::OnceLock;
+    static AGENT: OnceLock<ureq::Agent> = OnceLock::new();
+    let agent = AGENT.get_or_init(|| {
+        ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .timeout_global(Some(std::time::Duration::from_secs(300)))
+            .build()
+            .into()
+    });
+    let unreachable = |e: &dyn std::fmt::Display| {
+        ApiError::new(
+            "Unavailable",
+            format!("cannot reach {}://{}: {e}", endpoint.scheme, endpoint.host),
+        )
+    };
+    let headers = sign(
+        &endpoint.host,
+        credentials,
+        region,
+        request,
+        OffsetDateTime::now_utc(),
+    )?;
+    let mut uri = format!("{}://{}{}", endpoint.scheme, endpoint.host, request.path);
+    if !request.query.is_empty() {
+        uri.push('?');
+        uri.push_str(request.query);
+    }
+    let mut builder = ureq::http::Request::builder()
+        .method(request.method)
+        .uri(&uri);
+    for (k, v) in &headers {
+        builder = builder.header(k, v);
+    }
+    let http = builder.body(request.body.to_vec()).map_err(|e| {
+        ApiError::new(
+            "InvalidParameterValue",
+            format!("bad request to {uri}: {e}"),
+        )
+    })?;
+    let response = agent.run(http).map_err(|e| unreachable(&e))?;
+    let status = response.status().as_u16();
+    let headers = response
+        .headers()
+        .iter()
+        .map(|(k, v)| {
+            (
+                k.as_str().to_owned(),
+                String::from_utf8_lossy(v.as_bytes()).into_owned(),
+            )
+        })
+        .collect();
+    let body = match request.method {
+        "HEAD" => Vec::new(),
+        _ => response
+            .into_body()
+            .with_config()
+            .limit(MAX_ANSWER_BYTES)
+            .read_to_vec()
+            .map_err(|e| unreachable(&e))?,
+    };
+    Ok(Answer {
+        status,
+        headers,
+        body,
+    })
 }
 
 /// Sends `Action=…` with `params` (already flattened: `ImageId.1`, …) and
 /// returns the response document, or the error it carries.
+#[cfg(feature = "client")]
 pub fn call(
     endpoint: &Endpoint,
     credentials: &ClientCredentials,
@@ -69,23 +260,29 @@ pub fn call(
     action: &str,
     params: &[(String, String)],
 ) -> Result<String, ApiError> {
-    let (headers, body) = signed_form(
-        &endpoint.host,
+    let body = form(action, params);
+    let headers = [(
+        "content-type".to_owned(),
+        "application/x-www-form-urlencoded; charset=utf-8".to_owned(),
+    )];
+    let answer = send(
+        endpoint,
         credentials,
         region,
-        action,
-        params,
-        OffsetDateTime::now_utc(),
+        &Outgoing {
+            service: SERVICE,
+            method: "POST",
+            path: "/",
+            query: "",
+            headers: &headers,
+            body: body.as_bytes(),
+        },
     )?;
-    let (status, text) = post(&endpoint.host, &headers, body.as_bytes()).map_err(|e| {
-        ApiError::new(
-            "Unavailable",
-            format!("cannot reach {}: {e}", endpoint.host),
-        )
-    })?;
-    if status == 200 {
+    let text = answer.text();
+    if answer.status == 200 {
         return Ok(text);
     }
+    let status = answer.status;
     let code = crate::xml::text_of(&text, "Code").unwrap_or_else(|| format!("HTTP{status}"));
     let message = crate::xml::text_of(&text, "Message").unwrap_or_else(|| text.clone());
     // The code is a borrowed 'static in ApiError; an unknown one reads as a
@@ -219,6 +416,7 @@ fn amz_date(now: OffsetDateTime) -> Result<String, ApiError> {
     .map_err(|e| ApiError::new("InternalError", e.to_string()))
 }
 
+#[cfg(feature = "client")]
 fn known_code(code: &str) -> &'static str {
     const CODES: [&str; 16] = [
         "DryRunOperation",
@@ -242,56 +440,4 @@ fn known_code(code: &str) -> &'static str {
         .into_iter()
         .find(|c| *c == code)
         .unwrap_or("ServerError")
-}
-
-/// One HTTP/1.1 POST with `Connection: close`; returns the status and body.
-fn post(host: &str, headers: &[(String, String)], body: &[u8]) -> std::io::Result<(u16, String)> {
-    let mut stream = TcpStream::connect(host)?;
-    stream.set_read_timeout(Some(Duration::from_secs(120)))?;
-    let mut request = String::from("POST / HTTP/1.1\r\n");
-    for (n, v) in headers {
-        request.push_str(&format!("{n}: {v}\r\n"));
-    }
-    request.push_str(&format!(
-        "content-length: {}\r\nconnection: close\r\n\r\n",
-        body.len()
-    ));
-    stream.write_all(request.as_bytes())?;
-    stream.write_all(body)?;
-    let mut response = Vec::new();
-    stream.take(16 << 20).read_to_end(&mut response)?;
-    let text = String::from_utf8_lossy(&response).into_owned();
-    let (head, rest) = text
-        .split_once("\r\n\r\n")
-        .ok_or_else(|| std::io::Error::other("the response has no header end"))?;
-    let status = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .ok_or_else(|| std::io::Error::other("the response has no status"))?;
-    let chunked = head.lines().any(|l| {
-        l.to_ascii_lowercase().starts_with("transfer-encoding:")
-            && l.to_ascii_lowercase().contains("chunked")
-    });
-    let body = if chunked {
-        dechunk(rest)
-    } else {
-        rest.to_owned()
-    };
-    Ok((status, body))
-}
-
-fn dechunk(mut s: &str) -> String {
-    let mut out = String::new();
-    while let Some((size, rest)) = s.split_once("\r\n") {
-        let Ok(n) = usize::from_str_radix(size.trim(), 16) else {
-            break;
-        };
-        if n == 0 || rest.len() < n {
-            break;
-        }
-        out.push_str(&rest[..n]);
-        s = rest[n..].strip_prefix("\r\n").unwrap_or(&rest[n..]);
-    }
-    out
 }

@@ -139,7 +139,7 @@ pub(crate) fn canonical_request(
 
 /// [`canonical_request`]; `s3` takes the path as sent (S3 signs it encoded
 /// once, every other service encodes the encoded path again).
-fn canonical_request_for(
+pub(crate) fn canonical_request_for(
     req: &SignedRequest,
     signed_headers: &[String],
     skip_query: Option<&str>,
