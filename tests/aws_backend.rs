@@ -52,8 +52,9 @@ fn seed_disks() -> Vec<Disk> {
 /// Runs `amistore --backend aws` against moto, in `aws`'s region and table.
 fn amistore(aws: &Aws, data: &std::path::Path, args: &[&str]) -> String {
     let out = Command::new(env!("CARGO_BIN_EXE_amistore"))
-        .args(["--backend", "aws", "--quiet"])
+        .arg("--quiet")
         .args(args)
+        .env("AMISTORE_BACKEND", "aws")
         .env("AMISTORE_DATA_DIR", data)
         .env("AMISTORE_TABLE", &aws.settings.table)
         .env("AMISTORE_WORK_BUCKET", aws.settings.work_bucket.as_str())

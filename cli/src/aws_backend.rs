@@ -21,8 +21,7 @@ pub struct AwsArgs {
     /// DynamoDB table for tasks (created, with its index and TTL, if missing).
     #[arg(
         long,
-        global = true,
-        help_heading = "Global options",
+        help_heading = "Engine options",
         env = "AMISTORE_TABLE",
         default_value = "amistore-tasks",
         value_name = "NAME"
@@ -31,8 +30,7 @@ pub struct AwsArgs {
     /// S3 bucket for plans between workflow steps (must exist).
     #[arg(
         long,
-        global = true,
-        help_heading = "Global options",
+        help_heading = "Engine options",
         env = "AMISTORE_WORK_BUCKET",
         value_name = "BUCKET"
     )]

@@ -40,14 +40,9 @@ struct Cli {
     )]
     data_dir: Option<PathBuf>,
 
-    #[command(flatten)]
-    limits: task_cmd::Limits,
-
-    #[command(flatten)]
-    backend: task_cmd::Backend,
-
-    /// Send the task commands to this server (http://HOST:PORT) instead of
-    /// running them here, signed with the usual AWS credentials.
+    /// Send the task, image and bucket commands to this server
+    /// (http[s]://HOST:PORT) instead of running them here, signed with the
+    /// usual AWS credentials.
     #[arg(
         long,
         global = true,
@@ -96,7 +91,7 @@ enum Command {
     /// Show the in-progress quotas of stores and restores: GiB in progress and
     /// the limit new tasks are admitted below (DescribeTaskQuotas, amistore's
     /// extension).
-    DescribeTaskQuotas,
+    DescribeTaskQuotas(task_cmd::QuotaArgs),
     /// Print a shell completion script (e.g. `amistore completions bash >
     /// ~/.local/share/bash-completion/completions/amistore`).
     Completions {
@@ -125,7 +120,7 @@ fn refuse_endpoint(command: &Command, endpoint: Option<&String>) -> anyhow::Resu
         | Command::DescribeRestoreImageTasks(_)
         | Command::CancelStoreImageTask(_)
         | Command::DeregisterImage(_)
-        | Command::DescribeTaskQuotas
+        | Command::DescribeTaskQuotas(_)
         | Command::Bucket(_)
         | Command::Image(_) => {
             return Ok(());
@@ -148,13 +143,13 @@ fn describe(
     kind: TaskKind,
     endpoint: Option<String>,
     data_dir_arg: Option<PathBuf>,
-    limits: task_cmd::Limits,
-    backend: &task_cmd::Backend,
 ) -> anyhow::Result<ExitCode> {
     match &endpoint {
         Some(url) => remote::Remote::new(url).and_then(|r| r.describe_tasks(args, kind)),
-        None => data_dir(data_dir_arg)
-            .and_then(|dir| task_cmd::describe_tasks(args, kind, &dir, limits, backend)),
+        None => data_dir(data_dir_arg).and_then(|dir| {
+            let backend = args.backend.clone();
+            task_cmd::describe_tasks(args, kind, &dir, Default::default(), &backend)
+        }),
     }
 }
 
@@ -186,7 +181,7 @@ fn main() -> ExitCode {
         eprintln!("amistore: error: {err:#}");
         return ExitCode::from(2);
     }
-    let (quiet, limits, backend) = (cli.quiet, cli.limits, cli.backend);
+    let quiet = cli.quiet;
     let result = match cli.command {
         Command::Archive(cmd) => archive_cmd::run(cmd, quiet),
         Command::Image(cmd) => match &cli.endpoint {
@@ -206,47 +201,46 @@ fn main() -> ExitCode {
                 let wait = args.wait;
                 r.store(args, wait, quiet)
             }),
-            None => data_dir(cli.data_dir)
-                .and_then(|dir| task_cmd::store(args, &dir, limits, &backend, quiet)),
+            None => data_dir(cli.data_dir).and_then(|dir| {
+                let engine = args.engine.clone();
+                task_cmd::store(args, &dir, engine.limits, &engine.backend, quiet)
+            }),
         },
         Command::RestoreImage(args) => match &cli.endpoint {
             Some(url) => remote::Remote::new(url).and_then(|r| {
                 let wait = args.wait;
                 r.restore(args, wait, quiet)
             }),
-            None => data_dir(cli.data_dir)
-                .and_then(|dir| task_cmd::restore(args, &dir, limits, &backend, quiet)),
+            None => data_dir(cli.data_dir).and_then(|dir| {
+                let engine = args.engine.clone();
+                task_cmd::restore(args, &dir, engine.limits, &engine.backend, quiet)
+            }),
         },
-        Command::DescribeStoreImageTasks(args) => describe(
-            args,
-            TaskKind::Store,
-            cli.endpoint,
-            cli.data_dir,
-            limits,
-            &backend,
-        ),
-        Command::DescribeRestoreImageTasks(args) => describe(
-            args,
-            TaskKind::Restore,
-            cli.endpoint,
-            cli.data_dir,
-            limits,
-            &backend,
-        ),
+        Command::DescribeStoreImageTasks(args) => {
+            describe(args, TaskKind::Store, cli.endpoint, cli.data_dir)
+        }
+        Command::DescribeRestoreImageTasks(args) => {
+            describe(args, TaskKind::Restore, cli.endpoint, cli.data_dir)
+        }
         Command::CancelStoreImageTask(args) => match &cli.endpoint {
             Some(url) => remote::Remote::new(url).and_then(|r| r.cancel_store(args)),
-            None => data_dir(cli.data_dir)
-                .and_then(|dir| task_cmd::cancel_store(args, &dir, limits, &backend)),
+            None => data_dir(cli.data_dir).and_then(|dir| {
+                let backend = args.backend.clone();
+                task_cmd::cancel_store(args, &dir, Default::default(), &backend)
+            }),
         },
-        Command::DescribeTaskQuotas => match &cli.endpoint {
+        Command::DescribeTaskQuotas(args) => match &cli.endpoint {
             Some(url) => remote::Remote::new(url).and_then(|r| r.describe_quotas()),
-            None => data_dir(cli.data_dir)
-                .and_then(|dir| task_cmd::describe_quotas(&dir, limits, &backend)),
+            None => data_dir(cli.data_dir).and_then(|dir| {
+                task_cmd::describe_quotas(&dir, args.engine.limits, &args.engine.backend)
+            }),
         },
         Command::DeregisterImage(args) => match &cli.endpoint {
             Some(url) => remote::Remote::new(url).and_then(|r| r.deregister(args)),
-            None => data_dir(cli.data_dir)
-                .and_then(|dir| task_cmd::deregister(args, &dir, limits, &backend)),
+            None => data_dir(cli.data_dir).and_then(|dir| {
+                let backend = args.backend.clone();
+                task_cmd::deregister(args, &dir, Default::default(), &backend)
+            }),
         },
         // Rendered into memory first: writing to a closed pipe (`| head`) is
         // an error to report, not a panic in the generator.
@@ -267,9 +261,7 @@ fn main() -> ExitCode {
                 .map_err(anyhow::Error::from)
                 .and_then(|()| print_bytes(&page))
         }
-        Command::Serve(args) => {
-            data_dir(cli.data_dir).and_then(|dir| serve_cmd::run(args, &dir, limits))
-        }
+        Command::Serve(args) => data_dir(cli.data_dir).and_then(|dir| serve_cmd::run(args, &dir)),
     };
     match result {
         Ok(code) => code,

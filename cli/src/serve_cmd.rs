@@ -26,6 +26,8 @@ use crate::task_cmd::Limits;
 
 #[derive(Args)]
 pub struct ServeArgs {
+    #[command(flatten)]
+    pub limits: Limits,
     /// Address to listen on: IP:PORT, or HOST:PORT (resolved; `localhost`
     /// is 127.0.0.1).
     #[arg(long, default_value = "127.0.0.1:9000", value_parser = resolve_listen)]
@@ -91,7 +93,8 @@ fn log(event: serde_json::Value) {
     eprintln!("{line}");
 }
 
-pub fn run(args: ServeArgs, data_dir: &Path, limits: Limits) -> Result<ExitCode> {
+pub fn run(args: ServeArgs, data_dir: &Path) -> Result<ExitCode> {
+    let limits = args.limits;
     let (credentials, hosts) = match &args.credentials {
         Some(path) => {
             let text = std::fs::read_to_string(path)

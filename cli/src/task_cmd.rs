@@ -30,8 +30,7 @@ pub struct Limits {
     /// Admit store tasks while fewer GiB than this are in progress.
     #[arg(
         long,
-        global = true,
-        help_heading = "Global options",
+        help_heading = "Engine options",
         env = "AMISTORE_STORE_LIMIT_GIB",
         default_value_t = 1_200
     )]
@@ -39,8 +38,7 @@ pub struct Limits {
     /// Admit restore tasks while fewer GiB than this are in progress.
     #[arg(
         long,
-        global = true,
-        help_heading = "Global options",
+        help_heading = "Engine options",
         env = "AMISTORE_RESTORE_LIMIT_GIB",
         default_value_t = 600
     )]
@@ -49,6 +47,8 @@ pub struct Limits {
 
 #[derive(Args)]
 pub struct StoreArgs {
+    #[command(flatten)]
+    pub engine: EngineArgs,
     /// With --endpoint: wait for the task to end, with a progress bar
     /// (embedded runs always wait).
     #[arg(long)]
@@ -66,6 +66,8 @@ pub struct StoreArgs {
 
 #[derive(Args)]
 pub struct RestoreArgs {
+    #[command(flatten)]
+    pub engine: EngineArgs,
     /// With --endpoint: wait for the task to end, with a progress bar
     /// (embedded runs always wait).
     #[arg(long)]
@@ -87,6 +89,8 @@ pub struct RestoreArgs {
 
 #[derive(Args)]
 pub struct DescribeArgs {
+    #[command(flatten)]
+    pub backend: Backend,
     /// Show the latest task of this AMI (repeatable, at most 20; filters are then ignored).
     #[arg(long = "image-id")]
     pub image_ids: Vec<ImageId>,
@@ -99,6 +103,17 @@ pub struct DescribeArgs {
     /// Token from a previous page.
     #[arg(long)]
     pub next_token: Option<String>,
+}
+
+/// The defaults, for the commands that admit no task (describe, cancel,
+/// deregister): the limits only decide admission.
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            store_limit_gib: 1_200,
+            restore_limit_gib: 600,
+        }
+    }
 }
 
 impl Limits {
@@ -148,14 +163,30 @@ pub enum BackendKind {
     Aws,
 }
 
+/// What a task command needs to run the engine here (ignored with
+/// `--endpoint`, where the server's own settings apply).
+#[derive(Args, Clone)]
+pub struct EngineArgs {
+    #[command(flatten)]
+    pub limits: Limits,
+    #[command(flatten)]
+    pub backend: Backend,
+}
+
+/// DescribeTaskQuotas' arguments: only where the engine runs.
+#[derive(Args)]
+pub struct QuotaArgs {
+    #[command(flatten)]
+    pub engine: EngineArgs,
+}
+
 /// The backend options.
 #[derive(Args, Clone, Debug)]
 pub struct Backend {
     /// Where images, archives and tasks live.
     #[arg(
         long,
-        global = true,
-        help_heading = "Global options",
+        help_heading = "Engine options",
         env = "AMISTORE_BACKEND",
         value_enum,
         default_value = "local"
@@ -452,6 +483,8 @@ pub fn describe_tasks(
 
 #[derive(Args)]
 pub struct CancelArgs {
+    #[command(flatten)]
+    pub backend: Backend,
     /// The AMI whose store to cancel.
     #[arg(long)]
     pub image_id: ImageId,
@@ -482,6 +515,8 @@ pub fn cancel_store(
 
 #[derive(Args)]
 pub struct DeregisterArgs {
+    #[command(flatten)]
+    pub backend: Backend,
     /// The AMI to deregister (a failed restore's, say, to free its name).
     #[arg(long)]
     pub image_id: ImageId,
