@@ -753,3 +753,91 @@ fn help_completions_and_the_manual_page() {
         "the page lists the commands"
     );
 }
+
+/// The configuration file gives the data directory, the quota limits and an
+/// endpoint; the command line and the environment win over it; an endpoint
+/// from the file applies only where a command can talk to a server, and
+/// `--endpoint ""` runs a command here despite it.
+#[test]
+fn a_configuration_file_gives_defaults_that_the_command_line_overrides() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("from-config");
+    let config = dir.path().join("config.toml");
+    let run = |args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_amistore"))
+            .args(args)
+            .env_remove("AMISTORE_DATA_DIR")
+            .env_remove("AMISTORE_ENDPOINT")
+            .env("AMISTORE_CONFIG", &config)
+            .env("AWS_ACCESS_KEY_ID", "test")
+            .env("AWS_SECRET_ACCESS_KEY", "test")
+            .output()
+            .unwrap();
+        let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+        (out.status.success(), text(&out.stdout), text(&out.stderr))
+    };
+    std::fs::write(
+        &config,
+        format!(
+            "data_dir = {:?}\nstore_limit_gib = 7\n",
+            data.display().to_string()
+        ),
+    )
+    .unwrap();
+    let (ok, _, err) = run(&["bucket", "create", "configured"]);
+    assert!(ok, "{err}");
+    assert!(
+        data.join("s3/configured").is_dir(),
+        "the file's data directory"
+    );
+    let quotas = |args: &[&str]| -> Value {
+        let (ok, out, err) = run(args);
+        assert!(ok, "{err}");
+        serde_json::from_str(&out).unwrap()
+    };
+    assert_eq!(
+        quotas(&["describe-task-quotas"])["TaskQuotas"][0]["LimitGiB"],
+        7
+    );
+    assert_eq!(
+        quotas(&["describe-task-quotas", "--store-limit-gib", "9"])["TaskQuotas"][0]["LimitGiB"],
+        9,
+        "the command line wins"
+    );
+    assert_eq!(
+        quotas(&["describe-task-quotas"])["TaskQuotas"][1]["LimitGiB"],
+        600,
+        "what the file leaves out keeps its default"
+    );
+
+    std::fs::write(
+        &config,
+        format!(
+            "data_dir = {:?}\nendpoint = \"http://127.0.0.1:9\"\n",
+            data.display().to_string()
+        ),
+    )
+    .unwrap();
+    let (ok, _, err) = run(&["bucket", "list"]);
+    assert!(
+        !ok && err.contains("cannot reach http://127.0.0.1:9"),
+        "{err}"
+    );
+    let (ok, out, err) = run(&["--endpoint", "", "bucket", "list"]);
+    assert!(
+        ok && out.contains("configured"),
+        "--endpoint \"\" runs here: {err}"
+    );
+    let (ok, _, err) = run(&["archive", "inspect", "/nonexistent.bin"]);
+    assert!(
+        !ok && !err.contains("--endpoint"),
+        "archive ignores the file's endpoint: {err}"
+    );
+
+    std::fs::write(&config, "data-dir = \"typo\"\n").unwrap();
+    let (ok, _, err) = run(&["bucket", "list"]);
+    assert!(
+        !ok && err.contains("is not valid") && err.contains("data-dir"),
+        "{err}"
+    );
+}

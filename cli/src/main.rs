@@ -5,6 +5,7 @@ mod archive_cmd;
 #[cfg(feature = "aws")]
 mod aws_backend;
 mod bucket_cmd;
+mod config;
 mod image_cmd;
 mod output;
 mod progress;
@@ -51,6 +52,18 @@ struct Cli {
         value_name = "URL"
     )]
     endpoint: Option<String>,
+
+    /// Configuration file: defaults for the data directory, the endpoint
+    /// and the quota limits [default: ~/.config/amistore/config.toml, if it
+    /// exists].
+    #[arg(
+        long,
+        global = true,
+        help_heading = "Global options",
+        env = "AMISTORE_CONFIG",
+        value_name = "FILE"
+    )]
+    config: Option<PathBuf>,
 
     #[command(subcommand)]
     command: Command,
@@ -108,6 +121,25 @@ fn data_dir(given: Option<PathBuf>) -> anyhow::Result<PathBuf> {
         .ok_or_else(|| {
             anyhow::anyhow!("no data directory: pass --data-dir or set AMISTORE_DATA_DIR")
         })
+}
+
+/// Whether `command` can work against a server.
+fn talks_to_servers(command: &Command) -> bool {
+    refuse_endpoint(command, Some(&String::new())).is_ok()
+        && !matches!(command, Command::Completions { .. } | Command::Man)
+}
+
+/// The configuration file's limits, where the command takes limits and none
+/// were given.
+fn with_config_limits(command: &mut Command, config: &config::Config) {
+    let limits = match command {
+        Command::StoreImage(args) => &mut args.engine.limits,
+        Command::RestoreImage(args) => &mut args.engine.limits,
+        Command::DescribeTaskQuotas(args) => &mut args.engine.limits,
+        Command::Serve(args) => &mut args.limits,
+        _ => return,
+    };
+    *limits = limits.or_config(config);
 }
 
 /// The commands that work against a server; every other one refuses
@@ -176,11 +208,27 @@ fn print_bytes(bytes: &[u8]) -> anyhow::Result<ExitCode> {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
-    if let Err(err) = refuse_endpoint(&cli.command, cli.endpoint.as_ref()) {
+    let mut cli = Cli::parse();
+    let config = match config::Config::load(cli.config.as_deref()) {
+        Ok(config) => config,
+        Err(err) => {
+            eprintln!("amistore: error: {}", report(&err));
+            return ExitCode::from(2);
+        }
+    };
+    // `--endpoint ""` runs the command here, whatever the file says.
+    let explicit = cli.endpoint.clone().filter(|e| !e.is_empty());
+    if let Err(err) = refuse_endpoint(&cli.command, explicit.as_ref()) {
         eprintln!("amistore: error: {err:#}");
         return ExitCode::from(2);
     }
+    cli.endpoint = match cli.endpoint {
+        Some(_) => explicit,
+        None if talks_to_servers(&cli.command) => config.endpoint.clone(),
+        None => None,
+    };
+    cli.data_dir = cli.data_dir.or(config.data_dir.clone());
+    with_config_limits(&mut cli.command, &config);
     let quiet = cli.quiet;
     let result = match cli.command {
         Command::Archive(cmd) => archive_cmd::run(cmd, quiet),

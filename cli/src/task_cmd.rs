@@ -24,25 +24,28 @@ use serde_json::{Value, json};
 
 use crate::progress::Bar;
 
-/// Quota limits (the seed's defaults).
-#[derive(Args, Clone, Copy)]
+/// Quota limits: the command line's, else the environment's, else the
+/// configuration file's, else EC2's current quotas.
+#[derive(Args, Clone, Copy, Default)]
 pub struct Limits {
-    /// Admit store tasks while fewer GiB than this are in progress.
+    /// Admit store tasks while fewer GiB than this are in progress
+    /// [default: 1200].
     #[arg(
         long,
         help_heading = "Engine options",
         env = "AMISTORE_STORE_LIMIT_GIB",
-        default_value_t = 1_200
+        value_name = "GIB"
     )]
-    store_limit_gib: u64,
-    /// Admit restore tasks while fewer GiB than this are in progress.
+    store_limit_gib: Option<u64>,
+    /// Admit restore tasks while fewer GiB than this are in progress
+    /// [default: 600].
     #[arg(
         long,
         help_heading = "Engine options",
         env = "AMISTORE_RESTORE_LIMIT_GIB",
-        default_value_t = 600
+        value_name = "GIB"
     )]
-    restore_limit_gib: u64,
+    restore_limit_gib: Option<u64>,
 }
 
 #[derive(Args)]
@@ -105,23 +108,20 @@ pub struct DescribeArgs {
     pub next_token: Option<String>,
 }
 
-/// The defaults, for the commands that admit no task (describe, cancel,
-/// deregister): the limits only decide admission.
-impl Default for Limits {
-    fn default() -> Self {
+impl Limits {
+    /// These limits, with the configuration file's where none was given.
+    pub fn or_config(self, config: &crate::config::Config) -> Self {
         Self {
-            store_limit_gib: 1_200,
-            restore_limit_gib: 600,
+            store_limit_gib: self.store_limit_gib.or(config.store_limit_gib),
+            restore_limit_gib: self.restore_limit_gib.or(config.restore_limit_gib),
         }
     }
-}
 
-impl Limits {
     /// The limits as the engine takes them.
     pub fn quota(&self) -> QuotaLimits {
         QuotaLimits {
-            store_gib: self.store_limit_gib,
-            restore_gib: self.restore_limit_gib,
+            store_gib: self.store_limit_gib.unwrap_or(1_200),
+            restore_gib: self.restore_limit_gib.unwrap_or(600),
         }
     }
 }
