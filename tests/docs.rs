@@ -163,7 +163,12 @@ fn every_synopsis_matches_the_commands_help() {
         for (lang, body) in pieces(&text) {
             // Inline spans that are not a whole command line are synopses
             // (`amistore bucket create NAME --owner ACCOUNT_ID`).
-            if lang != "text" && !(lang == "inline" && !whole_command(&body)) {
+            let synopsis_block = match lang.as_str() {
+                "text" => true,
+                "inline" => !whole_command(&body),
+                _ => false,
+            };
+            if !synopsis_block {
                 continue;
             }
             for line in command_lines(&body) {
