@@ -1692,3 +1692,103 @@ fn fails_local(data: &Path, args: &[&str]) -> (bool, String, String) {
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
 }
+
+/// A task the server runs reports the bytes it has moved and will move
+/// (`bytesMoved`/`bytesTotal`, amistore's extension to the describe items),
+/// rising while it runs; the AWS CLI still reads the answer; `amistore
+/// --wait` follows them and says what it moved and how fast.
+#[test]
+fn a_running_task_reports_the_bytes_it_moved() {
+    use amistore_api::client::{ClientCredentials, Endpoint, call};
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    // 12 MiB at 4 MiB/s: about three seconds of store, then of restore.
+    let disk = dir.path().join("slow.raw");
+    std::fs::write(&disk, bytes(12 << 20, 5)).unwrap();
+    let ami = ok_in(
+        &[
+            "image",
+            "import",
+            "--name",
+            "counted",
+            "--disk",
+            &format!("/dev/xvda={}", disk.display()),
+        ],
+        Some(&data),
+    )
+    .trim()
+    .to_owned();
+    ok_in(&["bucket", "create", "counted"], Some(&data));
+    let server = Server::start(&data, &["--max-bandwidth", "4"]);
+    let endpoint = Endpoint::parse(&format!("http://127.0.0.1:{}", server.port)).unwrap();
+    let key = ClientCredentials {
+        access_key: "test".into(),
+        secret: "test".into(),
+        session_token: None,
+    };
+    server.json(&[
+        "create-store-image-task",
+        "--image-id",
+        &ami,
+        "--bucket",
+        "counted",
+    ]);
+    let mut seen = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let doc = call(
+            &endpoint,
+            &key,
+            "us-east-1",
+            "DescribeStoreImageTasks",
+            &[("ImageId.1".into(), ami.clone())],
+        )
+        .unwrap();
+        let field = |tag: &str| amistore_api::xml::text_of(&doc, tag);
+        if field("storeTaskState").as_deref() == Some("Completed") {
+            assert!(
+                field("bytesMoved").is_none(),
+                "an ended task has no counts: {doc}"
+            );
+            break;
+        }
+        if let (Some(moved), Some(total)) = (field("bytesMoved"), field("bytesTotal")) {
+            let (moved, total): (u64, u64) = (moved.parse().unwrap(), total.parse().unwrap());
+            assert_eq!(total, 12 << 20, "the image's allocated bytes");
+            assert!(moved <= total);
+            seen.push(moved);
+            // The AWS CLI reads the same answer.
+            server.json(&["describe-store-image-tasks", "--image-ids", &ami]);
+        }
+        assert!(Instant::now() < deadline, "the store did not end");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(
+        seen.windows(2).all(|w| w[0] <= w[1]) && seen.iter().any(|&m| m > 0),
+        "bytes moved rise while the task runs: {seen:?}"
+    );
+
+    let out = Command::new(env!("CARGO_BIN_EXE_amistore"))
+        .args(["--endpoint", &format!("http://127.0.0.1:{}", server.port)])
+        .args([
+            "restore-image",
+            "--bucket",
+            "counted",
+            "--object-key",
+            &format!("{ami}.bin"),
+            "--name",
+            "counted copy",
+            "--wait",
+        ])
+        .env_remove("AMISTORE_DATA_DIR")
+        .env("AWS_ACCESS_KEY_ID", "test")
+        .env("AWS_SECRET_ACCESS_KEY", "test")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(
+        err.contains("moved 12.0 MiB in") && err.contains("MiB/s"),
+        "{err}"
+    );
+}

@@ -5,6 +5,10 @@ use std::io::IsTerminal;
 use amistore_local::Progress;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
+/// The byte bar's look: bytes moved of all, the rate, the time left.
+const BYTES: &str =
+    "{msg:>10} [{bar:40}] {binary_bytes}/{binary_total_bytes} {binary_bytes_per_sec} eta {eta}";
+
 /// A byte-count progress bar, hidden with `--quiet` or when stderr is not a TTY.
 pub struct Bar {
     bar: ProgressBar,
@@ -14,11 +18,7 @@ pub struct Bar {
 impl Bar {
     /// A bar labelled `what`; it appears once the total is known.
     pub fn new(what: &'static str, quiet: bool) -> Self {
-        Self::styled(
-            what,
-            quiet,
-            "{msg:>10} [{bar:40}] {binary_bytes}/{binary_total_bytes} {binary_bytes_per_sec} eta {eta}",
-        )
+        Self::styled(what, quiet, BYTES)
     }
 
     /// A bar in percent (a server reports a task's progress as a percentage,
@@ -41,6 +41,21 @@ impl Bar {
 }
 
 impl Bar {
+    /// Turns a percent bar into a byte bar of `total` bytes (a server that
+    /// reports bytes).
+    pub fn show_bytes(&self, total: u64) {
+        if let Ok(style) = ProgressStyle::with_template(BYTES) {
+            self.bar.set_style(style.progress_chars("=> "));
+        }
+        self.bar.set_length(total);
+        self.bar.set_position(0);
+    }
+
+    /// Sets how far the bar is.
+    pub fn set_position(&self, at: u64) {
+        self.bar.set_position(at);
+    }
+
     /// A handle other threads can advance the bar through.
     pub fn handle(&self) -> ProgressBar {
         self.bar.clone()

@@ -466,7 +466,10 @@ impl Remote {
     }
 
     /// Follows the task of `image` through `describe` until it ends, with a
-    /// percentage bar; fails if it failed.
+    /// bar: bytes moved and their rate when the server reports them
+    /// (`bytesMoved`/`bytesTotal`, amistore's extension), else the
+    /// percentage; fails if the task failed. With bytes, prints what was
+    /// moved and how fast once it has ended (unless quiet).
     fn wait(
         &self,
         describe: &str,
@@ -475,22 +478,47 @@ impl Remote {
         state_tag: &str,
         reason_tag: &str,
         bar: &mut Bar,
+        quiet: bool,
     ) -> Result<()> {
         bar.begin(100);
+        let started = std::time::Instant::now();
         let mut shown = 0u64;
+        let mut bytes: Option<(u64, u64)> = None;
         loop {
             let doc = self.call(describe, vec![("ImageId.1".into(), image.into())])?;
             let item = items(&doc, list)
                 .first()
                 .map(|s| s.to_string())
                 .ok_or_else(|| anyhow!("the server shows no task for {image}"))?;
-            let percent: u64 = text_of(&item, "progressPercentage")
-                .and_then(|p| p.parse().ok())
-                .unwrap_or(0);
-            bar.advance(percent.saturating_sub(shown));
-            shown = shown.max(percent);
+            let number = |tag: &str| text_of(&item, tag).and_then(|p| p.parse::<u64>().ok());
+            match (number("bytesMoved"), number("bytesTotal")) {
+                (Some(moved), Some(total)) => {
+                    if bytes.is_none() {
+                        bar.show_bytes(total);
+                    }
+                    bar.set_position(moved);
+                    bytes = Some((moved, total));
+                }
+                _ if bytes.is_none() => {
+                    let percent = number("progressPercentage").unwrap_or(0);
+                    bar.advance(percent.saturating_sub(shown));
+                    shown = shown.max(percent);
+                }
+                // The task ended: its counts went with it.
+                _ => {}
+            }
             match text_of(&item, state_tag).as_deref() {
-                Some("Completed") => return Ok(()),
+                Some("Completed") => {
+                    if let Some((_, total)) = bytes.filter(|_| !quiet) {
+                        let secs = started.elapsed().as_secs_f64().max(0.001);
+                        eprintln!(
+                            "moved {} in {secs:.1} s ({}/s)",
+                            human_bytes(total),
+                            human_bytes((total as f64 / secs) as u64)
+                        );
+                    }
+                    return Ok(());
+                }
                 Some("Failed") => bail!(
                     "the task failed: {}",
                     text_of(&item, reason_tag).unwrap_or_else(|| "no reason given".into())
@@ -523,6 +551,7 @@ impl Remote {
                 "storeTaskState",
                 "storeTaskFailureReason",
                 &mut bar,
+                quiet,
             )?;
         }
         println!("{key}");
@@ -575,6 +604,7 @@ impl Remote {
                 "restoreTaskState",
                 "restoreTaskFailureReason",
                 &mut bar,
+                quiet,
             )?;
         }
         println!("{image}");
@@ -726,4 +756,19 @@ fn query_encode(s: &str) -> String {
 fn b64(bytes: &[u8]) -> String {
     use base64::Engine as _;
     base64::engine::general_purpose::STANDARD.encode(bytes)
+}
+
+/// `1.5 GiB`, `12.0 MiB`, `512 B`.
+fn human_bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut value = n as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit < UNITS.len() - 1 {
+        value /= 1024.0;
+        unit += 1;
+    }
+    match unit {
+        0 => format!("{n} B"),
+        _ => format!("{value:.1} {}", UNITS[unit]),
+    }
 }

@@ -14,6 +14,9 @@
 //! DescribeStoreImageTasks; `restoreImageTaskResultSet` items with `imageId`,
 //! `taskStartTime`, `bucket`, `objectKey`, `progressPercentage`,
 //! `restoreTaskState` and `restoreTaskFailureReason`).
+//! amistore's extension to both describes: an in-progress task this process
+//! runs also shows `bytesMoved` and `bytesTotal` (present-block bytes), which
+//! the AWS CLI ignores and `amistore --wait` draws as bytes and a rate.
 
 use amistore_core::Error as CoreError;
 use amistore_core::engine::describe::{DescribeQuery, describe};
@@ -207,13 +210,22 @@ fn describe_tasks(
     finish(p)?;
     let tasks = engine.tasks.list(account, kind, now_ms())?;
     let page = describe(&engine.config.token_key, account, kind, tasks, &query)?;
+    // amistore's extension: bytes moved and to move, for the tasks this
+    // process runs (a client draws bytes and a rate from them). A total that
+    // cannot be worked out just leaves them out.
+    let bytes: Vec<Option<(u64, u64)>> = page
+        .tasks
+        .iter()
+        .map(|t| engine.bytes_progress(t).ok().flatten())
+        .collect();
+    let items: Vec<(&Task, Option<(u64, u64)>)> = page.tasks.iter().zip(bytes).collect();
     let mut body = Body::new();
     match kind {
-        TaskKind::Store => body.list("storeImageTaskResultSet", &page.tasks, |b, t| {
-            task_item(b, t, &STORE_ITEM)
+        TaskKind::Store => body.list("storeImageTaskResultSet", &items, |b, (t, bytes)| {
+            task_item(b, t, *bytes, &STORE_ITEM)
         }),
-        TaskKind::Restore => body.list("restoreImageTaskResultSet", &page.tasks, |b, t| {
-            task_item(b, t, &RESTORE_ITEM)
+        TaskKind::Restore => body.list("restoreImageTaskResultSet", &items, |b, (t, bytes)| {
+            task_item(b, t, *bytes, &RESTORE_ITEM)
         }),
     };
     body.opt("nextToken", page.next_token.as_deref());
@@ -242,7 +254,7 @@ const RESTORE_ITEM: ItemNames = ItemNames {
     reason: "restoreTaskFailureReason",
 };
 
-fn task_item(b: &mut Body, t: &Task, names: &ItemNames) {
+fn task_item(b: &mut Body, t: &Task, bytes: Option<(u64, u64)>, names: &ItemNames) {
     b.opt(names.image, t.image_id.as_ref().map(|i| i.as_str()))
         .text("taskStartTime", &iso8601_millis(t.started_at_ms))
         .text("bucket", t.bucket.as_str())
@@ -250,6 +262,9 @@ fn task_item(b: &mut Body, t: &Task, names: &ItemNames) {
         .number("progressPercentage", u64::from(t.progress_percent()))
         .text(names.state, t.state.as_str())
         .opt(names.reason, t.failure_reason.as_deref());
+    if let Some((moved, total)) = bytes {
+        b.number("bytesMoved", moved).number("bytesTotal", total);
+    }
 }
 
 /// amistore's extension: the caller's in-progress quota, per kind of task:
@@ -282,7 +297,9 @@ fn cancel_store(engine: &Engine, account: &AccountId, mut p: Params) -> Result<B
             other => other.into(),
         })?;
     let mut body = Body::new();
-    body.element("storeImageTaskResult", |b| task_item(b, &task, &STORE_ITEM));
+    body.element("storeImageTaskResult", |b| {
+        task_item(b, &task, None, &STORE_ITEM)
+    });
     Ok(body)
 }
 

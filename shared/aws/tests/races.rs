@@ -55,6 +55,7 @@ fn world(name: &str) -> World {
             [7; 32],
         ),
         progress: None,
+        moved: Default::default(),
     };
     World {
         aws,

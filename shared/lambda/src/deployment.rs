@@ -207,6 +207,7 @@ pub async fn connect_with(
         runner,
         config: engine_config,
         progress: None,
+        moved: Default::default(),
     });
     Ok(Deployment {
         function: config.function,

@@ -288,6 +288,7 @@ impl LocalEngine {
             runner: ports.runner.unwrap_or_else(|| Arc::new(runner.clone())),
             config,
             progress,
+            moved: Default::default(),
         });
         runner.attach(&engine);
         runner.set_elsewhere({

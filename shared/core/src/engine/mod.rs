@@ -13,6 +13,7 @@
 pub mod describe;
 pub mod intake;
 pub mod metadata;
+pub mod moved;
 pub mod restore;
 pub mod steps;
 pub mod store;
@@ -120,6 +121,8 @@ pub struct Engine {
     pub config: EngineConfig,
     /// Optional progress reports (the CLI's progress bar).
     pub progress: Option<ProgressSink>,
+    /// Bytes moved by the tasks this engine runs (for describe answers).
+    pub moved: moved::TaskBytes,
 }
 
 /// Milliseconds since the epoch, now.
@@ -233,6 +236,7 @@ impl Engine {
     /// its work objects. A completion overruled meanwhile is an error; a
     /// failure that another fail step finished first is not.
     fn end(&self, id: &TaskId, ending: Ending) -> Result<()> {
+        self.moved.forget(id);
         if !self.tasks.finish(id, ending, now_ms())? {
             let task = self.task(id)?;
             if task.state != ending.final_state() {
@@ -256,6 +260,7 @@ impl Engine {
     }
 
     fn report(&self, task: &TaskId, bytes: u64) {
+        self.moved.add(task, bytes);
         if let Some(p) = &self.progress {
             p(task, bytes);
         }

@@ -88,6 +88,15 @@ impl Engine {
             })
     }
 
+    /// The present bytes of the archive a restore task reads (what it will
+    /// write).
+    pub(crate) fn restore_present_bytes(&self, task: &Task) -> Result<u64> {
+        let (_, image) = self.restore_image(task)?;
+        let info = self.source_info(task)?;
+        let (_, index) = self.open_source(task, &image, &info)?;
+        Ok(index.manifest().present_bytes())
+    }
+
     /// Plans a restore task; returns how many units it has.
     pub fn plan_restore(&self, id: &TaskId) -> Result<u64> {
         let task = self.running_task(id)?;

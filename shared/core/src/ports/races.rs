@@ -353,6 +353,7 @@ impl Racer {
             runner: runner.clone(),
             config: base.config.clone(),
             progress: None,
+            moved: Default::default(),
         });
         Self {
             engine,
