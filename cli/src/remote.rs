@@ -470,16 +470,13 @@ impl Remote {
     /// (`bytesMoved`/`bytesTotal`, amistore's extension), else the
     /// percentage; fails if the task failed. With bytes, prints what was
     /// moved and how fast once it has ended (unless quiet).
-    fn wait(
-        &self,
-        describe: &str,
-        list: &str,
-        image: &str,
-        state_tag: &str,
-        reason_tag: &str,
-        bar: &mut Bar,
-        quiet: bool,
-    ) -> Result<()> {
+    fn wait(&self, kind: &Followed, image: &str, bar: &mut Bar, quiet: bool) -> Result<()> {
+        let Followed {
+            describe,
+            list,
+            state_tag,
+            reason_tag,
+        } = *kind;
         bar.begin(100);
         let started = std::time::Instant::now();
         let mut shown = 0u64;
@@ -544,15 +541,7 @@ impl Remote {
         let key = text_of(&doc, "objectKey").context("the answer has no objectKey")?;
         if wait {
             let mut bar = Bar::percent("storing", quiet);
-            self.wait(
-                "DescribeStoreImageTasks",
-                "storeImageTaskResultSet",
-                args.image_id.as_str(),
-                "storeTaskState",
-                "storeTaskFailureReason",
-                &mut bar,
-                quiet,
-            )?;
+            self.wait(&STORE, args.image_id.as_str(), &mut bar, quiet)?;
         }
         println!("{key}");
         Ok(ExitCode::SUCCESS)
@@ -597,15 +586,7 @@ impl Remote {
         let image = text_of(&doc, "imageId").context("the answer has no imageId")?;
         if wait {
             let mut bar = Bar::percent("restoring", quiet);
-            self.wait(
-                "DescribeRestoreImageTasks",
-                "restoreImageTaskResultSet",
-                &image,
-                "restoreTaskState",
-                "restoreTaskFailureReason",
-                &mut bar,
-                quiet,
-            )?;
+            self.wait(&RESTORE, &image, &mut bar, quiet)?;
         }
         println!("{image}");
         Ok(ExitCode::SUCCESS)
@@ -772,3 +753,27 @@ fn human_bytes(n: u64) -> String {
         _ => format!("{value:.1} {}", UNITS[unit]),
     }
 }
+
+/// How a kind of task is followed: its describe action and the names in its
+/// answer.
+#[derive(Clone, Copy)]
+struct Followed {
+    describe: &'static str,
+    list: &'static str,
+    state_tag: &'static str,
+    reason_tag: &'static str,
+}
+
+const STORE: Followed = Followed {
+    describe: "DescribeStoreImageTasks",
+    list: "storeImageTaskResultSet",
+    state_tag: "storeTaskState",
+    reason_tag: "storeTaskFailureReason",
+};
+
+const RESTORE: Followed = Followed {
+    describe: "DescribeRestoreImageTasks",
+    list: "restoreImageTaskResultSet",
+    state_tag: "restoreTaskState",
+    reason_tag: "restoreTaskFailureReason",
+};
