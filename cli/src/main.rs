@@ -74,20 +74,26 @@ enum Command {
     /// Work with archive files offline: pack, inspect, verify, extract.
     #[command(subcommand)]
     Archive(archive_cmd::ArchiveCommand),
-    /// Manage the local image library: import raw disks as AMIs, list, export.
+    /// Images: import raw disks as AMIs, list, export; in the local library,
+    /// or on a server with --endpoint.
     #[command(subcommand)]
     Image(image_cmd::ImageCommand),
-    /// Manage local buckets (folders under <data-dir>/s3).
+    /// Buckets and the archives stored in them: create, list, list objects,
+    /// delete an object; folders under <data-dir>/s3, or a server's with
+    /// --endpoint.
     #[command(subcommand)]
     Bucket(bucket_cmd::BucketCommand),
-    /// Store an AMI as one object in a bucket (CreateStoreImageTask), waiting
-    /// for it to finish; prints the object key.
+    /// Store an AMI as one object in a bucket (CreateStoreImageTask); prints
+    /// the object key. Here it waits for the store to end; with --endpoint it
+    /// returns at once unless --wait.
     StoreImage(task_cmd::StoreArgs),
-    /// Restore an AMI from a stored object (CreateRestoreImageTask), waiting for
-    /// it to finish; prints the new AMI id.
+    /// Restore an AMI from a stored object (CreateRestoreImageTask); prints
+    /// the new AMI id. Here it waits for the restore to end; with --endpoint
+    /// it returns at once unless --wait.
     RestoreImage(task_cmd::RestoreArgs),
     /// Serve the EC2 API (CreateStoreImageTask, DescribeStoreImageTasks,
-    /// CreateRestoreImageTask, …) for the stock AWS CLI and SDKs.
+    /// CreateRestoreImageTask, …), the EBS direct APIs and a subset of S3
+    /// over the data directory, for the stock AWS CLI and SDKs.
     Serve(serve_cmd::ServeArgs),
     /// List store tasks of the last 31 days, newest first, as JSON shaped like
     /// the AWS CLI's output (DescribeStoreImageTasks).
