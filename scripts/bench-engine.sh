@@ -21,7 +21,7 @@ rm -rf "$data"
 
 import() { "$bin" image import -q --name "$1" --disk /dev/xvda="$2"; }
 snapshot_of() {
-  "$bin" image list --json | python3 -c "import json,sys; print([i for i in json.load(sys.stdin) if i['imageId']=='$1'][0]['snapshots'][0]['snapshotId'])"
+  "$bin" image list --json | python3 -c "import json,sys; print([i for i in json.load(sys.stdin)['Images'] if i['ImageId']=='$1'][0]['BlockDeviceMappings'][0]['Ebs']['SnapshotId'])"
 }
 
 ami=$(import bench "$work/mixed.raw")

@@ -10,6 +10,7 @@
 //! and per account; a deployment that runs N units at once gives each 1,000/N.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use amistore_core::blocks::{BLOCK_SIZE, BlockRanges};
@@ -79,6 +80,64 @@ impl Pacer {
             at
         };
         tokio::time::sleep_until(at).await;
+    }
+}
+
+/// Reads started ahead of the reader, for one snapshot: the blocks the
+/// reader announced ([`SnapshotStore::will_read`]) and the fetches in flight
+/// or done, by block index.
+#[derive(Debug, Default)]
+pub struct ReadAhead {
+    range: std::ops::Range<u64>,
+    pending: BTreeMap<u64, tokio::task::JoinHandle<Result<Vec<u8>>>>,
+}
+
+impl ReadAhead {
+    fn abort_all(&mut self) {
+        for (_, fetch) in std::mem::take(&mut self.pending) {
+            fetch.abort();
+        }
+    }
+}
+
+/// GetSnapshotBlock of one block, paced, its checksum checked.
+async fn fetch_block(
+    ebs: aws_sdk_ebs::Client,
+    pacer: Arc<Pacer>,
+    snapshot: SnapshotId,
+    index: u64,
+    token: String,
+) -> Result<Vec<u8>> {
+    pacer.wait().await;
+    let out = ebs
+        .get_snapshot_block()
+        .snapshot_id(snapshot.as_str())
+        .block_index(index as i32)
+        .block_token(token)
+        .send()
+        .await
+        .map_err(|e| sdk(format_args!("reading block {index} of {snapshot}"), e))?;
+    let expected = out.checksum().map(str::to_owned);
+    let data = out
+        .block_data
+        .collect()
+        .await
+        .map_err(|e| Error::Transient(format!("reading block {index} of {snapshot}: {e}")))?
+        .to_vec();
+    if data.len() as u64 != BLOCK_SIZE {
+        return Err(Error::Transient(format!(
+            "block {index} of {snapshot} came back with {} bytes, not 524288",
+            data.len()
+        )));
+    }
+    match expected {
+        Some(sum) if sum == checksum(&data) => Ok(data),
+        Some(_) => Err(Error::Transient(format!(
+            "block {index} of {snapshot} does not match its SHA-256 checksum (damaged in transit)"
+        ))),
+        None => Err(Error::Transient(format!(
+            "block {index} of {snapshot} came without a checksum"
+        ))),
     }
 }
 
@@ -216,41 +275,6 @@ impl Ec2Images {
         Ok(bytes.div_ceil(BLOCK_SIZE))
     }
 
-    async fn get_block(&self, snapshot: &SnapshotId, index: u64, token: &str) -> Result<Vec<u8>> {
-        self.pacer.wait().await;
-        let out = self
-            .ebs
-            .get_snapshot_block()
-            .snapshot_id(snapshot.as_str())
-            .block_index(index as i32)
-            .block_token(token)
-            .send()
-            .await
-            .map_err(|e| sdk(format_args!("reading block {index} of {snapshot}"), e))?;
-        let expected = out.checksum().map(str::to_owned);
-        let data = out
-            .block_data
-            .collect()
-            .await
-            .map_err(|e| Error::Transient(format!("reading block {index} of {snapshot}: {e}")))?
-            .to_vec();
-        if data.len() as u64 != BLOCK_SIZE {
-            return Err(Error::Transient(format!(
-                "block {index} of {snapshot} came back with {} bytes, not 524288",
-                data.len()
-            )));
-        }
-        match expected {
-            Some(sum) if sum == checksum(&data) => Ok(data),
-            Some(_) => Err(Error::Transient(format!(
-                "block {index} of {snapshot} does not match its SHA-256 checksum (damaged in transit)"
-            ))),
-            None => Err(Error::Transient(format!(
-                "block {index} of {snapshot} came without a checksum"
-            ))),
-        }
-    }
-
     async fn put_block(&self, snapshot: &SnapshotId, index: u64, data: Vec<u8>) -> Result<()> {
         self.pacer.wait().await;
         let sum = checksum(&data);
@@ -342,33 +366,99 @@ impl SnapshotStore for Ec2Images {
         Ok(ranges)
     }
 
+    /// Blocks in the window are taken from the fetches started ahead, or
+    /// fetched now; then fetches are started ahead of the reader, within the
+    /// announced range, until `concurrency` are in flight beyond the window.
+    /// So the pacer's slots never go unused while the reader compresses a
+    /// frame: requests stay in flight across frame boundaries. Memory: at most
+    /// `concurrency` blocks (512 KiB each) held ahead.
     fn read_blocks(&self, snapshot: &SnapshotId, first_block: u64, buf: &mut [u8]) -> Result<()> {
         let count = whole_blocks(buf.len())?;
         let window = first_block..first_block + count;
         let tokens = self.tokens_for(snapshot, window.clone())?;
         buf.fill(0);
-        let gate = Semaphore::new(self.limits.concurrency.max(1));
+        let spawn = |index: u64, token: String| {
+            self.bridge.handle().spawn(fetch_block(
+                self.ebs.clone(),
+                self.pacer.clone(),
+                snapshot.clone(),
+                index,
+                token,
+            ))
+        };
+        let wanted: Vec<(u64, tokio::task::JoinHandle<Result<Vec<u8>>>)> = {
+            let mut all = self.ahead.lock().unwrap_or_else(|p| p.into_inner());
+            let ahead = all.entry(snapshot.clone()).or_default();
+            // Fetches behind the window are for reads that will not come.
+            let behind: Vec<u64> = ahead
+                .pending
+                .range(..window.start)
+                .map(|(i, _)| *i)
+                .collect();
+            for index in behind {
+                if let Some(fetch) = ahead.pending.remove(&index) {
+                    fetch.abort();
+                }
+            }
+            let wanted = tokens
+                .iter()
+                .map(|(index, token)| {
+                    let fetch = ahead
+                        .pending
+                        .remove(index)
+                        .unwrap_or_else(|| spawn(*index, token.clone()));
+                    (*index, fetch)
+                })
+                .collect();
+            if ahead.range.contains(&window.start) {
+                let cached = self.tokens.lock().unwrap_or_else(|p| p.into_inner());
+                let upcoming = cached
+                    .get(snapshot)
+                    .map(|w| w.tokens.range(window.end..ahead.range.end))
+                    .into_iter()
+                    .flatten();
+                for (index, token) in upcoming {
+                    if ahead.pending.len() >= self.limits.concurrency.max(1) {
+                        break;
+                    }
+                    if !ahead.pending.contains_key(index) {
+                        let fetch = spawn(*index, token.clone());
+                        ahead.pending.insert(*index, fetch);
+                    }
+                }
+            }
+            wanted
+        };
         let fetched = self.bridge.run(async {
-            let fetches = tokens.iter().map(|(index, token)| async {
-                let _permit = gate
-                    .acquire()
-                    .await
-                    .map_err(|_| Error::Transient("the block request gate closed".into()))?;
-                self.get_block(snapshot, *index, token)
-                    .await
-                    .map(|data| (*index, data))
-            });
-            join_all(fetches).await
+            let mut blocks = Vec::with_capacity(wanted.len());
+            for (index, fetch) in wanted {
+                blocks.push(match fetch.await {
+                    Ok(result) => result.map(|data| (index, data)),
+                    Err(e) => Err(Error::Transient(format!(
+                        "reading block {index} of {snapshot}: {e}"
+                    ))),
+                });
+            }
+            blocks
         });
         for result in fetched {
             let (index, data) = match result {
                 Ok(block) => block,
                 Err(e) => {
-                    // Tokens expire (7 days) and change on relisting: list again next time.
+                    // Tokens expire (7 days) and change on relisting: list
+                    // again next time; what was fetched ahead goes too.
                     self.tokens
                         .lock()
                         .unwrap_or_else(|p| p.into_inner())
                         .remove(snapshot);
+                    if let Some(ahead) = self
+                        .ahead
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .get_mut(snapshot)
+                    {
+                        ahead.abort_all();
+                    }
                     return Err(e);
                 }
             };
@@ -376,6 +466,13 @@ impl SnapshotStore for Ec2Images {
             buf[at..at + BLOCK_SIZE as usize].copy_from_slice(&data);
         }
         Ok(())
+    }
+
+    fn will_read(&self, snapshot: &SnapshotId, blocks: std::ops::Range<u64>) {
+        let mut all = self.ahead.lock().unwrap_or_else(|p| p.into_inner());
+        let ahead = all.entry(snapshot.clone()).or_default();
+        ahead.abort_all();
+        ahead.range = blocks;
     }
 
     fn start_snapshot(

@@ -58,6 +58,8 @@ pub struct Ec2Images {
     pub(crate) tokens: Arc<Mutex<HashMap<SnapshotId, crate::ebs::TokenWindow>>>,
     /// Volume sizes in bytes, per snapshot, as learnt.
     pub(crate) sizes: Arc<Mutex<HashMap<SnapshotId, u64>>>,
+    /// Block reads started ahead of the reader, per snapshot.
+    pub(crate) ahead: Arc<Mutex<HashMap<SnapshotId, crate::ebs::ReadAhead>>>,
 }
 
 /// A snapshot as EC2 describes it.
@@ -123,6 +125,7 @@ impl Ec2Images {
             limits,
             tokens: Arc::default(),
             sizes: Arc::default(),
+            ahead: Arc::default(),
         }
     }
 

@@ -26,6 +26,8 @@ mod error;
 pub mod s3;
 pub mod setup;
 pub mod sfn;
+#[cfg(feature = "simulation")]
+pub mod simulation;
 #[cfg(feature = "testing")]
 pub mod testing;
 

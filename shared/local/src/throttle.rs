@@ -48,6 +48,9 @@ impl Bandwidth {
 pub struct Throttled(pub Arc<dyn SnapshotStore>, pub Arc<Bandwidth>);
 
 impl SnapshotStore for Throttled {
+    fn will_read(&self, snapshot: &SnapshotId, blocks: std::ops::Range<u64>) {
+        self.0.will_read(snapshot, blocks);
+    }
     fn describe_snapshot(
         &self,
         account: &AccountId,

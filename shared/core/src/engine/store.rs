@@ -138,6 +138,13 @@ impl Engine {
             store: &*self.snapshots,
             snapshots: &plan.snapshots,
         };
+        let planned = &plan.archive.units[index];
+        if let Some(snapshot) = plan.snapshots.get(planned.disk) {
+            self.snapshots.will_read(
+                snapshot,
+                planned.first_block..planned.first_block + planned.block_count,
+            );
+        }
         let (spool, record) =
             SpoolFile::write(&self.config.spool_dir, &format!("{id}-{unit}"), |out| {
                 let (_, record) = encode_unit(

@@ -142,6 +142,13 @@ pub trait SnapshotStore: Send + Sync {
     fn describe_snapshot(&self, account: &AccountId, snapshot: &SnapshotId)
     -> Result<SnapshotInfo>;
 
+    /// Announces that the next reads of `snapshot` are of `blocks`, in
+    /// order (a store unit's range): an adapter may fetch ahead within it.
+    /// Reads outside it are still answered.
+    fn will_read(&self, snapshot: &SnapshotId, blocks: Range<u64>) {
+        let _ = (snapshot, blocks);
+    }
+
     /// Fills `buf` (a whole number of blocks) with blocks from `first_block`.
     /// Blocks that hold no data read as zeros.
     fn read_blocks(&self, snapshot: &SnapshotId, first_block: u64, buf: &mut [u8]) -> Result<()>;

@@ -262,6 +262,9 @@ impl ImageCatalog for Gated<dyn ImageCatalog> {
 }
 
 impl SnapshotStore for Gated<dyn SnapshotStore> {
+    fn will_read(&self, snapshot: &SnapshotId, blocks: std::ops::Range<u64>) {
+        self.0.will_read(snapshot, blocks);
+    }
     fn describe_snapshot(&self, a: &AccountId, s: &SnapshotId) -> Result<SnapshotInfo> {
         self.0.describe_snapshot(a, s)
     }

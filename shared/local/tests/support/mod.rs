@@ -313,6 +313,9 @@ impl ImageCatalog for Faulty<dyn ImageCatalog> {
 }
 
 impl SnapshotStore for Faulty<dyn SnapshotStore> {
+    fn will_read(&self, snapshot: &SnapshotId, blocks: std::ops::Range<u64>) {
+        self.0.will_read(snapshot, blocks);
+    }
     fn describe_snapshot(&self, a: &AccountId, s: &SnapshotId) -> Result<SnapshotInfo> {
         self.1.check("describe_snapshot")?;
         self.0.describe_snapshot(a, s)

@@ -1,0 +1,160 @@
+//! The simulated data plane with the real EBS adapter: what it serves is what
+//! the adapter reads, its limits are enforced (and the SDK's retries get past
+//! them), its latency is applied; and a unit's reads, announced with
+//! `will_read`, stay in flight across frames without a request outside the
+//! unit.
+
+#![allow(clippy::unwrap_used)]
+
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use amistore_aws::ebs::EbsLimits;
+use amistore_aws::setup::{AwsPorts, AwsSettings, Overrides};
+use amistore_aws::simulation::{BlockKind, SimConfig, Simulation, block_data, block_kind};
+use amistore_core::blocks::BLOCK_SIZE;
+use amistore_core::ids::{AccountId, SnapshotId};
+use amistore_core::ports::SnapshotStore;
+
+struct World {
+    sim: Simulation,
+    ports: AwsPorts,
+    _runtime: tokio::runtime::Runtime,
+    snapshot: SnapshotId,
+    account: AccountId,
+}
+
+fn world(config: SimConfig, limits: EbsLimits) -> World {
+    let snapshot: SnapshotId = "snap-0123456789abcdef0".parse().unwrap();
+    let sim = Simulation::start(SimConfig {
+        snapshots: vec![(snapshot.to_string(), 1)],
+        ..config
+    })
+    .unwrap();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let account: AccountId = "123456789012".parse().unwrap();
+    let mut settings = AwsSettings::new("unused", "unused-work".parse().unwrap());
+    settings.account = Some(account.clone());
+    settings.ebs = limits;
+    settings.overrides = Overrides {
+        endpoint_url: Some(sim.endpoint.clone()),
+        region: Some("us-east-1".into()),
+        credentials: Some(("sim".into(), "sim".into())),
+        audit: None,
+    };
+    let ports = runtime
+        .block_on(AwsPorts::connect(&settings, runtime.handle().clone()))
+        .unwrap();
+    World {
+        sim,
+        ports,
+        _runtime: runtime,
+        snapshot,
+        account,
+    }
+}
+
+fn fast() -> SimConfig {
+    SimConfig {
+        median_latency: Duration::from_millis(2),
+        p99_latency: Duration::from_millis(5),
+        ..SimConfig::default()
+    }
+}
+
+#[test]
+fn announced_reads_are_served_ahead_exactly_and_correctly() {
+    let w = world(
+        fast(),
+        EbsLimits {
+            concurrency: 32,
+            requests_per_second: 1000,
+            ..EbsLimits::default()
+        },
+    );
+    let images = w.ports.images.clone();
+    let present = images.list_blocks(&w.account, &w.snapshot).unwrap();
+    assert_eq!(present.present_count(), 2048 * 3 / 4, "a quarter holes");
+    // A unit of blocks 64..320 (holes from 256), read a frame at a time.
+    images.will_read(&w.snapshot, 64..320);
+    let mut frame = vec![0u8; 16 * BLOCK_SIZE as usize];
+    for first in (64..320).step_by(16) {
+        images.read_blocks(&w.snapshot, first, &mut frame).unwrap();
+        for (n, block) in frame.chunks(BLOCK_SIZE as usize).enumerate() {
+            assert!(
+                block == block_data(first + n as u64),
+                "block {} differs",
+                first + n as u64
+            );
+        }
+    }
+    let wanted = (64..320)
+        .filter(|&i| block_kind(i) != BlockKind::Hole)
+        .count() as u64;
+    assert_eq!(
+        w.sim.stats.blocks_served.load(Ordering::Relaxed),
+        wanted,
+        "every present block of the unit once, and none outside it"
+    );
+}
+
+#[test]
+fn throttled_requests_are_retried_and_the_limit_holds() {
+    // The adapter asks 400/s of a snapshot that allows 100/s.
+    let w = world(
+        SimConfig {
+            per_snapshot_rps: 100.0,
+            ..fast()
+        },
+        EbsLimits {
+            concurrency: 32,
+            requests_per_second: 400,
+            ..EbsLimits::default()
+        },
+    );
+    let images = w.ports.images.clone();
+    images.list_blocks(&w.account, &w.snapshot).unwrap();
+    images.will_read(&w.snapshot, 64..192);
+    let started = Instant::now();
+    let mut frame = vec![0u8; 16 * BLOCK_SIZE as usize];
+    for first in (64..192).step_by(16) {
+        images.read_blocks(&w.snapshot, first, &mut frame).unwrap();
+    }
+    let secs = started.elapsed().as_secs_f64();
+    let served = w.sim.stats.blocks_served.load(Ordering::Relaxed);
+    assert_eq!(served, 128);
+    assert!(
+        w.sim.stats.throttled.load(Ordering::Relaxed) > 0,
+        "the limit was reached"
+    );
+    // 128 blocks at 100/s (after a burst of 10): at least about 1.1 s.
+    assert!(
+        secs > 1.0,
+        "{served} blocks in {secs:.2} s: the limit did not hold"
+    );
+}
+
+#[test]
+fn latency_is_applied() {
+    let w = world(
+        SimConfig {
+            median_latency: Duration::from_millis(200),
+            p99_latency: Duration::from_millis(201),
+            ..SimConfig::default()
+        },
+        EbsLimits::default(),
+    );
+    let images = w.ports.images.clone();
+    let started = Instant::now();
+    images.list_blocks(&w.account, &w.snapshot).unwrap();
+    // DescribeSnapshots, then ListSnapshotBlocks: two round trips.
+    assert!(
+        started.elapsed() >= Duration::from_millis(350),
+        "{:?}",
+        started.elapsed()
+    );
+}
