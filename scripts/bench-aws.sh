@@ -2,11 +2,12 @@
 # Throughput on AWS, measured against a simulated data plane (no account is
 # needed): `amistore_aws::simulation` serves the EBS direct APIs on loopback
 # with a latency drawn per request (log-normal; median and 99th percentile
-# below) and EBS's per-snapshot and per-account limits, and the real EBS
-# adapter and SDK client read one store unit through the real encoder, paced
-# at the rate one unit is allotted (the template's EbsRequestsPerSecondPerUnit,
-# 60/s). It prints the achieved block requests per second over that rate: the
-# unit's efficiency, at 20, 60 (the default) and 150 ms median latency.
+# below) and EBS's per-snapshot and per-account limits. The real EBS adapter
+# and SDK client read one store unit through the real encoder, and write one
+# restore unit through the real decoder, paced at the rate one unit is
+# allotted (the template's EbsRequestsPerSecondPerUnit, 60/s). It prints the
+# achieved block requests per second over that rate: each unit's efficiency,
+# at 20, 150 and (last) 60 ms median latency, the default.
 #
 #   scripts/bench-aws.sh
 #

@@ -1,8 +1,11 @@
-//! One store unit against the simulated EBS direct APIs: the real encoder
-//! (`encode_unit`, compression included) reads a unit's blocks through the
-//! real EBS adapter (`Ec2Images`, the SDK client with its retries and pool),
-//! paced at the rate one unit is allotted. Prints the achieved block requests
-//! per second and its ratio to the allotted rate: the unit's efficiency.
+//! One store unit and one restore unit against the simulated EBS direct
+//! APIs. Store: the real encoder (`encode_unit`, compression included) reads
+//! a unit's blocks through the real EBS adapter (`Ec2Images`, the SDK client
+//! with its retries and pool). Restore: the real decoder (`read_units`,
+//! decompression and hash checks included) writes a unit of an archive of the
+//! same blocks through the adapter. Both are paced at the rate one unit is
+//! allotted. Prints the achieved block requests per second and its ratio to
+//! the allotted rate: each unit's efficiency.
 //!
 //! ```text
 //! cargo run --release -p amistore-aws --features simulation --example unit_throughput -- \
@@ -15,10 +18,14 @@ use std::time::{Duration, Instant};
 
 use amistore_aws::ebs::EbsLimits;
 use amistore_aws::setup::{AwsPorts, AwsSettings, Overrides};
+use amistore_aws::simulation::block_data;
 use amistore_aws::simulation::{SimConfig, Simulation};
 use amistore_core::Result;
-use amistore_core::archive::encode::{BlockSource, encode_unit};
+use amistore_core::archive::decode::{Decoded, read_units};
+use amistore_core::archive::encode::{BlockSource, encode_unit, write_archive};
+use amistore_core::archive::index::ArchiveIndex;
 use amistore_core::archive::plan::{ArchivePlan, DiskSource};
+use amistore_core::blocks::BLOCK_SIZE;
 use amistore_core::ids::{AccountId, SnapshotId};
 use amistore_core::image::{Architecture, ImageMetadata};
 use amistore_core::ports::SnapshotStore;
@@ -132,6 +139,60 @@ fn main() -> std::result::Result<(), Box<dyn std::error::Error>> {
          {achieved:.1} requests/s of {rate} allotted, {throttled} throttled",
         record.decompressed_len >> 20
     );
-    println!("store unit efficiency: {:.2}", achieved / f64::from(rate));
+    let store_efficiency = achieved / f64::from(rate);
+
+    // Restore: an archive of the same blocks, made here, decoded unit 0 by
+    // unit 0 into the simulated snapshot as the restore step does.
+    struct Generated;
+    impl BlockSource for Generated {
+        fn read_blocks(&self, _disk: usize, first_block: u64, buf: &mut [u8]) -> Result<()> {
+            for (n, block) in buf.chunks_mut(BLOCK_SIZE as usize).enumerate() {
+                block.copy_from_slice(&block_data(first_block + n as u64));
+            }
+            Ok(())
+        }
+    }
+    let (archive, _) = write_archive(&plan, &Generated, 2, Vec::new(), &mut |_| {})?;
+    let index = ArchiveIndex::open(&archive)?;
+    let before = sim
+        .stats
+        .blocks_written
+        .load(std::sync::atomic::Ordering::Relaxed);
+    let started = Instant::now();
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            read_units(&index, &archive, 0..1, 1, |decoded| {
+                if let Decoded::Data {
+                    first_block, bytes, ..
+                } = decoded
+                {
+                    images.write_blocks(&snapshot, first_block, &bytes)?;
+                }
+                Ok(())
+            })
+            .and_then(|()| images.finish_writes(&snapshot))
+        })
+        .join()
+        .expect("decoding thread")
+    })?;
+    let secs = started.elapsed().as_secs_f64();
+    let written = sim
+        .stats
+        .blocks_written
+        .load(std::sync::atomic::Ordering::Relaxed)
+        - before;
+    let achieved = written as f64 / secs;
+    println!(
+        "restore unit: {written} blocks in {secs:.2} s at median {median} ms / p99 {p99} ms: \
+         {achieved:.1} requests/s of {rate} allotted, {} throttled, {} bad writes",
+        sim.stats
+            .throttled
+            .load(std::sync::atomic::Ordering::Relaxed),
+        sim.stats
+            .bad_writes
+            .load(std::sync::atomic::Ordering::Relaxed)
+    );
+    println!("store unit efficiency: {store_efficiency:.2}");
+    println!("restore unit efficiency: {:.2}", achieved / f64::from(rate));
     Ok(())
 }

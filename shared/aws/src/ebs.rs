@@ -24,7 +24,6 @@ use aws_sdk_ec2::types::Filter;
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use sha2::{Digest, Sha256};
-use tokio::sync::Semaphore;
 use tokio::time::Instant;
 
 use crate::ec2::{Ec2Images, TOKEN_TAG, VOLUME_BYTES_TAG};
@@ -140,6 +139,32 @@ async fn fetch_block(
         ))),
     }
 }
+
+/// PutSnapshotBlock of one block, paced, with its checksum.
+async fn store_block(
+    ebs: aws_sdk_ebs::Client,
+    pacer: Arc<Pacer>,
+    snapshot: SnapshotId,
+    index: u64,
+    data: Vec<u8>,
+) -> Result<()> {
+    pacer.wait().await;
+    let sum = checksum(&data);
+    ebs.put_snapshot_block()
+        .snapshot_id(snapshot.as_str())
+        .block_index(index as i32)
+        .data_length(BLOCK_SIZE as i32)
+        .checksum(sum)
+        .checksum_algorithm(ChecksumAlgorithm::ChecksumAlgorithmSha256)
+        .block_data(ByteStream::from(data))
+        .send()
+        .await
+        .map(|_| ())
+        .map_err(|e| sdk(format_args!("writing block {index} of {snapshot}"), e))
+}
+
+/// Writes in flight for one snapshot, oldest first.
+pub type WritesBehind = std::collections::VecDeque<tokio::task::JoinHandle<Result<()>>>;
 
 /// Block tokens of one snapshot for blocks `covered` (absent blocks in the
 /// window have no token: they hold no data).
@@ -275,21 +300,30 @@ impl Ec2Images {
         Ok(bytes.div_ceil(BLOCK_SIZE))
     }
 
-    async fn put_block(&self, snapshot: &SnapshotId, index: u64, data: Vec<u8>) -> Result<()> {
-        self.pacer.wait().await;
-        let sum = checksum(&data);
-        self.ebs
-            .put_snapshot_block()
-            .snapshot_id(snapshot.as_str())
-            .block_index(index as i32)
-            .data_length(BLOCK_SIZE as i32)
-            .checksum(sum)
-            .checksum_algorithm(ChecksumAlgorithm::ChecksumAlgorithmSha256)
-            .block_data(ByteStream::from(data))
-            .send()
-            .await
-            .map(|_| ())
-            .map_err(|e| sdk(format_args!("writing block {index} of {snapshot}"), e))
+    /// Waits for one write started by `write_blocks`; a failure drops the
+    /// snapshot's other writes in flight (the unit fails and is retried).
+    fn landed(
+        &self,
+        snapshot: &SnapshotId,
+        write: tokio::task::JoinHandle<Result<()>>,
+    ) -> Result<()> {
+        let outcome = self.bridge.run(write).unwrap_or_else(|e| {
+            Err(Error::Transient(format!(
+                "a write to {snapshot} stopped: {e}"
+            )))
+        });
+        if outcome.is_err() {
+            for other in self
+                .behind
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(snapshot)
+                .unwrap_or_default()
+            {
+                other.abort();
+            }
+        }
+        outcome
     }
 
     /// A snapshot started with `client_token`, if there is one.
@@ -546,6 +580,10 @@ impl SnapshotStore for Ec2Images {
         self.snapshot_by_token(client_token)
     }
 
+    /// Starts the blocks' writes and returns once at most `concurrency`
+    /// writes of the snapshot are in flight, so the decoder goes on while
+    /// they land; [`SnapshotStore::finish_writes`] waits for the rest. Memory:
+    /// at most `concurrency` blocks (512 KiB each) in flight per snapshot.
     fn write_blocks(&self, snapshot: &SnapshotId, first_block: u64, data: &[u8]) -> Result<()> {
         let count = whole_blocks(data.len())?;
         let blocks = self.volume_blocks(snapshot)?;
@@ -555,27 +593,48 @@ impl SnapshotStore for Ec2Images {
                 first_block + count
             )));
         }
-        let gate = Semaphore::new(self.limits.concurrency.max(1));
-        let results = self.bridge.run(async {
-            let puts = data
-                .chunks(BLOCK_SIZE as usize)
-                .enumerate()
-                .map(|(i, block)| {
-                    let gate = &gate;
-                    async move {
-                        let _permit = gate.acquire().await.map_err(|_| {
-                            Error::Transient("the block request gate closed".into())
-                        })?;
-                        self.put_block(snapshot, first_block + i as u64, block.to_vec())
-                            .await
-                    }
-                });
-            join_all(puts).await
-        });
-        results.into_iter().collect()
+        for (i, block) in data.chunks(BLOCK_SIZE as usize).enumerate() {
+            let oldest = {
+                let mut all = self.behind.lock().unwrap_or_else(|p| p.into_inner());
+                let writes = all.entry(snapshot.clone()).or_default();
+                let oldest = (writes.len() >= self.limits.concurrency.max(1))
+                    .then(|| writes.pop_front())
+                    .flatten();
+                writes.push_back(self.bridge.handle().spawn(store_block(
+                    self.ebs.clone(),
+                    self.pacer.clone(),
+                    snapshot.clone(),
+                    first_block + i as u64,
+                    block.to_vec(),
+                )));
+                oldest
+            };
+            if let Some(write) = oldest {
+                self.landed(snapshot, write)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn finish_writes(&self, snapshot: &SnapshotId) -> Result<()> {
+        let writes = self
+            .behind
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(snapshot)
+            .unwrap_or_default();
+        // Every write is waited for, the first failure reported.
+        let mut first_failure = None;
+        for write in writes {
+            if let Err(e) = self.landed(snapshot, write) {
+                first_failure.get_or_insert(e);
+            }
+        }
+        first_failure.map_or(Ok(()), Err)
     }
 
     fn complete_snapshot(&self, snapshot: &SnapshotId, changed_blocks: u64) -> Result<()> {
+        self.finish_writes(snapshot)?;
         let call = self
             .ebs
             .complete_snapshot()
@@ -606,29 +665,6 @@ impl SnapshotStore for Ec2Images {
             Err(e) => Err(sdk(format_args!("deleting {snapshot}"), e)),
         }
     }
-}
-
-/// Runs futures concurrently on the current task, in order of results.
-async fn join_all<F: std::future::Future>(futures: impl Iterator<Item = F>) -> Vec<F::Output> {
-    let futures: Vec<_> = futures.map(Box::pin).collect();
-    let mut outputs: Vec<Option<F::Output>> = futures.iter().map(|_| None).collect();
-    let mut pending: Vec<_> = futures.into_iter().enumerate().collect();
-    std::future::poll_fn(|cx| {
-        pending.retain_mut(|(i, f)| match f.as_mut().poll(cx) {
-            std::task::Poll::Ready(out) => {
-                outputs[*i] = Some(out);
-                false
-            }
-            std::task::Poll::Pending => true,
-        });
-        if pending.is_empty() {
-            std::task::Poll::Ready(())
-        } else {
-            std::task::Poll::Pending
-        }
-    })
-    .await;
-    outputs.into_iter().flatten().collect()
 }
 
 #[cfg(test)]

@@ -60,6 +60,8 @@ pub struct Ec2Images {
     pub(crate) sizes: Arc<Mutex<HashMap<SnapshotId, u64>>>,
     /// Block reads started ahead of the reader, per snapshot.
     pub(crate) ahead: Arc<Mutex<HashMap<SnapshotId, crate::ebs::ReadAhead>>>,
+    /// Block writes in flight, per snapshot.
+    pub(crate) behind: Arc<Mutex<HashMap<SnapshotId, crate::ebs::WritesBehind>>>,
 }
 
 /// A snapshot as EC2 describes it.
@@ -126,6 +128,7 @@ impl Ec2Images {
             tokens: Arc::default(),
             sizes: Arc::default(),
             ahead: Arc::default(),
+            behind: Arc::default(),
         }
     }
 

@@ -7,6 +7,9 @@
 //!   its `x-amz-Checksum` headers), on snapshots whose blocks are generated
 //!   from their index (a mix of holes, compressible and random data), so no
 //!   large files are needed;
+//! - PutSnapshotBlock, whose data must be 512 KiB and match its Base64
+//!   SHA-256 `x-amz-Checksum` (a mismatch is EBS's `ValidationException`);
+//!   what is written is counted, not kept;
 //! - EC2's DescribeSnapshots for those snapshots (the adapter asks for a
 //!   snapshot's size and state).
 //!
@@ -80,6 +83,10 @@ pub struct SimStats {
     pub throttled: AtomicU64,
     /// ListSnapshotBlocks answers.
     pub lists: AtomicU64,
+    /// PutSnapshotBlock answers that accepted a block.
+    pub blocks_written: AtomicU64,
+    /// PutSnapshotBlock requests refused for a bad length or checksum.
+    pub bad_writes: AtomicU64,
     /// Other requests.
     pub other: AtomicU64,
 }
@@ -331,6 +338,11 @@ async fn answer(state: &State, req: Request<Incoming>) -> Response<Full<Bytes>> 
     let method = req.method().as_str().to_owned();
     let path = req.uri().path().to_owned();
     let query = req.uri().query().unwrap_or_default().to_owned();
+    let checksum = req
+        .headers()
+        .get("x-amz-checksum")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
     let body = req
         .into_body()
         .collect()
@@ -341,6 +353,9 @@ async fn answer(state: &State, req: Request<Incoming>) -> Response<Full<Bytes>> 
     match (method.as_str(), segments.as_slice()) {
         ("GET", ["snapshots", id, "blocks"]) => list_blocks(state, id, &query),
         ("GET", ["snapshots", id, "blocks", index]) => get_block(state, id, index, &query),
+        ("PUT", ["snapshots", id, "blocks", index]) => {
+            put_block(state, id, index, checksum.as_deref(), &body)
+        }
         ("POST", [""]) => ec2(state, &body),
         _ => {
             state.stats.other.fetch_add(1, Ordering::Relaxed);
@@ -439,6 +454,57 @@ fn get_block(state: &State, id: &str, index: &str, query: &str) -> Response<Full
             ("x-amz-Checksum-Algorithm", "SHA256".to_owned()),
         ],
         data,
+    )
+}
+
+fn put_block(
+    state: &State,
+    id: &str,
+    index: &str,
+    checksum: Option<&str>,
+    body: &[u8],
+) -> Response<Full<Bytes>> {
+    let Some(gib) = state.volume_gib(id) else {
+        return ebs_error(
+            404,
+            "ResourceNotFoundException",
+            "SNAPSHOT_NOT_FOUND",
+            "no such snapshot",
+        );
+    };
+    if !index
+        .parse::<u64>()
+        .is_ok_and(|i| i < gib * (1 << 30) / BLOCK_SIZE)
+    {
+        return ebs_error(
+            400,
+            "ValidationException",
+            "INVALID_BLOCK",
+            "bad block index",
+        );
+    }
+    let sum = BASE64.encode(Sha256::digest(body));
+    if body.len() as u64 != BLOCK_SIZE || checksum != Some(sum.as_str()) {
+        state.stats.bad_writes.fetch_add(1, Ordering::Relaxed);
+        return ebs_error(
+            400,
+            "ValidationException",
+            "INVALID_PARAMETER_VALUE",
+            "the block's length or checksum is wrong",
+        );
+    }
+    if !state.admit_block(id) {
+        return throttled(state);
+    }
+    state.stats.blocks_written.fetch_add(1, Ordering::Relaxed);
+    respond(
+        201,
+        "application/json",
+        &[
+            ("x-amz-Checksum", sum),
+            ("x-amz-Checksum-Algorithm", "SHA256".to_owned()),
+        ],
+        Vec::new(),
     )
 }
 

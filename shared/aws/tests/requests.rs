@@ -310,6 +310,8 @@ fn snapshot_writes_carry_checksums_lengths_and_the_changed_count() {
     data[..BLOCK_SIZE as usize].fill(0x5a);
     data[BLOCK_SIZE as usize..].fill(0xa5);
     images.write_blocks(&id, 4, &data).unwrap();
+    // Writes land in the background; finish_writes waits for them.
+    images.finish_writes(&id).unwrap();
     let mut sent = puts.lock().unwrap().clone();
     sent.sort_by_key(|p| p.0);
     assert_eq!(sent.len(), 2);

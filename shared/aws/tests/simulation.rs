@@ -158,3 +158,48 @@ fn latency_is_applied() {
         started.elapsed()
     );
 }
+
+#[test]
+fn writes_land_before_finish_writes_returns_and_bad_blocks_are_refused() {
+    let w = world(
+        fast(),
+        EbsLimits {
+            concurrency: 8,
+            requests_per_second: 1000,
+            ..EbsLimits::default()
+        },
+    );
+    let images = w.ports.images.clone();
+    let frame: Vec<u8> = (64..80).flat_map(block_data).collect();
+    for _ in 0..4 {
+        images.write_blocks(&w.snapshot, 64, &frame).unwrap();
+    }
+    images.finish_writes(&w.snapshot).unwrap();
+    assert_eq!(
+        w.sim.stats.blocks_written.load(Ordering::Relaxed),
+        64,
+        "every write landed"
+    );
+    assert_eq!(w.sim.stats.bad_writes.load(Ordering::Relaxed), 0);
+
+    // The simulation checks what it is sent: a block whose checksum is not
+    // its data's is refused as EBS refuses it.
+    let addr = w.sim.endpoint.trim_start_matches("http://").to_owned();
+    let mut stream = std::net::TcpStream::connect(&addr).unwrap();
+    let body = vec![1u8; BLOCK_SIZE as usize];
+    let head = format!(
+        "PUT /snapshots/{}/blocks/0 HTTP/1.1\r\nHost: {addr}\r\nx-amz-Checksum: AAAA\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        w.snapshot,
+        body.len()
+    );
+    use std::io::{Read, Write};
+    stream.write_all(head.as_bytes()).unwrap();
+    stream.write_all(&body).unwrap();
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).unwrap();
+    assert!(
+        answer.starts_with("HTTP/1.1 400") && answer.contains("ValidationException"),
+        "{answer}"
+    );
+    assert_eq!(w.sim.stats.bad_writes.load(Ordering::Relaxed), 1);
+}

@@ -48,6 +48,9 @@ impl Bandwidth {
 pub struct Throttled(pub Arc<dyn SnapshotStore>, pub Arc<Bandwidth>);
 
 impl SnapshotStore for Throttled {
+    fn finish_writes(&self, snapshot: &SnapshotId) -> Result<()> {
+        self.0.finish_writes(snapshot)
+    }
     fn will_read(&self, snapshot: &SnapshotId, blocks: std::ops::Range<u64>) {
         self.0.will_read(snapshot, blocks);
     }

@@ -124,7 +124,7 @@ impl Engine {
         // Blocks are written as frames decode, before the unit's hash is checked
         // at its end. A unit that fails its check fails the task, and a failed
         // image is never made available, so no unverified data is ever served.
-        read_units(
+        let decoded = read_units(
             &index,
             &reader,
             index_of..index_of + 1,
@@ -143,7 +143,17 @@ impl Engine {
                 }
                 Ok(())
             },
-        )?;
+        );
+        // Writes may still be landing: every one is waited for, even after a
+        // failure, so none outlives the unit.
+        let mut landed = Ok(());
+        for s in &image.snapshots {
+            if let Err(e) = self.snapshots.finish_writes(&s.snapshot_id) {
+                landed = landed.and(Err(e));
+            }
+        }
+        decoded?;
+        landed?;
         self.tasks.record_unit(id, unit, "{}")?;
         Ok(())
     }

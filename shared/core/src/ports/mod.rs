@@ -176,8 +176,16 @@ pub trait SnapshotStore: Send + Sync {
     ) -> Result<Option<SnapshotId>>;
 
     /// Writes `data` (a whole number of blocks) from `first_block`. Writing the
-    /// same blocks again is harmless.
+    /// same blocks again is harmless. An adapter may return before the
+    /// blocks land; [`Self::finish_writes`] waits for them.
     fn write_blocks(&self, snapshot: &SnapshotId, first_block: u64, data: &[u8]) -> Result<()>;
+
+    /// Waits until every block written to `snapshot` has landed, and reports
+    /// the first write that failed. Completing a snapshot implies it.
+    fn finish_writes(&self, snapshot: &SnapshotId) -> Result<()> {
+        let _ = snapshot;
+        Ok(())
+    }
 
     /// Seals a snapshot once `changed_blocks` blocks have been written.
     fn complete_snapshot(&self, snapshot: &SnapshotId, changed_blocks: u64) -> Result<()>;

@@ -262,6 +262,9 @@ impl ImageCatalog for Gated<dyn ImageCatalog> {
 }
 
 impl SnapshotStore for Gated<dyn SnapshotStore> {
+    fn finish_writes(&self, snapshot: &SnapshotId) -> Result<()> {
+        self.0.finish_writes(snapshot)
+    }
     fn will_read(&self, snapshot: &SnapshotId, blocks: std::ops::Range<u64>) {
         self.0.will_read(snapshot, blocks);
     }

@@ -313,6 +313,9 @@ impl ImageCatalog for Faulty<dyn ImageCatalog> {
 }
 
 impl SnapshotStore for Faulty<dyn SnapshotStore> {
+    fn finish_writes(&self, snapshot: &SnapshotId) -> Result<()> {
+        self.0.finish_writes(snapshot)
+    }
     fn will_read(&self, snapshot: &SnapshotId, blocks: std::ops::Range<u64>) {
         self.0.will_read(snapshot, blocks);
     }
