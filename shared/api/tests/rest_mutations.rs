@@ -226,3 +226,64 @@ fn mutated_ebs_and_s3_requests_get_answers_not_panics() {
         "only {authenticated} requests got past authentication"
     );
 }
+
+/// `max-keys=0` asks for nothing: an empty page that is not truncated (a
+/// truncated one would send a client round forever).
+#[test]
+fn an_empty_listing_page_is_not_truncated() {
+    let dir = tempfile::tempdir().unwrap();
+    let local = LocalEngine::open(&dir.path().join("data"), LocalOptions::default(), None).unwrap();
+    let account = AccountId::local_default();
+    let bucket = "empty-page".parse().unwrap();
+    BucketAdmin::create_bucket(&local.buckets, &account, &bucket).unwrap();
+    local
+        .buckets
+        .put_object(&bucket, &"a.bin".parse().unwrap(), b"x")
+        .unwrap();
+    let service = Service::new(local.engine.clone(), Credentials::local_default())
+        .with_buckets(Arc::new(local.buckets.clone()));
+    let key = ClientCredentials {
+        access_key: "test".into(),
+        secret: "test".into(),
+        session_token: None,
+    };
+    for (query, truncated, keys) in [
+        ("list-type=2&max-keys=0", "false", 0),
+        ("list-type=2&max-keys=1", "false", 1),
+        ("list-type=2", "false", 1),
+    ] {
+        let outgoing = Outgoing {
+            service: "s3",
+            method: "GET",
+            path: "/empty-page",
+            query,
+            headers: &[],
+            body: b"",
+        };
+        let headers = sign(
+            "localhost:9000",
+            &key,
+            "us-east-1",
+            &outgoing,
+            OffsetDateTime::now_utc(),
+        )
+        .unwrap();
+        let (answer, _) = service.handle(
+            &HttpRequest {
+                method: "GET".into(),
+                path: "/empty-page".into(),
+                query: query.into(),
+                headers,
+                body: vec![],
+            },
+            OffsetDateTime::now_utc(),
+        );
+        let text = answer.body_text();
+        assert_eq!(answer.status, 200, "{text}");
+        assert!(
+            text.contains(&format!("<IsTruncated>{truncated}</IsTruncated>")),
+            "{query}: {text}"
+        );
+        assert_eq!(text.matches("<Contents>").count(), keys, "{query}: {text}");
+    }
+}
