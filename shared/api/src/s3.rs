@@ -375,8 +375,11 @@ fn list_objects(
     let mut last_entry = String::new();
     let mut cursor = after.clone();
     let mut truncated = false;
-    // `max-keys=0` asks for nothing (S3 answers an empty, untruncated page).
-    'pages: while max > 0 {
+    'pages: loop {
+        // `max-keys=0` asks for nothing (S3 answers an empty, untruncated page).
+        if max == 0 {
+            break;
+        }
         let page = admin.list_objects(bucket, &prefix, &cursor, MAX_LIST_KEYS)?;
         let last_page = page.len() < MAX_LIST_KEYS;
         for o in page {
