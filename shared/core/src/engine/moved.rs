@@ -13,6 +13,9 @@ use crate::engine::Engine;
 use crate::ids::TaskId;
 use crate::task::{Task, TaskKind};
 
+/// Most tasks counted at once.
+pub const MAX_TASKS: usize = 4096;
+
 /// Per-task byte counts.
 #[derive(Debug, Default)]
 pub struct TaskBytes {
@@ -30,9 +33,16 @@ impl TaskBytes {
         f(&mut self.tasks.lock().unwrap_or_else(|p| p.into_inner()))
     }
 
-    /// Counts `bytes` more for `task`.
+    /// Counts `bytes` more for `task`. The counts are advisory, so the map is
+    /// capped: a process that runs units of tasks it never ends (a Lambda
+    /// function's) starts afresh past [`MAX_TASKS`] entries.
     pub fn add(&self, task: &TaskId, bytes: u64) {
-        self.with(|m| m.entry(task.clone()).or_default().moved += bytes);
+        self.with(|m| {
+            if m.len() >= MAX_TASKS && !m.contains_key(task) {
+                m.clear();
+            }
+            m.entry(task.clone()).or_default().moved += bytes;
+        });
     }
 
     /// Forgets `task` (it ended).
@@ -103,5 +113,10 @@ mod tests {
         assert_eq!((bytes.moved(&a), bytes.moved(&b)), (Some(15), Some(1)));
         bytes.forget(&a);
         assert_eq!(bytes.moved(&a), None);
+        // Bounded: past the cap the map starts afresh.
+        for _ in 0..MAX_TASKS + 10 {
+            bytes.add(&TaskId::fresh(), 1);
+        }
+        assert!(bytes.with(|m| m.len()) <= MAX_TASKS);
     }
 }
