@@ -16,9 +16,14 @@ if [ ! -f "$disk" ]; then
   echo "quickstart: $disk is not a file; make a raw disk with: truncate -s 1G $disk" >&2
   exit 2
 fi
-data=${2:-$(mktemp -d /tmp/amistore-quickstart.XXXXXX)}
-cargo build --release --quiet --manifest-path "$root/Cargo.toml" -p amistore
-bin=${CARGO_TARGET_DIR:-$root/target}/release/amistore
+data=${2:-$(mktemp -d "${TMPDIR:-/tmp}/amistore-quickstart.XXXXXX")}
+# AMISTORE_BIN: an amistore binary to use instead of building one (the docs
+# test runs this script with the binary it tests).
+bin=${AMISTORE_BIN:-}
+if [ -z "$bin" ]; then
+  cargo build --release --quiet --manifest-path "$root/Cargo.toml" -p amistore
+  bin=${CARGO_TARGET_DIR:-$root/target}/release/amistore
+fi
 if [ ! -x "$root/.venv/bin/aws" ]; then
   python3 -m venv "$root/.venv"
   "$root/.venv/bin/pip" install --quiet --disable-pip-version-check -r "$root/tests/requirements.txt"

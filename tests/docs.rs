@@ -12,10 +12,12 @@
 //!   `ami-0123456789abcdef0`) is the latest AMI id an earlier command printed
 //!   (in an object key, the AMI that was stored), `snap-…` the latest snapshot
 //!   id, port 9000 a free port, and `root.raw`/`block0` are made first.
-//! - Not run here: `scripts/…` (the test command runs itself; quickstart has
-//!   its own check in scripts/test), `sam`/`cargo`, and `aws amistore …`
-//!   against a deployed API (tests/deployed_api covers that model with a local
-//!   front).
+//! - `scripts/quickstart.sh root.raw`, the main job, runs as written with the
+//!   binary under test (`AMISTORE_BIN`) and the `.venv` AWS CLI.
+//! - Not run here: `scripts/test` (this suite is part of it), the benchmark
+//!   and Lambda build scripts, `sam`/`cargo`, and `aws amistore …` against a
+//!   deployed API (`shared/lambda/tests/aws_cli_model.rs` runs that model's
+//!   commands through a local API Gateway front).
 
 #![allow(clippy::unwrap_used)]
 
@@ -314,8 +316,13 @@ impl Reader {
             std::os::unix::fs::FileExt::write_all_at(&disk, &bytes(4 << 20, 3), 1 << 20).unwrap();
         }
         let out = Command::new("sh")
-            .args(["-c", &line])
+            .args([
+                "-c",
+                &line.replace("scripts/", &format!("{}/scripts/", repo().display())),
+            ])
             .current_dir(self.dir.path())
+            .env("AMISTORE_BIN", env!("CARGO_BIN_EXE_amistore"))
+            .env("TMPDIR", self.dir.path())
             .env("PATH", path)
             .env("AMISTORE_DATA_DIR", &self.data)
             .env_remove("AMISTORE_ENDPOINT")
@@ -370,6 +377,7 @@ fn whole_command(span: &str) -> bool {
 fn runnable(line: &str) -> bool {
     let local_aws = line.starts_with("aws --endpoint-url http://127.0.0.1:9000");
     line.starts_with("amistore ")
+        || line.starts_with("scripts/quickstart.sh ")
         || local_aws
         || line.starts_with("zstd ")
         || line.starts_with("truncate ")
@@ -408,6 +416,7 @@ fn every_runnable_command_in_the_documents_runs_as_written() {
         "s3 cp",
         "zstd -dc",
         "amistore bucket create offline",
+        "scripts/quickstart.sh root.raw",
     ] {
         assert!(ran.contains(expected), "no `{expected}` was run:\n{ran}");
     }
