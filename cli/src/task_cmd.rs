@@ -270,7 +270,9 @@ fn open(
             progress,
         )?)),
         #[cfg(not(feature = "aws"))]
-        BackendKind::Aws => bail!("this amistore was built without the `aws` feature"),
+        BackendKind::Aws => bail!(
+            "this amistore was built without the AWS adapters; build one with `cargo build --release -p amistore --features aws`"
+        ),
     }
 }
 
