@@ -9,6 +9,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use amistore_api::client::{Answer, ClientCredentials, Endpoint, Outgoing, call, send};
+use amistore_api::sigv4::uri_encode;
 use amistore_api::xml::{items, text_of};
 use anyhow::{Context, Result, anyhow, bail};
 use serde_json::{Value, json};
@@ -170,7 +171,7 @@ impl Remote {
             }
             let query = query
                 .iter()
-                .map(|(k, v)| format!("{k}={}", query_encode(v)))
+                .map(|(k, v)| format!("{k}={}", uri_encode(v, false)))
                 .collect::<Vec<_>>()
                 .join("&");
             let text = self.s3("GET", &format!("/{bucket}"), &query)?.text();
@@ -198,7 +199,7 @@ impl Remote {
     pub fn delete_object(&self, bucket: &BucketName, key: &ObjectKey) -> Result<()> {
         let path: String = key
             .segments()
-            .map(query_encode)
+            .map(|s| uri_encode(s, false))
             .collect::<Vec<_>>()
             .join("/");
         self.s3("DELETE", &format!("/{bucket}/{path}"), "")
@@ -428,7 +429,7 @@ impl Remote {
                         let got = self.ebs(
                             "GET",
                             &format!("/snapshots/{snapshot}/blocks/{index}"),
-                            &format!("blockToken={}", query_encode(token)),
+                            &format!("blockToken={}", uri_encode(token, false)),
                             &[],
                             b"",
                         )?;
@@ -446,7 +447,7 @@ impl Remote {
                         bar.advance(BLOCK_SIZE);
                     }
                     match listed["NextToken"].as_str() {
-                        Some(next) => page = format!("pageToken={}", query_encode(next)),
+                        Some(next) => page = format!("pageToken={}", uri_encode(next, false)),
                         None => break,
                     }
                 }
@@ -719,18 +720,6 @@ fn child_text(node: &roxmltree::Node<'_, '_>, name: &str) -> Option<String> {
         .find(|n| n.has_tag_name(name))
         .and_then(|n| n.text())
         .map(str::to_owned)
-}
-
-/// RFC 3986 encoding of a query value or path segment.
-fn query_encode(s: &str) -> String {
-    s.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                (b as char).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
 }
 
 /// Base64, as the EBS direct APIs' checksums are written.

@@ -9,7 +9,7 @@ use time::macros::format_description;
 use crate::ApiError;
 use crate::sigv4::{
     ALGORITHM, SERVICE, SignedRequest, canonical_request, canonical_request_for, sha256_hex,
-    signature,
+    signature, uri_encode,
 };
 
 /// Credentials to sign with.
@@ -21,18 +21,6 @@ pub struct ClientCredentials {
     pub secret: String,
     /// Session token, for temporary credentials.
     pub session_token: Option<String>,
-}
-
-/// Percent-encodes a form component (RFC 3986 unreserved characters stay).
-fn form_encode(s: &str) -> String {
-    s.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                (b as char).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
 }
 
 /// An endpoint `http[s]://host[:port]`.
@@ -404,7 +392,7 @@ fn form(action: &str, params: &[(String, String)]) -> String {
 fn encode_pairs(pairs: &[(String, String)]) -> String {
     pairs
         .iter()
-        .map(|(k, v)| format!("{}={}", form_encode(k), form_encode(v)))
+        .map(|(k, v)| format!("{}={}", uri_encode(k, false), uri_encode(v, false)))
         .collect::<Vec<_>>()
         .join("&")
 }

@@ -690,16 +690,28 @@ fn list_blocks(
             blocks.push(json!({"BlockIndex": index, "BlockToken": block_token(&id, index)}));
         }
     }
+    Ok(block_page("Blocks", blocks, info.volume_size, next, now))
+}
+
+/// A page of ListSnapshotBlocks or ListChangedBlocks: the entries under
+/// `name`, the tokens' expiry, the volume's size, and the next page's token.
+fn block_page(
+    name: &str,
+    entries: Vec<Value>,
+    volume_size: u64,
+    next: Option<u64>,
+    now: OffsetDateTime,
+) -> HttpResponse {
     let mut body = json!({
-        "Blocks": blocks,
+        name: entries,
         "ExpiryTime": epoch(now + time::Duration::seconds(TOKEN_LIFETIME_S)),
-        "VolumeSize": info.volume_size.div_ceil(GIB),
+        "VolumeSize": volume_size.div_ceil(GIB),
         "BlockSize": BLOCK_SIZE,
     });
     if let Some(next) = next {
         body["NextToken"] = page_token(next).into();
     }
-    Ok(json_response(200, &body))
+    json_response(200, &body)
 }
 
 /// The blocks that differ between two snapshots (or, with no first snapshot,
@@ -785,16 +797,13 @@ fn list_changed(
         };
         changed.push(entry);
     }
-    let mut body = json!({
-        "ChangedBlocks": changed,
-        "ExpiryTime": epoch(now + time::Duration::seconds(TOKEN_LIFETIME_S)),
-        "VolumeSize": second_info.volume_size.div_ceil(GIB),
-        "BlockSize": BLOCK_SIZE,
-    });
-    if let Some(next) = next {
-        body["NextToken"] = page_token(next).into();
-    }
-    Ok(json_response(200, &body))
+    Ok(block_page(
+        "ChangedBlocks",
+        changed,
+        second_info.volume_size,
+        next,
+        now,
+    ))
 }
 
 #[cfg(test)]

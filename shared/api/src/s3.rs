@@ -421,7 +421,7 @@ fn list_objects(
     }
     let next = truncated.then_some(last_entry);
     let enc = |s: &str| match url_encoded {
-        true => escape(&url_encode(s)),
+        true => escape(&crate::sigv4::uri_encode(s, true)),
         false => escape(s),
     };
     let mut inner = format!("<Name>{bucket}</Name><Prefix>{}</Prefix>", enc(&prefix));
@@ -473,18 +473,6 @@ fn list_objects(
         XML,
         document("ListBucketResult", &inner),
     ))
-}
-
-/// `encoding-type=url`: unreserved characters and `/` stay.
-fn url_encode(s: &str) -> String {
-    s.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' | b'/' => {
-                (b as char).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
 }
 
 fn encode_token(after: &str) -> String {

@@ -71,8 +71,9 @@ fn hmac(key: &[u8], data: &str) -> Vec<u8> {
 }
 
 /// RFC 3986 encoding as SigV4 wants it: unreserved characters stay, the rest
-/// become `%XX` (and `/` stays when `keep_slash`).
-fn uri_encode(s: &str, keep_slash: bool) -> String {
+/// become `%XX` (and `/` stays when `keep_slash`). The client's forms and
+/// paths and S3's `encoding-type=url` use it too.
+pub fn uri_encode(s: &str, keep_slash: bool) -> String {
     let mut out = String::with_capacity(s.len());
     for b in s.bytes() {
         match b {
