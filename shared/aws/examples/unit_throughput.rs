@@ -5,15 +5,20 @@
 //! decompression and hash checks included) writes a unit of an archive of the
 //! same blocks through the adapter. Both are paced at the rate one unit is
 //! allotted. Prints the achieved block requests per second and its ratio to
-//! the allotted rate: each unit's efficiency.
+//! the allotted rate: each unit's efficiency. Then (unless `--two-tasks 0`)
+//! two store tasks of four units share a scaled-down account budget through
+//! rate leases, as the deployment's units do ([`within_budget`]), and it
+//! prints the share of the budget they used, the requests throttled and the
+//! units that failed.
 //!
 //! ```text
 //! cargo run --release -p amistore-aws --features simulation --example unit_throughput -- \
-//!     [--median-ms 60] [--p99-ms 250] [--rate 60] [--concurrency 32] [--gib 1]
+//!     [--median-ms 60] [--p99-ms 250] [--rate 60] [--concurrency 32] [--gib 1] [--two-tasks 1]
 //! ```
 //!
 //! `scripts/bench-aws.sh` runs it at several latencies.
 
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use amistore_aws::ebs::EbsLimits;
@@ -26,9 +31,12 @@ use amistore_core::archive::encode::{BlockSource, encode_unit, write_archive};
 use amistore_core::archive::index::ArchiveIndex;
 use amistore_core::archive::plan::{ArchivePlan, DiskSource};
 use amistore_core::blocks::BLOCK_SIZE;
-use amistore_core::ids::{AccountId, SnapshotId};
+use amistore_core::engine::budget::{RequestBudget, UnitOf, within_budget};
+use amistore_core::ids::{AccountId, SnapshotId, TaskId};
 use amistore_core::image::{Architecture, ImageMetadata};
 use amistore_core::ports::SnapshotStore;
+use amistore_core::task::TaskKind;
+use amistore_local::task_db::SqliteTaskStore;
 
 /// The adapter as the engine's store step sees it: one snapshot per disk.
 struct Blocks<'a> {
@@ -40,6 +48,38 @@ impl BlockSource for Blocks<'_> {
     fn read_blocks(&self, _disk: usize, first_block: u64, buf: &mut [u8]) -> Result<()> {
         self.store.read_blocks(self.snapshot, first_block, buf)
     }
+}
+
+/// CPU seconds this process has used, and those of the simulation's own
+/// threads among them (Linux: /proc, in clock ticks of 1/100 s).
+fn cpu_seconds() -> (f64, f64) {
+    fn ticks(stat: &str) -> Option<(String, f64)> {
+        let (name, rest) = stat.split_once(" (")?.1.rsplit_once(") ")?;
+        let fields: Vec<&str> = rest.split(' ').collect();
+        let utime: f64 = fields.get(11)?.parse().ok()?;
+        let stime: f64 = fields.get(12)?.parse().ok()?;
+        Some((name.to_owned(), (utime + stime) / 100.0))
+    }
+    let total = std::fs::read_to_string("/proc/self/stat")
+        .ok()
+        .and_then(|s| ticks(&s))
+        .map_or(0.0, |(_, t)| t);
+    let sim = std::fs::read_dir("/proc/self/task")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|task| std::fs::read_to_string(task.path().join("stat")).ok())
+        .filter_map(|s| ticks(&s))
+        .filter(|(name, _)| amistore_aws::simulation::THREAD_NAME.starts_with(name.as_str()))
+        .map(|(_, t)| t)
+        .sum();
+    (total, sim)
+}
+
+/// vCPUs the unit kept busy between two [`cpu_seconds`] readings `secs` apart,
+/// the simulation's threads left out.
+fn vcpus(before: (f64, f64), after: (f64, f64), secs: f64) -> f64 {
+    ((after.0 - before.0) - (after.1 - before.1)) / secs
 }
 
 fn arg(name: &str, default: f64) -> f64 {
@@ -113,6 +153,7 @@ fn main() -> std::result::Result<(), Box<dyn std::error::Error>> {
         .stats
         .blocks_served
         .load(std::sync::atomic::Ordering::Relaxed);
+    let cpu = cpu_seconds();
     let started = Instant::now();
     let source = Blocks {
         store: images.as_ref(),
@@ -124,6 +165,7 @@ fn main() -> std::result::Result<(), Box<dyn std::error::Error>> {
             .expect("encoding thread")
     })?;
     let secs = started.elapsed().as_secs_f64();
+    let store_vcpus = vcpus(cpu, cpu_seconds(), secs);
     let served = sim
         .stats
         .blocks_served
@@ -135,9 +177,10 @@ fn main() -> std::result::Result<(), Box<dyn std::error::Error>> {
         .load(std::sync::atomic::Ordering::Relaxed);
     let achieved = served as f64 / secs;
     println!(
-        "store unit: {served} blocks ({} MiB decompressed) in {secs:.2} s at median {median} ms / p99 {p99} ms: \
-         {achieved:.1} requests/s of {rate} allotted, {throttled} throttled",
-        record.decompressed_len >> 20
+        "store unit: {served} blocks ({} MiB decompressed to {} MiB) in {secs:.2} s at median {median} ms / p99 {p99} ms: \
+         {achieved:.1} requests/s of {rate} allotted, {throttled} throttled; CPU {store_vcpus:.2} vCPU",
+        record.decompressed_len >> 20,
+        record.compressed_len >> 20
     );
     let store_efficiency = achieved / f64::from(rate);
 
@@ -158,6 +201,7 @@ fn main() -> std::result::Result<(), Box<dyn std::error::Error>> {
         .stats
         .blocks_written
         .load(std::sync::atomic::Ordering::Relaxed);
+    let cpu = cpu_seconds();
     let started = Instant::now();
     std::thread::scope(|s| {
         s.spawn(|| {
@@ -176,6 +220,7 @@ fn main() -> std::result::Result<(), Box<dyn std::error::Error>> {
         .expect("decoding thread")
     })?;
     let secs = started.elapsed().as_secs_f64();
+    let restore_vcpus = vcpus(cpu, cpu_seconds(), secs);
     let written = sim
         .stats
         .blocks_written
@@ -184,7 +229,7 @@ fn main() -> std::result::Result<(), Box<dyn std::error::Error>> {
     let achieved = written as f64 / secs;
     println!(
         "restore unit: {written} blocks in {secs:.2} s at median {median} ms / p99 {p99} ms: \
-         {achieved:.1} requests/s of {rate} allotted, {} throttled, {} bad writes",
+         {achieved:.1} requests/s of {rate} allotted, {} throttled, {} bad writes; CPU {restore_vcpus:.2} vCPU",
         sim.stats
             .throttled
             .load(std::sync::atomic::Ordering::Relaxed),
@@ -192,7 +237,182 @@ fn main() -> std::result::Result<(), Box<dyn std::error::Error>> {
             .bad_writes
             .load(std::sync::atomic::Ordering::Relaxed)
     );
+    drop(sim);
+    let two = match arg("--two-tasks", 1.0) != 0.0 {
+        true => Some(two_tasks(
+            &runtime,
+            &settings,
+            median,
+            p99,
+            concurrency,
+            rate,
+        )?),
+        false => None,
+    };
+    println!("unit CPU: store {store_vcpus:.2} vCPU, restore {restore_vcpus:.2} vCPU");
     println!("store unit efficiency: {store_efficiency:.2}");
     println!("restore unit efficiency: {:.2}", achieved / f64::from(rate));
+    if let Some(two) = two {
+        println!("{two}");
+    }
     Ok(())
+}
+
+/// Two store tasks of `UNITS` units each, every unit with its own adapter
+/// (as each runs in its own Lambda), sharing an account budget of `BUDGET`
+/// GetSnapshotBlock requests a second through rate leases in a task store;
+/// the simulation enforces that budget as EBS enforces the account's. The
+/// second task starts while the first runs. Reports the share of the budget
+/// used while both ran, the requests the simulation throttled, and the units
+/// that failed.
+///
+/// The budget is scaled down from EBS's 1,000 a second so that this machine's
+/// two CPUs can compress what eight units read; the sharing is the same.
+fn two_tasks(
+    runtime: &tokio::runtime::Runtime,
+    settings: &AwsSettings,
+    median: f64,
+    p99: f64,
+    concurrency: usize,
+    unit_cap: u32,
+) -> std::result::Result<String, Box<dyn std::error::Error>> {
+    const UNITS: usize = 4;
+    const BUDGET: u32 = 200;
+    const SECOND_STARTS_AFTER: Duration = Duration::from_secs(3);
+    let snapshots: [SnapshotId; 2] = [
+        "snap-0a0a0a0a0a0a0a0a0".parse()?,
+        "snap-0b0b0b0b0b0b0b0b0".parse()?,
+    ];
+    let sim = Simulation::start(SimConfig {
+        median_latency: Duration::from_secs_f64(median / 1000.0),
+        p99_latency: Duration::from_secs_f64(p99 / 1000.0),
+        per_account_rps: f64::from(BUDGET),
+        snapshots: snapshots.iter().map(|s| (s.to_string(), 2)).collect(),
+        ..SimConfig::default()
+    })?;
+    let mut settings = settings.clone();
+    settings.ebs = EbsLimits {
+        concurrency,
+        requests_per_second: unit_cap,
+        ..EbsLimits::default()
+    };
+    settings.overrides.endpoint_url = Some(sim.endpoint.clone());
+    let account = settings.account.clone().ok_or("no account")?;
+    let dir = tempfile::tempdir()?;
+    let leases = SqliteTaskStore::open(&dir.path().join("leases.db"), None)?;
+    let budget = RequestBudget {
+        account_per_second: BUDGET,
+        unit_per_second: unit_cap,
+    };
+    // Each task's plan, and one connection (adapter, pacer, pool) per unit.
+    let mut units = Vec::new();
+    for (t, snapshot) in snapshots.iter().enumerate() {
+        let lister = runtime.block_on(AwsPorts::connect(&settings, runtime.handle().clone()))?;
+        let images = lister.images.clone();
+        let present = std::thread::scope(|s| {
+            s.spawn(|| images.list_blocks(&account, snapshot))
+                .join()
+                .expect("listing thread")
+        })?;
+        let plan = ArchivePlan::new(
+            ImageMetadata::minimal("two".parse()?, Architecture::X86_64, "/dev/xvda".parse()?),
+            vec![DiskSource {
+                device_name: "/dev/xvda".parse()?,
+                snapshot_id: Some(snapshot.to_string()),
+                volume_size: 2 << 30,
+                present,
+                tags: vec![],
+            }],
+            time::OffsetDateTime::now_utc(),
+        )?;
+        if plan.units.len() < UNITS {
+            return Err("the snapshot has too few units".into());
+        }
+        let task = TaskId::fresh();
+        for unit in 0..UNITS {
+            let ports = runtime.block_on(AwsPorts::connect(&settings, runtime.handle().clone()))?;
+            units.push((t, task.clone(), unit, plan.clone(), snapshot.clone(), ports));
+        }
+    }
+    let served = || sim.stats.blocks_served.load(Ordering::Relaxed);
+    let started = Instant::now();
+    let mut samples = vec![(Duration::ZERO, served())];
+    let (results, first_end) = std::thread::scope(|s| {
+        let running: Vec<_> = units
+            .iter()
+            .map(|(t, task, unit, plan, snapshot, ports)| {
+                let (leases, account) = (&leases, &account);
+                s.spawn(move || {
+                    std::thread::sleep(SECOND_STARTS_AFTER * *t as u32);
+                    let images = ports.images.as_ref();
+                    let planned = &plan.units[*unit];
+                    let result = within_budget(
+                        budget,
+                        leases,
+                        images,
+                        UnitOf {
+                            account,
+                            kind: TaskKind::Store,
+                            task,
+                            unit: *unit as u64,
+                        },
+                        || {
+                            images.will_read(
+                                snapshot,
+                                planned.first_block..planned.first_block + planned.block_count,
+                            );
+                            let source = Blocks {
+                                store: images,
+                                snapshot,
+                            };
+                            encode_unit(plan, *unit, &source, 1, std::io::sink(), &mut |_| {})
+                        },
+                    );
+                    (result.map(|_| ()), started.elapsed())
+                })
+            })
+            .collect();
+        // Sample what was served until the first unit ends.
+        while running.iter().all(|r| !r.is_finished()) {
+            std::thread::sleep(Duration::from_millis(100));
+            samples.push((started.elapsed(), served()));
+        }
+        let results: Vec<_> = running
+            .into_iter()
+            .map(|r| r.join().expect("unit thread"))
+            .collect();
+        let first_end = results.iter().map(|(_, at)| *at).min().unwrap_or_default();
+        (results, first_end)
+    });
+    // While both ran: from the second task's start (and a renewal for the
+    // first task's units to make room) to the first unit's end.
+    let from = SECOND_STARTS_AFTER + Duration::from_secs(2);
+    let at = |when: Duration| {
+        samples
+            .iter()
+            .rev()
+            .find(|(t, _)| *t <= when)
+            .map_or((Duration::ZERO, 0), |s| *s)
+    };
+    let ((t0, n0), (t1, n1)) = (at(from), at(first_end));
+    let used = (n1 - n0) as f64 / (t1 - t0).as_secs_f64() / f64::from(BUDGET);
+    let failed = results.iter().filter(|(r, _)| r.is_err()).count();
+    for (r, _) in &results {
+        if let Err(e) = r {
+            eprintln!("a unit failed: {e}");
+        }
+    }
+    let throttled = sim.stats.throttled.load(Ordering::Relaxed);
+    println!(
+        "two tasks of {UNITS} units, budget {BUDGET} requests/s (unit cap {unit_cap}): \
+         {} blocks served over {:.1} s; {:.1} requests/s from {:.1} s to {:.1} s",
+        served(),
+        started.elapsed().as_secs_f64(),
+        (n1 - n0) as f64 / (t1 - t0).as_secs_f64(),
+        t0.as_secs_f64(),
+        t1.as_secs_f64()
+    );
+    Ok(format!(
+        "two tasks: account budget used {used:.2}, throttled requests {throttled}, failed units {failed}"
+    ))
 }

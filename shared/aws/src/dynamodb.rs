@@ -7,6 +7,7 @@
 //! | quota counter | `QUOTA` | `<account>#<kind>` | `gib`: GiB of tasks in progress |
 //! | running marker | `RUNNING` | `TASK#<id>` | none: the task is in progress |
 //! | copy lock | `COPY#<account>#<image>#<bucket>` | `COPY` | `taskId`: the store in progress |
+//! | rate lease | `BUDGET#<account>#<kind>` | `<task>#<unit>` | `taskId`, `rate`, `leaseExpires` (ms); `expiresAt` a day later |
 //!
 //! Admission is one TransactWriteItems: put the task if absent, `ADD` its size to
 //! the counter on condition the counter is below the limit, put the running
@@ -31,11 +32,17 @@
 //! partitions see one write per admission and release, far below a
 //! partition's 1,000 writes per second.
 //! TTL deletion lags by up to days, so listings also filter by start time.
+//!
+//! The rate leases of one account's budget share a partition too: each
+//! running unit writes its own item every two seconds (with the default 16
+//! units a task, a few tasks make a few dozen writes a second), and reads the
+//! partition with a strongly consistent Query. A unit removes its lease when it
+//! ends; one that died leaves it to lapse, and the next renewal deletes it.
 
 use std::collections::HashMap;
 
 use amistore_core::ids::{AccountId, ImageId, TaskId};
-use amistore_core::ports::TaskStore;
+use amistore_core::ports::{RateLease, TaskStore};
 use amistore_core::task::{
     Claim, ClaimRequest, EndClaim, Ending, RETENTION_MS, SourcePin, Task, TaskKind, TaskState,
 };
@@ -936,4 +943,75 @@ impl TaskStore for DynamoTaskStore {
             Err(e) => Err(sdk("correcting a quota counter", e)),
         }
     }
+
+    fn renew_lease(
+        &self,
+        account: &AccountId,
+        kind: TaskKind,
+        lease: &RateLease,
+        now_ms: i64,
+    ) -> Result<Vec<RateLease>> {
+        let pk = budget_pk(account, kind);
+        let mut item = key(pk.clone(), &lease.holder);
+        item.insert("taskId".into(), s(lease.task.as_str()));
+        item.insert("rate".into(), n(lease.rate));
+        item.insert("leaseExpires".into(), n(lease.expires_ms));
+        item.insert(
+            TTL_ATTRIBUTE.into(),
+            n(expires_at_secs(lease.expires_ms + 86_400_000)),
+        );
+        let call = self
+            .client
+            .put_item()
+            .table_name(&self.table)
+            .set_item(Some(item))
+            .send();
+        self.bridge
+            .run(call)
+            .map_err(|e| sdk("renewing a rate lease", e))?;
+        let mut leases = Vec::new();
+        for item in self.partition(pk.clone(), None, "reading the rate leases")? {
+            let holder = parsed::<String>(&item, "sk")?;
+            let expires_ms: i64 =
+                number(&item, "leaseExpires").ok_or_else(|| damaged("leaseExpires", &item))?;
+            if expires_ms <= now_ms {
+                // Lapsed: its unit died. Deleted unless renewed meanwhile.
+                let call = self
+                    .client
+                    .delete_item()
+                    .table_name(&self.table)
+                    .set_key(Some(key(pk.clone(), &holder)))
+                    .condition_expression("leaseExpires <= :now")
+                    .expression_attribute_values(":now", n(now_ms))
+                    .send();
+                let _ = self.bridge.run(call);
+                continue;
+            }
+            leases.push(RateLease {
+                task: parsed(&item, "taskId")?,
+                rate: number(&item, "rate").ok_or_else(|| damaged("rate", &item))?,
+                holder,
+                expires_ms,
+            });
+        }
+        Ok(leases)
+    }
+
+    fn drop_lease(&self, account: &AccountId, kind: TaskKind, holder: &str) -> Result<()> {
+        let call = self
+            .client
+            .delete_item()
+            .table_name(&self.table)
+            .set_key(Some(key(budget_pk(account, kind), holder)))
+            .send();
+        self.bridge
+            .run(call)
+            .map_err(|e| sdk("dropping a rate lease", e))?;
+        Ok(())
+    }
+}
+
+/// The partition of one account's budget for `kind` units.
+fn budget_pk(account: &AccountId, kind: TaskKind) -> String {
+    format!("BUDGET#{account}#{}", kind.as_str())
 }

@@ -3,14 +3,18 @@
 //! PutSnapshotBlock (SHA-256 checksums), CompleteSnapshot (changed-block count).
 //!
 //! Block requests run concurrently, at most [`EbsLimits::concurrency`] at once
-//! and at most [`EbsLimits::requests_per_second`] per process, paced evenly. The
-//! SDK clients retry throttling and 5xx answers with full-jitter exponential
-//! backoff (see [`crate::setup`]). The defaults keep one process inside EBS's
-//! 1,000 GetSnapshotBlock/PutSnapshotBlock requests per second per snapshot
-//! and per account; a deployment that runs N units at once gives each 1,000/N.
+//! and at most [`EbsLimits::requests_per_second`] per process, paced evenly;
+//! while a unit runs, the engine lowers that rate to the unit's share of the
+//! account's budget ([`amistore_core::engine::budget`], through
+//! [`SnapshotStore::set_request_rate`]), so that all units of all tasks
+//! together stay inside EBS's 1,000 GetSnapshotBlock and 1,000
+//! PutSnapshotBlock requests per second per account. The SDK clients retry
+//! throttling and 5xx answers with full-jitter exponential backoff (see
+//! [`crate::setup`]).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use amistore_core::blocks::{BLOCK_SIZE, BlockRanges};
@@ -53,10 +57,11 @@ impl Default for EbsLimits {
     }
 }
 
-/// Spaces requests evenly at a fixed rate (one per interval, no bursts).
+/// Spaces requests evenly (one per interval, no bursts) at a rate that may
+/// change while requests wait: a unit's share of the account's budget.
 #[derive(Debug)]
 pub struct Pacer {
-    interval: Duration,
+    interval_nanos: AtomicU64,
     next: tokio::sync::Mutex<Option<Instant>>,
 }
 
@@ -64,21 +69,32 @@ impl Pacer {
     /// A pacer allowing `per_second` requests a second.
     pub fn new(per_second: u32) -> Self {
         Self {
-            interval: Duration::from_secs(1) / per_second.max(1),
+            interval_nanos: AtomicU64::new(Self::interval(per_second)),
             next: tokio::sync::Mutex::new(None),
         }
     }
 
-    /// Waits for this request's turn.
+    fn interval(per_second: u32) -> u64 {
+        1_000_000_000 / u64::from(per_second.max(1))
+    }
+
+    /// Allows `per_second` requests a second from the next request on.
+    pub fn set_rate(&self, per_second: u32) {
+        self.interval_nanos
+            .store(Self::interval(per_second), Ordering::Relaxed);
+    }
+
+    /// Waits for this request's turn. Waiters queue on the lock (tokio's is
+    /// first come, first served) and each sleeps its slot out holding it, so
+    /// a slot is spaced from the one before at the rate in force when it
+    /// comes up: waiters queued while the rate was low are not held to it
+    /// after it rises.
     pub async fn wait(&self) {
-        let at = {
-            let mut next = self.next.lock().await;
-            let now = Instant::now();
-            let at = next.map_or(now, |n| n.max(now));
-            *next = Some(at + self.interval);
-            at
-        };
+        let mut next = self.next.lock().await;
+        let at = next.map_or_else(Instant::now, |n| n.max(Instant::now()));
         tokio::time::sleep_until(at).await;
+        let interval = Duration::from_nanos(self.interval_nanos.load(Ordering::Relaxed));
+        *next = Some(at + interval);
     }
 }
 
@@ -616,6 +632,10 @@ impl SnapshotStore for Ec2Images {
         Ok(())
     }
 
+    fn set_request_rate(&self, per_second: u32) {
+        self.pacer.set_rate(per_second);
+    }
+
     fn finish_writes(&self, snapshot: &SnapshotId) -> Result<()> {
         let writes = self
             .behind
@@ -681,5 +701,34 @@ mod tests {
         );
         assert!(whole_blocks(BLOCK_SIZE as usize * 3).is_ok_and(|n| n == 3));
         assert!(whole_blocks(100).is_err());
+    }
+
+    /// Waits for `n` requests queued at once on `pacer`, the rate raised to
+    /// `raised` once the first has gone; returns when the last went.
+    async fn last_of(pacer: Arc<Pacer>, n: usize, raised: u32) -> Duration {
+        let start = Instant::now();
+        let waiting: Vec<_> = (0..n)
+            .map(|_| {
+                let pacer = pacer.clone();
+                tokio::spawn(async move { pacer.wait().await })
+            })
+            .collect();
+        tokio::time::sleep(Duration::from_millis(1)).await;
+        pacer.set_rate(raised);
+        for w in waiting {
+            w.await.unwrap();
+        }
+        start.elapsed()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn requests_go_at_the_rate_in_force_when_their_turn_comes() {
+        // Ten requests at 10 a second: the last goes after 0.9 s.
+        let steady = last_of(Arc::new(Pacer::new(10)), 10, 10).await;
+        assert_eq!(steady, Duration::from_millis(900));
+        // Queued at 1 a second, then raised to 1,000: only the slot already
+        // taken (one second) is kept, then a millisecond each.
+        let raised = last_of(Arc::new(Pacer::new(1)), 10, 1000).await;
+        assert_eq!(raised, Duration::from_millis(1000 + 8));
     }
 }

@@ -41,6 +41,9 @@ use hyper_util::rt::TokioIo;
 use sha2::{Digest, Sha256};
 use tokio::net::TcpListener;
 
+/// The name of the simulation's threads.
+pub const THREAD_NAME: &str = "amistore-sim";
+
 /// The simulation's knobs.
 #[derive(Debug, Clone)]
 pub struct SimConfig {
@@ -112,6 +115,43 @@ pub fn block_kind(index: u64) -> BlockKind {
     }
 }
 
+/// Distinct compressible blocks; block `i` of that kind is the one at
+/// `i % TEXT_BLOCKS` (a prime, so a block misplaced within a run of 64 is
+/// told apart).
+const TEXT_BLOCKS: usize = 61;
+
+/// The compressible blocks, made once: words drawn at random from a small
+/// vocabulary, text-like data that zstd compresses about threefold at the
+/// speed it compresses real file-system contents (a repeated phrase would
+/// compress far faster than any disk does). Made once because drawing them
+/// costs the CPU the measured unit needs.
+fn text_blocks() -> &'static [Vec<u8>] {
+    static BLOCKS: std::sync::OnceLock<Vec<Vec<u8>>> = std::sync::OnceLock::new();
+    BLOCKS.get_or_init(|| {
+        const WORDS: [&str; 32] = [
+            "the", "snapshot", "block", "of", "an", "image", "archive", "data", "is", "stored",
+            "and", "restored", "in", "units", "frame", "zstd", "tar", "disk", "volume", "bucket",
+            "object", "part", "upload", "task", "state", "to", "from", "with", "each", "one",
+            "amistore", "EBS",
+        ];
+        (0..TEXT_BLOCKS as u64)
+            .map(|seed| {
+                let mut data = Vec::with_capacity(BLOCK_SIZE as usize + 16);
+                let mut x = seed.wrapping_mul(0x2545_F491_4F6C_DD1D) | 1;
+                while data.len() < BLOCK_SIZE as usize {
+                    x ^= x << 13;
+                    x ^= x >> 7;
+                    x ^= x << 17;
+                    data.extend_from_slice(WORDS[(x % 32) as usize].as_bytes());
+                    data.extend_from_slice(if x.is_multiple_of(11) { b".\n" } else { b" " });
+                }
+                data.truncate(BLOCK_SIZE as usize);
+                data
+            })
+            .collect()
+    })
+}
+
 /// The bytes of block `index` (zeros for a hole).
 pub fn block_data(index: u64) -> Vec<u8> {
     let mut data = vec![0u8; BLOCK_SIZE as usize];
@@ -127,10 +167,7 @@ pub fn block_data(index: u64) -> Vec<u8> {
             }
         }
         BlockKind::Compressible => {
-            let text = format!("block {index} of a simulated snapshot; compressible text. ");
-            for (i, b) in data.iter_mut().enumerate() {
-                *b = text.as_bytes()[i % text.len()];
-            }
+            data.copy_from_slice(&text_blocks()[(index % TEXT_BLOCKS as u64) as usize]);
         }
     }
     data
@@ -237,6 +274,8 @@ impl Simulation {
     pub fn start(config: SimConfig) -> std::io::Result<Self> {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
+            // Named, so a benchmark can tell the simulation's CPU from its own.
+            .thread_name(THREAD_NAME)
             .enable_all()
             .build()?;
         let stats = Arc::new(SimStats::default());

@@ -34,6 +34,13 @@ fn dynamodb_keeps_the_task_store_contract() {
 }
 
 #[test]
+fn dynamodb_keeps_the_rate_lease_contract() {
+    let aws = Aws::connect(); // a table of its own
+    aws.ports.tasks.ensure_table().unwrap();
+    contract::rate_leases(aws.ports.tasks.as_ref());
+}
+
+#[test]
 fn ec2_and_ebs_keep_the_catalog_and_snapshot_contracts() {
     // The contract lists every image of the account: a region of its own.
     let aws = Aws::connect_in("eu-west-1");

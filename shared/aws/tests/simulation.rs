@@ -2,7 +2,7 @@
 //! the adapter reads, its limits are enforced (and the SDK's retries get past
 //! them), its latency is applied; and a unit's reads, announced with
 //! `will_read`, stay in flight across frames without a request outside the
-//! unit.
+//! unit; units of two tasks share the account's budget through rate leases.
 
 #![allow(clippy::unwrap_used)]
 
@@ -13,8 +13,11 @@ use amistore_aws::ebs::EbsLimits;
 use amistore_aws::setup::{AwsPorts, AwsSettings, Overrides};
 use amistore_aws::simulation::{BlockKind, SimConfig, Simulation, block_data, block_kind};
 use amistore_core::blocks::BLOCK_SIZE;
-use amistore_core::ids::{AccountId, SnapshotId};
-use amistore_core::ports::SnapshotStore;
+use amistore_core::engine::budget::{RequestBudget, UnitOf, within_budget};
+use amistore_core::ids::{AccountId, SnapshotId, TaskId};
+use amistore_core::ports::{RateLease, SnapshotStore, TaskStore};
+use amistore_core::task::TaskKind;
+use amistore_local::task_db::SqliteTaskStore;
 
 struct World {
     sim: Simulation,
@@ -202,4 +205,101 @@ fn writes_land_before_finish_writes_returns_and_bad_blocks_are_refused() {
         "{answer}"
     );
     assert_eq!(w.sim.stats.bad_writes.load(Ordering::Relaxed), 1);
+}
+
+/// Reads blocks `range` (all present) of `snapshot` as a unit does.
+fn read_unit(images: &dyn SnapshotStore, snapshot: &SnapshotId, range: std::ops::Range<u64>) {
+    images.will_read(snapshot, range.clone());
+    let mut frame = vec![0u8; 16 * BLOCK_SIZE as usize];
+    for first in range.step_by(16) {
+        images.read_blocks(snapshot, first, &mut frame).unwrap();
+    }
+}
+
+#[test]
+fn units_of_two_tasks_share_the_account_budget() {
+    // Four units (two tasks of two), each able to make 100 requests a second,
+    // against an account that allows 100: each pacing alone would ask for 400
+    // between them. Started together, they join the budget at once.
+    let w = world(
+        SimConfig {
+            per_account_rps: 100.0,
+            ..fast()
+        },
+        EbsLimits::default(),
+    );
+    let unit_cap = 100;
+    let connect = || {
+        let mut settings = AwsSettings::new("unused", "unused-work".parse().unwrap());
+        settings.account = Some(w.account.clone());
+        settings.ebs = EbsLimits {
+            concurrency: 16,
+            requests_per_second: unit_cap,
+            ..EbsLimits::default()
+        };
+        settings.overrides = Overrides {
+            endpoint_url: Some(w.sim.endpoint.clone()),
+            region: Some("us-east-1".into()),
+            credentials: Some(("sim".into(), "sim".into())),
+            audit: None,
+        };
+        w._runtime
+            .block_on(AwsPorts::connect(&settings, w._runtime.handle().clone()))
+            .unwrap()
+    };
+    w.ports.images.list_blocks(&w.account, &w.snapshot).unwrap();
+    // Present runs of 32 blocks, one per unit.
+    let ranges = [64..96, 320..352, 576..608, 832..864];
+    let tasks = [TaskId::fresh(), TaskId::fresh()];
+    let dir = tempfile::tempdir().unwrap();
+    let leases = SqliteTaskStore::open(&dir.path().join("leases.db"), None).unwrap();
+    let budget = RequestBudget {
+        account_per_second: 100,
+        unit_per_second: unit_cap,
+    };
+    let units: Vec<_> = ranges.iter().map(|_| connect()).collect();
+    let start = std::sync::Barrier::new(ranges.len());
+    std::thread::scope(|s| {
+        for (n, (range, ports)) in ranges.iter().zip(&units).enumerate() {
+            let (leases, w, task, start) = (&leases, &w, &tasks[n / 2], &start);
+            s.spawn(move || {
+                let images = ports.images.as_ref();
+                start.wait();
+                let unit = UnitOf {
+                    account: &w.account,
+                    kind: TaskKind::Store,
+                    task,
+                    unit: n as u64,
+                };
+                within_budget(budget, leases, images, unit, || {
+                    read_unit(images, &w.snapshot, range.clone());
+                    Ok(())
+                })
+                .unwrap();
+            });
+        }
+    });
+    assert_eq!(
+        w.sim.stats.throttled.load(Ordering::Relaxed),
+        0,
+        "sharing the budget, no request is throttled"
+    );
+    assert_eq!(
+        w.sim.stats.blocks_served.load(Ordering::Relaxed),
+        4 * 32,
+        "every block of every unit"
+    );
+    // Every unit withdrew its lease.
+    let probe = RateLease {
+        holder: "probe".into(),
+        task: TaskId::fresh(),
+        rate: 0,
+        expires_ms: i64::MAX,
+    };
+    assert_eq!(
+        leases
+            .renew_lease(&w.account, TaskKind::Store, &probe, 0)
+            .unwrap(),
+        vec![probe]
+    );
 }

@@ -11,6 +11,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use amistore_aws::{AwsPorts, AwsSettings, EbsLimits, Overrides, SetupError};
+use amistore_core::engine::budget::RequestBudget;
 use amistore_core::engine::{Engine, EngineConfig};
 use amistore_core::ids::AccountId;
 use amistore_core::storage::BucketName;
@@ -36,6 +37,8 @@ pub struct Config {
     pub token_secret_arn: Option<String>,
     /// The sweeper's grace for tasks without an execution.
     pub sweep_grace_ms: i64,
+    /// The account's EBS block-request budget its units share (chunk transfer).
+    pub ebs_budget: Option<RequestBudget>,
 }
 
 /// Reads a function's variables, refusing (in debug builds) any it does not
@@ -127,6 +130,16 @@ impl Config {
                 ..defaults
             };
         }
+        let ebs_budget = match function {
+            Function::ChunkTransfer => Some(RequestBudget {
+                // EBS's default quota, per API (L-C125AE42, L-AFAE1BE8).
+                account_per_second: env
+                    .parsed("AMISTORE_EBS_ACCOUNT_REQUESTS_PER_SECOND")?
+                    .unwrap_or(1000),
+                unit_per_second: aws.ebs.requests_per_second,
+            }),
+            _ => None,
+        };
         let token_secret_arn = match function {
             Function::Describe => Some(env.required("AMISTORE_TOKEN_SECRET_ARN")?),
             _ => None,
@@ -143,6 +156,7 @@ impl Config {
             limits,
             token_secret_arn,
             sweep_grace_ms,
+            ebs_budget,
         })
     }
 }
@@ -197,6 +211,7 @@ pub async fn connect_with(
         token_key,
     );
     engine_config.limits = config.limits;
+    engine_config.ebs_budget = config.ebs_budget;
     let account = ports.account.clone();
     let engine = Arc::new(Engine {
         catalog: ports.images.clone(),

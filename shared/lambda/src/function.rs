@@ -76,6 +76,7 @@ impl Function {
             Function::Describe => &["AMISTORE_TOKEN_SECRET_ARN"],
             Function::ChunkTransfer => &[
                 "AMISTORE_EBS_REQUESTS_PER_SECOND",
+                "AMISTORE_EBS_ACCOUNT_REQUESTS_PER_SECOND",
                 "AMISTORE_EBS_CONCURRENCY",
             ],
             Function::Finalize => &[],

@@ -205,6 +205,7 @@ impl Cloud {
             "AMISTORE_UNITS_PER_TASK" => "16".into(),
             "AMISTORE_RESERVED_UNIT_CONCURRENCY" => "0".into(),
             "AMISTORE_EBS_REQUESTS_PER_SECOND" => "60".into(),
+            "AMISTORE_EBS_ACCOUNT_REQUESTS_PER_SECOND" => "1000".into(),
             "AMISTORE_EBS_CONCURRENCY" => "32".into(),
             _ => return None,
         })

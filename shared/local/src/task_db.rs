@@ -23,7 +23,7 @@ use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
 use amistore_core::ids::{AccountId, ImageId, TaskId};
-use amistore_core::ports::TaskStore;
+use amistore_core::ports::{RateLease, TaskStore};
 use amistore_core::task::{
     Claim, ClaimRequest, EndClaim, Ending, SourcePin, Task, TaskKind, TaskState,
 };
@@ -61,6 +61,15 @@ CREATE TABLE IF NOT EXISTS units (
     unit INTEGER NOT NULL,
     record TEXT NOT NULL,
     PRIMARY KEY (task_id, unit)
+);
+CREATE TABLE IF NOT EXISTS rate_leases (
+    account TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    holder TEXT NOT NULL,
+    task_id TEXT NOT NULL,
+    rate INTEGER NOT NULL,
+    expires_ms INTEGER NOT NULL,
+    PRIMARY KEY (account, kind, holder)
 );
 CREATE TABLE IF NOT EXISTS quota (
     account TEXT NOT NULL,
@@ -476,6 +485,67 @@ impl TaskStore for SqliteTaskStore {
             )
             .map_err(db("correcting a counter"))?;
         Ok(changed == 1)
+    }
+
+    fn renew_lease(
+        &self,
+        account: &AccountId,
+        kind: TaskKind,
+        lease: &RateLease,
+        now_ms: i64,
+    ) -> Result<Vec<RateLease>> {
+        let mut conn = self.conn();
+        let tx = conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(db("renewing a lease"))?;
+        let budget = params![account.as_str(), kind.as_str()];
+        // Lapsed leases are removed here, by whoever renews next.
+        tx.execute(
+            "DELETE FROM rate_leases WHERE account = ?1 AND kind = ?2 AND expires_ms <= ?3",
+            params![account.as_str(), kind.as_str(), now_ms],
+        )
+        .map_err(db("renewing a lease"))?;
+        tx.execute(
+            "INSERT OR REPLACE INTO rate_leases VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            params![
+                account.as_str(),
+                kind.as_str(),
+                lease.holder,
+                lease.task.as_str(),
+                i64::from(lease.rate),
+                lease.expires_ms
+            ],
+        )
+        .map_err(db("renewing a lease"))?;
+        let leases = tx
+            .prepare(
+                "SELECT holder, task_id, rate, expires_ms FROM rate_leases
+                 WHERE account = ?1 AND kind = ?2 ORDER BY holder",
+            )
+            .and_then(|mut q| {
+                q.query_map(budget, |r| {
+                    Ok(RateLease {
+                        holder: r.get(0)?,
+                        task: parsed(r.get::<_, String>(1)?.parse(), 1)?,
+                        rate: r.get(2)?,
+                        expires_ms: r.get(3)?,
+                    })
+                })?
+                .collect::<rusqlite::Result<Vec<_>>>()
+            })
+            .map_err(db("reading the leases"))?;
+        tx.commit().map_err(db("renewing a lease"))?;
+        Ok(leases)
+    }
+
+    fn drop_lease(&self, account: &AccountId, kind: TaskKind, holder: &str) -> Result<()> {
+        self.conn()
+            .execute(
+                "DELETE FROM rate_leases WHERE account = ?1 AND kind = ?2 AND holder = ?3",
+                params![account.as_str(), kind.as_str(), holder],
+            )
+            .map_err(db("dropping a lease"))?;
+        Ok(())
     }
 }
 

@@ -54,6 +54,9 @@ impl SnapshotStore for Throttled {
     fn will_read(&self, snapshot: &SnapshotId, blocks: std::ops::Range<u64>) {
         self.0.will_read(snapshot, blocks);
     }
+    fn set_request_rate(&self, per_second: u32) {
+        self.0.set_request_rate(per_second);
+    }
     fn describe_snapshot(
         &self,
         account: &AccountId,

@@ -42,6 +42,13 @@ fn sqlite_keeps_the_task_store_contract() {
 }
 
 #[test]
+fn sqlite_keeps_the_rate_lease_contract() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = SqliteTaskStore::open(&dir.path().join("tasks.db"), None).unwrap();
+    contract::rate_leases(&db);
+}
+
+#[test]
 fn image_library_keeps_the_catalog_and_snapshot_contracts() {
     let dir = tempfile::tempdir().unwrap();
     let library = ImageLibrary::open(dir.path()).unwrap();

@@ -10,6 +10,7 @@
 //! - [`describe`]: the task listings.
 //! - [`metadata`]: the S3 metadata of stored objects.
 
+pub mod budget;
 pub mod describe;
 pub mod intake;
 pub mod metadata;
@@ -49,6 +50,9 @@ pub struct EngineConfig {
     pub min_part_size: u64,
     /// Key that makes pagination tokens tamper-evident.
     pub token_key: [u8; 32],
+    /// The account's EBS block-request budget that units share (the AWS
+    /// deployment's); `None` paces nothing (the local backends).
+    pub ebs_budget: Option<budget::RequestBudget>,
 }
 
 impl EngineConfig {
@@ -62,6 +66,7 @@ impl EngineConfig {
             min_unit_blocks: MIN_UNIT_PRESENT_BLOCKS,
             min_part_size: MIN_PART_SIZE,
             token_key,
+            ebs_budget: None,
         }
     }
 }

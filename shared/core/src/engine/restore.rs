@@ -124,36 +124,38 @@ impl Engine {
         // Blocks are written as frames decode, before the unit's hash is checked
         // at its end. A unit that fails its check fails the task, and a failed
         // image is never made available, so no unverified data is ever served.
-        let decoded = read_units(
-            &index,
-            &reader,
-            index_of..index_of + 1,
-            self.config.unit_threads,
-            |decoded| {
-                if let Decoded::Data {
-                    disk,
-                    first_block,
-                    bytes,
-                    ..
-                } = decoded
-                {
-                    let snapshot = &image.snapshots[disk].snapshot_id;
-                    self.snapshots.write_blocks(snapshot, first_block, &bytes)?;
-                    self.report(id, bytes.len() as u64);
+        self.within_budget(&task, unit, || {
+            let decoded = read_units(
+                &index,
+                &reader,
+                index_of..index_of + 1,
+                self.config.unit_threads,
+                |decoded| {
+                    if let Decoded::Data {
+                        disk,
+                        first_block,
+                        bytes,
+                        ..
+                    } = decoded
+                    {
+                        let snapshot = &image.snapshots[disk].snapshot_id;
+                        self.snapshots.write_blocks(snapshot, first_block, &bytes)?;
+                        self.report(id, bytes.len() as u64);
+                    }
+                    Ok(())
+                },
+            );
+            // Writes may still be landing: every one is waited for, even after a
+            // failure, so none outlives the unit.
+            let mut landed = Ok(());
+            for s in &image.snapshots {
+                if let Err(e) = self.snapshots.finish_writes(&s.snapshot_id) {
+                    landed = landed.and(Err(e));
                 }
-                Ok(())
-            },
-        );
-        // Writes may still be landing: every one is waited for, even after a
-        // failure, so none outlives the unit.
-        let mut landed = Ok(());
-        for s in &image.snapshots {
-            if let Err(e) = self.snapshots.finish_writes(&s.snapshot_id) {
-                landed = landed.and(Err(e));
             }
-        }
-        decoded?;
-        landed?;
+            decoded?;
+            landed
+        })?;
         self.tasks.record_unit(id, unit, "{}")?;
         Ok(())
     }

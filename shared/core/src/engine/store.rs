@@ -145,7 +145,7 @@ impl Engine {
                 planned.first_block..planned.first_block + planned.block_count,
             );
         }
-        let (spool, record) =
+        let (spool, record) = self.within_budget(&task, unit, || {
             SpoolFile::write(&self.config.spool_dir, &format!("{id}-{unit}"), |out| {
                 let (_, record) = encode_unit(
                     &plan.archive,
@@ -156,7 +156,8 @@ impl Engine {
                     &mut |bytes| self.report(id, bytes),
                 )?;
                 Ok(record)
-            })?;
+            })
+        })?;
         let etag = self.objects.upload_part(
             &task.bucket,
             &task.key,

@@ -14,7 +14,7 @@ use crate::blocks::{BLOCK_SIZE, BlockRanges};
 use crate::ids::{AccountId, ImageId, ResourceState, TaskId};
 use crate::image::{Architecture, DeviceName, EbsMapping, Encryption, ImageMetadata, VolumeType};
 use crate::ports::{
-    BucketAdmin, CompletedPart, ImageCatalog, ObjectStore, SnapshotStore, TaskStore,
+    BucketAdmin, CompletedPart, ImageCatalog, ObjectStore, RateLease, SnapshotStore, TaskStore,
 };
 use crate::storage::{BucketName, ObjectKey};
 use crate::task::{Claim, ClaimRequest, Ending, Task, TaskKind, TaskState};
@@ -277,6 +277,82 @@ fn task(
         gib,
         t,
     )
+}
+
+/// The rate-lease clause of the task store contract, on a store with no
+/// leases: renewals publish and replace, lapsed leases stop counting, budgets
+/// are per account and per kind, and withdrawing is idempotent.
+pub fn rate_leases(store: &dyn TaskStore) {
+    let me: AccountId = "123456789012".parse().unwrap();
+    let other: AccountId = "210987654321".parse().unwrap();
+    let (a, b) = (TaskId::fresh(), TaskId::fresh());
+    let lease = |task: &TaskId, unit: u64, rate: u32, expires_ms: i64| RateLease {
+        holder: format!("{task}#{unit}"),
+        task: task.clone(),
+        rate,
+        expires_ms,
+    };
+    let now = 1_000_000;
+    let a0 = lease(&a, 0, 0, now + 10_000);
+    assert_eq!(
+        store.renew_lease(&me, TaskKind::Store, &a0, now).unwrap(),
+        vec![a0.clone()]
+    );
+    // A renewal replaces the holder's lease.
+    let a0 = lease(&a, 0, 60, now + 12_000);
+    let b1 = lease(&b, 1, 30, now + 10_000);
+    store.renew_lease(&me, TaskKind::Store, &a0, now).unwrap();
+    let mut both = vec![a0.clone(), b1.clone()];
+    both.sort_by(|x, y| x.holder.cmp(&y.holder));
+    assert_eq!(
+        store.renew_lease(&me, TaskKind::Store, &b1, now).unwrap(),
+        both
+    );
+    // Budgets are per account and per kind (EBS limits Get and Put apart).
+    let other_lease = lease(&b, 2, 5, now + 10_000);
+    assert_eq!(
+        store
+            .renew_lease(&other, TaskKind::Store, &other_lease, now)
+            .unwrap(),
+        vec![other_lease.clone()]
+    );
+    assert_eq!(
+        store
+            .renew_lease(&me, TaskKind::Restore, &other_lease, now)
+            .unwrap(),
+        vec![other_lease.clone()]
+    );
+    // Once lapsed, a lease is not returned (its unit died without dropping it).
+    let later = now + 11_000;
+    let b1 = lease(&b, 1, 30, later + 10_000);
+    let mut live = vec![a0.clone(), b1.clone()];
+    live.sort_by(|x, y| x.holder.cmp(&y.holder));
+    assert_eq!(
+        store.renew_lease(&me, TaskKind::Store, &b1, later).unwrap(),
+        live,
+        "a0 (expiring at +12 s) is still live at +11 s"
+    );
+    let much_later = now + 13_000;
+    assert_eq!(
+        store
+            .renew_lease(&me, TaskKind::Store, &b1, much_later)
+            .unwrap(),
+        vec![b1.clone()],
+        "a0 lapsed at +12 s"
+    );
+    // Withdrawn leases are gone; withdrawing twice is fine.
+    store.drop_lease(&me, TaskKind::Store, &b1.holder).unwrap();
+    store.drop_lease(&me, TaskKind::Store, &b1.holder).unwrap();
+    store
+        .drop_lease(&me, TaskKind::Store, "task-never#0")
+        .unwrap();
+    let a1 = lease(&a, 1, 1, much_later + 10_000);
+    assert_eq!(
+        store
+            .renew_lease(&me, TaskKind::Store, &a1, much_later)
+            .unwrap(),
+        vec![a1]
+    );
 }
 
 /// The task store contract, on an empty store.

@@ -187,6 +187,13 @@ pub trait SnapshotStore: Send + Sync {
         Ok(())
     }
 
+    /// Sets how many block requests a second this store may make from now
+    /// on (a unit's share of the account's budget, which changes as other
+    /// units start and end). Adapters with no request limit ignore it.
+    fn set_request_rate(&self, per_second: u32) {
+        let _ = per_second;
+    }
+
     /// Seals a snapshot once `changed_blocks` blocks have been written.
     fn complete_snapshot(&self, snapshot: &SnapshotId, changed_blocks: u64) -> Result<()>;
 
@@ -405,6 +412,24 @@ impl crate::archive::ReadAt for ObjectReader<'_> {
     }
 }
 
+/// One running unit's hold on its share of the account's EBS block-request
+/// budget (GetSnapshotBlock for store units, PutSnapshotBlock for restore
+/// units: EBS limits each per account). Units publish a lease while they run
+/// and size their request rate from everyone's leases
+/// ([`crate::engine::budget`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RateLease {
+    /// Who holds it: one unit of one task.
+    pub holder: String,
+    /// The holder's task: the budget is shared fairly between tasks.
+    pub task: TaskId,
+    /// Block requests a second the holder may be making until it renews.
+    pub rate: u32,
+    /// When the lease lapses unless renewed (ms since the epoch): a unit
+    /// that died stops counting then.
+    pub expires_ms: i64,
+}
+
 /// The task store: tasks, their units and the per-account quota counters, with
 /// the conditional semantics of the design (admission and release are atomic,
 /// a unit counts once).
@@ -477,6 +502,21 @@ pub trait TaskStore: Send + Sync {
         from: u64,
         to: u64,
     ) -> Result<bool>;
+
+    /// Publishes `lease` in the budget of `account`'s `kind` units, replacing
+    /// the holder's earlier one, and returns every lease of that budget that
+    /// has not lapsed by `now_ms` (this one included), ordered by holder.
+    fn renew_lease(
+        &self,
+        account: &AccountId,
+        kind: TaskKind,
+        lease: &RateLease,
+        now_ms: i64,
+    ) -> Result<Vec<RateLease>>;
+
+    /// Withdraws a holder's lease (its unit has ended); withdrawing an
+    /// absent one is fine.
+    fn drop_lease(&self, account: &AccountId, kind: TaskKind, holder: &str) -> Result<()>;
 }
 
 /// Whether a task's workflow execution is still running.

@@ -268,6 +268,9 @@ impl SnapshotStore for Gated<dyn SnapshotStore> {
     fn will_read(&self, snapshot: &SnapshotId, blocks: std::ops::Range<u64>) {
         self.0.will_read(snapshot, blocks);
     }
+    fn set_request_rate(&self, per_second: u32) {
+        self.0.set_request_rate(per_second);
+    }
     fn describe_snapshot(&self, a: &AccountId, s: &SnapshotId) -> Result<SnapshotInfo> {
         self.0.describe_snapshot(a, s)
     }

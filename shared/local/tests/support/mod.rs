@@ -14,8 +14,8 @@ use amistore_core::blocks::{BLOCK_SIZE, BlockRanges};
 use amistore_core::ids::{AccountId, ImageId, ResourceState, SnapshotId, TaskId};
 use amistore_core::image::{Architecture, Encryption, ImageMetadata, ImageName, ImageSpec, Tag};
 use amistore_core::ports::{
-    CompletedPart, Image, ImageCatalog, ObjectInfo, ObjectStore, SnapshotInfo, SnapshotStore,
-    TaskStore,
+    CompletedPart, Image, ImageCatalog, ObjectInfo, ObjectStore, RateLease, SnapshotInfo,
+    SnapshotStore, TaskStore,
 };
 use amistore_core::storage::{BucketName, ObjectKey};
 use amistore_core::task::{Claim, ClaimRequest, Ending, Task, TaskKind};
@@ -319,6 +319,9 @@ impl SnapshotStore for Faulty<dyn SnapshotStore> {
     fn will_read(&self, snapshot: &SnapshotId, blocks: std::ops::Range<u64>) {
         self.0.will_read(snapshot, blocks);
     }
+    fn set_request_rate(&self, per_second: u32) {
+        self.0.set_request_rate(per_second);
+    }
     fn describe_snapshot(&self, a: &AccountId, s: &SnapshotId) -> Result<SnapshotInfo> {
         self.1.check("describe_snapshot")?;
         self.0.describe_snapshot(a, s)
@@ -481,6 +484,20 @@ impl TaskStore for Faulty<dyn TaskStore> {
     fn correct_counter(&self, a: &AccountId, k: TaskKind, from: u64, to: u64) -> Result<bool> {
         self.1.check("correct_counter")?;
         self.0.correct_counter(a, k, from, to)
+    }
+    fn renew_lease(
+        &self,
+        a: &AccountId,
+        k: TaskKind,
+        lease: &RateLease,
+        now_ms: i64,
+    ) -> Result<Vec<RateLease>> {
+        self.1.check("renew_lease")?;
+        self.0.renew_lease(a, k, lease, now_ms)
+    }
+    fn drop_lease(&self, a: &AccountId, k: TaskKind, holder: &str) -> Result<()> {
+        self.1.check("drop_lease")?;
+        self.0.drop_lease(a, k, holder)
     }
 }
 
