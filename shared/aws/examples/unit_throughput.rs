@@ -1,9 +1,13 @@
 //! One store unit and one restore unit against the simulated EBS direct
-//! APIs. Store: the real encoder (`encode_unit`, compression included) reads
-//! a unit's blocks through the real EBS adapter (`Ec2Images`, the SDK client
-//! with its retries and pool). Restore: the real decoder (`read_units`,
-//! decompression and hash checks included) writes a unit of an archive of the
-//! same blocks through the adapter. Both are paced at the rate one unit is
+//! APIs and S3. Store: the real encoder (`encode_unit`, compression
+//! included) reads a unit's blocks through the real EBS adapter
+//! (`Ec2Images`, the SDK client with its retries and pool), and its output is
+//! uploaded through the real S3 adapter: as one part after the whole unit,
+//! then cut into parts uploaded while it is read (`encode_in_parts`, as the
+//! store step does). Restore: the real decoder (`read_units`, decompression
+//! and hash checks included) reads a unit of an archive of the same blocks
+//! from S3 in ranges and writes it into a started snapshot through the
+//! adapter, then completes it. Both are paced at the rate one unit is
 //! allotted. Prints the achieved block requests per second and its ratio to
 //! the allotted rate: each unit's efficiency. Then (unless `--two-tasks 0`)
 //! two store tasks of four units share a scaled-down account budget through
@@ -32,9 +36,12 @@ use amistore_core::archive::index::ArchiveIndex;
 use amistore_core::archive::plan::{ArchivePlan, DiskSource};
 use amistore_core::blocks::BLOCK_SIZE;
 use amistore_core::engine::budget::{RequestBudget, UnitOf, within_budget};
+use amistore_core::engine::parts::{Cut, PartTarget, encode_in_parts, parts_per_unit};
 use amistore_core::ids::{AccountId, SnapshotId, TaskId};
-use amistore_core::image::{Architecture, ImageMetadata};
+use amistore_core::image::{Architecture, Encryption, ImageMetadata};
 use amistore_core::ports::SnapshotStore;
+use amistore_core::ports::{ObjectReader, ObjectStore};
+use amistore_core::storage::{BucketName, ObjectKey};
 use amistore_core::task::TaskKind;
 use amistore_local::task_db::SqliteTaskStore;
 
@@ -82,6 +89,10 @@ fn vcpus(before: (f64, f64), after: (f64, f64), secs: f64) -> f64 {
     ((after.0 - before.0) - (after.1 - before.1)) / secs
 }
 
+/// Units of the modelled AMI (40 GiB written, 256 MiB units): the parts a
+/// unit owns follow from it.
+const MODEL_UNITS: u64 = 160;
+
 fn arg(name: &str, default: f64) -> f64 {
     let args: Vec<String> = std::env::args().collect();
     args.iter()
@@ -101,6 +112,8 @@ fn main() -> std::result::Result<(), Box<dyn std::error::Error>> {
         median_latency: Duration::from_secs_f64(median / 1000.0),
         p99_latency: Duration::from_secs_f64(p99 / 1000.0),
         snapshots: vec![(snapshot.to_string(), gib)],
+        s3_first_byte: Duration::from_secs_f64(arg("--s3-first-byte-ms", 30.0) / 1000.0),
+        s3_bytes_per_second: arg("--s3-mib-per-second", 80.0) * 1024.0 * 1024.0,
         ..SimConfig::default()
     })?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -143,49 +156,69 @@ fn main() -> std::result::Result<(), Box<dyn std::error::Error>> {
         }],
         time::OffsetDateTime::now_utc(),
     )?;
-    // As the store step does: announce the unit's blocks, then encode it.
-    let unit = &plan.units[0];
-    images.will_read(
-        &snapshot,
-        unit.first_block..unit.first_block + unit.block_count,
-    );
-    let before = sim
-        .stats
-        .blocks_served
-        .load(std::sync::atomic::Ordering::Relaxed);
-    let cpu = cpu_seconds();
-    let started = Instant::now();
+    // As the store step does: announce the unit's blocks, encode it, and
+    // upload its parts to S3; first as one part after the whole unit (as
+    // units were stored before), then cut into the parts a unit of a 100 GiB
+    // AMI owns, uploaded while it is read.
+    let unit = plan.units[0];
+    let objects = ports.objects.clone();
+    let bucket: BucketName = "archive".parse()?;
+    let key: ObjectKey = "throughput/ami-0123456789abcdef0.bin".parse()?;
+    let spool = tempfile::tempdir()?;
     let source = Blocks {
         store: images.as_ref(),
         snapshot: &snapshot,
     };
-    let (_, record) = std::thread::scope(|s| {
-        s.spawn(|| encode_unit(&plan, 0, &source, 1, std::io::sink(), &mut |_| {}))
-            .join()
-            .expect("encoding thread")
-    })?;
-    let secs = started.elapsed().as_secs_f64();
-    let store_vcpus = vcpus(cpu, cpu_seconds(), secs);
-    let served = sim
-        .stats
-        .blocks_served
-        .load(std::sync::atomic::Ordering::Relaxed)
-        - before;
-    let throttled = sim
-        .stats
-        .throttled
-        .load(std::sync::atomic::Ordering::Relaxed);
-    let achieved = served as f64 / secs;
-    println!(
-        "store unit: {served} blocks ({} MiB decompressed to {} MiB) in {secs:.2} s at median {median} ms / p99 {p99} ms: \
-         {achieved:.1} requests/s of {rate} allotted, {throttled} throttled; CPU {store_vcpus:.2} vCPU",
-        record.decompressed_len >> 20,
-        record.compressed_len >> 20
-    );
-    let store_efficiency = achieved / f64::from(rate);
+    let store_unit =
+        |parts: u32| -> std::result::Result<(f64, f64, String), Box<dyn std::error::Error>> {
+            let upload = objects.create_multipart(&bucket, &key, &Default::default(), &[])?;
+            let target = PartTarget {
+                objects: objects.as_ref(),
+                bucket: &bucket,
+                key: &key,
+                upload: &upload,
+                first_part: 1,
+                parts,
+            };
+            let cut = Cut::for_unit(&plan, 0, parts)?;
+            images.will_read(
+                &snapshot,
+                unit.first_block..unit.first_block + unit.block_count,
+            );
+            let before = sim.stats.blocks_served.load(Ordering::Relaxed);
+            let cpu = cpu_seconds();
+            let started = Instant::now();
+            let (record, uploaded) = std::thread::scope(|s| {
+                s.spawn(|| {
+                    encode_in_parts(&target, cut, spool.path(), "unit", |out| {
+                        encode_unit(&plan, 0, &source, 1, out, &mut |_| {}).map(|(_, r)| r)
+                    })
+                })
+                .join()
+                .expect("encoding thread")
+            })?;
+            let secs = started.elapsed().as_secs_f64();
+            let vcpu = vcpus(cpu, cpu_seconds(), secs);
+            objects.abort_multipart(&bucket, &key, &upload)?;
+            let served = sim.stats.blocks_served.load(Ordering::Relaxed) - before;
+            let achieved = served as f64 / secs;
+            let line = format!(
+                "store unit, {} part(s): {served} blocks ({} MiB, compressed to {} MiB and uploaded) in {secs:.2} s \
+             at median {median} ms / p99 {p99} ms: {achieved:.1} requests/s of {rate} allotted; CPU {vcpu:.2} vCPU",
+                uploaded.len(),
+                record.decompressed_len >> 20,
+                record.compressed_len >> 20
+            );
+            Ok((achieved / f64::from(rate), vcpu, line))
+        };
+    let (one_part_efficiency, _, line) = store_unit(1)?;
+    println!("{line}");
+    let (store_efficiency, store_vcpus, line) = store_unit(parts_per_unit(MODEL_UNITS))?;
+    println!("{line}");
 
-    // Restore: an archive of the same blocks, made here, decoded unit 0 by
-    // unit 0 into the simulated snapshot as the restore step does.
+    // Restore: an archive of the same blocks, made here and put in S3, its
+    // unit 0 read back with ranged GETs and decoded into the simulated
+    // snapshot as the restore step does.
     struct Generated;
     impl BlockSource for Generated {
         fn read_blocks(&self, _disk: usize, first_block: u64, buf: &mut [u8]) -> Result<()> {
@@ -196,46 +229,51 @@ fn main() -> std::result::Result<(), Box<dyn std::error::Error>> {
         }
     }
     let (archive, _) = write_archive(&plan, &Generated, 2, Vec::new(), &mut |_| {})?;
-    let index = ArchiveIndex::open(&archive)?;
-    let before = sim
-        .stats
-        .blocks_written
-        .load(std::sync::atomic::Ordering::Relaxed);
+    objects.put_object(&bucket, &key, &archive)?;
+    drop(archive);
+    let info = objects
+        .head_object(&bucket, &key)?
+        .ok_or("the archive is not in S3")?;
+    let reader = ObjectReader::new(objects.as_ref(), &bucket, &key, &info);
+    let index = ArchiveIndex::open(&reader)?;
+    // Into a new snapshot, as a restore's are (StartSnapshot, then
+    // CompleteSnapshot once its blocks are written).
+    let restored = images.start_snapshot(
+        &account,
+        gib << 30,
+        &[],
+        &Encryption::Unencrypted,
+        "throughput-restore",
+    )?;
+    let before = sim.stats.blocks_written.load(Ordering::Relaxed);
     let cpu = cpu_seconds();
     let started = Instant::now();
     std::thread::scope(|s| {
         s.spawn(|| {
-            read_units(&index, &archive, 0..1, 1, |decoded| {
+            read_units(&index, &reader, 0..1, 1, |decoded| {
                 if let Decoded::Data {
                     first_block, bytes, ..
                 } = decoded
                 {
-                    images.write_blocks(&snapshot, first_block, &bytes)?;
+                    images.write_blocks(&restored, first_block, &bytes)?;
                 }
                 Ok(())
             })
-            .and_then(|()| images.finish_writes(&snapshot))
+            .and_then(|()| images.finish_writes(&restored))
         })
         .join()
         .expect("decoding thread")
     })?;
     let secs = started.elapsed().as_secs_f64();
     let restore_vcpus = vcpus(cpu, cpu_seconds(), secs);
-    let written = sim
-        .stats
-        .blocks_written
-        .load(std::sync::atomic::Ordering::Relaxed)
-        - before;
+    let written = sim.stats.blocks_written.load(Ordering::Relaxed) - before;
+    images.complete_snapshot(&restored, written)?;
     let achieved = written as f64 / secs;
     println!(
-        "restore unit: {written} blocks in {secs:.2} s at median {median} ms / p99 {p99} ms: \
+        "restore unit: {written} blocks read from S3 in ranges and written in {secs:.2} s at median {median} ms / p99 {p99} ms: \
          {achieved:.1} requests/s of {rate} allotted, {} throttled, {} bad writes; CPU {restore_vcpus:.2} vCPU",
-        sim.stats
-            .throttled
-            .load(std::sync::atomic::Ordering::Relaxed),
-        sim.stats
-            .bad_writes
-            .load(std::sync::atomic::Ordering::Relaxed)
+        sim.stats.throttled.load(Ordering::Relaxed),
+        sim.stats.bad_writes.load(Ordering::Relaxed)
     );
     drop(sim);
     let two = match arg("--two-tasks", 1.0) != 0.0 {
@@ -250,6 +288,7 @@ fn main() -> std::result::Result<(), Box<dyn std::error::Error>> {
         false => None,
     };
     println!("unit CPU: store {store_vcpus:.2} vCPU, restore {restore_vcpus:.2} vCPU");
+    println!("store unit efficiency, one part uploaded after reading: {one_part_efficiency:.2}");
     println!("store unit efficiency: {store_efficiency:.2}");
     println!("restore unit efficiency: {:.2}", achieved / f64::from(rate));
     if let Some(two) = two {

@@ -7,15 +7,22 @@
 //!   its `x-amz-Checksum` headers), on snapshots whose blocks are generated
 //!   from their index (a mix of holes, compressible and random data), so no
 //!   large files are needed;
-//! - PutSnapshotBlock, whose data must be 512 KiB and match its Base64
-//!   SHA-256 `x-amz-Checksum` (a mismatch is EBS's `ValidationException`);
-//!   what is written is counted, not kept;
+//! - StartSnapshot, PutSnapshotBlock (whose data must be 512 KiB and match
+//!   its Base64 SHA-256 `x-amz-Checksum`: a mismatch is EBS's
+//!   `ValidationException`; what is written is counted, not kept) and
+//!   CompleteSnapshot (`error` unless its changed-block count is the number
+//!   of blocks written);
 //! - EC2's DescribeSnapshots for those snapshots (the adapter asks for a
-//!   snapshot's size and state).
+//!   snapshot's size and state);
+//! - the S3 calls of a store and a restore ([`s3`]): multipart upload,
+//!   PutObject, HeadObject and ranged GetObject, on objects kept in memory,
+//!   each request after a first-byte latency and each body at one
+//!   connection's bandwidth.
 //!
 //! Every request waits a latency drawn from a log-normal distribution (by
-//! default median 60 ms, 99th percentile 250 ms). GetSnapshotBlock is limited
-//! per snapshot and per account (by default 1,000 requests a second each),
+//! default median 60 ms, 99th percentile 250 ms). GetSnapshotBlock and,
+//! apart, PutSnapshotBlock are limited per snapshot and per account (by
+//! default 1,000 requests a second each, as EBS's quotas),
 //! ListSnapshotBlocks to 50 a second per account, with token buckets; a
 //! request over a limit is answered as EBS answers it, 400
 //! `RequestThrottledException`, which the SDK retries. Counters record what
@@ -41,6 +48,8 @@ use hyper_util::rt::TokioIo;
 use sha2::{Digest, Sha256};
 use tokio::net::TcpListener;
 
+mod s3;
+
 /// The name of the simulation's threads.
 pub const THREAD_NAME: &str = "amistore-sim";
 
@@ -51,9 +60,11 @@ pub struct SimConfig {
     pub median_latency: Duration,
     /// 99th-percentile request latency.
     pub p99_latency: Duration,
-    /// GetSnapshotBlock requests a second, per snapshot.
+    /// GetSnapshotBlock requests a second, per snapshot, and apart from them
+    /// PutSnapshotBlock requests.
     pub per_snapshot_rps: f64,
-    /// GetSnapshotBlock requests a second, per account.
+    /// GetSnapshotBlock requests a second, per account, and apart from them
+    /// PutSnapshotBlock requests (EBS has a quota for each).
     pub per_account_rps: f64,
     /// ListSnapshotBlocks requests a second, per account.
     pub list_rps: f64,
@@ -61,6 +72,11 @@ pub struct SimConfig {
     pub snapshots: Vec<(String, u64)>,
     /// Seed of the latency draws.
     pub seed: u64,
+    /// S3's time to first byte, every request.
+    pub s3_first_byte: Duration,
+    /// Bytes a second one S3 connection moves, each way (a part upload of
+    /// 32 MiB at 80 MiB/s takes 0.4 s).
+    pub s3_bytes_per_second: f64,
 }
 
 impl Default for SimConfig {
@@ -73,6 +89,8 @@ impl Default for SimConfig {
             list_rps: 50.0,
             snapshots: Vec::new(),
             seed: 0x5eed,
+            s3_first_byte: Duration::from_millis(30),
+            s3_bytes_per_second: 80.0 * 1024.0 * 1024.0,
         }
     }
 }
@@ -92,6 +110,14 @@ pub struct SimStats {
     pub bad_writes: AtomicU64,
     /// Other requests.
     pub other: AtomicU64,
+    /// S3 requests.
+    pub s3_requests: AtomicU64,
+    /// Bytes S3 received (request bodies).
+    pub s3_bytes_in: AtomicU64,
+    /// Bytes S3 sent (object data).
+    pub s3_bytes_out: AtomicU64,
+    /// Parts S3 accepted.
+    pub parts_uploaded: AtomicU64,
 }
 
 /// What a block holds: its content is a function of its index.
@@ -205,13 +231,31 @@ impl Bucket {
     }
 }
 
+/// The block requests EBS limits apart.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum BlockOp {
+    Get = 0,
+    Put = 1,
+}
+
 struct State {
     config: SimConfig,
     stats: Arc<SimStats>,
-    account: Mutex<Bucket>,
+    /// The account's GetSnapshotBlock and PutSnapshotBlock limits.
+    account: [Mutex<Bucket>; 2],
     list: Mutex<Bucket>,
-    per_snapshot: Mutex<HashMap<String, Bucket>>,
+    per_snapshot: Mutex<HashMap<(String, BlockOp), Bucket>>,
     rng: Mutex<u64>,
+    buckets: tokio::sync::Mutex<s3::Buckets>,
+    /// Snapshots started with StartSnapshot.
+    started: Mutex<HashMap<String, Started>>,
+}
+
+/// A snapshot StartSnapshot made: its size and the blocks written to it.
+#[derive(Debug)]
+struct Started {
+    gib: u64,
+    written: std::collections::BTreeSet<u64>,
 }
 
 impl State {
@@ -242,18 +286,25 @@ impl State {
             .iter()
             .find(|(id, _)| id == snapshot)
             .map(|(_, gib)| *gib)
+            .or_else(|| {
+                self.started
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .get(snapshot)
+                    .map(|s| s.gib)
+            })
     }
 
-    fn admit_block(&self, snapshot: &str) -> bool {
+    fn admit_block(&self, snapshot: &str, op: BlockOp) -> bool {
         let mut per = self.per_snapshot.lock().unwrap_or_else(|p| p.into_inner());
         let bucket = per
-            .entry(snapshot.to_owned())
+            .entry((snapshot.to_owned(), op))
             .or_insert_with(|| Bucket::new(self.config.per_snapshot_rps));
         // Both limits must have room; the account's is charged only then.
         if !bucket.take() {
             return false;
         }
-        self.account
+        self.account[op as usize]
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .take()
@@ -280,10 +331,15 @@ impl Simulation {
             .build()?;
         let stats = Arc::new(SimStats::default());
         let state = Arc::new(State {
-            account: Mutex::new(Bucket::new(config.per_account_rps)),
+            account: [
+                Mutex::new(Bucket::new(config.per_account_rps)),
+                Mutex::new(Bucket::new(config.per_account_rps)),
+            ],
             list: Mutex::new(Bucket::new(config.list_rps)),
             per_snapshot: Mutex::new(HashMap::new()),
             rng: Mutex::new(config.seed | 1),
+            buckets: Default::default(),
+            started: Mutex::default(),
             stats: stats.clone(),
             config,
         });
@@ -294,6 +350,10 @@ impl Simulation {
                 let Ok((stream, _)) = listener.accept().await else {
                     continue;
                 };
+                // A response's head and body go out as separate writes; with
+                // Nagle's algorithm on, the body waits for the client's
+                // delayed ACK of the head (up to 200 ms a request).
+                let _ = stream.set_nodelay(true);
                 let state = state.clone();
                 tokio::spawn(async move {
                     let service = service_fn(move |req| {
@@ -373,15 +433,10 @@ fn query_value(query: &str, name: &str) -> Option<String> {
 }
 
 async fn answer(state: &State, req: Request<Incoming>) -> Response<Full<Bytes>> {
-    tokio::time::sleep(state.latency()).await;
     let method = req.method().as_str().to_owned();
     let path = req.uri().path().to_owned();
     let query = req.uri().query().unwrap_or_default().to_owned();
-    let checksum = req
-        .headers()
-        .get("x-amz-checksum")
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_owned);
+    let headers = req.headers().clone();
     let body = req
         .into_body()
         .collect()
@@ -389,11 +444,23 @@ async fn answer(state: &State, req: Request<Incoming>) -> Response<Full<Bytes>> 
         .map(|b| b.to_bytes())
         .unwrap_or_default();
     let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+    let ebs = matches!(segments.as_slice(), ["snapshots", ..] | [""]);
+    if !ebs {
+        return s3::answer(state, &method, &path, &query, &headers, body).await;
+    }
+    tokio::time::sleep(state.latency()).await;
+    let checksum = headers.get("x-amz-checksum").and_then(|v| v.to_str().ok());
     match (method.as_str(), segments.as_slice()) {
         ("GET", ["snapshots", id, "blocks"]) => list_blocks(state, id, &query),
         ("GET", ["snapshots", id, "blocks", index]) => get_block(state, id, index, &query),
-        ("PUT", ["snapshots", id, "blocks", index]) => {
-            put_block(state, id, index, checksum.as_deref(), &body)
+        ("PUT", ["snapshots", id, "blocks", index]) => put_block(state, id, index, checksum, &body),
+        ("POST", ["snapshots"]) => start_snapshot(state, &body),
+        ("POST", ["snapshots", "completion", id]) => {
+            let changed = headers
+                .get("x-amz-ChangedBlocksCount")
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse().ok());
+            complete_snapshot(state, id, changed)
         }
         ("POST", [""]) => ec2(state, &body),
         _ => {
@@ -478,7 +545,7 @@ fn get_block(state: &State, id: &str, index: &str, query: &str) -> Response<Full
             "bad block token",
         );
     }
-    if !state.admit_block(id) {
+    if !state.admit_block(id, BlockOp::Get) {
         return throttled(state);
     }
     state.stats.blocks_served.fetch_add(1, Ordering::Relaxed);
@@ -532,10 +599,20 @@ fn put_block(
             "the block's length or checksum is wrong",
         );
     }
-    if !state.admit_block(id) {
+    if !state.admit_block(id, BlockOp::Put) {
         return throttled(state);
     }
     state.stats.blocks_written.fetch_add(1, Ordering::Relaxed);
+    if let (Some(started), Ok(index)) = (
+        state
+            .started
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get_mut(id),
+        index.parse::<u64>(),
+    ) {
+        started.written.insert(index);
+    }
     respond(
         201,
         "application/json",
@@ -548,6 +625,76 @@ fn put_block(
 }
 
 /// EC2's DescribeSnapshots for the simulated snapshots (all completed).
+/// StartSnapshot: a new, empty snapshot of the requested size (GiB).
+fn start_snapshot(state: &State, body: &[u8]) -> Response<Full<Bytes>> {
+    state.stats.other.fetch_add(1, Ordering::Relaxed);
+    let request: serde_json::Value = serde_json::from_slice(body).unwrap_or_default();
+    let Some(gib) = request["VolumeSize"]
+        .as_u64()
+        .filter(|&g| (1..=65536).contains(&g))
+    else {
+        return ebs_error(
+            400,
+            "ValidationException",
+            "INVALID_PARAMETER_VALUE",
+            "VolumeSize must be 1 to 65536",
+        );
+    };
+    let mut started = state.started.lock().unwrap_or_else(|p| p.into_inner());
+    let id = format!("snap-{:017x}", 0xf_0000_0000_0000u64 + started.len() as u64);
+    started.insert(
+        id.clone(),
+        Started {
+            gib,
+            written: Default::default(),
+        },
+    );
+    respond(
+        201,
+        "application/json",
+        &[],
+        serde_json::json!({
+            "SnapshotId": id,
+            "OwnerId": "123456789012",
+            "Status": "pending",
+            "StartTime": 1_796_000_000.0,
+            "VolumeSize": gib,
+            "BlockSize": BLOCK_SIZE,
+            "Tags": request["Tags"].clone(),
+            "Description": request["Description"].clone(),
+        })
+        .to_string()
+        .into_bytes(),
+    )
+}
+
+/// CompleteSnapshot: `completed` when the changed-block count is the number
+/// of blocks written, `error` otherwise (as EBS checks it).
+fn complete_snapshot(state: &State, id: &str, changed: Option<u64>) -> Response<Full<Bytes>> {
+    state.stats.other.fetch_add(1, Ordering::Relaxed);
+    let started = state.started.lock().unwrap_or_else(|p| p.into_inner());
+    let Some(snapshot) = started.get(id) else {
+        return ebs_error(
+            404,
+            "ResourceNotFoundException",
+            "SNAPSHOT_NOT_FOUND",
+            "no such snapshot",
+        );
+    };
+    let status = match changed == Some(snapshot.written.len() as u64) {
+        true => "completed",
+        false => "error",
+    };
+    respond(
+        202,
+        "application/json",
+        &[],
+        serde_json::json!({ "Status": status })
+            .to_string()
+            .into_bytes(),
+    )
+}
+
 fn ec2(state: &State, body: &[u8]) -> Response<Full<Bytes>> {
     state.stats.other.fetch_add(1, Ordering::Relaxed);
     let form = String::from_utf8_lossy(body);
@@ -583,10 +730,12 @@ mod tests {
         let state = State {
             config: SimConfig::default(),
             stats: Arc::default(),
-            account: Mutex::new(Bucket::new(1.0)),
+            account: [Mutex::new(Bucket::new(1.0)), Mutex::new(Bucket::new(1.0))],
             list: Mutex::new(Bucket::new(1.0)),
             per_snapshot: Mutex::default(),
             rng: Mutex::new(7),
+            buckets: Default::default(),
+            started: Mutex::default(),
         };
         let mut draws: Vec<f64> = (0..20_000).map(|_| state.latency().as_secs_f64()).collect();
         draws.sort_by(f64::total_cmp);

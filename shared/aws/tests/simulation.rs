@@ -2,7 +2,9 @@
 //! the adapter reads, its limits are enforced (and the SDK's retries get past
 //! them), its latency is applied; and a unit's reads, announced with
 //! `will_read`, stay in flight across frames without a request outside the
-//! unit; units of two tasks share the account's budget through rate leases.
+//! unit; units of two tasks share the account's budget through rate leases;
+//! and the S3 adapter's multipart uploads, HEADs and ranged GETs are served
+//! at the configured bandwidth.
 
 #![allow(clippy::unwrap_used)]
 
@@ -14,8 +16,10 @@ use amistore_aws::setup::{AwsPorts, AwsSettings, Overrides};
 use amistore_aws::simulation::{BlockKind, SimConfig, Simulation, block_data, block_kind};
 use amistore_core::blocks::BLOCK_SIZE;
 use amistore_core::engine::budget::{RequestBudget, UnitOf, within_budget};
+use amistore_core::engine::parts::{Cut, PartTarget, encode_in_parts};
 use amistore_core::ids::{AccountId, SnapshotId, TaskId};
-use amistore_core::ports::{RateLease, SnapshotStore, TaskStore};
+use amistore_core::image::Encryption;
+use amistore_core::ports::{ObjectStore, RateLease, SnapshotStore, TaskStore};
 use amistore_core::task::TaskKind;
 use amistore_local::task_db::SqliteTaskStore;
 
@@ -302,4 +306,87 @@ fn units_of_two_tasks_share_the_account_budget() {
             .unwrap(),
         vec![probe]
     );
+}
+
+#[test]
+fn s3_parts_heads_and_ranges_are_served_at_the_connection_bandwidth() {
+    // 50 MiB/s, so the 12 MiB below take at least 0.24 s to send.
+    let w = world(
+        SimConfig {
+            s3_first_byte: Duration::from_millis(1),
+            s3_bytes_per_second: 50.0 * 1024.0 * 1024.0,
+            ..fast()
+        },
+        EbsLimits::default(),
+    );
+    let objects = w.ports.objects.as_ref();
+    let bucket = "archive".parse().unwrap();
+    let key = "p/ami-0123456789abcdef0.bin".parse().unwrap();
+    let upload = objects
+        .create_multipart(&bucket, &key, &Default::default(), &[])
+        .unwrap();
+    let data: Vec<u8> = (0..12 << 20).map(|i: u32| (i % 253) as u8).collect();
+    let target = PartTarget {
+        objects,
+        bucket: &bucket,
+        key: &key,
+        upload: &upload,
+        first_part: 1,
+        parts: 8,
+    };
+    let cut = Cut {
+        piece: 5 << 20,
+        min: 5 << 20,
+    };
+    let spool = tempfile::tempdir().unwrap();
+    let started = Instant::now();
+    let ((), parts) = encode_in_parts(&target, cut, spool.path(), "unit", |out| {
+        out.write_all(&data).unwrap();
+        Ok(())
+    })
+    .unwrap();
+    let took = started.elapsed();
+    // 5 MiB, then 7 MiB (a 2 MiB tail joins the piece before it).
+    assert_eq!(parts.len(), 2);
+    assert_eq!(w.sim.stats.parts_uploaded.load(Ordering::Relaxed), 2);
+    assert!(took >= Duration::from_millis(240), "{took:?}");
+    objects
+        .complete_multipart(&bucket, &key, &upload, &parts)
+        .unwrap();
+    let info = objects.head_object(&bucket, &key).unwrap().unwrap();
+    assert_eq!(info.size, data.len() as u64);
+    let middle = objects
+        .get_range(&bucket, &key, 5_000_000..5_300_000, Some(&info.etag))
+        .unwrap();
+    assert!(middle == data[5_000_000..5_300_000]);
+    assert!(
+        objects
+            .head_object(&bucket, &"absent".parse().unwrap())
+            .unwrap()
+            .is_none()
+    );
+}
+
+#[test]
+fn started_snapshots_complete_only_with_the_blocks_written() {
+    let w = world(fast(), EbsLimits::default());
+    let images = w.ports.images.as_ref();
+    let started = images
+        .start_snapshot(
+            &w.account,
+            1 << 30,
+            &[],
+            &Encryption::Unencrypted,
+            "token-1",
+        )
+        .unwrap();
+    let frame: Vec<u8> = (64..80).flat_map(block_data).collect();
+    images.write_blocks(&started, 64, &frame).unwrap();
+    images.write_blocks(&started, 64, &frame).unwrap(); // the same blocks again
+    images.finish_writes(&started).unwrap();
+    assert!(
+        images.complete_snapshot(&started, 15).is_err(),
+        "EBS answers `error` to a wrong changed-block count"
+    );
+    images.complete_snapshot(&started, 16).unwrap();
 }

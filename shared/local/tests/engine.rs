@@ -15,6 +15,7 @@ use amistore_core::engine::FailedBy;
 use amistore_core::engine::intake::{RestoreRequest, StoreRequest};
 use amistore_core::engine::metadata;
 use amistore_core::engine::restore::snapshot_token;
+use amistore_core::engine::store::StoredUnit;
 use amistore_core::ids::{ImageId, ResourceState, SnapshotId};
 use amistore_core::image::{Encryption, Tag};
 use amistore_core::storage::ObjectKey;
@@ -127,6 +128,25 @@ fn a_store_then_a_restore_gives_back_every_block_with_metadata_and_tags() {
     assert_eq!(m.image.source_image_id.as_deref(), Some(image.as_str()));
     assert_eq!(tags(&m.image.tags), ["Name=source"]);
     assert_eq!(m.units.len() as u64, task.units_total);
+    // Units of random data were cut into several parts, uploaded while they
+    // were encoded, each unit in its own run of part numbers.
+    let parts: Vec<Vec<u32>> = w
+        .local
+        .engine
+        .tasks
+        .units(&task.id)
+        .unwrap()
+        .iter()
+        .map(|(_, json)| {
+            let stored: StoredUnit = serde_json::from_str(json).unwrap();
+            stored.parts.iter().map(|p| p.part_number).collect()
+        })
+        .collect();
+    assert!(parts.iter().any(|p| p.len() > 1), "{parts:?}");
+    assert!(
+        parts.iter().flatten().is_sorted() && parts.iter().all(|p| !p.is_empty()),
+        "{parts:?}"
+    );
 
     // Restore: a new id, the requested name, merged tags, identical disks.
     let r = restore(&w, &task.key, "restored copy");

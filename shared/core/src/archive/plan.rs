@@ -1,8 +1,8 @@
 //! Planning an archive: which disks it holds, what their members are called, and
 //! how their blocks are cut into units.
 //!
-//! A unit is a block range of one disk that one worker compresses into one S3
-//! multipart part without knowing any other part's size. Units are cut by count of
+//! A unit is a block range of one disk that one worker compresses into its
+//! own run of S3 multipart parts without knowing any other unit's size. Units are cut by count of
 //! *present* blocks, not by block range, so runs of holes ride along with data
 //! instead of becoming parts of their own (every part but the last must be padded
 //! to 5 MiB). The target grows with the AMI so there are never more than 10,000

@@ -15,6 +15,7 @@ pub mod describe;
 pub mod intake;
 pub mod metadata;
 pub mod moved;
+pub mod parts;
 pub mod restore;
 pub mod steps;
 pub mod store;
@@ -278,6 +279,22 @@ struct SpoolFile {
 }
 
 impl SpoolFile {
+    /// A new, empty spool file in `dir` (made if missing), for its owner only
+    /// (it holds a unit of someone's disk), removed when dropped.
+    fn create(dir: &Path, name: &str) -> Result<(Self, File)> {
+        std::os::unix::fs::DirBuilderExt::mode(std::fs::DirBuilder::new().recursive(true), 0o700)
+            .create(dir)
+            .map_err(|e| Error::io(format!("creating {}", dir.display()), e))?;
+        let path = dir.join(format!("{name}.{}.part", &unique_token()[..16]));
+        let file = std::os::unix::fs::OpenOptionsExt::mode(
+            std::fs::OpenOptions::new().write(true).create_new(true),
+            0o600,
+        )
+        .open(&path)
+        .map_err(|e| Error::io(format!("creating {}", path.display()), e))?;
+        Ok((Self { path }, file))
+    }
+
     /// Writes `fill`'s output to a new spool file. It is not synced: uploading
     /// it makes the part durable (the object store's job), and a crash before
     /// then loses nothing recorded.
@@ -286,18 +303,7 @@ impl SpoolFile {
         name: &str,
         fill: impl FnOnce(&mut BufWriter<&File>) -> Result<T>,
     ) -> Result<(Self, T)> {
-        std::os::unix::fs::DirBuilderExt::mode(std::fs::DirBuilder::new().recursive(true), 0o700)
-            .create(dir)
-            .map_err(|e| Error::io(format!("creating {}", dir.display()), e))?;
-        let path = dir.join(format!("{name}.{}.part", &unique_token()[..16]));
-        // A unit of someone's disk: for its owner only.
-        let file = std::os::unix::fs::OpenOptionsExt::mode(
-            std::fs::OpenOptions::new().write(true).create_new(true),
-            0o600,
-        )
-        .open(&path)
-        .map_err(|e| Error::io(format!("creating {}", path.display()), e))?;
-        let spool = Self { path };
+        let (spool, file) = Self::create(dir, name)?;
         let mut out = BufWriter::with_capacity(1 << 20, &file);
         let value = fill(&mut out)?;
         out.flush()

@@ -3,8 +3,9 @@
 //!
 //! - plan: list the snapshots' present blocks and cut units. The plan is saved
 //!   once and reused by every later attempt, so recorded units stay valid.
-//! - unit: encode one unit into a spool file, upload it as part `unit + 1`, and
-//!   record it. A recorded unit is skipped; a retried one is counted once.
+//! - unit: encode one unit, cut into parts uploaded while it is encoded (the
+//!   unit's own run of part numbers, see [`crate::engine::parts`]), and record
+//!   it. A recorded unit is skipped; a retried one is counted once.
 //! - finalize: build the manifest and seek table from the unit records, upload
 //!   them as the last part, complete the upload, check the object, and mark the
 //!   task Completed (releasing its quota).
@@ -14,7 +15,9 @@
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
+use crate::archive::plan::MAX_PARTS;
 use crate::archive::{ArchiveIndex, ArchivePlan, BlockSource, DiskSource, UnitRecord, encode_unit};
+use crate::engine::parts::{Cut, PartTarget, encode_in_parts, parts_per_unit};
 use crate::engine::{Engine, FailedBy, SpoolFile, now_ms};
 use crate::ids::{AccountId, ImageId, SnapshotId, TaskId};
 use crate::ports::{CompletedPart, ObjectReader, SnapshotStore};
@@ -25,15 +28,34 @@ use crate::{Error, Result};
 /// Work-store name of a store task's plan.
 pub const PLAN: &str = "plan.json";
 
-/// A unit as recorded in the task store: its part's ETag and what the final
-/// part needs.
+/// A unit as recorded in the task store: its parts and what the final part
+/// needs.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct StoredUnit {
-    /// ETag of the part.
-    pub etag: String,
+    /// The unit's parts, in order.
+    #[serde(default)]
+    pub parts: Vec<CompletedPart>,
+    /// ETag of the one part `unit + 1` (records made before units were cut
+    /// into several parts).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub etag: Option<String>,
     /// The unit's record.
     pub record: UnitRecord,
+}
+
+impl StoredUnit {
+    /// The unit's parts, whichever way they were recorded.
+    fn into_parts(self, unit: u64) -> Result<(Vec<CompletedPart>, UnitRecord)> {
+        let parts = match self.etag {
+            Some(etag) if self.parts.is_empty() => vec![CompletedPart {
+                part_number: first_part(unit, 1)?,
+                etag,
+            }],
+            _ => self.parts,
+        };
+        Ok((parts, self.record))
+    }
 }
 
 /// A store task's plan: the archive plan and the snapshots its disks read.
@@ -44,6 +66,14 @@ pub struct StorePlan {
     pub archive: ArchivePlan,
     /// Snapshot of each disk.
     pub snapshots: Vec<SnapshotId>,
+    /// Part numbers each unit owns (plans made before units were cut into
+    /// several parts have one).
+    #[serde(default = "one_part")]
+    pub parts_per_unit: u32,
+}
+
+fn one_part() -> u32 {
+    1
 }
 
 /// Reads blocks of an image's snapshots through the snapshot port.
@@ -110,6 +140,7 @@ impl Engine {
         .with_min_part_size(self.config.min_part_size);
         let units = archive.units.len() as u64;
         let plan = StorePlan {
+            parts_per_unit: parts_per_unit(units),
             archive,
             snapshots: image
                 .snapshots
@@ -145,28 +176,40 @@ impl Engine {
                 planned.first_block..planned.first_block + planned.block_count,
             );
         }
-        let (spool, record) = self.within_budget(&task, unit, || {
-            SpoolFile::write(&self.config.spool_dir, &format!("{id}-{unit}"), |out| {
-                let (_, record) = encode_unit(
-                    &plan.archive,
-                    index,
-                    &source,
-                    self.config.unit_threads,
-                    out,
-                    &mut |bytes| self.report(id, bytes),
-                )?;
-                Ok(record)
-            })
-        })?;
-        let etag = self.objects.upload_part(
-            &task.bucket,
-            &task.key,
+        let target = PartTarget {
+            objects: &*self.objects,
+            bucket: &task.bucket,
+            key: &task.key,
             upload,
-            part_number(unit)?,
-            &spool.path,
+            first_part: first_part(unit, plan.parts_per_unit)?,
+            parts: plan.parts_per_unit,
+        };
+        let cut = Cut::for_unit(&plan.archive, index, plan.parts_per_unit)?;
+        let (record, parts) = encode_in_parts(
+            &target,
+            cut,
+            &self.config.spool_dir,
+            &format!("{id}-{unit}"),
+            |out| {
+                self.within_budget(&task, unit, || {
+                    let (_, record) = encode_unit(
+                        &plan.archive,
+                        index,
+                        &source,
+                        self.config.unit_threads,
+                        out,
+                        &mut |bytes| self.report(id, bytes),
+                    )?;
+                    Ok(record)
+                })
+            },
         )?;
-        let json = serde_json::to_string(&StoredUnit { etag, record })
-            .map_err(|e| Error::InvalidInput(format!("unit record does not serialise: {e}")))?;
+        let json = serde_json::to_string(&StoredUnit {
+            parts,
+            etag: None,
+            record,
+        })
+        .map_err(|e| Error::InvalidInput(format!("unit record does not serialise: {e}")))?;
         self.tasks.record_unit(id, unit, &json)?;
         Ok(())
     }
@@ -186,11 +229,9 @@ impl Engine {
                     "record of unit {unit} of task {id} is damaged: {e}"
                 ))
             })?;
-            parts.push(CompletedPart {
-                part_number: part_number(unit)?,
-                etag: stored.etag,
-            });
-            records.push(stored.record);
+            let (unit_parts, record) = stored.into_parts(unit)?;
+            parts.extend(unit_parts);
+            records.push(record);
         }
         let last = plan.archive.final_part(&records)?;
         let expected_size: u64 =
@@ -200,7 +241,7 @@ impl Engine {
                 std::io::Write::write_all(out, &last.bytes)
                     .map_err(|e| Error::io("writing the final part", e))
             })?;
-        let final_number = part_number(records.len() as u64)?;
+        let final_number = final_part(records.len() as u64, plan.parts_per_unit)?;
         let completed = self
             .objects
             .upload_part(&task.bucket, &task.key, upload, final_number, &spool.path)
@@ -335,10 +376,20 @@ impl Engine {
     }
 }
 
-/// Unit `unit` is uploaded as part `unit + 1` (part numbers start at 1).
-fn part_number(unit: u64) -> Result<u32> {
-    u32::try_from(unit + 1)
-        .ok()
-        .filter(|&n| n <= crate::archive::plan::MAX_PARTS as u32)
+/// The first part number of unit `unit` when each unit owns `parts_per_unit`
+/// (part numbers start at 1; the final part follows the last unit's).
+fn first_part(unit: u64, parts_per_unit: u32) -> Result<u32> {
+    unit.checked_mul(u64::from(parts_per_unit))
+        .and_then(|n| u32::try_from(n + 1).ok())
+        .filter(|&n| u64::from(n) + u64::from(parts_per_unit.max(1)) - 1 <= MAX_PARTS)
         .ok_or_else(|| Error::InvalidInput(format!("unit {unit} is past S3's 10,000 parts")))
+}
+
+/// The final part's number: the one after the last unit's run.
+fn final_part(units: u64, parts_per_unit: u32) -> Result<u32> {
+    units
+        .checked_mul(u64::from(parts_per_unit))
+        .and_then(|n| u32::try_from(n + 1).ok())
+        .filter(|&n| u64::from(n) <= MAX_PARTS)
+        .ok_or_else(|| Error::InvalidInput(format!("{units} units are past S3's 10,000 parts")))
 }

@@ -1,0 +1,194 @@
+//! A store unit's output cut into parts while it is written
+//! (`amistore_core::engine::parts`), against the local bucket store, which
+//! refuses a part under its minimum but the last as S3 does.
+
+#![allow(clippy::unwrap_used)]
+
+use std::collections::BTreeMap;
+use std::ops::Range;
+use std::path::Path;
+use std::sync::Mutex;
+
+use amistore_core::engine::parts::{Cut, PartTarget, encode_in_parts};
+use amistore_core::ids::AccountId;
+use amistore_core::image::Tag;
+use amistore_core::ports::{CompletedPart, ObjectInfo, ObjectStore};
+use amistore_core::storage::{BucketName, ObjectKey};
+use amistore_core::{Error, Result};
+use amistore_local::bucket_store::BucketStore;
+
+/// The bucket store, noting the size of every part uploaded.
+struct Sizes(BucketStore, Mutex<BTreeMap<u32, u64>>);
+
+impl ObjectStore for Sizes {
+    fn upload_part(
+        &self,
+        b: &BucketName,
+        k: &ObjectKey,
+        u: &str,
+        n: u32,
+        body: &Path,
+    ) -> Result<String> {
+        let len = std::fs::metadata(body).unwrap().len();
+        self.1.lock().unwrap().insert(n, len);
+        ObjectStore::upload_part(&self.0, b, k, u, n, body)
+    }
+    fn bucket_exists(&self, a: &AccountId, b: &BucketName) -> Result<bool> {
+        ObjectStore::bucket_exists(&self.0, a, b)
+    }
+    fn create_multipart(
+        &self,
+        b: &BucketName,
+        k: &ObjectKey,
+        m: &BTreeMap<String, String>,
+        t: &[Tag],
+    ) -> Result<String> {
+        ObjectStore::create_multipart(&self.0, b, k, m, t)
+    }
+    fn complete_multipart(
+        &self,
+        b: &BucketName,
+        k: &ObjectKey,
+        u: &str,
+        p: &[CompletedPart],
+    ) -> Result<()> {
+        ObjectStore::complete_multipart(&self.0, b, k, u, p)
+    }
+    fn abort_multipart(&self, b: &BucketName, k: &ObjectKey, u: &str) -> Result<()> {
+        ObjectStore::abort_multipart(&self.0, b, k, u)
+    }
+    fn list_multipart_uploads(&self, b: &BucketName) -> Result<Vec<(String, ObjectKey)>> {
+        ObjectStore::list_multipart_uploads(&self.0, b)
+    }
+    fn put_object(&self, b: &BucketName, k: &ObjectKey, body: &[u8]) -> Result<()> {
+        ObjectStore::put_object(&self.0, b, k, body)
+    }
+    fn delete_object(&self, b: &BucketName, k: &ObjectKey) -> Result<()> {
+        ObjectStore::delete_object(&self.0, b, k)
+    }
+    fn head_object(&self, b: &BucketName, k: &ObjectKey) -> Result<Option<ObjectInfo>> {
+        ObjectStore::head_object(&self.0, b, k)
+    }
+    fn get_range(
+        &self,
+        b: &BucketName,
+        k: &ObjectKey,
+        r: Range<u64>,
+        m: Option<&str>,
+    ) -> Result<Vec<u8>> {
+        ObjectStore::get_range(&self.0, b, k, r, m)
+    }
+}
+
+const MIN: u64 = 1024;
+const PIECE: u64 = 4096;
+
+/// Writes `len` bytes in 777-byte writes as unit 2 of an upload whose units
+/// own `parts` part numbers each; completes the upload and checks the object
+/// is what was written (the bucket store refuses a part under `MIN` but
+/// the last). Returns the sizes of the unit's parts.
+fn cut(len: usize, parts: u32) -> Vec<u64> {
+    let dir = tempfile::tempdir().unwrap();
+    let local = BucketStore::open(&dir.path().join("data"))
+        .unwrap()
+        .with_min_part_size(MIN);
+    let bucket = "parts".parse().unwrap();
+    local.create_bucket(&bucket).unwrap();
+    let store = Sizes(local, Mutex::default());
+    let key = "unit.bin".parse().unwrap();
+    let upload = store
+        .create_multipart(&bucket, &key, &Default::default(), &[])
+        .unwrap();
+    let data: Vec<u8> = (0..len).map(|i| (i % 251) as u8).collect();
+    let target = PartTarget {
+        objects: &store,
+        bucket: &bucket,
+        key: &key,
+        upload: &upload,
+        first_part: 2 * parts + 1,
+        parts,
+    };
+    let cut = Cut {
+        piece: PIECE,
+        min: MIN,
+    };
+    let ((), uploaded) = encode_in_parts(&target, cut, &dir.path().join("spool"), "u", |out| {
+        for chunk in data.chunks(777) {
+            out.write_all(chunk).unwrap();
+        }
+        Ok(())
+    })
+    .unwrap();
+    let numbers: Vec<u32> = uploaded.iter().map(|p| p.part_number).collect();
+    let expected: Vec<u32> = (2 * parts + 1..).take(uploaded.len()).collect();
+    assert_eq!(numbers, expected, "the unit's own run of numbers, in order");
+    store
+        .complete_multipart(&bucket, &key, &upload, &uploaded)
+        .unwrap();
+    let info = store.head_object(&bucket, &key).unwrap().unwrap();
+    let object = store.get_range(&bucket, &key, 0..info.size, None).unwrap();
+    assert!(object == data, "the object is the unit's bytes, in order");
+    let spool: Vec<_> = std::fs::read_dir(dir.path().join("spool"))
+        .unwrap()
+        .collect();
+    assert!(spool.is_empty(), "every piece's spool file is removed");
+    let sizes = store.1.lock().unwrap();
+    assert_eq!(sizes.keys().copied().collect::<Vec<_>>(), numbers);
+    sizes.values().copied().collect()
+}
+
+#[test]
+fn a_unit_is_cut_into_full_pieces_and_a_tail() {
+    assert_eq!(cut(10_000, 8), [4096, 4096, 1808]);
+}
+
+#[test]
+fn a_tail_under_the_minimum_joins_the_piece_before_it() {
+    // 8,500 = 4,096 + 4,096 + 308: a 308-byte part would be refused.
+    assert_eq!(cut(8_500, 8), [4096, 4404]);
+}
+
+#[test]
+fn a_unit_never_takes_more_numbers_than_it_owns() {
+    assert_eq!(cut(100_000, 3), [4096, 4096, 100_000 - 8192]);
+    assert_eq!(cut(100_000, 1), [100_000]);
+}
+
+#[test]
+fn a_short_unit_is_one_part() {
+    assert_eq!(cut(500, 8), [500]);
+    assert_eq!(cut(4096, 8), [4096]);
+}
+
+#[test]
+fn a_failed_upload_fails_the_unit_with_its_own_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = BucketStore::open(&dir.path().join("data")).unwrap();
+    let bucket = "parts".parse().unwrap();
+    store.create_bucket(&bucket).unwrap();
+    let key = "unit.bin".parse().unwrap();
+    let target = PartTarget {
+        objects: &store,
+        bucket: &bucket,
+        key: &key,
+        upload: "no-such-upload",
+        first_part: 1,
+        parts: 8,
+    };
+    let cut = Cut {
+        piece: PIECE,
+        min: MIN,
+    };
+    let written = encode_in_parts(&target, cut, &dir.path().join("spool"), "u", |out| {
+        // The encoder stops at the first write the failed upload refuses.
+        for chunk in vec![7u8; 1 << 20].chunks(777) {
+            out.write_all(chunk)
+                .map_err(|e| Error::io("writing the unit", e))?;
+        }
+        Ok(())
+    });
+    assert!(
+        matches!(written, Err(Error::NotFound(_))),
+        "the upload's own error, not the writer's: {written:?}"
+    );
+}
