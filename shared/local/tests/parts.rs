@@ -4,81 +4,15 @@
 
 #![allow(clippy::unwrap_used)]
 
-use std::collections::BTreeMap;
-use std::ops::Range;
-use std::path::Path;
-use std::sync::Mutex;
+use std::sync::Arc;
 
+use amistore_core::Error;
 use amistore_core::engine::parts::{Cut, PartTarget, encode_in_parts};
-use amistore_core::ids::AccountId;
-use amistore_core::image::Tag;
-use amistore_core::ports::{CompletedPart, ObjectInfo, ObjectStore};
-use amistore_core::storage::{BucketName, ObjectKey};
-use amistore_core::{Error, Result};
+use amistore_core::ports::ObjectStore;
 use amistore_local::bucket_store::BucketStore;
 
-/// The bucket store, noting the size of every part uploaded.
-struct Sizes(BucketStore, Mutex<BTreeMap<u32, u64>>);
-
-impl ObjectStore for Sizes {
-    fn upload_part(
-        &self,
-        b: &BucketName,
-        k: &ObjectKey,
-        u: &str,
-        n: u32,
-        body: &Path,
-    ) -> Result<String> {
-        let len = std::fs::metadata(body).unwrap().len();
-        self.1.lock().unwrap().insert(n, len);
-        ObjectStore::upload_part(&self.0, b, k, u, n, body)
-    }
-    fn bucket_exists(&self, a: &AccountId, b: &BucketName) -> Result<bool> {
-        ObjectStore::bucket_exists(&self.0, a, b)
-    }
-    fn create_multipart(
-        &self,
-        b: &BucketName,
-        k: &ObjectKey,
-        m: &BTreeMap<String, String>,
-        t: &[Tag],
-    ) -> Result<String> {
-        ObjectStore::create_multipart(&self.0, b, k, m, t)
-    }
-    fn complete_multipart(
-        &self,
-        b: &BucketName,
-        k: &ObjectKey,
-        u: &str,
-        p: &[CompletedPart],
-    ) -> Result<()> {
-        ObjectStore::complete_multipart(&self.0, b, k, u, p)
-    }
-    fn abort_multipart(&self, b: &BucketName, k: &ObjectKey, u: &str) -> Result<()> {
-        ObjectStore::abort_multipart(&self.0, b, k, u)
-    }
-    fn list_multipart_uploads(&self, b: &BucketName) -> Result<Vec<(String, ObjectKey)>> {
-        ObjectStore::list_multipart_uploads(&self.0, b)
-    }
-    fn put_object(&self, b: &BucketName, k: &ObjectKey, body: &[u8]) -> Result<()> {
-        ObjectStore::put_object(&self.0, b, k, body)
-    }
-    fn delete_object(&self, b: &BucketName, k: &ObjectKey) -> Result<()> {
-        ObjectStore::delete_object(&self.0, b, k)
-    }
-    fn head_object(&self, b: &BucketName, k: &ObjectKey) -> Result<Option<ObjectInfo>> {
-        ObjectStore::head_object(&self.0, b, k)
-    }
-    fn get_range(
-        &self,
-        b: &BucketName,
-        k: &ObjectKey,
-        r: Range<u64>,
-        m: Option<&str>,
-    ) -> Result<Vec<u8>> {
-        ObjectStore::get_range(&self.0, b, k, r, m)
-    }
-}
+mod support;
+use support::{Faults, Faulty};
 
 const MIN: u64 = 1024;
 const PIECE: u64 = 4096;
@@ -94,7 +28,8 @@ fn cut(len: usize, parts: u32) -> Vec<u64> {
         .with_min_part_size(MIN);
     let bucket = "parts".parse().unwrap();
     local.create_bucket(&bucket).unwrap();
-    let store = Sizes(local, Mutex::default());
+    let faults = Faults::default();
+    let store = Faulty(Arc::new(local) as Arc<dyn ObjectStore>, faults.clone());
     let key = "unit.bin".parse().unwrap();
     let upload = store
         .create_multipart(&bucket, &key, &Default::default(), &[])
@@ -132,7 +67,7 @@ fn cut(len: usize, parts: u32) -> Vec<u64> {
         .unwrap()
         .collect();
     assert!(spool.is_empty(), "every piece's spool file is removed");
-    let sizes = store.1.lock().unwrap();
+    let sizes = faults.part_sizes();
     assert_eq!(sizes.keys().copied().collect::<Vec<_>>(), numbers);
     sizes.values().copied().collect()
 }

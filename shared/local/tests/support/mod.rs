@@ -179,6 +179,8 @@ struct FaultState {
     rules: Vec<(String, Vec<usize>, MakeError)>,
     calls: BTreeMap<String, usize>,
     held: Vec<String>,
+    /// The size of each part uploaded, by part number.
+    part_sizes: BTreeMap<u32, u64>,
 }
 
 /// While it lives, calls of a method wait.
@@ -244,6 +246,12 @@ impl Faults {
             .get(method)
             .copied()
             .unwrap_or(0)
+    }
+
+    /// The size of each part uploaded through a wrapped object store, by
+    /// part number (the last upload of a number counts).
+    pub fn part_sizes(&self) -> BTreeMap<u32, u64> {
+        self.state.0.lock().unwrap().part_sizes.clone()
     }
 
     fn check(&self, method: &str) -> Result<()> {
@@ -387,6 +395,8 @@ impl ObjectStore for Faulty<dyn ObjectStore> {
         body: &Path,
     ) -> Result<String> {
         self.1.check("upload_part")?;
+        let size = std::fs::metadata(body).map_or(0, |m| m.len());
+        self.1.state.0.lock().unwrap().part_sizes.insert(n, size);
         self.0.upload_part(b, k, u, n, body)
     }
     fn complete_multipart(
