@@ -148,7 +148,13 @@ pub fn within_budget<T>(
     };
     // Join with no rate, to learn the others', then publish ours.
     renew(&mut lease)?;
-    let mut fair = renew(&mut lease)?;
+    let mut fair = match renew(&mut lease) {
+        Ok(fair) => fair,
+        Err(e) => {
+            let _ = tasks.drop_lease(unit.account, unit.kind, &holder);
+            return Err(e);
+        }
+    };
     let (stop, stopped) = mpsc::channel::<()>();
     let result = std::thread::scope(|s| {
         s.spawn(move || {
@@ -159,6 +165,7 @@ pub fn within_budget<T>(
                 } else {
                     RENEW_EVERY
                 };
+                // Nothing is ever sent: the channel closing is the stop.
                 if stopped.recv_timeout(wait) != Err(mpsc::RecvTimeoutError::Timeout) {
                     break;
                 }
@@ -167,9 +174,10 @@ pub fn within_budget<T>(
                 }
             }
         });
-        let result = work();
-        let _ = stop.send(());
-        result
+        // Dropped when `work` returns or unwinds, which stops the renewals
+        // (a panicking unit must not leave the scope waiting for them).
+        let _stop = stop;
+        work()
     });
     // Best effort: a lease not withdrawn lapses on its own.
     let _ = tasks.drop_lease(unit.account, unit.kind, &holder);
