@@ -24,6 +24,18 @@ struct Template {
     body: Vec<u8>,
 }
 
+/// The service over `local`'s engine and buckets, and the local default key.
+fn service(local: &LocalEngine) -> (Service, ClientCredentials) {
+    let service = Service::new(local.engine.clone(), Credentials::local_default())
+        .with_buckets(Arc::new(local.buckets.clone()));
+    let key = ClientCredentials {
+        access_key: "test".into(),
+        secret: "test".into(),
+        session_token: None,
+    };
+    (service, key)
+}
+
 fn next(x: &mut u64) -> u64 {
     *x ^= *x << 13;
     *x ^= *x >> 7;
@@ -73,13 +85,7 @@ fn mutated_ebs_and_s3_requests_get_answers_not_panics() {
         "fuzz",
     )
     .unwrap();
-    let service = Service::new(local.engine.clone(), Credentials::local_default())
-        .with_buckets(Arc::new(local.buckets.clone()));
-    let key = ClientCredentials {
-        access_key: "test".into(),
-        secret: "test".into(),
-        session_token: None,
-    };
+    let (service, key) = service(&local);
     let block = vec![1u8; 512 * 1024];
     let checksum = {
         use base64::Engine as _;
@@ -240,13 +246,7 @@ fn an_empty_listing_page_is_not_truncated() {
         .buckets
         .put_object(&bucket, &"a.bin".parse().unwrap(), b"x")
         .unwrap();
-    let service = Service::new(local.engine.clone(), Credentials::local_default())
-        .with_buckets(Arc::new(local.buckets.clone()));
-    let key = ClientCredentials {
-        access_key: "test".into(),
-        secret: "test".into(),
-        session_token: None,
-    };
+    let (service, key) = service(&local);
     for (query, truncated, keys) in [
         ("list-type=2&max-keys=0", "false", 0),
         ("list-type=2&max-keys=1", "false", 1),

@@ -411,6 +411,24 @@ fn ebs_error(status: u16, code: &str, reason: &str, message: &str) -> Response<F
     )
 }
 
+fn no_such_snapshot() -> Response<Full<Bytes>> {
+    ebs_error(
+        404,
+        "ResourceNotFoundException",
+        "SNAPSHOT_NOT_FOUND",
+        "no such snapshot",
+    )
+}
+
+fn bad_block_index() -> Response<Full<Bytes>> {
+    ebs_error(
+        400,
+        "ValidationException",
+        "INVALID_BLOCK",
+        "bad block index",
+    )
+}
+
 fn throttled(state: &State) -> Response<Full<Bytes>> {
     state.stats.throttled.fetch_add(1, Ordering::Relaxed);
     ebs_error(
@@ -477,12 +495,7 @@ async fn answer(state: &State, req: Request<Incoming>) -> Response<Full<Bytes>> 
 
 fn list_blocks(state: &State, id: &str, query: &str) -> Response<Full<Bytes>> {
     let Some(gib) = state.volume_gib(id) else {
-        return ebs_error(
-            404,
-            "ResourceNotFoundException",
-            "SNAPSHOT_NOT_FOUND",
-            "no such snapshot",
-        );
+        return no_such_snapshot();
     };
     if !state.list.lock().unwrap_or_else(|p| p.into_inner()).take() {
         return throttled(state);
@@ -522,20 +535,10 @@ fn list_blocks(state: &State, id: &str, query: &str) -> Response<Full<Bytes>> {
 
 fn get_block(state: &State, id: &str, index: &str, query: &str) -> Response<Full<Bytes>> {
     if state.volume_gib(id).is_none() {
-        return ebs_error(
-            404,
-            "ResourceNotFoundException",
-            "SNAPSHOT_NOT_FOUND",
-            "no such snapshot",
-        );
+        return no_such_snapshot();
     }
     let Ok(index) = index.parse::<u64>() else {
-        return ebs_error(
-            400,
-            "ValidationException",
-            "INVALID_BLOCK",
-            "bad block index",
-        );
+        return bad_block_index();
     };
     if query_value(query, "blockToken").as_deref() != Some(&format!("t{index}")) {
         return ebs_error(
@@ -571,24 +574,15 @@ fn put_block(
     body: &[u8],
 ) -> Response<Full<Bytes>> {
     let Some(gib) = state.volume_gib(id) else {
-        return ebs_error(
-            404,
-            "ResourceNotFoundException",
-            "SNAPSHOT_NOT_FOUND",
-            "no such snapshot",
-        );
+        return no_such_snapshot();
     };
-    if !index
+    let Some(index) = index
         .parse::<u64>()
-        .is_ok_and(|i| i < gib * (1 << 30) / BLOCK_SIZE)
-    {
-        return ebs_error(
-            400,
-            "ValidationException",
-            "INVALID_BLOCK",
-            "bad block index",
-        );
-    }
+        .ok()
+        .filter(|&i| i < gib * (1 << 30) / BLOCK_SIZE)
+    else {
+        return bad_block_index();
+    };
     let sum = BASE64.encode(Sha256::digest(body));
     if body.len() as u64 != BLOCK_SIZE || checksum != Some(sum.as_str()) {
         state.stats.bad_writes.fetch_add(1, Ordering::Relaxed);
@@ -603,14 +597,12 @@ fn put_block(
         return throttled(state);
     }
     state.stats.blocks_written.fetch_add(1, Ordering::Relaxed);
-    if let (Some(started), Ok(index)) = (
-        state
-            .started
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get_mut(id),
-        index.parse::<u64>(),
-    ) {
+    if let Some(started) = state
+        .started
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .get_mut(id)
+    {
         started.written.insert(index);
     }
     respond(
@@ -674,12 +666,7 @@ fn complete_snapshot(state: &State, id: &str, changed: Option<u64>) -> Response<
     state.stats.other.fetch_add(1, Ordering::Relaxed);
     let started = state.started.lock().unwrap_or_else(|p| p.into_inner());
     let Some(snapshot) = started.get(id) else {
-        return ebs_error(
-            404,
-            "ResourceNotFoundException",
-            "SNAPSHOT_NOT_FOUND",
-            "no such snapshot",
-        );
+        return no_such_snapshot();
     };
     let status = match changed == Some(snapshot.written.len() as u64) {
         true => "completed",

@@ -44,6 +44,23 @@ fn world(config: SimConfig, limits: EbsLimits) -> World {
         .build()
         .unwrap();
     let account: AccountId = "123456789012".parse().unwrap();
+    let ports = connect(&runtime, &sim, &account, limits);
+    World {
+        sim,
+        ports,
+        _runtime: runtime,
+        snapshot,
+        account,
+    }
+}
+
+/// The AWS adapters of `account`, pointed at `sim`, pacing blocks at `limits`.
+fn connect(
+    runtime: &tokio::runtime::Runtime,
+    sim: &Simulation,
+    account: &AccountId,
+    limits: EbsLimits,
+) -> AwsPorts {
     let mut settings = AwsSettings::new("unused", "unused-work".parse().unwrap());
     settings.account = Some(account.clone());
     settings.ebs = limits;
@@ -53,16 +70,9 @@ fn world(config: SimConfig, limits: EbsLimits) -> World {
         credentials: Some(("sim".into(), "sim".into())),
         audit: None,
     };
-    let ports = runtime
+    runtime
         .block_on(AwsPorts::connect(&settings, runtime.handle().clone()))
-        .unwrap();
-    World {
-        sim,
-        ports,
-        _runtime: runtime,
-        snapshot,
-        account,
-    }
+        .unwrap()
 }
 
 fn fast() -> SimConfig {
@@ -233,23 +243,10 @@ fn units_of_two_tasks_share_the_account_budget() {
         EbsLimits::default(),
     );
     let unit_cap = 100;
-    let connect = || {
-        let mut settings = AwsSettings::new("unused", "unused-work".parse().unwrap());
-        settings.account = Some(w.account.clone());
-        settings.ebs = EbsLimits {
-            concurrency: 16,
-            requests_per_second: unit_cap,
-            ..EbsLimits::default()
-        };
-        settings.overrides = Overrides {
-            endpoint_url: Some(w.sim.endpoint.clone()),
-            region: Some("us-east-1".into()),
-            credentials: Some(("sim".into(), "sim".into())),
-            audit: None,
-        };
-        w._runtime
-            .block_on(AwsPorts::connect(&settings, w._runtime.handle().clone()))
-            .unwrap()
+    let limits = EbsLimits {
+        concurrency: 16,
+        requests_per_second: unit_cap,
+        ..EbsLimits::default()
     };
     w.ports.images.list_blocks(&w.account, &w.snapshot).unwrap();
     // Present runs of 32 blocks, one per unit.
@@ -261,7 +258,10 @@ fn units_of_two_tasks_share_the_account_budget() {
         account_per_second: 100,
         unit_per_second: unit_cap,
     };
-    let units: Vec<_> = ranges.iter().map(|_| connect()).collect();
+    let units: Vec<_> = ranges
+        .iter()
+        .map(|_| connect(&w._runtime, &w.sim, &w.account, limits))
+        .collect();
     let start = std::sync::Barrier::new(ranges.len());
     std::thread::scope(|s| {
         for (n, (range, ports)) in ranges.iter().zip(&units).enumerate() {

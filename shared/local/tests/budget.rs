@@ -4,6 +4,7 @@
 
 #![allow(clippy::unwrap_used)]
 
+use std::path::Path;
 use std::sync::mpsc;
 use std::time::Duration;
 
@@ -38,25 +39,39 @@ fn leases(tasks: &SqliteTaskStore, account: &AccountId) -> Vec<String> {
         .collect()
 }
 
+/// Runs `work` as unit 3 of store task `task` inside the budget, over the
+/// SQLite task store and image library in `dir`; `work` gets the task store.
+fn run_unit<T>(
+    dir: &Path,
+    task: &TaskId,
+    work: impl FnOnce(&SqliteTaskStore) -> amistore_core::Result<T>,
+) -> (SqliteTaskStore, amistore_core::Result<T>) {
+    let tasks = SqliteTaskStore::open(&dir.join("tasks.db"), None).unwrap();
+    let library = ImageLibrary::open(dir).unwrap();
+    let unit = UnitOf {
+        account: &account(),
+        kind: TaskKind::Store,
+        task,
+        unit: 3,
+    };
+    let result = within_budget(BUDGET, &tasks, &library, unit, || work(&tasks));
+    (tasks, result)
+}
+
+fn account() -> AccountId {
+    "123456789012".parse().unwrap()
+}
+
 #[test]
 fn a_unit_holds_its_lease_exactly_while_it_works() {
     let dir = tempfile::tempdir().unwrap();
-    let tasks = SqliteTaskStore::open(&dir.path().join("tasks.db"), None).unwrap();
-    let library = ImageLibrary::open(dir.path()).unwrap();
-    let account: AccountId = "123456789012".parse().unwrap();
     let task = TaskId::fresh();
-    let unit = UnitOf {
-        account: &account,
-        kind: TaskKind::Store,
-        task: &task,
-        unit: 3,
-    };
-    let seen = within_budget(BUDGET, &tasks, &library, unit, || {
-        Ok(leases(&tasks, &account))
-    })
-    .unwrap();
-    assert_eq!(seen, [format!("{task}#3")]);
-    assert!(leases(&tasks, &account).is_empty(), "withdrawn at the end");
+    let (tasks, seen) = run_unit(dir.path(), &task, |tasks| Ok(leases(tasks, &account())));
+    assert_eq!(seen.unwrap(), [format!("{task}#3")]);
+    assert!(
+        leases(&tasks, &account()).is_empty(),
+        "withdrawn at the end"
+    );
 }
 
 #[test]
@@ -65,25 +80,11 @@ fn a_unit_that_panics_ends_instead_of_waiting_for_its_renewals() {
     let path = dir.path().to_owned();
     let (done, ended) = mpsc::channel();
     std::thread::spawn(move || {
-        let tasks = SqliteTaskStore::open(&path.join("tasks.db"), None).unwrap();
-        let library = ImageLibrary::open(&path).unwrap();
-        let account: AccountId = "123456789012".parse().unwrap();
-        let task = TaskId::fresh();
-        let unit = UnitOf {
-            account: &account,
-            kind: TaskKind::Store,
-            task: &task,
-            unit: 0,
-        };
-        let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            within_budget(
-                BUDGET,
-                &tasks,
-                &library,
-                unit,
-                || -> amistore_core::Result<()> { panic!("a bug in the unit") },
-            )
-        }));
+        let outcome = std::panic::catch_unwind(|| {
+            run_unit(&path, &TaskId::fresh(), |_| -> amistore_core::Result<()> {
+                panic!("a bug in the unit")
+            })
+        });
         let _ = done.send(outcome.is_err());
     });
     // Renewals run every 2 s; a unit whose renewals outlived it would never end.

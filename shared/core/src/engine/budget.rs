@@ -77,23 +77,37 @@ pub fn unit_rates(budget: &RequestBudget, leases: &[RateLease]) -> BTreeMap<Task
 /// yet published a rate (0) is counted at its fair rate, so units that start
 /// together do not each take the same room.
 pub fn rate_for(budget: &RequestBudget, leases: &[RateLease], holder: &str) -> u32 {
+    share(budget, leases, holder).rate
+}
+
+/// A holder's rate now and its fair rate, from one division of the budget.
+struct Share {
+    rate: u32,
+    fair: u32,
+}
+
+fn share(budget: &RequestBudget, leases: &[RateLease], holder: &str) -> Share {
     let Some(mine) = leases.iter().find(|l| l.holder == holder) else {
-        return 1;
+        return Share { rate: 1, fair: 1 };
     };
     let fair = unit_rates(budget, leases);
-    let fair_of = |task: &TaskId| u64::from(fair.get(task).copied().unwrap_or(1));
+    let fair_of = |task: &TaskId| fair.get(task).copied().unwrap_or(1);
     let others: u64 = leases
         .iter()
         .filter(|l| l.holder != holder)
         .map(|l| match l.rate {
-            0 => fair_of(&l.task),
+            0 => u64::from(fair_of(&l.task)),
             rate => u64::from(rate),
         })
         .sum();
     let room = u64::from(budget.account_per_second).saturating_sub(others);
-    u32::try_from(fair_of(&mine.task).min(room))
-        .unwrap_or(u32::MAX)
-        .max(1)
+    let mine = fair_of(&mine.task);
+    Share {
+        rate: u32::try_from(u64::from(mine).min(room))
+            .unwrap_or(u32::MAX)
+            .max(1),
+        fair: mine,
+    }
 }
 
 /// Who holds a lease: one unit of one task.
@@ -138,13 +152,10 @@ pub fn within_budget<T>(
         let now = now_ms();
         lease.expires_ms = now + LEASE_LIFETIME.as_millis() as i64;
         let leases = tasks.renew_lease(unit.account, unit.kind, lease, now)?;
-        let rate = rate_for(&budget, &leases, &lease.holder);
+        let Share { rate, fair } = share(&budget, &leases, &lease.holder);
         lease.rate = rate;
         snapshots.set_request_rate(rate);
-        Ok(unit_rates(&budget, &leases)
-            .get(&lease.task)
-            .copied()
-            .unwrap_or(rate))
+        Ok(fair)
     };
     // Join with no rate, to learn the others', then publish ours.
     renew(&mut lease)?;

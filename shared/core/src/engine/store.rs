@@ -379,17 +379,23 @@ impl Engine {
 /// The first part number of unit `unit` when each unit owns `parts_per_unit`
 /// (part numbers start at 1; the final part follows the last unit's).
 fn first_part(unit: u64, parts_per_unit: u32) -> Result<u32> {
-    unit.checked_mul(u64::from(parts_per_unit))
-        .and_then(|n| u32::try_from(n + 1).ok())
-        .filter(|&n| u64::from(n) + u64::from(parts_per_unit.max(1)) - 1 <= MAX_PARTS)
+    run_start(unit, parts_per_unit, parts_per_unit)
         .ok_or_else(|| Error::InvalidInput(format!("unit {unit} is past S3's 10,000 parts")))
 }
 
 /// The final part's number: the one after the last unit's run.
 fn final_part(units: u64, parts_per_unit: u32) -> Result<u32> {
-    units
-        .checked_mul(u64::from(parts_per_unit))
-        .and_then(|n| u32::try_from(n + 1).ok())
-        .filter(|&n| u64::from(n) <= MAX_PARTS)
+    run_start(units, parts_per_unit, 1)
         .ok_or_else(|| Error::InvalidInput(format!("{units} units are past S3's 10,000 parts")))
+}
+
+/// The first of `len` part numbers starting after `runs` runs of `run`
+/// numbers each, if all of them are within S3's 10,000.
+fn run_start(runs: u64, run: u32, len: u32) -> Option<u32> {
+    let first = runs.checked_mul(u64::from(run))?.checked_add(1)?;
+    let last = first.checked_add(u64::from(len.max(1)) - 1)?;
+    if last > MAX_PARTS {
+        return None;
+    }
+    u32::try_from(first).ok()
 }
