@@ -111,7 +111,7 @@ pub fn run(cmd: BucketCommand, buckets: Buckets<'_>) -> Result<ExitCode> {
             match &buckets {
                 Buckets::Local(dir) => {
                     let store = BucketStore::open(dir)?;
-                    if store.head(&object.bucket, &key)?.is_none() {
+                    if store.head_object(&object.bucket, &key)?.is_none() {
                         bail!("there is no object {key} in bucket {}", object.bucket);
                     }
                     ObjectStore::delete_object(&store, &object.bucket, &key)?;
@@ -129,7 +129,7 @@ fn list_local(
     bucket: &BucketName,
     prefix: &str,
 ) -> Result<Vec<ObjectSummary>> {
-    if !store.bucket_exists(bucket) {
+    if !store.has_bucket(bucket) {
         bail!("bucket {bucket} does not exist; create it with `amistore bucket create {bucket}`");
     }
     let mut all = Vec::new();

@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use amistore_core::ids::{AccountId, ImageId};
+use amistore_core::ports::ImageCatalog;
 use amistore_local::image_library::ImageLibrary;
 use anyhow::{Result, bail};
 use clap::Subcommand;
@@ -87,7 +88,7 @@ pub fn run(cmd: ImageCommand, images: Images<'_>, quiet: bool) -> Result<ExitCod
             let owner = owner_of(owner, &images)?;
             let document = match &images {
                 Images::Local(dir) => amistore_api::actions::describe_images_document(
-                    &ImageLibrary::open(dir)?.list(&owner)?,
+                    &ImageLibrary::open(dir)?.list_images(&owner)?,
                 ),
                 Images::Remote(r) => r.describe_images(None)?,
             };

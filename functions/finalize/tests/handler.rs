@@ -9,6 +9,7 @@ use serde_json::Value;
 
 use amistore_core::engine::intake::{RestoreRequest, StoreRequest};
 use amistore_core::ids::ResourceState;
+use amistore_core::ports::ObjectStore;
 use amistore_core::task::{Task, TaskKind, TaskState};
 use amistore_lambda::testing::{Harness, account, fixture};
 
@@ -108,7 +109,14 @@ async fn fails_tasks_with_the_caught_cause_and_releases_everything() {
     let h = Harness::new();
     let task = store(&h, "fail-source");
     h.transfer(TaskKind::Store, &task.id);
-    assert_eq!(h.local.buckets.list_uploads(&h.bucket()).unwrap().len(), 1);
+    assert_eq!(
+        h.local
+            .buckets
+            .list_multipart_uploads(&h.bucket())
+            .unwrap()
+            .len(),
+        1
+    );
     call(&h, fixture(STORE_FAIL, None, Some(&task.id)))
         .await
         .unwrap();
@@ -122,7 +130,7 @@ async fn fails_tasks_with_the_caught_cause_and_releases_everything() {
     assert!(
         h.local
             .buckets
-            .list_uploads(&h.bucket())
+            .list_multipart_uploads(&h.bucket())
             .unwrap()
             .is_empty(),
         "upload aborted"

@@ -10,6 +10,7 @@ use serde_json::Value;
 
 use amistore_core::engine::intake::StoreRequest;
 use amistore_core::engine::sweep::ABANDONED;
+use amistore_core::ports::ObjectStore;
 use amistore_core::task::{TaskKind, TaskState};
 use amistore_lambda::testing::{Harness, account, fixture};
 use serde_json::json;
@@ -57,7 +58,14 @@ async fn fails_abandoned_tasks_aborts_their_uploads_and_fixes_counters() {
             .correct_counter(&account(), TaskKind::Store, gib, gib + 40)
             .unwrap()
     );
-    assert_eq!(h.local.buckets.list_uploads(&h.bucket()).unwrap().len(), 2);
+    assert_eq!(
+        h.local
+            .buckets
+            .list_multipart_uploads(&h.bucket())
+            .unwrap()
+            .len(),
+        2
+    );
 
     let outcome = call(&h, fixture(SCHEDULED, None, None)).await.unwrap();
     let sweep = outcome.sweep.unwrap();
@@ -68,7 +76,11 @@ async fn fails_abandoned_tasks_aborts_their_uploads_and_fixes_counters() {
         (TaskState::Failed, Some(ABANDONED))
     );
     assert_eq!(
-        h.local.buckets.list_uploads(&h.bucket()).unwrap().len(),
+        h.local
+            .buckets
+            .list_multipart_uploads(&h.bucket())
+            .unwrap()
+            .len(),
         1,
         "its upload aborted"
     );

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use amistore_api::client::{ClientCredentials, Outgoing, sign};
 use amistore_api::service::{Credentials, HttpRequest, Service};
 use amistore_core::ids::AccountId;
-use amistore_core::ports::BucketAdmin;
+use amistore_core::ports::{BucketAdmin, ObjectStore};
 use amistore_local::embedded::{LocalEngine, LocalOptions};
 use time::OffsetDateTime;
 

@@ -13,7 +13,7 @@ use amistore_core::engine::Engine;
 use amistore_core::engine::steps::run_step;
 use amistore_core::ids::{AccountId, ImageId, TaskId};
 use amistore_core::image::{Architecture, ImageSpec};
-use amistore_core::ports::{ExecutionStatus, WorkflowRunner};
+use amistore_core::ports::{BucketAdmin, ExecutionStatus, WorkflowRunner};
 use amistore_core::storage::BucketName;
 use amistore_core::task::TaskKind;
 use amistore_local::embedded::{LocalEngine, LocalOptions};
@@ -92,10 +92,7 @@ impl Harness {
             ..LocalOptions::default()
         };
         let local = LocalEngine::open(&dir.path().join("data"), options, None).unwrap();
-        local
-            .buckets
-            .create_bucket_for(&BUCKET.parse().unwrap(), &account())
-            .unwrap();
+        BucketAdmin::create_bucket(&local.buckets, &account(), &BUCKET.parse().unwrap()).unwrap();
         Self {
             dir,
             local,
@@ -117,10 +114,7 @@ impl Harness {
             p
         })
         .unwrap();
-        local
-            .buckets
-            .create_bucket_for(&BUCKET.parse().unwrap(), &account())
-            .unwrap();
+        BucketAdmin::create_bucket(&local.buckets, &account(), &BUCKET.parse().unwrap()).unwrap();
         Self {
             dir,
             local,

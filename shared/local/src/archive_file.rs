@@ -117,7 +117,7 @@ fn write_durably<T>(
 
 fn refuse_existing(path: &Path, force: bool) -> Result<()> {
     if !force && path.symlink_metadata().is_ok() {
-        return Err(Error::OutputExists(path.to_owned()));
+        return Err(crate::output_exists(path));
     }
     Ok(())
 }

@@ -245,7 +245,7 @@ impl LocalEngine {
         let library = ImageLibrary::open(data_dir)?;
         let buckets = BucketStore::open(data_dir)?;
         let work = BucketStore::at(&data_dir.join("work"))?;
-        let local_work: BucketName = WORK_BUCKET.parse().map_err(Error::Core)?;
+        let local_work: BucketName = WORK_BUCKET.parse()?;
         work.create_bucket(&local_work)?;
         let work_bucket = options.work_bucket.clone().unwrap_or(local_work);
         let tasks = Arc::new(SqliteTaskStore::open(

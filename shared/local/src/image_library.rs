@@ -169,25 +169,6 @@ impl ImageLibrary {
         Ok(images)
     }
 
-    /// Every image `owner` owns, oldest first.
-    pub fn list(&self, owner: &AccountId) -> Result<Vec<ImageRecord>> {
-        let mut images = self.all_images()?;
-        images.retain(|i| i.owner_id == *owner);
-        Ok(images)
-    }
-
-    /// The image `id`, if `owner` owns it.
-    pub fn get(&self, owner: &AccountId, id: &ImageId) -> Result<ImageRecord> {
-        let path = self.record_path(id);
-        let record = match path.exists() {
-            true => Some(read_json::<ImageRecord>(&path)?),
-            false => None,
-        };
-        record
-            .filter(|r| r.owner_id == *owner)
-            .ok_or_else(|| Error::NotFound(format!("image {id} does not exist")))
-    }
-
     fn find_snapshot(&self, id: &SnapshotId) -> Result<Option<Found>> {
         let loose = self.loose_path(id);
         if loose.exists() {
@@ -207,52 +188,8 @@ impl ImageLibrary {
             .ok_or_else(|| Error::NotFound(format!("snapshot {id} does not exist")))
     }
 
-    /// Starts an empty `pending` snapshot of `volume_size` bytes, not yet part
-    /// of an image. The same `client_token` returns the same snapshot.
-    pub fn start_snapshot(
-        &self,
-        owner: &AccountId,
-        volume_size: u64,
-        tags: &[Tag],
-        client_token: &str,
-    ) -> Result<SnapshotId> {
-        if volume_size == 0 || !volume_size.is_multiple_of(BLOCK_SIZE) {
-            return Err(Error::InvalidInput(format!(
-                "a snapshot of {volume_size} bytes is not a whole number of 512 KiB blocks"
-            )));
-        }
-        self.locked(|| {
-            if let Some(started) = self.loose_by_token(owner, client_token)? {
-                return Ok(started);
-            }
-            let loose = LooseSnapshot {
-                snapshot_id: SnapshotId::fresh(),
-                owner_id: owner.clone(),
-                volume_size,
-                state: ResourceState::Pending,
-                tags: tags.to_vec(),
-                client_token: client_token.to_owned(),
-                start_time: Some(format_time(OffsetDateTime::now_utc())),
-            };
-            let raw = self.snapshot_path(&loose.snapshot_id);
-            SparseFile::create(&raw, volume_size)?.sync()?;
-            write_json(&self.loose_path(&loose.snapshot_id), &loose).inspect_err(|_| {
-                let _ = fs::remove_file(&raw);
-            })?;
-            Ok(loose.snapshot_id)
-        })
-    }
-
-    /// The loose snapshot `owner` started with `client_token`, if any.
-    pub fn snapshot_by_token(
-        &self,
-        owner: &AccountId,
-        client_token: &str,
-    ) -> Result<Option<SnapshotId>> {
-        self.locked(|| self.loose_by_token(owner, client_token))
-    }
-
-    /// [`Self::snapshot_by_token`], for callers that hold the lock.
+    /// The loose snapshot `owner` started with `client_token`, for callers
+    /// that hold the lock.
     fn loose_by_token(&self, owner: &AccountId, client_token: &str) -> Result<Option<SnapshotId>> {
         let entries = fs::read_dir(&self.snapshots)
             .map_err(|e| Error::io(format!("listing {}", self.snapshots.display()), e))?;
@@ -268,119 +205,14 @@ impl ImageLibrary {
         Ok(None)
     }
 
-    /// Deletes a snapshot no image uses.
-    pub fn delete_snapshot(&self, id: &SnapshotId) -> Result<()> {
-        self.locked(|| match self.find_snapshot(id)? {
-            None => Ok(()),
-            Some(Found::InImage(image, _)) => Err(Error::InvalidInput(format!(
-                "snapshot {id} belongs to image {}; deregister the image instead",
-                image.image_id
-            ))),
-            Some(Found::Loose(_)) => {
-                remove_if_present(&self.snapshot_path(id))?;
-                remove_if_present(&self.loose_path(id))
-            }
-        })
-    }
-
-    /// Registers a `pending` image named `metadata.name` over loose snapshots
-    /// (mapping disk `i` is `snapshots[i]`), unless `owner` already has an image
-    /// of that name. The same `client_token` returns the first registration.
-    pub fn register(
-        &self,
-        owner: &AccountId,
-        metadata: &ImageMetadata,
-        snapshots: &[SnapshotId],
-        client_token: &str,
-    ) -> Result<ImageRecord> {
-        self.locked(|| {
-            let mine = self.list(owner)?;
-            if let Some(same) = mine
-                .iter()
-                .find(|i| i.client_token.as_deref() == Some(client_token))
-            {
-                return Ok(same.clone());
-            }
-            if mine.iter().any(|i| i.metadata.name == metadata.name) {
-                return Err(Error::Duplicate(format!(
-                    "an image named {:?} already exists in account {owner}",
-                    metadata.name.as_str()
-                )));
-            }
-            let mut records = Vec::with_capacity(snapshots.len());
-            for (i, id) in snapshots.iter().enumerate() {
-                let Found::Loose(loose) = self.snapshot_of(Some(owner), id)? else {
-                    return Err(Error::InvalidInput(format!(
-                        "snapshot {id} already belongs to an image"
-                    )));
-                };
-                let device = metadata
-                    .block_device_mappings
-                    .iter()
-                    .find(|m| m.ebs.as_ref().and_then(|e| e.disk) == Some(i))
-                    .ok_or_else(|| {
-                        Error::InvalidInput(format!("no block device mapping uses snapshot {id}"))
-                    })?;
-                records.push(SnapshotRecord {
-                    snapshot_id: loose.snapshot_id,
-                    device_name: device.device_name.clone(),
-                    volume_size: loose.volume_size,
-                    state: loose.state,
-                    tags: loose.tags,
-                });
-            }
-            let record = ImageRecord {
-                image_id: ImageId::fresh(),
-                owner_id: owner.clone(),
-                state: ResourceState::Pending,
-                state_reason: None,
-                creation_date: format_time(OffsetDateTime::now_utc()),
-                metadata: ImageMetadata {
-                    owner_id: Some(owner.to_string()),
-                    creation_date: None,
-                    ..metadata.clone()
-                },
-                snapshots: records,
-                client_token: Some(client_token.to_owned()),
-            };
-            write_json(&self.record_path(&record.image_id), &record)?;
-            for id in snapshots {
-                remove_if_present(&self.loose_path(id))?;
-            }
-            Ok(record)
-        })
-    }
-
-    /// Sets the state of an image and all its snapshots.
-    pub fn set_state(
-        &self,
-        owner: &AccountId,
-        id: &ImageId,
-        state: ResourceState,
-        reason: Option<String>,
-    ) -> Result<ImageRecord> {
-        self.locked(|| {
-            let mut record = self.get(owner, id)?;
-            record.state = state;
-            record.state_reason = reason;
-            for snapshot in &mut record.snapshots {
-                snapshot.state = state;
-            }
-            write_json(&self.record_path(id), &record)?;
-            Ok(record)
-        })
-    }
-
-    /// Removes an image record and its snapshot files.
-    pub fn deregister(&self, owner: &AccountId, id: &ImageId) -> Result<()> {
-        self.locked(|| {
-            let record = self.get(owner, id)?;
-            for snapshot in &record.snapshots {
-                remove_if_present(&self.snapshot_path(&snapshot.snapshot_id))?;
-            }
-            let path = self.record_path(id);
-            fs::remove_file(&path).map_err(|e| Error::io(format!("removing {}", path.display()), e))
-        })
+    fn blocks_of(&self, id: &SnapshotId) -> Result<BlockRanges> {
+        let path = self.snapshot_path(id);
+        let file = File::open(&path).map_err(|e| Error::io(format!("opening snapshot {id}"), e))?;
+        let len = file
+            .metadata()
+            .map_err(|e| Error::io(format!("reading snapshot {id}"), e))?
+            .len();
+        present_blocks(&file, len).map_err(|e| Error::io(format!("listing blocks of {id}"), e))
     }
 
     /// Imports raw disk files as a new `available` image owned by `owner`.
@@ -392,17 +224,20 @@ impl ImageLibrary {
         disks: &[(amistore_core::image::DeviceName, PathBuf)],
     ) -> Result<ImageRecord> {
         let (metadata, opened) = open_image_disks(spec, disks)?;
-        if self.name_taken(owner, &metadata.name)? {
-            return Err(Error::Duplicate(format!(
-                "an image named {:?} already exists in account {owner}",
-                metadata.name.as_str()
-            )));
+        if self.image_name_taken(owner, &metadata.name)? {
+            return Err(name_taken(owner, &metadata.name));
         }
         let token = format!("import-{}", amistore_core::ids::unique_token());
         let mut started = Vec::new();
         let imported = (|| {
             for (i, (_, disk)) in opened.iter().enumerate() {
-                let id = self.start_snapshot(owner, disk.size, &[], &format!("{token}-{i}"))?;
+                let id = self.start_snapshot(
+                    owner,
+                    disk.size,
+                    &[],
+                    &Encryption::default(),
+                    &format!("{token}-{i}"),
+                )?;
                 started.push(id.clone());
                 // Copied beside the snapshot, then moved over its empty volume.
                 let tmp = self.snapshots.join(format!(".{id}.importing"));
@@ -415,10 +250,11 @@ impl ImageLibrary {
                     .inspect_err(|_| {
                         let _ = fs::remove_file(&tmp);
                     })?;
-                self.complete(&id, disk.present.present_count())?;
+                self.complete_snapshot(&id, disk.present.present_count())?;
             }
-            let image = self.register(owner, &metadata, &started, &token)?;
-            self.set_state(owner, &image.image_id, ResourceState::Available, None)
+            let image = self.register_image(owner, &metadata, &started, &token)?;
+            self.set_image_state(owner, &image, ResourceState::Available, None)?;
+            self.describe_image(owner, &image)
         })();
         if imported.is_err() {
             for id in &started {
@@ -426,42 +262,6 @@ impl ImageLibrary {
             }
         }
         imported
-    }
-
-    /// Whether `owner` has an image called `name`.
-    pub fn name_taken(&self, owner: &AccountId, name: &ImageName) -> Result<bool> {
-        Ok(self.list(owner)?.iter().any(|i| i.metadata.name == *name))
-    }
-
-    /// Completes a snapshot, checking that exactly `changed_blocks` blocks were
-    /// written (as CompleteSnapshot's ChangedBlocksCount is checked).
-    pub fn complete(&self, id: &SnapshotId, changed_blocks: u64) -> Result<()> {
-        let written = self.blocks_of(id)?.present_count();
-        if written != changed_blocks {
-            return Err(Error::InvalidInput(format!(
-                "snapshot {id} has {written} blocks written, not the {changed_blocks} its completion claims"
-            )));
-        }
-        self.locked(|| match self.snapshot_of(None, id)? {
-            Found::Loose(mut loose) => {
-                loose.state = ResourceState::Available;
-                write_json(&self.loose_path(id), &loose)
-            }
-            Found::InImage(mut image, n) => {
-                image.snapshots[n].state = ResourceState::Available;
-                write_json(&self.record_path(&image.image_id), &image)
-            }
-        })
-    }
-
-    fn blocks_of(&self, id: &SnapshotId) -> Result<BlockRanges> {
-        let path = self.snapshot_path(id);
-        let file = File::open(&path).map_err(|e| Error::io(format!("opening snapshot {id}"), e))?;
-        let len = file
-            .metadata()
-            .map_err(|e| Error::io(format!("reading snapshot {id}"), e))?
-            .len();
-        present_blocks(&file, len).map_err(|e| Error::io(format!("listing blocks of {id}"), e))
     }
 
     /// Writes an available image's disks into `dir` as sparse raw files named
@@ -473,7 +273,7 @@ impl ImageLibrary {
         dir: &Path,
         force: bool,
     ) -> Result<Vec<PathBuf>> {
-        let record = self.get(owner, id)?;
+        let record = self.describe_image(owner, id)?;
         if record.state != ResourceState::Available {
             return Err(Error::InvalidInput(format!(
                 "image {id} is {}, not available",
@@ -486,7 +286,7 @@ impl ImageLibrary {
             let target = dir.join(format!("disk{i}-{}.raw", snapshot.device_name.base()));
             if target.exists() {
                 if !force {
-                    return Err(Error::OutputExists(target));
+                    return Err(crate::output_exists(&target));
                 }
                 fs::remove_file(&target)
                     .map_err(|e| Error::io(format!("replacing {}", target.display()), e))?;
@@ -510,65 +310,149 @@ impl ImageLibrary {
     }
 }
 
+fn name_taken(owner: &AccountId, name: &ImageName) -> Error {
+    Error::AlreadyExists(format!(
+        "an image named {:?} already exists in account {owner}",
+        name.as_str()
+    ))
+}
+
 impl ImageCatalog for ImageLibrary {
-    fn describe_image(&self, account: &AccountId, id: &ImageId) -> amistore_core::Result<Image> {
-        Ok(self.get(account, id)?)
+    fn describe_image(&self, account: &AccountId, id: &ImageId) -> Result<Image> {
+        let path = self.record_path(id);
+        let record = match path.exists() {
+            true => Some(read_json::<ImageRecord>(&path)?),
+            false => None,
+        };
+        record
+            .filter(|r| r.owner_id == *account)
+            .ok_or_else(|| Error::NotFound(format!("image {id} does not exist")))
     }
 
-    fn list_images(&self, account: &AccountId) -> amistore_core::Result<Vec<Image>> {
-        Ok(self.list(account)?)
+    /// Every image `account` owns, oldest first.
+    fn list_images(&self, account: &AccountId) -> Result<Vec<Image>> {
+        let mut images = self.all_images()?;
+        images.retain(|i| i.owner_id == *account);
+        Ok(images)
     }
 
-    fn image_name_taken(
-        &self,
-        account: &AccountId,
-        name: &ImageName,
-    ) -> amistore_core::Result<bool> {
-        Ok(self.name_taken(account, name)?)
+    fn image_name_taken(&self, account: &AccountId, name: &ImageName) -> Result<bool> {
+        Ok(self
+            .list_images(account)?
+            .iter()
+            .any(|i| i.metadata.name == *name))
     }
 
+    /// Registers a `pending` image over loose snapshots (mapping disk `i` is
+    /// `snapshots[i]`), under the library's lock so the name check and the
+    /// record that takes the name are one step.
     fn register_image(
         &self,
         account: &AccountId,
         metadata: &ImageMetadata,
         snapshots: &[SnapshotId],
         client_token: &str,
-    ) -> amistore_core::Result<ImageId> {
-        Ok(self
-            .register(account, metadata, snapshots, client_token)?
-            .image_id)
+    ) -> Result<ImageId> {
+        self.locked(|| {
+            let mine = self.list_images(account)?;
+            if let Some(same) = mine
+                .iter()
+                .find(|i| i.client_token.as_deref() == Some(client_token))
+            {
+                return Ok(same.image_id.clone());
+            }
+            if mine.iter().any(|i| i.metadata.name == metadata.name) {
+                return Err(name_taken(account, &metadata.name));
+            }
+            let mut records = Vec::with_capacity(snapshots.len());
+            for (i, id) in snapshots.iter().enumerate() {
+                let Found::Loose(loose) = self.snapshot_of(Some(account), id)? else {
+                    return Err(Error::InvalidInput(format!(
+                        "snapshot {id} already belongs to an image"
+                    )));
+                };
+                let device = metadata
+                    .block_device_mappings
+                    .iter()
+                    .find(|m| m.ebs.as_ref().and_then(|e| e.disk) == Some(i))
+                    .ok_or_else(|| {
+                        Error::InvalidInput(format!("no block device mapping uses snapshot {id}"))
+                    })?;
+                records.push(SnapshotRecord {
+                    snapshot_id: loose.snapshot_id,
+                    device_name: device.device_name.clone(),
+                    volume_size: loose.volume_size,
+                    state: loose.state,
+                    tags: loose.tags,
+                });
+            }
+            let record = ImageRecord {
+                image_id: ImageId::fresh(),
+                owner_id: account.clone(),
+                state: ResourceState::Pending,
+                state_reason: None,
+                creation_date: format_time(OffsetDateTime::now_utc()),
+                metadata: ImageMetadata {
+                    owner_id: Some(account.to_string()),
+                    creation_date: None,
+                    ..metadata.clone()
+                },
+                snapshots: records,
+                client_token: Some(client_token.to_owned()),
+            };
+            write_json(&self.record_path(&record.image_id), &record)?;
+            for id in snapshots {
+                remove_if_present(&self.loose_path(id))?;
+            }
+            Ok(record.image_id)
+        })
     }
 
     fn find_image_by_token(
         &self,
         account: &AccountId,
         client_token: &str,
-    ) -> amistore_core::Result<Option<Image>> {
+    ) -> Result<Option<Image>> {
         Ok(self
-            .list(account)?
+            .list_images(account)?
             .into_iter()
             .find(|i| i.client_token.as_deref() == Some(client_token)))
     }
 
-    fn deregister_image(&self, account: &AccountId, id: &ImageId) -> amistore_core::Result<()> {
-        let image = self.get(account, id)?;
-        if image.state == ResourceState::Pending {
-            return Err(amistore_core::Error::IncorrectState(format!(
-                "image {id} is pending (a restore is writing it) and cannot be deregistered"
-            )));
-        }
-        Ok(self.deregister(account, id)?)
+    /// Removes an image record and its snapshot files.
+    fn deregister_image(&self, account: &AccountId, id: &ImageId) -> Result<()> {
+        self.locked(|| {
+            let record = self.describe_image(account, id)?;
+            if record.state == ResourceState::Pending {
+                return Err(Error::IncorrectState(format!(
+                    "image {id} is pending (a restore is writing it) and cannot be deregistered"
+                )));
+            }
+            for snapshot in &record.snapshots {
+                remove_if_present(&self.snapshot_path(&snapshot.snapshot_id))?;
+            }
+            let path = self.record_path(id);
+            fs::remove_file(&path).map_err(|e| Error::io(format!("removing {}", path.display()), e))
+        })
     }
 
+    /// Sets the state of an image and all its snapshots.
     fn set_image_state(
         &self,
         account: &AccountId,
         id: &ImageId,
         state: ResourceState,
         reason: Option<&str>,
-    ) -> amistore_core::Result<()> {
-        self.set_state(account, id, state, reason.map(str::to_owned))?;
-        Ok(())
+    ) -> Result<()> {
+        self.locked(|| {
+            let mut record = self.describe_image(account, id)?;
+            record.state = state;
+            record.state_reason = reason.map(str::to_owned);
+            for snapshot in &mut record.snapshots {
+                snapshot.state = state;
+            }
+            write_json(&self.record_path(id), &record)
+        })
     }
 }
 
@@ -577,7 +461,7 @@ impl SnapshotStore for ImageLibrary {
         &self,
         account: &AccountId,
         snapshot: &SnapshotId,
-    ) -> amistore_core::Result<SnapshotInfo> {
+    ) -> Result<SnapshotInfo> {
         Ok(match self.snapshot_of(Some(account), snapshot)? {
             Found::Loose(l) => SnapshotInfo {
                 snapshot_id: l.snapshot_id,
@@ -599,27 +483,18 @@ impl SnapshotStore for ImageLibrary {
         })
     }
 
-    fn list_blocks(
-        &self,
-        account: &AccountId,
-        snapshot: &SnapshotId,
-    ) -> amistore_core::Result<BlockRanges> {
+    fn list_blocks(&self, account: &AccountId, snapshot: &SnapshotId) -> Result<BlockRanges> {
         let found = self.snapshot_of(Some(account), snapshot)?;
         if found.state() != ResourceState::Available {
-            return Err(amistore_core::Error::IncorrectState(format!(
+            return Err(Error::IncorrectState(format!(
                 "snapshot {snapshot} is {}; only completed snapshots can be read",
                 found.state()
             )));
         }
-        Ok(self.blocks_of(snapshot)?)
+        self.blocks_of(snapshot)
     }
 
-    fn read_blocks(
-        &self,
-        snapshot: &SnapshotId,
-        first_block: u64,
-        buf: &mut [u8],
-    ) -> amistore_core::Result<()> {
+    fn read_blocks(&self, snapshot: &SnapshotId, first_block: u64, buf: &mut [u8]) -> Result<()> {
         let path = self.snapshot_path(snapshot);
         let file =
             File::open(&path).map_err(|e| Error::io(format!("opening snapshot {snapshot}"), e))?;
@@ -629,12 +504,13 @@ impl SnapshotStore for ImageLibrary {
                     format!("reading blocks of {snapshot} from {first_block}"),
                     e,
                 )
-                .into()
             })
     }
 
-    /// Local snapshots are plain files: `encryption` is not applied to them
-    /// (the image's mappings still say how its source was encrypted).
+    /// Starts an empty `pending` snapshot, not yet part of an image; the same
+    /// `client_token` returns the same snapshot. Local snapshots are plain
+    /// files: `encryption` is not applied to them (the image's mappings still
+    /// say how its source was encrypted).
     fn start_snapshot(
         &self,
         account: &AccountId,
@@ -642,32 +518,45 @@ impl SnapshotStore for ImageLibrary {
         tags: &[Tag],
         _encryption: &Encryption,
         client_token: &str,
-    ) -> amistore_core::Result<SnapshotId> {
-        Ok(ImageLibrary::start_snapshot(
-            self,
-            account,
-            volume_size,
-            tags,
-            client_token,
-        )?)
+    ) -> Result<SnapshotId> {
+        if volume_size == 0 || !volume_size.is_multiple_of(BLOCK_SIZE) {
+            return Err(Error::InvalidInput(format!(
+                "a snapshot of {volume_size} bytes is not a whole number of 512 KiB blocks"
+            )));
+        }
+        self.locked(|| {
+            if let Some(started) = self.loose_by_token(account, client_token)? {
+                return Ok(started);
+            }
+            let loose = LooseSnapshot {
+                snapshot_id: SnapshotId::fresh(),
+                owner_id: account.clone(),
+                volume_size,
+                state: ResourceState::Pending,
+                tags: tags.to_vec(),
+                client_token: client_token.to_owned(),
+                start_time: Some(format_time(OffsetDateTime::now_utc())),
+            };
+            let raw = self.snapshot_path(&loose.snapshot_id);
+            SparseFile::create(&raw, volume_size)?.sync()?;
+            write_json(&self.loose_path(&loose.snapshot_id), &loose).inspect_err(|_| {
+                let _ = fs::remove_file(&raw);
+            })?;
+            Ok(loose.snapshot_id)
+        })
     }
 
     fn find_snapshot_by_token(
         &self,
         account: &AccountId,
         client_token: &str,
-    ) -> amistore_core::Result<Option<SnapshotId>> {
-        Ok(self.snapshot_by_token(account, client_token)?)
+    ) -> Result<Option<SnapshotId>> {
+        self.locked(|| self.loose_by_token(account, client_token))
     }
 
-    fn write_blocks(
-        &self,
-        snapshot: &SnapshotId,
-        first_block: u64,
-        data: &[u8],
-    ) -> amistore_core::Result<()> {
+    fn write_blocks(&self, snapshot: &SnapshotId, first_block: u64, data: &[u8]) -> Result<()> {
         if !(data.len() as u64).is_multiple_of(BLOCK_SIZE) {
-            return Err(amistore_core::Error::InvalidInput(format!(
+            return Err(Error::InvalidInput(format!(
                 "{} bytes is not a whole number of 512 KiB blocks",
                 data.len()
             )));
@@ -683,26 +572,50 @@ impl SnapshotStore for ImageLibrary {
             .len();
         let end = first_block * BLOCK_SIZE + data.len() as u64;
         if end > len {
-            return Err(amistore_core::Error::InvalidInput(format!(
+            return Err(Error::InvalidInput(format!(
                 "blocks {first_block}.. of {} bytes pass the end of snapshot {snapshot} ({len} bytes)",
                 data.len()
             )));
         }
         file.write_all_at(data, first_block * BLOCK_SIZE)
             .and_then(|()| file.sync_data())
-            .map_err(|e| Error::io(format!("writing blocks of {snapshot}"), e).into())
+            .map_err(|e| Error::io(format!("writing blocks of {snapshot}"), e))
     }
 
-    fn complete_snapshot(
-        &self,
-        snapshot: &SnapshotId,
-        changed_blocks: u64,
-    ) -> amistore_core::Result<()> {
-        Ok(self.complete(snapshot, changed_blocks)?)
+    /// Completes a snapshot, checking that exactly `changed_blocks` blocks were
+    /// written (as CompleteSnapshot's ChangedBlocksCount is checked).
+    fn complete_snapshot(&self, snapshot: &SnapshotId, changed_blocks: u64) -> Result<()> {
+        let written = self.blocks_of(snapshot)?.present_count();
+        if written != changed_blocks {
+            return Err(Error::InvalidInput(format!(
+                "snapshot {snapshot} has {written} blocks written, not the {changed_blocks} its completion claims"
+            )));
+        }
+        self.locked(|| match self.snapshot_of(None, snapshot)? {
+            Found::Loose(mut loose) => {
+                loose.state = ResourceState::Available;
+                write_json(&self.loose_path(snapshot), &loose)
+            }
+            Found::InImage(mut image, n) => {
+                image.snapshots[n].state = ResourceState::Available;
+                write_json(&self.record_path(&image.image_id), &image)
+            }
+        })
     }
 
-    fn delete_snapshot(&self, snapshot: &SnapshotId) -> amistore_core::Result<()> {
-        Ok(ImageLibrary::delete_snapshot(self, snapshot)?)
+    /// Deletes a snapshot no image uses.
+    fn delete_snapshot(&self, snapshot: &SnapshotId) -> Result<()> {
+        self.locked(|| match self.find_snapshot(snapshot)? {
+            None => Ok(()),
+            Some(Found::InImage(image, _)) => Err(Error::InvalidInput(format!(
+                "snapshot {snapshot} belongs to image {}; deregister the image instead",
+                image.image_id
+            ))),
+            Some(Found::Loose(_)) => {
+                remove_if_present(&self.snapshot_path(snapshot))?;
+                remove_if_present(&self.loose_path(snapshot))
+            }
+        })
     }
 }
 
@@ -754,8 +667,8 @@ mod tests {
                 .all(|s| s.state == ResourceState::Available)
         );
         assert_eq!(image.metadata.owner_id.as_deref(), Some(me.as_str()));
-        assert_eq!(lib.list(&me).unwrap(), vec![image.clone()]);
-        assert_eq!(lib.get(&me, &image.image_id).unwrap(), image);
+        assert_eq!(lib.list_images(&me).unwrap(), vec![image.clone()]);
+        assert_eq!(lib.describe_image(&me, &image.image_id).unwrap(), image);
         let stored = RawDisk::open(&lib.snapshot_path(&image.snapshots[0].snapshot_id)).unwrap();
         assert_eq!(stored.present.runs(), &[0..1, 5..6], "holes are not stored");
 
@@ -766,7 +679,7 @@ mod tests {
         assert_eq!(RawDisk::open(&files[1]).unwrap().present.present_count(), 0);
         assert!(matches!(
             lib.export(&me, &image.image_id, &out, false),
-            Err(Error::OutputExists(_))
+            Err(Error::AlreadyExists(_))
         ));
         lib.export(&me, &image.image_id, &out, true).unwrap();
         assert_eq!(
@@ -786,16 +699,16 @@ mod tests {
         let disks = vec![("/dev/xvda".parse().unwrap(), a)];
         let image = lib.import(&me, &spec("same-name"), &disks).unwrap();
         let err = lib.import(&me, &spec("same-name"), &disks).unwrap_err();
-        assert!(matches!(err, Error::Duplicate(_)), "{err}");
+        assert!(matches!(err, Error::AlreadyExists(_)), "{err}");
         lib.import(&other, &spec("same-name"), &disks).unwrap();
         assert!(matches!(
-            lib.get(&other, &image.image_id),
+            lib.describe_image(&other, &image.image_id),
             Err(Error::NotFound(_))
         ));
-        assert_eq!(lib.list(&other).unwrap().len(), 1);
+        assert_eq!(lib.list_images(&other).unwrap().len(), 1);
 
-        lib.deregister(&me, &image.image_id).unwrap();
-        assert!(lib.list(&me).unwrap().is_empty());
+        lib.deregister_image(&me, &image.image_id).unwrap();
+        assert!(lib.list_images(&me).unwrap().is_empty());
         assert!(!lib.snapshot_path(&image.snapshots[0].snapshot_id).exists());
     }
 
@@ -812,7 +725,7 @@ mod tests {
             ("/dev/xvdb".parse().unwrap(), odd),
         ];
         assert!(lib.import(&me, &spec("broken"), &disks).is_err());
-        assert!(lib.list(&me).unwrap().is_empty());
+        assert!(lib.list_images(&me).unwrap().is_empty());
         assert_eq!(
             fs::read_dir(dir.path().join("data/snapshots"))
                 .unwrap()
@@ -820,9 +733,12 @@ mod tests {
             0
         );
 
-        let snap = lib.start_snapshot(&me, BLOCK_SIZE, &[], "tok-1").unwrap();
+        let snap = lib
+            .start_snapshot(&me, BLOCK_SIZE, &[], &Encryption::default(), "tok-1")
+            .unwrap();
         assert_eq!(
-            lib.start_snapshot(&me, BLOCK_SIZE, &[], "tok-1").unwrap(),
+            lib.start_snapshot(&me, BLOCK_SIZE, &[], &Encryption::default(), "tok-1")
+                .unwrap(),
             snap,
             "a client token makes starting idempotent"
         );
@@ -830,27 +746,28 @@ mod tests {
             .to_metadata(&[("/dev/xvda".parse().unwrap(), BLOCK_SIZE)])
             .unwrap();
         let pending = lib
-            .register(&me, &metadata, std::slice::from_ref(&snap), "tok-img")
+            .register_image(&me, &metadata, std::slice::from_ref(&snap), "tok-img")
             .unwrap();
+        let pending = lib.describe_image(&me, &pending).unwrap();
         assert_eq!(pending.state, ResourceState::Pending);
         assert_eq!(
-            lib.register(&me, &metadata, std::slice::from_ref(&snap), "tok-img")
+            lib.register_image(&me, &metadata, std::slice::from_ref(&snap), "tok-img")
                 .unwrap(),
-            pending,
+            pending.image_id,
             "registering again with the token returns the image"
         );
         let err = lib
             .export(&me, &pending.image_id, &dir.path().join("x"), false)
             .unwrap_err();
         assert!(err.to_string().contains("pending"), "{err}");
-        let failed = lib
-            .set_state(
-                &me,
-                &pending.image_id,
-                ResourceState::Failed,
-                Some("cancelled".into()),
-            )
-            .unwrap();
+        lib.set_image_state(
+            &me,
+            &pending.image_id,
+            ResourceState::Failed,
+            Some("cancelled"),
+        )
+        .unwrap();
+        let failed = lib.describe_image(&me, &pending.image_id).unwrap();
         assert_eq!(failed.state_reason.as_deref(), Some("cancelled"));
     }
 }

@@ -11,7 +11,6 @@
 pub mod archive_file;
 pub mod bucket_store;
 pub mod embedded;
-pub mod error;
 pub mod image_library;
 pub mod private;
 pub mod raw_disk;
@@ -19,7 +18,17 @@ pub mod task_db;
 pub mod throttle;
 pub mod workflow;
 
-pub use error::{Error, Result};
+/// The local adapters report failures as the engine's ports do: one error
+/// type for the whole engine, so nothing is translated on the way through.
+pub use amistore_core::{Error, Result};
+
+/// The error for an output file that exists when replacing it was not asked for.
+pub fn output_exists(path: &std::path::Path) -> Error {
+    Error::AlreadyExists(format!(
+        "{} already exists (pass --force to replace it)",
+        path.display()
+    ))
+}
 
 /// A sink for progress reports of long operations.
 pub trait Progress {

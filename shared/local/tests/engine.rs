@@ -18,6 +18,7 @@ use amistore_core::engine::restore::snapshot_token;
 use amistore_core::engine::store::StoredUnit;
 use amistore_core::ids::{ImageId, ResourceState, SnapshotId};
 use amistore_core::image::{Encryption, Tag};
+use amistore_core::ports::{ImageCatalog, ObjectStore};
 use amistore_core::storage::ObjectKey;
 use amistore_core::task::{Task, TaskKind, TaskState};
 use support::*;
@@ -59,7 +60,7 @@ fn restore(w: &World, key: &ObjectKey, name: &str) -> Task {
         .create_restore_task(&me(), &restore_request(w, key, name))
         .unwrap();
     let image = task.image_id.clone().unwrap();
-    let pending = w.local.library.get(&me(), &image).unwrap();
+    let pending = w.local.library.describe_image(&me(), &image).unwrap();
     assert!(
         pending.state == ResourceState::Pending || pending.state == ResourceState::Available,
         "the image exists from the start"
@@ -86,7 +87,7 @@ fn assert_clean_failure(w: &World, task: &Task, needle: &str) {
     assert_eq!(w.in_progress_gib(task.kind), 0, "quota released");
     if task.kind == TaskKind::Store {
         assert_eq!(
-            w.local.buckets.head(&w.bucket, &task.key).unwrap(),
+            w.local.buckets.head_object(&w.bucket, &task.key).unwrap(),
             None,
             "no object"
         );
@@ -114,7 +115,12 @@ fn a_store_then_a_restore_gives_back_every_block_with_metadata_and_tags() {
 
     // The object: S3 metadata, tags, and an archive whose manifest keeps the
     // AMI's metadata and tags.
-    let info = w.local.buckets.head(&w.bucket, &task.key).unwrap().unwrap();
+    let info = w
+        .local
+        .buckets
+        .head_object(&w.bucket, &task.key)
+        .unwrap()
+        .unwrap();
     assert_eq!(info.metadata[metadata::AMI_NAME], "round trip");
     assert_eq!(info.metadata[metadata::AMI_DESCRIPTION], "engine test");
     assert_eq!(info.metadata[metadata::AMI_OWNER_ACCOUNT], me().as_str());
@@ -153,7 +159,7 @@ fn a_store_then_a_restore_gives_back_every_block_with_metadata_and_tags() {
     assert_eq!(r.state, TaskState::Completed, "{:?}", r.failure_reason);
     let new = r.image_id.unwrap();
     assert_ne!(new, image);
-    let restored = w.local.library.get(&me(), &new).unwrap();
+    let restored = w.local.library.describe_image(&me(), &new).unwrap();
     assert_eq!(restored.state, ResourceState::Available);
     assert_eq!(restored.metadata.name.as_str(), "restored copy");
     assert_eq!(
@@ -161,7 +167,7 @@ fn a_store_then_a_restore_gives_back_every_block_with_metadata_and_tags() {
         Some("engine test")
     );
     assert_eq!(tags(&restored.metadata.tags), ["Name=copy", "restored=yes"]);
-    let source = w.local.library.get(&me(), &image).unwrap();
+    let source = w.local.library.describe_image(&me(), &image).unwrap();
     assert_eq!(
         restored.metadata.block_device_mappings,
         source.metadata.block_device_mappings
@@ -622,7 +628,7 @@ fn restore_failures_leave_a_failed_image_and_release_the_quota() {
         let image = w
             .local
             .library
-            .get(&me(), task.image_id.as_ref().unwrap())
+            .describe_image(&me(), task.image_id.as_ref().unwrap())
             .unwrap();
         assert_eq!(w.in_progress_gib(TaskKind::Restore), 0, "{method}");
         match expect {
@@ -667,7 +673,7 @@ fn a_corrupted_archive_fails_the_restore_naming_the_unit() {
     let image = w
         .local
         .library
-        .get(&me(), task.image_id.as_ref().unwrap())
+        .describe_image(&me(), task.image_id.as_ref().unwrap())
         .unwrap();
     assert_eq!(image.state, ResourceState::Failed);
 }
@@ -678,7 +684,7 @@ fn bad_requests_are_refused_with_clear_errors_and_change_nothing() {
     let (image, key) = stored_image(&w);
     let engine = &w.local.engine;
     let nothing_changed = |w: &World, images: usize, tasks: usize| {
-        assert_eq!(w.local.library.list(&me()).unwrap().len(), images);
+        assert_eq!(w.local.library.list_images(&me()).unwrap().len(), images);
         let all = w
             .local
             .engine
@@ -698,7 +704,7 @@ fn bad_requests_are_refused_with_clear_errors_and_change_nothing() {
             0
         );
     };
-    let images = w.local.library.list(&me()).unwrap().len();
+    let images = w.local.library.list_images(&me()).unwrap().len();
     let check = |err: Error, needle: &str| {
         assert!(
             err.to_string().contains(needle),
@@ -942,7 +948,7 @@ fn a_restore_whose_archive_is_replaced_midway_fails_instead_of_mixing_two() {
     let image = w
         .local
         .library
-        .get(&me(), done.image_id.as_ref().unwrap())
+        .describe_image(&me(), done.image_id.as_ref().unwrap())
         .unwrap();
     assert_eq!(image.state, ResourceState::Failed);
 }

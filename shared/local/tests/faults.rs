@@ -13,6 +13,7 @@ use std::io;
 use amistore_core::Error;
 use amistore_core::engine::intake::{RestoreRequest, StoreRequest};
 use amistore_core::ids::ResourceState;
+use amistore_core::ports::{ImageCatalog, ObjectStore};
 use amistore_core::storage::ObjectKey;
 use amistore_core::task::{Task, TaskKind, TaskState};
 use support::*;
@@ -93,7 +94,7 @@ fn a_store_meeting_a_full_or_failing_disk_fails_cleanly_and_the_next_completes()
         );
         assert_eq!(w.in_progress_gib(TaskKind::Store), 0, "{method}");
         assert_eq!(
-            w.local.buckets.head(&w.bucket, &task.key).unwrap(),
+            w.local.buckets.head_object(&w.bucket, &task.key).unwrap(),
             None,
             "{method}: a half-made object remains"
         );
@@ -137,7 +138,7 @@ fn a_restore_meeting_a_full_or_failing_disk_fails_cleanly_and_the_next_completes
         let image = w
             .local
             .library
-            .get(&me(), task.image_id.as_ref().unwrap())
+            .describe_image(&me(), task.image_id.as_ref().unwrap())
             .unwrap();
         assert_eq!(image.state, ResourceState::Failed, "{method}");
         assert!(

@@ -140,118 +140,29 @@ impl BucketStore {
         Ok(dir)
     }
 
-    /// Whether the bucket exists.
-    pub fn bucket_exists(&self, bucket: &BucketName) -> bool {
+    /// Whether a bucket of that name exists, whoever owns it.
+    pub fn has_bucket(&self, bucket: &BucketName) -> bool {
         self.root.join(bucket.as_str()).is_dir()
     }
 
     /// Creates a bucket (a directory) for the local default account; creating
     /// an existing one is fine.
     pub fn create_bucket(&self, bucket: &BucketName) -> Result<()> {
-        self.create_bucket_for(bucket, &AccountId::local_default())
-    }
-
-    /// Creates a bucket owned by `owner`. Creating one that `owner` already
-    /// has is fine; one another account owns is refused.
-    pub fn create_bucket_for(&self, bucket: &BucketName, owner: &AccountId) -> Result<()> {
-        let dir = self.root.join(bucket.as_str());
-        if dir.is_dir() {
-            let current = self.bucket_owner(bucket)?;
-            if current != *owner {
-                return Err(Error::Duplicate(format!(
-                    "bucket {bucket} already exists and belongs to another account"
-                )));
-            }
-            return Ok(());
-        }
-        crate::private::create_dir_all(&dir).map_err(io(format!("creating {}", dir.display())))?;
-        if *owner != AccountId::local_default() {
-            write_atomically(&dir.join(OWNER_FILE), owner.as_str().as_bytes())?;
-        }
-        Ok(())
+        BucketAdmin::create_bucket(self, &AccountId::local_default(), bucket)
     }
 
     /// The account a bucket belongs to: the one in its owner file, or the
     /// local default account for a folder made by hand.
-    pub fn bucket_owner(&self, bucket: &BucketName) -> Result<AccountId> {
+    fn bucket_owner(&self, bucket: &BucketName) -> Result<AccountId> {
         let dir = self.bucket_dir(bucket)?;
         match fs::read_to_string(dir.join(OWNER_FILE)) {
-            Ok(owner) => owner.trim().parse().map_err(Error::Core),
+            Ok(owner) => owner.trim().parse(),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(AccountId::local_default()),
             Err(e) => Err(Error::io(
                 format!("reading the owner of bucket {bucket}"),
                 e,
             )),
         }
-    }
-
-    /// Starts a multipart upload of `key` with user metadata and tags.
-    pub fn create_multipart(
-        &self,
-        bucket: &BucketName,
-        key: &ObjectKey,
-        metadata: BTreeMap<String, String>,
-        tags: Vec<Tag>,
-    ) -> Result<String> {
-        check_metadata(&metadata)?;
-        if tags.len() > MAX_TAGS {
-            return Err(Error::InvalidInput(format!(
-                "{} object tags given; S3 allows {MAX_TAGS}",
-                tags.len()
-            )));
-        }
-        amistore_core::image::check_unique_tag_keys(&tags)?;
-        let upload = unique_token();
-        let dir = self.bucket_dir(bucket)?.join(UPLOADS).join(&upload);
-        crate::private::create_dir_all(&dir).map_err(io(format!("creating {}", dir.display())))?;
-        let record = serde_json::to_vec(&UploadRecord {
-            key: key.clone(),
-            metadata,
-            tags,
-        })
-        .map_err(|e| Error::InvalidInput(format!("upload record does not serialise: {e}")))?;
-        write_atomically(&dir.join("upload.json"), &record)?;
-        Ok(upload)
-    }
-
-    /// Stores part `part_number` of an upload and returns its ETag. Uploading the
-    /// same number again replaces the part, as on S3.
-    pub fn upload_part(
-        &self,
-        bucket: &BucketName,
-        upload: &str,
-        part_number: u32,
-        body: &[u8],
-    ) -> Result<String> {
-        self.stage_part(bucket, upload, part_number, |target| {
-            write_atomically(target, body)
-        })
-    }
-
-    /// [`Self::upload_part`] with the body in a file, which stays the caller's.
-    pub fn upload_part_file(
-        &self,
-        bucket: &BucketName,
-        upload: &str,
-        part_number: u32,
-        body: &Path,
-    ) -> Result<String> {
-        self.stage_part(bucket, upload, part_number, |target| {
-            if fs::hard_link(body, target).is_ok() {
-                return Ok(());
-            }
-            let tmp = target.with_extension("copying");
-            crate::private::create(&tmp)
-                .and_then(|mut out| {
-                    std::io::copy(&mut File::open(body)?, &mut out)?;
-                    out.sync_all()
-                })
-                .and_then(|()| fs::rename(&tmp, target))
-                .map_err(|e| {
-                    let _ = fs::remove_file(&tmp);
-                    Error::io(format!("staging {}", body.display()), e)
-                })
-        })
     }
 
     fn stage_part(
@@ -270,19 +181,111 @@ impl BucketStore {
         Staging::lock(&dir)?.stage(part_number, place)
     }
 
-    /// Joins the named parts into the object, which appears atomically.
-    pub fn complete_multipart(
-        &self,
-        bucket: &BucketName,
-        key: &ObjectKey,
-        upload: &str,
-        parts: &[CompletedPart],
-    ) -> Result<ObjectInfo> {
+    /// The upload's record, if `upload` exists in `bucket` and is for `key`
+    /// (S3 ties an upload id to its key).
+    fn upload_for(&self, bucket: &BucketName, upload: &str, key: &ObjectKey) -> Result<PathBuf> {
         let dir = self.upload_dir(bucket, upload)?;
         let record = read_upload(&dir, upload)?;
         if record.key != *key {
-            return Err(Error::InvalidInput(format!(
+            return Err(Error::NotFound(format!(
                 "upload {upload} is for {}, not {key}",
+                record.key
+            )));
+        }
+        Ok(dir)
+    }
+
+    /// Opens an object for reading (it implements the archive reader's `ReadAt`).
+    pub fn open_object(&self, bucket: &BucketName, key: &ObjectKey) -> Result<File> {
+        let path = self.object_path(bucket, key)?;
+        File::open(&path).map_err(|e| match e.kind() {
+            std::io::ErrorKind::NotFound => {
+                Error::NotFound(format!("object {key} does not exist in bucket {bucket}"))
+            }
+            _ => Error::io(format!("opening {}", path.display()), e),
+        })
+    }
+}
+
+impl ObjectStore for BucketStore {
+    fn bucket_exists(&self, account: &AccountId, bucket: &BucketName) -> Result<bool> {
+        if !self.has_bucket(bucket) {
+            return Ok(false);
+        }
+        Ok(self.bucket_owner(bucket)? == *account)
+    }
+
+    fn create_multipart(
+        &self,
+        bucket: &BucketName,
+        key: &ObjectKey,
+        metadata: &BTreeMap<String, String>,
+        tags: &[Tag],
+    ) -> Result<String> {
+        check_metadata(metadata)?;
+        if tags.len() > MAX_TAGS {
+            return Err(Error::InvalidInput(format!(
+                "{} object tags given; S3 allows {MAX_TAGS}",
+                tags.len()
+            )));
+        }
+        amistore_core::image::check_unique_tag_keys(tags)?;
+        let upload = unique_token();
+        let dir = self.bucket_dir(bucket)?.join(UPLOADS).join(&upload);
+        crate::private::create_dir_all(&dir).map_err(io(format!("creating {}", dir.display())))?;
+        let record = serde_json::to_vec(&UploadRecord {
+            key: key.clone(),
+            metadata: metadata.clone(),
+            tags: tags.to_vec(),
+        })
+        .map_err(|e| Error::InvalidInput(format!("upload record does not serialise: {e}")))?;
+        write_atomically(&dir.join("upload.json"), &record)?;
+        Ok(upload)
+    }
+
+    /// Stores part `part_number` of an upload and returns its ETag; the body
+    /// file stays the caller's. Uploading the same number again replaces the
+    /// part, as on S3.
+    fn upload_part(
+        &self,
+        bucket: &BucketName,
+        key: &ObjectKey,
+        upload_id: &str,
+        part_number: u32,
+        body: &Path,
+    ) -> Result<String> {
+        self.upload_for(bucket, upload_id, key)?;
+        self.stage_part(bucket, upload_id, part_number, |target| {
+            if fs::hard_link(body, target).is_ok() {
+                return Ok(());
+            }
+            let tmp = target.with_extension("copying");
+            crate::private::create(&tmp)
+                .and_then(|mut out| {
+                    std::io::copy(&mut File::open(body)?, &mut out)?;
+                    out.sync_all()
+                })
+                .and_then(|()| fs::rename(&tmp, target))
+                .map_err(|e| {
+                    let _ = fs::remove_file(&tmp);
+                    Error::io(format!("staging {}", body.display()), e)
+                })
+        })
+    }
+
+    /// Joins the named parts into the object, which appears atomically.
+    fn complete_multipart(
+        &self,
+        bucket: &BucketName,
+        key: &ObjectKey,
+        upload_id: &str,
+        parts: &[CompletedPart],
+    ) -> Result<()> {
+        let dir = self.upload_dir(bucket, upload_id)?;
+        let record = read_upload(&dir, upload_id)?;
+        if record.key != *key {
+            return Err(Error::InvalidInput(format!(
+                "upload {upload_id} is for {}, not {key}",
                 record.key
             )));
         }
@@ -297,7 +300,7 @@ impl BucketStore {
         }
         let staging = Staging::lock(&dir)?;
         let (joined, size) = staging.complete(parts, self.min_part_size)?;
-        let mut info = ObjectInfo {
+        let info = ObjectInfo {
             size,
             metadata: record.metadata,
             tags: record.tags,
@@ -313,47 +316,29 @@ impl BucketStore {
             .map_err(|e| Error::InvalidInput(format!("object info does not serialise: {e}")))?;
         write_atomically(&Self::sidecar(&target), &sidecar)?;
         fs::rename(&joined, &target).map_err(io(format!("publishing {}", target.display())))?;
-        fs::remove_dir_all(&dir).map_err(io(format!("removing {}", dir.display())))?;
-        info.etag = fs::metadata(&target)
-            .map(|m| etag_of(&m))
-            .map_err(io(format!("reading {}", target.display())))?;
-        Ok(info)
-    }
-
-    /// Fails unless `upload` exists in `bucket` and is for `key` (S3 ties an
-    /// upload id to its key).
-    fn check_upload_key(&self, bucket: &BucketName, upload: &str, key: &ObjectKey) -> Result<()> {
-        let dir = self.upload_dir(bucket, upload)?;
-        let record = read_upload(&dir, upload)?;
-        if record.key != *key {
-            return Err(Error::NotFound(format!(
-                "upload {upload} is for {}, not {key}",
-                record.key
-            )));
-        }
-        Ok(())
+        fs::remove_dir_all(&dir).map_err(io(format!("removing {}", dir.display())))
     }
 
     /// Abandons an upload and deletes its parts. The upload's folder is first
     /// renamed out of the way, atomically, so of two aborts at once one wins
     /// and the other finds no upload, as on S3.
-    pub fn abort_multipart(&self, bucket: &BucketName, upload: &str) -> Result<()> {
-        let dir = self.upload_dir(bucket, upload)?;
+    fn abort_multipart(&self, bucket: &BucketName, key: &ObjectKey, upload_id: &str) -> Result<()> {
+        let dir = self.upload_for(bucket, upload_id, key)?;
         let trash = dir.with_file_name(format!(".aborted-{}", unique_token()));
         match fs::rename(&dir, &trash) {
             Ok(()) => {}
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 return Err(Error::NotFound(format!(
-                    "upload {upload} does not exist in bucket {bucket}"
+                    "upload {upload_id} does not exist in bucket {bucket}"
                 )));
             }
-            Err(e) => return Err(Error::io(format!("aborting upload {upload}"), e)),
+            Err(e) => return Err(Error::io(format!("aborting upload {upload_id}"), e)),
         }
         fs::remove_dir_all(&trash).map_err(io(format!("removing {}", trash.display())))
     }
 
     /// Uploads in progress in `bucket`, as (upload id, key).
-    pub fn list_uploads(&self, bucket: &BucketName) -> Result<Vec<(String, ObjectKey)>> {
+    fn list_multipart_uploads(&self, bucket: &BucketName) -> Result<Vec<(String, ObjectKey)>> {
         let dir = self.bucket_dir(bucket)?.join(UPLOADS);
         let Ok(entries) = fs::read_dir(&dir) else {
             return Ok(vec![]);
@@ -378,8 +363,41 @@ impl BucketStore {
         Ok(uploads)
     }
 
-    /// HeadObject: the object's size, metadata and tags, or `None` if it is absent.
-    pub fn head(&self, bucket: &BucketName, key: &ObjectKey) -> Result<Option<ObjectInfo>> {
+    /// Writes a whole (small) object with no metadata, atomically.
+    fn put_object(&self, bucket: &BucketName, key: &ObjectKey, body: &[u8]) -> Result<()> {
+        let target = self.object_path(bucket, key)?;
+        if let Some(parent) = target.parent() {
+            crate::private::create_dir_all(parent)
+                .map_err(io(format!("creating {}", parent.display())))?;
+        }
+        let _ = fs::remove_file(Self::sidecar(&target));
+        write_atomically(&target, body)
+    }
+
+    /// Removes an object, its sidecar, and folders left empty.
+    fn delete_object(&self, bucket: &BucketName, key: &ObjectKey) -> Result<()> {
+        let bucket_dir = self.bucket_dir(bucket)?;
+        let target = self.object_path(bucket, key)?;
+        for path in [Self::sidecar(&target), target.clone()] {
+            match fs::remove_file(&path) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                    return Err(Error::io(format!("removing {}", path.display()), e));
+                }
+                _ => {}
+            }
+        }
+        // S3 has no folders: one that only held this object goes with it.
+        let mut dir = target.parent();
+        while let Some(d) = dir.filter(|d| *d != bucket_dir) {
+            if fs::remove_dir(d).is_err() {
+                break;
+            }
+            dir = d.parent();
+        }
+        Ok(())
+    }
+
+    fn head_object(&self, bucket: &BucketName, key: &ObjectKey) -> Result<Option<ObjectInfo>> {
         let path = self.object_path(bucket, key)?;
         let Ok(meta) = fs::metadata(&path) else {
             return Ok(None);
@@ -410,55 +428,10 @@ impl BucketStore {
         Ok(Some(info))
     }
 
-    /// PutObject: writes a whole (small) object with no metadata, atomically.
-    pub fn put_object(&self, bucket: &BucketName, key: &ObjectKey, body: &[u8]) -> Result<()> {
-        let target = self.object_path(bucket, key)?;
-        if let Some(parent) = target.parent() {
-            crate::private::create_dir_all(parent)
-                .map_err(io(format!("creating {}", parent.display())))?;
-        }
-        let _ = fs::remove_file(Self::sidecar(&target));
-        write_atomically(&target, body)
-    }
-
-    /// DeleteObject: removes an object, its sidecar, and folders left empty.
-    pub fn delete_object(&self, bucket: &BucketName, key: &ObjectKey) -> Result<()> {
-        let bucket_dir = self.bucket_dir(bucket)?;
-        let target = self.object_path(bucket, key)?;
-        for path in [Self::sidecar(&target), target.clone()] {
-            match fs::remove_file(&path) {
-                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-                    return Err(Error::io(format!("removing {}", path.display()), e));
-                }
-                _ => {}
-            }
-        }
-        // S3 has no folders: one that only held this object goes with it.
-        let mut dir = target.parent();
-        while let Some(d) = dir.filter(|d| *d != bucket_dir) {
-            if fs::remove_dir(d).is_err() {
-                break;
-            }
-            dir = d.parent();
-        }
-        Ok(())
-    }
-
-    /// Opens an object for reading (it implements the archive reader's `ReadAt`).
-    pub fn open_object(&self, bucket: &BucketName, key: &ObjectKey) -> Result<File> {
-        let path = self.object_path(bucket, key)?;
-        File::open(&path).map_err(|e| match e.kind() {
-            std::io::ErrorKind::NotFound => {
-                Error::NotFound(format!("object {key} does not exist in bucket {bucket}"))
-            }
-            _ => Error::io(format!("opening {}", path.display()), e),
-        })
-    }
-
-    /// GetObject with a byte range; with `if_match`, only from the object
-    /// with that ETag (checked on the open file, so a replacement between the
-    /// check and the read cannot slip in).
-    pub fn read_range(
+    /// With `if_match`, reads only from the object with that ETag (checked on
+    /// the open file, so a replacement between the check and the read cannot
+    /// slip in).
+    fn get_range(
         &self,
         bucket: &BucketName,
         key: &ObjectKey,
@@ -472,9 +445,9 @@ impl BucketStore {
                 .map_err(io(format!("reading the metadata of {key}")))?;
             let now = etag_of(&meta);
             if now != expected {
-                return Err(Error::Core(amistore_core::Error::IncorrectState(format!(
+                return Err(Error::IncorrectState(format!(
                     "{key} in bucket {bucket} was replaced (ETag {expected}, now {now})"
-                ))));
+                )));
             }
         }
         let len = range.end.saturating_sub(range.start);
@@ -492,112 +465,27 @@ impl BucketStore {
     }
 }
 
-impl ObjectStore for BucketStore {
-    fn bucket_exists(
-        &self,
-        account: &AccountId,
-        bucket: &BucketName,
-    ) -> amistore_core::Result<bool> {
-        if !BucketStore::bucket_exists(self, bucket) {
-            return Ok(false);
+impl BucketAdmin for BucketStore {
+    /// Creating a bucket that `account` already has is fine; one another
+    /// account owns is refused.
+    fn create_bucket(&self, account: &AccountId, bucket: &BucketName) -> Result<()> {
+        let dir = self.root.join(bucket.as_str());
+        if dir.is_dir() {
+            let current = self.bucket_owner(bucket)?;
+            if current != *account {
+                return Err(Error::AlreadyExists(format!(
+                    "bucket {bucket} already exists and belongs to another account"
+                )));
+            }
+            return Ok(());
         }
-        Ok(self.bucket_owner(bucket)? == *account)
-    }
-
-    fn create_multipart(
-        &self,
-        bucket: &BucketName,
-        key: &ObjectKey,
-        metadata: &BTreeMap<String, String>,
-        tags: &[Tag],
-    ) -> amistore_core::Result<String> {
-        Ok(BucketStore::create_multipart(
-            self,
-            bucket,
-            key,
-            metadata.clone(),
-            tags.to_vec(),
-        )?)
-    }
-
-    fn upload_part(
-        &self,
-        bucket: &BucketName,
-        key: &ObjectKey,
-        upload_id: &str,
-        part_number: u32,
-        body: &Path,
-    ) -> amistore_core::Result<String> {
-        self.check_upload_key(bucket, upload_id, key)?;
-        Ok(self.upload_part_file(bucket, upload_id, part_number, body)?)
-    }
-
-    fn complete_multipart(
-        &self,
-        bucket: &BucketName,
-        key: &ObjectKey,
-        upload_id: &str,
-        parts: &[CompletedPart],
-    ) -> amistore_core::Result<()> {
-        BucketStore::complete_multipart(self, bucket, key, upload_id, parts)?;
+        crate::private::create_dir_all(&dir).map_err(io(format!("creating {}", dir.display())))?;
+        if *account != AccountId::local_default() {
+            write_atomically(&dir.join(OWNER_FILE), account.as_str().as_bytes())?;
+        }
         Ok(())
     }
-
-    fn abort_multipart(
-        &self,
-        bucket: &BucketName,
-        key: &ObjectKey,
-        upload_id: &str,
-    ) -> amistore_core::Result<()> {
-        self.check_upload_key(bucket, upload_id, key)?;
-        Ok(BucketStore::abort_multipart(self, bucket, upload_id)?)
-    }
-
-    fn list_multipart_uploads(
-        &self,
-        bucket: &BucketName,
-    ) -> amistore_core::Result<Vec<(String, ObjectKey)>> {
-        Ok(self.list_uploads(bucket)?)
-    }
-
-    fn put_object(
-        &self,
-        bucket: &BucketName,
-        key: &ObjectKey,
-        body: &[u8],
-    ) -> amistore_core::Result<()> {
-        Ok(BucketStore::put_object(self, bucket, key, body)?)
-    }
-
-    fn delete_object(&self, bucket: &BucketName, key: &ObjectKey) -> amistore_core::Result<()> {
-        Ok(BucketStore::delete_object(self, bucket, key)?)
-    }
-
-    fn head_object(
-        &self,
-        bucket: &BucketName,
-        key: &ObjectKey,
-    ) -> amistore_core::Result<Option<ObjectInfo>> {
-        Ok(self.head(bucket, key)?)
-    }
-
-    fn get_range(
-        &self,
-        bucket: &BucketName,
-        key: &ObjectKey,
-        range: Range<u64>,
-        if_match: Option<&str>,
-    ) -> amistore_core::Result<Vec<u8>> {
-        Ok(self.read_range(bucket, key, range, if_match)?)
-    }
-}
-
-impl BucketAdmin for BucketStore {
-    fn create_bucket(&self, account: &AccountId, bucket: &BucketName) -> amistore_core::Result<()> {
-        Ok(self.create_bucket_for(bucket, account)?)
-    }
-
-    fn list_buckets(&self, account: &AccountId) -> amistore_core::Result<Vec<BucketSummary>> {
+    fn list_buckets(&self, account: &AccountId) -> Result<Vec<BucketSummary>> {
         let entries =
             fs::read_dir(&self.root).map_err(io(format!("listing {}", self.root.display())))?;
         let mut buckets = Vec::new();
@@ -627,8 +515,8 @@ impl BucketAdmin for BucketStore {
         Ok(buckets)
     }
 
-    fn owner_of(&self, bucket: &BucketName) -> amistore_core::Result<Option<AccountId>> {
-        if !BucketStore::bucket_exists(self, bucket) {
+    fn owner_of(&self, bucket: &BucketName) -> Result<Option<AccountId>> {
+        if !self.has_bucket(bucket) {
             return Ok(None);
         }
         Ok(Some(self.bucket_owner(bucket)?))
@@ -640,7 +528,7 @@ impl BucketAdmin for BucketStore {
         prefix: &str,
         start_after: &str,
         max: usize,
-    ) -> amistore_core::Result<Vec<ObjectSummary>> {
+    ) -> Result<Vec<ObjectSummary>> {
         let root = self.bucket_dir(bucket)?;
         let mut keys = Vec::new();
         let mut folders = vec![(root.clone(), String::new())];
@@ -760,6 +648,20 @@ mod tests {
         s.parse().unwrap()
     }
 
+    /// Uploads a part held in memory (the port takes a file, as the engine spools).
+    fn put_part(
+        store: &BucketStore,
+        bucket: &BucketName,
+        key: &ObjectKey,
+        upload: &str,
+        part_number: u32,
+        body: &[u8],
+    ) -> Result<String> {
+        let file = tempfile::NamedTempFile::new().unwrap();
+        fs::write(file.path(), body).unwrap();
+        store.upload_part(bucket, key, upload, part_number, file.path())
+    }
+
     #[test]
     fn objects_appear_only_when_their_upload_completes() {
         let (dir, store, bucket) = store();
@@ -767,7 +669,7 @@ mod tests {
         let metadata = BTreeMap::from([("ami-name".to_owned(), "=?UTF-8?B?w6k=?=".to_owned())]);
         let tags = vec!["team=storage".parse().unwrap()];
         let upload = store
-            .create_multipart(&bucket, &k, metadata.clone(), tags.clone())
+            .create_multipart(&bucket, &k, &metadata, &tags)
             .unwrap();
         let bodies = [vec![1u8; 2000], vec![2u8; 1500], vec![3u8; 10]];
         // Parts arrive in any order, and a retried part replaces the first try.
@@ -775,35 +677,34 @@ mod tests {
         for n in [3u32, 1, 2, 2] {
             etags.insert(
                 n,
-                store
-                    .upload_part(&bucket, &upload, n, &bodies[n as usize - 1])
-                    .unwrap(),
+                put_part(&store, &bucket, &k, &upload, n, &bodies[n as usize - 1]).unwrap(),
             );
         }
         assert_eq!(
-            store.head(&bucket, &k).unwrap(),
+            store.head_object(&bucket, &k).unwrap(),
             None,
             "nothing is visible before completion"
         );
         assert_eq!(
-            store.list_uploads(&bucket).unwrap(),
+            store.list_multipart_uploads(&bucket).unwrap(),
             vec![(upload.clone(), k.clone())]
         );
         let parts: Vec<CompletedPart> = etags
             .into_iter()
             .map(|(part_number, etag)| CompletedPart { part_number, etag })
             .collect();
-        let info = store
+        store
             .complete_multipart(&bucket, &k, &upload, &parts)
             .unwrap();
+        let info = store.head_object(&bucket, &k).unwrap().unwrap();
         assert_eq!(info.size, 3510);
-        let head = store.head(&bucket, &k).unwrap().unwrap();
+        let head = store.head_object(&bucket, &k).unwrap().unwrap();
         assert_eq!(
             (head.size, &head.metadata, &head.tags),
             (3510, &metadata, &tags)
         );
         assert_eq!(
-            store.read_range(&bucket, &k, 1999..2001, None).unwrap(),
+            store.get_range(&bucket, &k, 1999..2001, None).unwrap(),
             vec![1, 2]
         );
         let on_disk = dir
@@ -815,7 +716,7 @@ mod tests {
             "a plain file at <data>/s3/<bucket>/<key>"
         );
         assert!(
-            store.list_uploads(&bucket).unwrap().is_empty(),
+            store.list_multipart_uploads(&bucket).unwrap().is_empty(),
             "staging is cleaned up"
         );
     }
@@ -825,21 +726,21 @@ mod tests {
         let (dir, store, bucket) = store();
         let k = key("joined.bin");
         let upload = store
-            .create_multipart(&bucket, &k, BTreeMap::new(), vec![])
+            .create_multipart(&bucket, &k, &BTreeMap::new(), &[])
             .unwrap();
         let staging = dir
             .path()
             .join("s3/archive-bucket/.amistore-uploads")
             .join(&upload);
         let body = |n: u8| vec![n; 1024 + n as usize];
-        let e2 = store.upload_part(&bucket, &upload, 2, &body(2)).unwrap();
+        let e2 = put_part(&store, &bucket, &k, &upload, 2, &body(2)).unwrap();
         assert_eq!(
             fs::metadata(staging.join("object")).map_or(0, |m| m.len()),
             0,
             "2 waits for 1"
         );
-        let e1 = store.upload_part(&bucket, &upload, 1, &body(1)).unwrap();
-        let e3 = store.upload_part(&bucket, &upload, 3, &body(3)).unwrap();
+        let e1 = put_part(&store, &bucket, &k, &upload, 1, &body(1)).unwrap();
+        let e3 = put_part(&store, &bucket, &k, &upload, 3, &body(3)).unwrap();
         assert_eq!(
             fs::metadata(staging.join("object")).unwrap().len(),
             (1025 + 1026 + 1027) as u64,
@@ -852,18 +753,19 @@ mod tests {
             .unwrap()
             .write_all(b"torn")
             .unwrap();
-        let e4 = store.upload_part(&bucket, &upload, 4, &body(4)).unwrap();
+        let e4 = put_part(&store, &bucket, &k, &upload, 4, &body(4)).unwrap();
         // Complete with 1, 3, 4 only: 2 is left out though it was joined.
         let parts = [(1, e1), (3, e3), (4, e4)]
             .map(|(part_number, etag)| CompletedPart { part_number, etag });
-        let info = store
+        store
             .complete_multipart(&bucket, &k, &upload, &parts)
             .unwrap();
+        let info = store.head_object(&bucket, &k).unwrap().unwrap();
         let expected: Vec<u8> = [body(1), body(3), body(4)].concat();
         assert_eq!(info.size, expected.len() as u64);
         assert_eq!(
             store
-                .read_range(&bucket, &k, 0..info.size, Some(&info.etag))
+                .get_range(&bucket, &k, 0..info.size, Some(&info.etag))
                 .unwrap(),
             expected
         );
@@ -876,13 +778,13 @@ mod tests {
         let k = key("x.bin");
         let missing: BucketName = "no-such-bucket".parse().unwrap();
         assert!(matches!(
-            store.create_multipart(&missing, &k, BTreeMap::new(), vec![]),
+            store.create_multipart(&missing, &k, &BTreeMap::new(), &[]),
             Err(Error::NotFound(_))
         ));
         let big = BTreeMap::from([("k".to_owned(), "v".repeat(2048))]);
         assert!(
             store
-                .create_multipart(&bucket, &k, big, vec![])
+                .create_multipart(&bucket, &k, &big, &[])
                 .unwrap_err()
                 .to_string()
                 .contains("2048")
@@ -890,7 +792,7 @@ mod tests {
         let non_ascii = BTreeMap::from([("k".to_owned(), "é".to_owned())]);
         assert!(
             store
-                .create_multipart(&bucket, &k, non_ascii, vec![])
+                .create_multipart(&bucket, &k, &non_ascii, &[])
                 .unwrap_err()
                 .to_string()
                 .contains("RFC 2047")
@@ -900,17 +802,17 @@ mod tests {
             .collect();
         assert!(
             store
-                .create_multipart(&bucket, &k, BTreeMap::new(), eleven)
+                .create_multipart(&bucket, &k, &BTreeMap::new(), &eleven)
                 .is_err()
         );
 
         let upload = store
-            .create_multipart(&bucket, &k, BTreeMap::new(), vec![])
+            .create_multipart(&bucket, &k, &BTreeMap::new(), &[])
             .unwrap();
-        assert!(store.upload_part(&bucket, &upload, 0, b"x").is_err());
-        assert!(store.upload_part(&bucket, &upload, 10_001, b"x").is_err());
-        let small = store.upload_part(&bucket, &upload, 1, &[0u8; 100]).unwrap();
-        let last = store.upload_part(&bucket, &upload, 2, &[1u8; 100]).unwrap();
+        assert!(put_part(&store, &bucket, &k, &upload, 0, b"x").is_err());
+        assert!(put_part(&store, &bucket, &k, &upload, 10_001, b"x").is_err());
+        let small = put_part(&store, &bucket, &k, &upload, 1, &[0u8; 100]).unwrap();
+        let last = put_part(&store, &bucket, &k, &upload, 2, &[1u8; 100]).unwrap();
         let parts = [
             CompletedPart {
                 part_number: 1,
@@ -949,19 +851,19 @@ mod tests {
                 .is_err()
         );
         assert_eq!(
-            store.head(&bucket, &k).unwrap(),
+            store.head_object(&bucket, &k).unwrap(),
             None,
             "failed completions publish nothing"
         );
 
-        store.abort_multipart(&bucket, &upload).unwrap();
-        assert!(store.list_uploads(&bucket).unwrap().is_empty());
+        store.abort_multipart(&bucket, &k, &upload).unwrap();
+        assert!(store.list_multipart_uploads(&bucket).unwrap().is_empty());
         assert!(matches!(
-            store.upload_part(&bucket, &upload, 1, b"x"),
+            put_part(&store, &bucket, &k, &upload, 1, b"x"),
             Err(Error::NotFound(_))
         ));
         assert!(matches!(
-            store.abort_multipart(&bucket, "../../etc"),
+            store.abort_multipart(&bucket, &k, "../../etc"),
             Err(Error::NotFound(_))
         ));
         assert!(matches!(
@@ -980,12 +882,7 @@ mod tests {
 
         struct Pattern;
         impl BlockSource for Pattern {
-            fn read_blocks(
-                &self,
-                _: usize,
-                first: u64,
-                buf: &mut [u8],
-            ) -> amistore_core::Result<()> {
+            fn read_blocks(&self, _: usize, first: u64, buf: &mut [u8]) -> Result<()> {
                 buf.iter_mut()
                     .enumerate()
                     .for_each(|(i, b)| *b = (first as usize * 7 + i / 4096) as u8);
@@ -1011,7 +908,7 @@ mod tests {
                 .with_min_part_size(1024);
         let k = key("ami-0123456789abcdef0.bin");
         let upload = store
-            .create_multipart(&bucket, &k, BTreeMap::new(), vec![])
+            .create_multipart(&bucket, &k, &BTreeMap::new(), &[])
             .unwrap();
         let mut parts = Vec::new();
         let mut records = Vec::new();
@@ -1021,9 +918,7 @@ mod tests {
             let part_number = unit as u32 + 1;
             parts.push(CompletedPart {
                 part_number,
-                etag: store
-                    .upload_part(&bucket, &upload, part_number, &bytes)
-                    .unwrap(),
+                etag: put_part(&store, &bucket, &k, &upload, part_number, &bytes).unwrap(),
             });
             records.push(record);
         }
@@ -1031,7 +926,7 @@ mod tests {
         let n = plan.units.len() as u32 + 1;
         parts.push(CompletedPart {
             part_number: n,
-            etag: store.upload_part(&bucket, &upload, n, &last.bytes).unwrap(),
+            etag: put_part(&store, &bucket, &k, &upload, n, &last.bytes).unwrap(),
         });
         parts.sort_by_key(|p| p.part_number);
         store

@@ -158,7 +158,11 @@ impl World {
     }
 
     pub fn uploads(&self) -> usize {
-        self.local.buckets.list_uploads(&self.bucket).unwrap().len()
+        self.local
+            .buckets
+            .list_multipart_uploads(&self.bucket)
+            .unwrap()
+            .len()
     }
 }
 
