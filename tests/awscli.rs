@@ -10,6 +10,8 @@ mod support;
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
@@ -845,6 +847,152 @@ fn the_amistore_cli_drives_a_server_with_endpoint() {
     let ftp = remote("ftp://127.0.0.1");
     let err = String::from_utf8_lossy(&ftp.stderr);
     assert!(err.contains("must start with http:// or https://"), "{err}");
+}
+
+/// Counts of a TLS front's handshakes: completed, and refused by the client.
+#[derive(Default)]
+struct Handshakes {
+    completed: AtomicUsize,
+    refused: AtomicUsize,
+}
+
+/// A TLS front on a free loopback port, with a certificate for 127.0.0.1 that
+/// no public authority signed (self-signed): it ends TLS and passes the bytes
+/// to the plain-HTTP server on `backend`. It lives as long as the test process.
+fn tls_front(backend: u16, cert: &rcgen::CertifiedKey<rcgen::KeyPair>) -> (u16, Arc<Handshakes>) {
+    use tokio_rustls::rustls::{self, pki_types::PrivateKeyDer};
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let key = PrivateKeyDer::Pkcs8(cert.signing_key.serialize_der().into());
+    let config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(vec![cert.cert.der().clone()], key)
+        .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    listener.set_nonblocking(true).unwrap();
+    let handshakes = Arc::new(Handshakes::default());
+    let counts = handshakes.clone();
+    std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async move {
+            let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+            while let Ok((tcp, _)) = listener.accept().await {
+                let (acceptor, counts) = (acceptor.clone(), counts.clone());
+                tokio::spawn(async move {
+                    let Ok(mut tls) = acceptor.accept(tcp).await else {
+                        counts.refused.fetch_add(1, Ordering::SeqCst);
+                        return;
+                    };
+                    counts.completed.fetch_add(1, Ordering::SeqCst);
+                    if let Ok(mut plain) =
+                        tokio::net::TcpStream::connect(("127.0.0.1", backend)).await
+                    {
+                        let _ = tokio::io::copy_bidirectional(&mut tls, &mut plain).await;
+                    }
+                });
+            }
+        });
+    });
+    (port, handshakes)
+}
+
+#[test]
+fn the_amistore_cli_reaches_a_server_over_tls_with_a_trusted_private_certificate() {
+    let (image, data, ami) = one_disk_world("tls source", &["bucket-a"]);
+    let server = Server::start(&data, &[]);
+    let cert = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_owned()]).unwrap();
+    let (port, handshakes) = tls_front(server.port, &cert);
+    let bundle = image.dir.path().join("ca.pem");
+    std::fs::write(&bundle, cert.cert.pem()).unwrap();
+    let endpoint = format!("https://127.0.0.1:{port}");
+    let client = |env: &[(&str, &Path)], args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_amistore"))
+            .args(["--endpoint", &endpoint])
+            .args(args)
+            .env_remove("AMISTORE_DATA_DIR")
+            .env_remove("AWS_CA_BUNDLE")
+            .envs(env.iter().copied())
+            .env("AWS_ACCESS_KEY_ID", "test")
+            .env("AWS_SECRET_ACCESS_KEY", "test")
+            .env("AWS_DEFAULT_REGION", "us-east-1")
+            .output()
+            .unwrap()
+    };
+    let stderr = |out: &Output| String::from_utf8_lossy(&out.stderr).into_owned();
+
+    // Without the bundle, the certificate is refused: no public authority signed it.
+    let untrusted = client(&[], &["describe-store-image-tasks"]);
+    assert!(!untrusted.status.success());
+    let err = stderr(&untrusted);
+    assert!(
+        err.contains(&format!("cannot reach https://127.0.0.1:{port}"))
+            && err.contains("invalid peer certificate"),
+        "{err}"
+    );
+    assert_eq!(handshakes.completed.load(Ordering::SeqCst), 0);
+    assert!(handshakes.refused.load(Ordering::SeqCst) >= 1);
+
+    // With it (the flag, or AWS_CA_BUNDLE as the AWS CLI reads it), a store
+    // runs to its end through TLS and describe sees it.
+    let bundle_arg = bundle.to_str().unwrap();
+    let stored = client(
+        &[],
+        &[
+            "--ca-bundle",
+            bundle_arg,
+            "store-image",
+            "--image-id",
+            &ami,
+            "--bucket",
+            "bucket-a",
+            "--wait",
+        ],
+    );
+    assert!(stored.status.success(), "{}", stderr(&stored));
+    assert_eq!(
+        String::from_utf8_lossy(&stored.stdout).trim(),
+        format!("{ami}.bin")
+    );
+    let described = client(
+        &[("AWS_CA_BUNDLE", bundle.as_path())],
+        &["describe-store-image-tasks", "--image-id", &ami],
+    );
+    assert!(described.status.success(), "{}", stderr(&described));
+    let tasks: Value = serde_json::from_slice(&described.stdout).unwrap();
+    assert_eq!(
+        tasks["StoreImageTaskResults"][0]["StoreTaskState"],
+        "Completed"
+    );
+    assert!(handshakes.completed.load(Ordering::SeqCst) >= 2);
+
+    // A bundle that holds no certificate is named, not silently ignored.
+    let not_pem = image.dir.path().join("not-a-bundle.pem");
+    std::fs::write(&not_pem, "not a certificate").unwrap();
+    let refused = client(
+        &[("AWS_CA_BUNDLE", not_pem.as_path())],
+        &["describe-store-image-tasks"],
+    );
+    assert!(!refused.status.success());
+    assert!(
+        stderr(&refused).contains("not-a-bundle.pem: the CA bundle holds no certificate"),
+        "{}",
+        stderr(&refused)
+    );
+    let missing = client(
+        &[("AWS_CA_BUNDLE", Path::new("/nonexistent/ca.pem"))],
+        &["describe-store-image-tasks"],
+    );
+    assert!(
+        stderr(&missing).contains("reading the CA bundle /nonexistent/ca.pem"),
+        "{}",
+        stderr(&missing)
+    );
 }
 
 #[test]

@@ -13,7 +13,7 @@ mod remote;
 mod serve_cmd;
 mod task_cmd;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use amistore_core::task::TaskKind;
@@ -52,6 +52,18 @@ struct Cli {
         value_name = "URL"
     )]
     endpoint: Option<String>,
+
+    /// With --endpoint https://…: trust only the certificate authorities in
+    /// this PEM file (for a server with a private or self-signed certificate),
+    /// instead of the public ones.
+    #[arg(
+        long,
+        global = true,
+        help_heading = "Global options",
+        env = "AWS_CA_BUNDLE",
+        value_name = "FILE"
+    )]
+    ca_bundle: Option<PathBuf>,
 
     /// Configuration file: defaults for the data directory, the endpoint
     /// and the quota limits [default: ~/.config/amistore/config.toml, if it
@@ -180,10 +192,11 @@ fn describe(
     args: task_cmd::DescribeArgs,
     kind: TaskKind,
     endpoint: Option<String>,
+    ca_bundle: Option<&Path>,
     data_dir_arg: Option<PathBuf>,
 ) -> anyhow::Result<ExitCode> {
     match &endpoint {
-        Some(url) => remote::Remote::new(url).and_then(|r| r.describe_tasks(args, kind)),
+        Some(url) => remote::Remote::new(url, ca_bundle).and_then(|r| r.describe_tasks(args, kind)),
         None => data_dir(data_dir_arg).and_then(|dir| {
             let backend = args.backend.clone();
             task_cmd::describe_tasks(args, kind, &dir, Default::default(), &backend)
@@ -236,22 +249,23 @@ fn main() -> ExitCode {
     cli.data_dir = cli.data_dir.or(config.data_dir.clone());
     with_config_limits(&mut cli.command, &config);
     let quiet = cli.quiet;
+    let ca_bundle = cli.ca_bundle.as_deref();
     let result = match cli.command {
         Command::Archive(cmd) => archive_cmd::run(cmd, quiet),
         Command::Image(cmd) => match &cli.endpoint {
-            Some(url) => remote::Remote::new(url)
+            Some(url) => remote::Remote::new(url, ca_bundle)
                 .and_then(|r| image_cmd::run(cmd, image_cmd::Images::Remote(r), quiet)),
             None => data_dir(cli.data_dir)
                 .and_then(|dir| image_cmd::run(cmd, image_cmd::Images::Local(&dir), quiet)),
         },
         Command::Bucket(cmd) => match &cli.endpoint {
-            Some(url) => remote::Remote::new(url)
+            Some(url) => remote::Remote::new(url, ca_bundle)
                 .and_then(|r| bucket_cmd::run(cmd, bucket_cmd::Buckets::Remote(r))),
             None => data_dir(cli.data_dir)
                 .and_then(|dir| bucket_cmd::run(cmd, bucket_cmd::Buckets::Local(&dir))),
         },
         Command::StoreImage(args) => match &cli.endpoint {
-            Some(url) => remote::Remote::new(url).and_then(|r| {
+            Some(url) => remote::Remote::new(url, ca_bundle).and_then(|r| {
                 let wait = args.wait;
                 r.store(args, wait, quiet)
             }),
@@ -261,7 +275,7 @@ fn main() -> ExitCode {
             }),
         },
         Command::RestoreImage(args) => match &cli.endpoint {
-            Some(url) => remote::Remote::new(url).and_then(|r| {
+            Some(url) => remote::Remote::new(url, ca_bundle).and_then(|r| {
                 let wait = args.wait;
                 r.restore(args, wait, quiet)
             }),
@@ -271,26 +285,30 @@ fn main() -> ExitCode {
             }),
         },
         Command::DescribeStoreImageTasks(args) => {
-            describe(args, TaskKind::Store, cli.endpoint, cli.data_dir)
+            describe(args, TaskKind::Store, cli.endpoint, ca_bundle, cli.data_dir)
         }
-        Command::DescribeRestoreImageTasks(args) => {
-            describe(args, TaskKind::Restore, cli.endpoint, cli.data_dir)
-        }
+        Command::DescribeRestoreImageTasks(args) => describe(
+            args,
+            TaskKind::Restore,
+            cli.endpoint,
+            ca_bundle,
+            cli.data_dir,
+        ),
         Command::CancelStoreImageTask(args) => match &cli.endpoint {
-            Some(url) => remote::Remote::new(url).and_then(|r| r.cancel_store(args)),
+            Some(url) => remote::Remote::new(url, ca_bundle).and_then(|r| r.cancel_store(args)),
             None => data_dir(cli.data_dir).and_then(|dir| {
                 let backend = args.backend.clone();
                 task_cmd::cancel_store(args, &dir, Default::default(), &backend)
             }),
         },
         Command::DescribeTaskQuotas(args) => match &cli.endpoint {
-            Some(url) => remote::Remote::new(url).and_then(|r| r.describe_quotas()),
+            Some(url) => remote::Remote::new(url, ca_bundle).and_then(|r| r.describe_quotas()),
             None => data_dir(cli.data_dir).and_then(|dir| {
                 task_cmd::describe_quotas(&dir, args.engine.limits, &args.engine.backend)
             }),
         },
         Command::DeregisterImage(args) => match &cli.endpoint {
-            Some(url) => remote::Remote::new(url).and_then(|r| r.deregister(args)),
+            Some(url) => remote::Remote::new(url, ca_bundle).and_then(|r| r.deregister(args)),
             None => data_dir(cli.data_dir).and_then(|dir| {
                 let backend = args.backend.clone();
                 task_cmd::deregister(args, &dir, Default::default(), &backend)

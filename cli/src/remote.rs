@@ -8,7 +8,9 @@
 use std::process::ExitCode;
 use std::time::Duration;
 
-use amistore_api::client::{Answer, ClientCredentials, Endpoint, Outgoing, call, send};
+use amistore_api::client::{
+    Answer, ClientCredentials, Endpoint, MAX_CA_BUNDLE_BYTES, Outgoing, call, send,
+};
 use amistore_api::sigv4::uri_encode;
 use amistore_api::xml::{items, text_of};
 use anyhow::{Context, Result, anyhow, bail};
@@ -64,9 +66,22 @@ fn from_credentials_file(profile: &str) -> Option<ClientCredentials> {
 }
 
 impl Remote {
-    /// The server at `url`, with credentials and region from the environment.
-    pub fn new(url: &str) -> Result<Self> {
-        let endpoint = Endpoint::parse(url).map_err(|e| anyhow!(e))?;
+    /// The server at `url`, with credentials and region from the environment;
+    /// with `ca_bundle`, trusting only the certificates in that PEM file.
+    pub fn new(url: &str, ca_bundle: Option<&Path>) -> Result<Self> {
+        let mut endpoint = Endpoint::parse(url).map_err(|e| anyhow!(e))?;
+        if let Some(path) = ca_bundle {
+            let mut pem = Vec::new();
+            std::fs::File::open(path)
+                .and_then(|f| {
+                    use std::io::Read;
+                    f.take(MAX_CA_BUNDLE_BYTES as u64 + 1).read_to_end(&mut pem)
+                })
+                .with_context(|| format!("reading the CA bundle {}", path.display()))?;
+            endpoint = endpoint
+                .trusting_only(&pem)
+                .map_err(|e| anyhow!("{}: {e}", path.display()))?;
+        }
         let env = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
         let credentials = match (env("AWS_ACCESS_KEY_ID"), env("AWS_SECRET_ACCESS_KEY")) {
             (Some(access_key), Some(secret)) => ClientCredentials {

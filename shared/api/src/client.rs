@@ -23,13 +23,35 @@ pub struct ClientCredentials {
     pub session_token: Option<String>,
 }
 
-/// An endpoint `http[s]://host[:port]`.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// An endpoint `http[s]://host[:port]`, and (with the `client` feature) the
+/// HTTP agent that reaches it, which keeps its connections open between calls.
+#[derive(Clone)]
 pub struct Endpoint {
     /// `http` or `https`.
     scheme: &'static str,
     /// `host[:port]`, as the Host header (and the signature) carry it.
     host: String,
+    #[cfg(feature = "client")]
+    agent: ureq::Agent,
+}
+
+impl std::fmt::Debug for Endpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}://{}", self.scheme, self.host)
+    }
+}
+
+/// The largest CA bundle read: Mozilla's whole bundle is about 220 KB.
+pub const MAX_CA_BUNDLE_BYTES: usize = 4 << 20;
+
+#[cfg(feature = "client")]
+fn agent(roots: ureq::tls::RootCerts) -> ureq::Agent {
+    ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(std::time::Duration::from_secs(300)))
+        .tls_config(ureq::tls::TlsConfig::builder().root_certs(roots).build())
+        .build()
+        .into()
 }
 
 impl Endpoint {
@@ -51,6 +73,38 @@ impl Endpoint {
         Ok(Self {
             scheme,
             host: host.to_owned(),
+            // Mozilla's roots, as the AWS SDKs trust by default.
+            #[cfg(feature = "client")]
+            agent: agent(ureq::tls::RootCerts::WebPki),
+        })
+    }
+
+    /// The same endpoint, trusting only the certificates in `pem` (a CA
+    /// bundle, as `AWS_CA_BUNDLE` names one for the AWS CLI and SDKs): for a
+    /// server whose certificate a private or self-signed authority issued.
+    #[cfg(feature = "client")]
+    pub fn trusting_only(self, pem: &[u8]) -> Result<Self, String> {
+        use ureq::tls::{PemItem, parse_pem};
+        if pem.len() > MAX_CA_BUNDLE_BYTES {
+            return Err(format!(
+                "the CA bundle is {} bytes; at most {MAX_CA_BUNDLE_BYTES} are read",
+                pem.len()
+            ));
+        }
+        let mut roots = Vec::new();
+        for item in parse_pem(pem) {
+            match item {
+                Ok(PemItem::Certificate(cert)) => roots.push(cert),
+                Ok(_) => {}
+                Err(e) => return Err(format!("the CA bundle is not PEM: {e}")),
+            }
+        }
+        if roots.is_empty() {
+            return Err("the CA bundle holds no certificate (PEM `BEGIN CERTIFICATE`)".into());
+        }
+        Ok(Self {
+            agent: agent(ureq::tls::RootCerts::new_with_certs(&roots)),
+            ..self
         })
     }
 
@@ -171,15 +225,6 @@ pub fn send(
     region: &str,
     request: &Outgoing<'_>,
 ) -> Result<Answer, ApiError> {
-    use std::sync::OnceLock;
-    static AGENT: OnceLock<ureq::Agent> = OnceLock::new();
-    let agent = AGENT.get_or_init(|| {
-        ureq::Agent::config_builder()
-            .http_status_as_error(false)
-            .timeout_global(Some(std::time::Duration::from_secs(300)))
-            .build()
-            .into()
-    });
     let unreachable = |e: &dyn std::fmt::Display| {
         ApiError::new(
             "Unavailable",
@@ -210,7 +255,7 @@ pub fn send(
             format!("bad request to {uri}: {e}"),
         )
     })?;
-    let response = agent.run(http).map_err(|e| unreachable(&e))?;
+    let response = endpoint.agent.run(http).map_err(|e| unreachable(&e))?;
     let status = response.status().as_u16();
     let headers = response
         .headers()
