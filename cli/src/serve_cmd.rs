@@ -1,7 +1,9 @@
 //! `amistore serve`: the EC2-compatible endpoint over the local engine. This
 //! file wires the engine, the API service and the HTTP transport
 //! (`amistore-server`, which bounds what clients can hold), runs the engine's
-//! maintenance now and then, and logs one JSON line per request to stderr.
+//! maintenance now and then, and logs one JSON line per request (and per task
+//! state change, maintenance pass, start and stop) to stderr: `tracing`
+//! events in the format of `amistore_api::logs`, listed in docs/logs.md.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -85,15 +87,8 @@ fn resolve_listen(s: &str) -> Result<SocketAddr> {
         .ok_or_else(|| anyhow::anyhow!("{s:?} resolves to no address"))
 }
 
-fn log(event: serde_json::Value) {
-    let mut line = event;
-    line["time"] = json!(amistore_core::task::iso8601_millis(
-        amistore_core::engine::now_ms()
-    ));
-    eprintln!("{line}");
-}
-
 pub fn run(args: ServeArgs, data_dir: &Path) -> Result<ExitCode> {
+    amistore_api::logs::init(std::io::stderr, &["AMISTORE_LOG", "RUST_LOG"]);
     let limits = args.limits;
     let (credentials, hosts) = match &args.credentials {
         Some(path) => {
@@ -131,10 +126,10 @@ pub fn run(args: ServeArgs, data_dir: &Path) -> Result<ExitCode> {
         None => ports,
     })?;
     local.observe(Arc::new(|task, kind, state| {
-        log(json!({"event": "task", "taskId": task.as_str(), "kind": kind.as_str(), "state": state}));
+        tracing::info!(event = "task", taskId = task.as_str(), kind = kind.as_str(), state = %state);
     }));
     for task in local.recover(Recovery::Resume)? {
-        log(json!({"event": "task-resumed", "taskId": task.as_str()}));
+        tracing::info!(event = "task-resumed", taskId = task.as_str());
     }
     let service = Service::new(local.engine.clone(), credentials)
         .with_hosts(hosts)
@@ -156,14 +151,14 @@ pub fn run(args: ServeArgs, data_dir: &Path) -> Result<ExitCode> {
     let listener = runtime
         .block_on(async { amistore_server::bind(args.listen) })
         .with_context(|| format!("cannot listen on {}", args.listen))?;
-    log(json!({
-        "event": "listening",
-        "address": listener.local_addr().map(|a| a.to_string()).unwrap_or_default(),
-        "dataDir": data_dir.display().to_string(),
-        "maxConnections": server_limits.max_connections,
-        "requestThreads": server_limits.max_in_flight,
-        "maxConcurrentTasks": args.max_concurrent_tasks.max(1),
-    }));
+    tracing::info!(
+        event = "listening",
+        address = listener.local_addr().map(|a| a.to_string()).unwrap_or_default(),
+        dataDir = %data_dir.display(),
+        maxConnections = server_limits.max_connections,
+        requestThreads = server_limits.max_in_flight,
+        maxConcurrentTasks = args.max_concurrent_tasks.max(1),
+    );
     let stats = Arc::new(Stats::default());
     let stopping = AtomicBool::new(false);
     std::thread::scope(|scope| -> Result<()> {
@@ -183,7 +178,7 @@ pub fn run(args: ServeArgs, data_dir: &Path) -> Result<ExitCode> {
         .into_iter()
         .map(|(k, v)| (k.to_owned(), json!(v)))
         .collect();
-    log(json!({"event": "stopped", "connections": counters}));
+    tracing::info!(event = "stopped", connections = %serde_json::Value::Object(counters));
     Ok(ExitCode::SUCCESS)
 }
 
@@ -219,17 +214,20 @@ fn maintain(local: &LocalEngine, stopping: &AtomicBool, interval_s: u64) {
                     && s.corrected_counters.is_empty()
                     && s.errors.is_empty())
                 {
-                    log(json!({
-                        "event": "maintenance",
-                        "resumed": done.resumed.iter().map(|t| t.as_str()).collect::<Vec<_>>(),
-                        "failed": s.failed.iter().map(|t| t.as_str()).collect::<Vec<_>>(),
-                        "abortedUploads": s.aborted_uploads,
-                        "correctedCounters": s.corrected_counters,
-                        "errors": s.errors,
-                    }));
+                    let ids = |tasks: &[amistore_core::ids::TaskId]| {
+                        json!(tasks.iter().map(|t| t.as_str()).collect::<Vec<_>>())
+                    };
+                    tracing::info!(
+                        event = "maintenance",
+                        resumed = %ids(&done.resumed),
+                        failed = %ids(&s.failed),
+                        abortedUploads = %json!(s.aborted_uploads),
+                        correctedCounters = %json!(s.corrected_counters),
+                        errors = %json!(s.errors),
+                    );
                 }
             }
-            Err(e) => log(json!({"event": "maintenance", "error": format!("{e:#}")})),
+            Err(e) => tracing::error!(event = "maintenance", error = format!("{e:#}")),
         }
     }
 }
@@ -246,18 +244,18 @@ impl Logged {
         outcome: &Outcome,
         started: Instant,
     ) {
-        log(json!({
-            "event": "request",
-            "requestId": outcome.request_id,
-            "peer": peer.to_string(),
-            "method": method,
-            "action": outcome.action,
-            "account": outcome.account.as_ref().map(|a| a.as_str()),
-            "status": response.status,
-            "error": outcome.error,
-            "detail": outcome.detail,
-            "ms": started.elapsed().as_millis() as u64,
-        }));
+        tracing::info!(
+            event = "request",
+            requestId = outcome.request_id,
+            peer = %peer,
+            method,
+            action = outcome.action.as_deref(),
+            account = outcome.account.as_ref().map(|a| a.as_str()),
+            status = response.status,
+            error = outcome.error,
+            detail = outcome.detail.as_deref(),
+            ms = started.elapsed().as_millis() as u64,
+        );
     }
 }
 

@@ -19,6 +19,7 @@ pub mod client;
 pub mod ebs;
 pub mod error;
 pub mod json;
+pub mod logs;
 pub mod query;
 pub mod s3;
 pub mod service;

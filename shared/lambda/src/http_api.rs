@@ -252,15 +252,16 @@ fn log(
     status: u16,
     took: std::time::Duration,
 ) {
-    let line = serde_json::json!({
-        "requestId": outcome.request_id,
-        "apiGatewayRequestId": event.request_context.request_id,
-        "action": outcome.action,
-        "account": outcome.account.as_ref().map(|a| a.as_str()),
-        "caller": identity.user_arn,
-        "status": status,
-        "error": outcome.error,
-        "ms": took.as_millis() as u64,
-    });
-    println!("{line}");
+    tracing::info!(
+        event = "request",
+        requestId = outcome.request_id,
+        apiGatewayRequestId = event.request_context.request_id,
+        action = outcome.action.as_deref(),
+        account = outcome.account.as_ref().map(|a| a.as_str()),
+        caller = identity.user_arn,
+        status,
+        error = outcome.error,
+        detail = outcome.detail.as_deref(),
+        ms = took.as_millis() as u64,
+    );
 }

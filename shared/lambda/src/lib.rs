@@ -30,6 +30,9 @@ use step::StepFailure;
 /// A function's whole life: connect once, then answer events until the
 /// runtime stops.
 pub async fn run(function: Function) -> Result<(), lambda_runtime::Error> {
+    // JSON lines on stdout, which Lambda sends to CloudWatch Logs; the
+    // runtime's span gives every event of an invocation its `requestId`.
+    amistore_api::logs::init(std::io::stdout, &["AWS_LAMBDA_LOG_LEVEL", "RUST_LOG"]);
     let deployment = std::sync::Arc::new(deployment::connect(function).await?);
     lambda_runtime::run(lambda_runtime::service_fn(
         move |event: lambda_runtime::LambdaEvent<Value>| {

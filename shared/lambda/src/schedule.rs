@@ -115,9 +115,10 @@ pub async fn run(
         cause: format!("the sweeper failed: {e}"),
     })?
     .map_err(|e| StepFailure::from(amistore_core::engine::steps::StepError::from(e)))?;
-    println!(
-        "{}",
-        serde_json::to_string(&outcome).unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}"))
+    tracing::info!(
+        event = "schedule",
+        sweep = outcome.sweep.as_ref().map(json_text),
+        policy = outcome.policy.as_ref().map(json_text),
     );
     // The sweep went on past what failed; the invocation still fails, so the
     // function's Errors metric (and an alarm on it) shows it.
@@ -137,4 +138,9 @@ pub async fn run(
         });
     }
     Ok(outcome)
+}
+
+/// A report as one JSON text, for a log field.
+fn json_text(report: &impl serde::Serialize) -> String {
+    serde_json::to_string(report).unwrap_or_else(|e| format!("(does not serialise: {e})"))
 }

@@ -64,6 +64,11 @@ pub async fn run_one_of(
 /// Runs the step `input` names (`{"step": …, "taskId": …, "unit"?: …}`).
 pub async fn run(engine: Arc<Engine>, input: Value) -> Result<Value, StepFailure> {
     let step = input.get("step").and_then(Value::as_str).map(str::to_owned);
+    let task = input
+        .get("taskId")
+        .and_then(Value::as_str)
+        .map(str::to_owned);
+    let unit = input.get("unit").and_then(Value::as_u64);
     let started = std::time::Instant::now();
     let result = tokio::task::spawn_blocking(move || steps::run_step(&engine, &input))
         .await
@@ -73,15 +78,15 @@ pub async fn run(engine: Arc<Engine>, input: Value) -> Result<Value, StepFailure
             cause: format!("the step failed: {e}"),
         })?
         .map_err(StepFailure::from);
-    println!(
-        "{}",
-        serde_json::json!({
-            "step": step,
-            "ok": result.is_ok(),
-            "error": result.as_ref().err().map(|e| e.name),
-            "cause": result.as_ref().err().map(|e| &e.cause),
-            "ms": started.elapsed().as_millis() as u64,
-        })
+    tracing::info!(
+        event = "step",
+        step,
+        taskId = task,
+        unit,
+        ok = result.is_ok(),
+        error = result.as_ref().err().map(|e| e.name),
+        cause = result.as_ref().err().map(|e| e.cause.as_str()),
+        ms = started.elapsed().as_millis() as u64,
     );
     result
 }
