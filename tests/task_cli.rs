@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use amistore_core::ports::TaskStore;
 use amistore_core::task::{TaskKind, TaskState};
 use amistore_local::embedded::{LocalEngine, LocalOptions, Recovery};
-use amistore_local::task_db::SqliteTaskStore;
+use amistore_local::task_store::SqliteTaskStore;
 use serde_json::Value;
 use support::*;
 

@@ -8,7 +8,7 @@ use std::process::ExitCode;
 use amistore_core::ids::AccountId;
 use amistore_core::ports::{BucketAdmin, BucketSummary, MAX_LIST_KEYS, ObjectStore, ObjectSummary};
 use amistore_core::storage::{BucketName, BucketPath, ObjectKey};
-use amistore_local::bucket_store::BucketStore;
+use amistore_local::object_store::FolderObjectStore;
 use anyhow::{Result, bail};
 use clap::Subcommand;
 use serde_json::json;
@@ -73,7 +73,7 @@ pub fn run(cmd: BucketCommand, buckets: Buckets<'_>) -> Result<ExitCode> {
             let owner = local_owner(owner, &buckets)?;
             match &buckets {
                 Buckets::Local(dir) => {
-                    BucketAdmin::create_bucket(&BucketStore::open(dir)?, &owner, &name)?;
+                    BucketAdmin::create_bucket(&FolderObjectStore::open(dir)?, &owner, &name)?;
                     println!("{}", dir.join("s3").join(name.as_str()).display());
                 }
                 Buckets::Remote(r) => {
@@ -85,7 +85,7 @@ pub fn run(cmd: BucketCommand, buckets: Buckets<'_>) -> Result<ExitCode> {
         BucketCommand::List { owner, json } => {
             let owner = local_owner(owner, &buckets)?;
             let list = match &buckets {
-                Buckets::Local(dir) => BucketStore::open(dir)?.list_buckets(&owner)?,
+                Buckets::Local(dir) => FolderObjectStore::open(dir)?.list_buckets(&owner)?,
                 Buckets::Remote(r) => r.list_buckets()?,
             };
             print_buckets(&list, json)?;
@@ -97,7 +97,7 @@ pub fn run(cmd: BucketCommand, buckets: Buckets<'_>) -> Result<ExitCode> {
             };
             let objects = match &buckets {
                 Buckets::Local(dir) => {
-                    list_local(&BucketStore::open(dir)?, &location.bucket, &prefix)?
+                    list_local(&FolderObjectStore::open(dir)?, &location.bucket, &prefix)?
                 }
                 Buckets::Remote(r) => r.list_objects(&location.bucket, &prefix)?,
             };
@@ -110,7 +110,7 @@ pub fn run(cmd: BucketCommand, buckets: Buckets<'_>) -> Result<ExitCode> {
             };
             match &buckets {
                 Buckets::Local(dir) => {
-                    let store = BucketStore::open(dir)?;
+                    let store = FolderObjectStore::open(dir)?;
                     if store.head_object(&object.bucket, &key)?.is_none() {
                         bail!("there is no object {key} in bucket {}", object.bucket);
                     }
@@ -125,7 +125,7 @@ pub fn run(cmd: BucketCommand, buckets: Buckets<'_>) -> Result<ExitCode> {
 }
 
 fn list_local(
-    store: &BucketStore,
+    store: &FolderObjectStore,
     bucket: &BucketName,
     prefix: &str,
 ) -> Result<Vec<ObjectSummary>> {

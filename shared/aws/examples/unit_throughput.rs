@@ -25,7 +25,7 @@
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use amistore_aws::ebs::EbsLimits;
+use amistore_aws::EbsLimits;
 use amistore_aws::setup::{AwsPorts, AwsSettings, Overrides};
 use amistore_aws::simulation::block_data;
 use amistore_aws::simulation::{SimConfig, Simulation};
@@ -43,7 +43,7 @@ use amistore_core::ports::SnapshotStore;
 use amistore_core::ports::{ObjectReader, ObjectStore};
 use amistore_core::storage::{BucketName, ObjectKey};
 use amistore_core::task::TaskKind;
-use amistore_local::task_db::SqliteTaskStore;
+use amistore_local::task_store::SqliteTaskStore;
 
 /// The adapter as the engine's store step sees it: one snapshot per disk.
 struct Blocks<'a> {

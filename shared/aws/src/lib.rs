@@ -1,16 +1,18 @@
 //! amistore's AWS adapters: the engine's ports over EC2, the EBS direct APIs,
 //! S3, DynamoDB and Step Functions.
 //!
-//! - [`s3::S3ObjectStore`] is the [`ObjectStore`](amistore_core::ports::ObjectStore)
+//! Each module is named after the port its adapter serves:
+//!
+//! - [`object_store::S3ObjectStore`] is the [`ObjectStore`](amistore_core::ports::ObjectStore)
 //!   (multipart with metadata, tags and CRC32C part checksums, ranged GET, abort).
-//! - [`dynamodb::DynamoTaskStore`] is the [`TaskStore`](amistore_core::ports::TaskStore)
+//! - [`task_store::DynamoTaskStore`] is the [`TaskStore`](amistore_core::ports::TaskStore)
 //!   over one table (tasks, units, quota counters, copy locks; TransactWriteItems
 //!   admission and release; a GSI for newest-first listing; a TTL attribute).
-//! - [`ec2::Ec2Images`] is the [`ImageCatalog`](amistore_core::ports::ImageCatalog) and
+//! - [`images::Ec2Images`] is the [`ImageCatalog`](amistore_core::ports::ImageCatalog) and
 //!   [`SnapshotStore`](amistore_core::ports::SnapshotStore) (EC2 for images,
 //!   snapshots and tags; the EBS direct APIs for blocks, with bounded
 //!   concurrency, a request-rate cap and checksums).
-//! - [`sfn::StepFunctionsRunner`] is the [`WorkflowRunner`](amistore_core::ports::WorkflowRunner).
+//! - [`workflow_runner::StepFunctionsRunner`] is the [`WorkflowRunner`](amistore_core::ports::WorkflowRunner).
 //!
 //! The ports are synchronous; every adapter holds a [`Bridge`] to a tokio
 //! runtime and blocks on the SDK's futures from the engine's threads (never from
@@ -19,20 +21,19 @@
 
 pub mod audit;
 mod bridge;
-pub mod dynamodb;
-pub mod ebs;
-pub mod ec2;
 mod error;
-pub mod s3;
+pub mod images;
+pub mod object_store;
 pub mod setup;
-pub mod sfn;
 #[cfg(feature = "simulation")]
 pub mod simulation;
+pub mod task_store;
 #[cfg(feature = "testing")]
 pub mod testing;
+pub mod workflow_runner;
 
 pub use audit::{Audit, Permission};
 pub use bridge::Bridge;
-pub use ebs::EbsLimits;
 pub use error::SetupError;
+pub use images::ebs_requests::EbsLimits;
 pub use setup::{AwsPorts, AwsSettings, Overrides};

@@ -13,12 +13,12 @@ use tokio::runtime::Handle;
 
 use crate::audit::{Audit, AuditInterceptor};
 use crate::bridge::Bridge;
-use crate::dynamodb::DynamoTaskStore;
-use crate::ebs::EbsLimits;
-use crate::ec2::Ec2Images;
 use crate::error::SetupError;
-use crate::s3::S3ObjectStore;
-use crate::sfn::StepFunctionsRunner;
+use crate::images::Ec2Images;
+use crate::images::ebs_requests::EbsLimits;
+use crate::object_store::S3ObjectStore;
+use crate::task_store::DynamoTaskStore;
+use crate::workflow_runner::StepFunctionsRunner;
 
 /// amistore's settings on AWS (a Lambda function reads them from the
 /// environment the template gives it; the CLI from its flags).

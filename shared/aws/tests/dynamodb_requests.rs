@@ -10,7 +10,7 @@
 use std::collections::HashMap;
 
 use amistore_aws::Bridge;
-use amistore_aws::dynamodb::DynamoTaskStore;
+use amistore_aws::task_store::DynamoTaskStore;
 use amistore_core::Error;
 use amistore_core::ports::TaskStore;
 use amistore_core::task::Ending;

@@ -8,7 +8,7 @@
 
 use std::sync::{Arc, Mutex};
 
-use amistore_aws::{Bridge, EbsLimits, ec2::Ec2Images};
+use amistore_aws::{Bridge, EbsLimits, images::Ec2Images};
 use amistore_core::Error;
 use amistore_core::blocks::BLOCK_SIZE;
 use amistore_core::ids::SnapshotId;

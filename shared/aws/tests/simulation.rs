@@ -11,7 +11,7 @@
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use amistore_aws::ebs::EbsLimits;
+use amistore_aws::EbsLimits;
 use amistore_aws::setup::{AwsPorts, AwsSettings, Overrides};
 use amistore_aws::simulation::{BlockKind, SimConfig, Simulation, block_data, block_kind};
 use amistore_core::blocks::BLOCK_SIZE;
@@ -21,7 +21,7 @@ use amistore_core::ids::{AccountId, SnapshotId, TaskId};
 use amistore_core::image::Encryption;
 use amistore_core::ports::{ObjectStore, RateLease, SnapshotStore, TaskStore};
 use amistore_core::task::TaskKind;
-use amistore_local::task_db::SqliteTaskStore;
+use amistore_local::task_store::SqliteTaskStore;
 
 struct World {
     sim: Simulation,

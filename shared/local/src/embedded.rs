@@ -30,9 +30,9 @@ use amistore_core::storage::BucketName;
 use amistore_core::task::{QuotaLimits, Task, TaskKind};
 use rustix::fs::FlockOperation;
 
-use crate::bucket_store::BucketStore;
 use crate::image_library::ImageLibrary;
-use crate::task_db::SqliteTaskStore;
+use crate::object_store::FolderObjectStore;
+use crate::task_store::SqliteTaskStore;
 use crate::workflow::{LocalRunner, RunnerOptions};
 use crate::{Error, Result};
 
@@ -177,7 +177,7 @@ pub struct LocalEngine {
     /// The image library (for commands that manage it directly).
     pub library: ImageLibrary,
     /// The buckets.
-    pub buckets: BucketStore,
+    pub buckets: FolderObjectStore,
     runner: LocalRunner,
     tasks: Arc<SqliteTaskStore>,
     spool: PathBuf,
@@ -243,8 +243,8 @@ impl LocalEngine {
         let leases = data_dir.join("work/leases");
         let lease = Lease::take(&leases, options.process)?;
         let library = ImageLibrary::open(data_dir)?;
-        let buckets = BucketStore::open(data_dir)?;
-        let work = BucketStore::at(&data_dir.join("work"))?;
+        let buckets = FolderObjectStore::open(data_dir)?;
+        let work = FolderObjectStore::at(&data_dir.join("work"))?;
         let local_work: BucketName = WORK_BUCKET.parse()?;
         work.create_bucket(&local_work)?;
         let work_bucket = options.work_bucket.clone().unwrap_or(local_work);

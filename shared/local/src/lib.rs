@@ -2,19 +2,19 @@
 //! and the in-process workflow runner.
 //!
 //! - [`image_library`]: images and snapshots (the image catalog and snapshot
-//!   store ports); [`bucket_store`]: buckets as folders (the object store port);
-//!   [`task_db`]: SQLite (the task store port); [`workflow`]: the runner.
+//!   store ports); [`object_store`]: buckets as folders (the object store port);
+//!   [`task_store`]: SQLite (the task store port); [`workflow`]: the runner.
 //! - [`embedded`] wires them into an engine rooted in one data directory.
 //! - [`raw_disk`] reads and writes sparse raw disk images; [`archive_file`]
 //!   packs, verifies and extracts archives stored as local files.
 
 pub mod archive_file;
-pub mod bucket_store;
 pub mod embedded;
 pub mod image_library;
+pub mod object_store;
 pub mod private;
 pub mod raw_disk;
-pub mod task_db;
+pub mod task_store;
 pub mod throttle;
 pub mod workflow;
 

@@ -13,7 +13,7 @@ use amistore_core::ids::{AccountId, TaskId};
 use amistore_core::ports::{RateLease, TaskStore};
 use amistore_core::task::TaskKind;
 use amistore_local::image_library::ImageLibrary;
-use amistore_local::task_db::SqliteTaskStore;
+use amistore_local::task_store::SqliteTaskStore;
 
 const BUDGET: RequestBudget = RequestBudget {
     account_per_second: 100,

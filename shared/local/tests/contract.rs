@@ -6,14 +6,14 @@
 use std::sync::Arc;
 
 use amistore_core::ports::contract;
-use amistore_local::bucket_store::BucketStore;
 use amistore_local::image_library::ImageLibrary;
-use amistore_local::task_db::SqliteTaskStore;
+use amistore_local::object_store::FolderObjectStore;
+use amistore_local::task_store::SqliteTaskStore;
 
 #[test]
-fn bucket_store_keeps_the_object_store_contract() {
+fn folder_object_store_keeps_the_object_store_contract() {
     let dir = tempfile::tempdir().unwrap();
-    let store = BucketStore::open(&dir.path().join("data"))
+    let store = FolderObjectStore::open(&dir.path().join("data"))
         .unwrap()
         .with_min_part_size(1024);
     let bucket = "contract-bucket".parse().unwrap();
@@ -29,9 +29,9 @@ fn bucket_store_keeps_the_object_store_contract() {
 }
 
 #[test]
-fn bucket_store_keeps_the_bucket_admin_contract() {
+fn folder_object_store_keeps_the_bucket_admin_contract() {
     let dir = tempfile::tempdir().unwrap();
-    contract::bucket_admin(&BucketStore::open(&dir.path().join("data")).unwrap());
+    contract::bucket_admin(&FolderObjectStore::open(&dir.path().join("data")).unwrap());
 }
 
 #[test]

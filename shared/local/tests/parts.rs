@@ -9,7 +9,7 @@ use std::sync::Arc;
 use amistore_core::Error;
 use amistore_core::engine::parts::{Cut, PartTarget, encode_in_parts};
 use amistore_core::ports::ObjectStore;
-use amistore_local::bucket_store::BucketStore;
+use amistore_local::object_store::FolderObjectStore;
 
 mod support;
 use support::{Faults, Faulty};
@@ -23,7 +23,7 @@ const PIECE: u64 = 4096;
 /// the last). Returns the sizes of the unit's parts.
 fn cut(len: usize, parts: u32) -> Vec<u64> {
     let dir = tempfile::tempdir().unwrap();
-    let local = BucketStore::open(&dir.path().join("data"))
+    let local = FolderObjectStore::open(&dir.path().join("data"))
         .unwrap()
         .with_min_part_size(MIN);
     let bucket = "parts".parse().unwrap();
@@ -98,7 +98,7 @@ fn a_short_unit_is_one_part() {
 #[test]
 fn a_failed_upload_fails_the_unit_with_its_own_error() {
     let dir = tempfile::tempdir().unwrap();
-    let store = BucketStore::open(&dir.path().join("data")).unwrap();
+    let store = FolderObjectStore::open(&dir.path().join("data")).unwrap();
     let bucket = "parts".parse().unwrap();
     store.create_bucket(&bucket).unwrap();
     let key = "unit.bin".parse().unwrap();

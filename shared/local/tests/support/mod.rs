@@ -20,8 +20,8 @@ use amistore_core::ports::{
 use amistore_core::storage::{BucketName, ObjectKey};
 use amistore_core::task::{Claim, ClaimRequest, Ending, Task, TaskKind};
 use amistore_core::{Error, Result};
-use amistore_local::bucket_store::BucketStore;
 use amistore_local::embedded::{LocalEngine, LocalOptions, Ports};
+use amistore_local::object_store::FolderObjectStore;
 use amistore_local::workflow::RunnerOptions;
 
 pub const MIB: u64 = 1 << 20;
@@ -90,7 +90,7 @@ pub fn world_with(options: LocalOptions) -> World {
     let data = dir.path().join("data");
     let objects_dir = data.clone();
     let local = LocalEngine::open_with(&data, options, None, move |ports| {
-        let objects = BucketStore::open(&objects_dir)
+        let objects = FolderObjectStore::open(&objects_dir)
             .unwrap()
             .with_min_part_size(64 * 1024);
         Ports {

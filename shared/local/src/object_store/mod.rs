@@ -60,7 +60,7 @@ struct UploadRecord {
 
 /// The local object store under `<data-dir>/s3`.
 #[derive(Debug, Clone)]
-pub struct BucketStore {
+pub struct FolderObjectStore {
     root: PathBuf,
     min_part_size: u64,
 }
@@ -82,7 +82,7 @@ fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
         })
 }
 
-impl BucketStore {
+impl FolderObjectStore {
     /// The store under `data_dir/s3` (created if missing).
     pub fn open(data_dir: &Path) -> Result<Self> {
         Self::at(&data_dir.join("s3"))
@@ -207,7 +207,7 @@ impl BucketStore {
     }
 }
 
-impl ObjectStore for BucketStore {
+impl ObjectStore for FolderObjectStore {
     fn bucket_exists(&self, account: &AccountId, bucket: &BucketName) -> Result<bool> {
         if !self.has_bucket(bucket) {
             return Ok(false);
@@ -465,7 +465,7 @@ impl ObjectStore for BucketStore {
     }
 }
 
-impl BucketAdmin for BucketStore {
+impl BucketAdmin for FolderObjectStore {
     /// Creating a bucket that `account` already has is fine; one another
     /// account owns is refused.
     fn create_bucket(&self, account: &AccountId, bucket: &BucketName) -> Result<()> {
@@ -634,9 +634,9 @@ fn check_metadata(metadata: &BTreeMap<String, String>) -> Result<()> {
 mod tests {
     use super::*;
 
-    fn store() -> (tempfile::TempDir, BucketStore, BucketName) {
+    fn store() -> (tempfile::TempDir, FolderObjectStore, BucketName) {
         let dir = tempfile::tempdir().unwrap();
-        let store = BucketStore::open(dir.path())
+        let store = FolderObjectStore::open(dir.path())
             .unwrap()
             .with_min_part_size(1024);
         let bucket: BucketName = "archive-bucket".parse().unwrap();
@@ -650,7 +650,7 @@ mod tests {
 
     /// Uploads a part held in memory (the port takes a file, as the engine spools).
     fn put_part(
-        store: &BucketStore,
+        store: &FolderObjectStore,
         bucket: &BucketName,
         key: &ObjectKey,
         upload: &str,
