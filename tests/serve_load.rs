@@ -172,7 +172,7 @@ fn thirty_two_clients_get_well_formed_answers_and_leave_no_quota_behind() {
                         }
                         Err(e) => {
                             assert!(
-                                documented(action, e.code),
+                                documented(action, &e.code),
                                 "{action} {params:?}: undocumented error {e}"
                             );
                             *errors

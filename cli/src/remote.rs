@@ -114,7 +114,11 @@ impl Remote {
             action,
             &params,
         )
-        .map_err(|e| anyhow!("{}", e.message))
+        // A server's error names its code (`AuthFailure: …`), known here or not.
+        .map_err(|e| match e.code == "Unavailable" {
+            true => anyhow!("{}", e.message),
+            false => anyhow!("{e}"),
+        })
     }
 
     /// Sends one request of another of the server's APIs (`s3`, `ebs`).

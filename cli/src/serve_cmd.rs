@@ -252,7 +252,7 @@ impl Logged {
             action = outcome.action.as_deref(),
             account = outcome.account.as_ref().map(|a| a.as_str()),
             status = response.status,
-            error = outcome.error,
+            error = outcome.error.as_deref(),
             detail = outcome.detail.as_deref(),
             ms = started.elapsed().as_millis() as u64,
         );

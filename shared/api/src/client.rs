@@ -318,13 +318,8 @@ pub fn call(
     let status = answer.status;
     let code = crate::xml::text_of(&text, "Code").unwrap_or_else(|| format!("HTTP{status}"));
     let message = crate::xml::text_of(&text, "Message").unwrap_or_else(|| text.clone());
-    // The code is a borrowed 'static in ApiError; an unknown one reads as a
-    // generic failure with the server's code in the message.
-    Err(ApiError {
-        code: known_code(&code),
-        message: format!("{code}: {message}"),
-        status,
-    })
+    // The server's code is kept as it sent it, one this client knows or not.
+    Err(ApiError::answered(code, message, status))
 }
 
 /// The form body of `Action=…` with `params`, and the headers that sign it
@@ -449,28 +444,100 @@ fn amz_date(now: OffsetDateTime) -> Result<String, ApiError> {
     .map_err(|e| ApiError::new("InternalError", e.to_string()))
 }
 
-#[cfg(feature = "client")]
-fn known_code(code: &str) -> &'static str {
-    const CODES: [&str; 16] = [
-        "DryRunOperation",
-        "AuthFailure",
-        "RequestExpired",
-        "MissingAction",
-        "MissingParameter",
-        "InvalidParameterValue",
-        "InvalidParameterCombination",
-        "InvalidAMIID.Malformed",
-        "InvalidAMIID.NotFound",
-        "InvalidAMIName.Malformed",
-        "InvalidAMIName.Duplicate",
-        "InvalidNextToken",
-        "ResourceLimitExceeded",
-        "IncorrectState",
-        "InvalidAction",
-        "UnknownParameter",
-    ];
-    CODES
-        .into_iter()
-        .find(|c| *c == code)
-        .unwrap_or("ServerError")
+#[cfg(all(test, feature = "client"))]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use std::io::{Read, Write};
+
+    use super::*;
+
+    /// One connection on a loopback port, answered with `status` and `body`.
+    fn answer_once(status: u16, body: &'static str) -> Endpoint {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        std::thread::spawn(move || {
+            let (mut conn, _) = listener.accept().unwrap();
+            let mut request = Vec::new();
+            let mut buf = [0u8; 4096];
+            // The whole request: its head, then the Content-Length body.
+            while let Ok(n) = conn.read(&mut buf) {
+                request.extend_from_slice(&buf[..n]);
+                let text = String::from_utf8_lossy(&request);
+                if let Some((head, rest)) = text.split_once("\r\n\r\n") {
+                    let len = head
+                        .lines()
+                        .find_map(|l| l.strip_prefix("content-length: "))
+                        .and_then(|v| v.trim().parse::<usize>().ok())
+                        .unwrap_or(0);
+                    if rest.len() >= len {
+                        break;
+                    }
+                }
+                if n == 0 {
+                    break;
+                }
+            }
+            let _ = write!(
+                conn,
+                "HTTP/1.1 {status} Answer\r\ncontent-type: text/xml\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                body.len()
+            );
+        });
+        Endpoint::parse(&url).unwrap()
+    }
+
+    fn credentials() -> ClientCredentials {
+        ClientCredentials {
+            access_key: "test".into(),
+            secret: "test".into(),
+            session_token: None,
+        }
+    }
+
+    #[test]
+    fn a_server_s_error_code_is_kept_whether_or_not_the_client_knows_it() {
+        for code in ["InvalidAMIID.NotFound", "SomeCodeAddedNextYear"] {
+            let body = match code {
+                "InvalidAMIID.NotFound" => {
+                    "<?xml version=\"1.0\"?><Response><Errors><Error><Code>InvalidAMIID.NotFound</Code>\
+                     <Message>The image id &apos;ami-1&apos; does not exist</Message></Error></Errors>\
+                     <RequestID>r-1</RequestID></Response>"
+                }
+                _ => {
+                    "<?xml version=\"1.0\"?><Response><Errors><Error><Code>SomeCodeAddedNextYear</Code>\
+                     <Message>something new</Message></Error></Errors><RequestID>r-2</RequestID></Response>"
+                }
+            };
+            let endpoint = answer_once(400, body);
+            let err = call(
+                &endpoint,
+                &credentials(),
+                "us-east-1",
+                "DescribeImages",
+                &[],
+            )
+            .unwrap_err();
+            assert_eq!(err.code, code);
+            assert_eq!(err.status, 400);
+            assert!(
+                !err.message.contains("<"),
+                "the message is text: {}",
+                err.message
+            );
+        }
+        let endpoint = answer_once(
+            400,
+            "<?xml version=\"1.0\"?><Response><Errors><Error><Code>InvalidAMIID.NotFound</Code><Message>The image id &apos;ami-1&apos; does not exist</Message></Error></Errors></Response>",
+        );
+        let err = call(
+            &endpoint,
+            &credentials(),
+            "us-east-1",
+            "DescribeImages",
+            &[],
+        )
+        .unwrap_err();
+        assert_eq!(err.message, "The image id 'ami-1' does not exist");
+    }
 }

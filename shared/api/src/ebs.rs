@@ -57,7 +57,7 @@ pub fn is_ebs_path(path: &str) -> bool {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EbsError {
     /// The error type (`ValidationException`, …).
-    pub code: &'static str,
+    pub code: std::borrow::Cow<'static, str>,
     /// HTTP status.
     pub status: u16,
     /// The `Reason` member, for the types that have one.
@@ -69,7 +69,7 @@ pub struct EbsError {
 impl EbsError {
     fn validation(reason: &'static str, message: impl Into<String>) -> Self {
         Self {
-            code: "ValidationException",
+            code: "ValidationException".into(),
             status: 400,
             reason: Some(reason),
             message: message.into(),
@@ -78,7 +78,7 @@ impl EbsError {
 
     fn not_found(snapshot: &str) -> Self {
         Self {
-            code: "ResourceNotFoundException",
+            code: "ResourceNotFoundException".into(),
             status: 404,
             reason: Some("SNAPSHOT_NOT_FOUND"),
             message: format!("The snapshot {snapshot} does not exist."),
@@ -95,7 +95,7 @@ impl EbsError {
         HttpResponse {
             status: self.status,
             content_type: JSON,
-            headers: vec![("x-amzn-ErrorType".into(), self.code.to_owned())],
+            headers: vec![("x-amzn-ErrorType".into(), self.code.to_string())],
             body: body.to_string().into_bytes(),
         }
     }
@@ -105,11 +105,23 @@ impl EbsError {
 /// errors become EBS's `ValidationException`.
 impl From<ApiError> for EbsError {
     fn from(e: ApiError) -> Self {
-        let (code, status, reason) = match e.code {
-            "UnauthorizedOperation" => ("AccessDeniedException", 403, Some("UNAUTHORIZED_ACCOUNT")),
-            "InvalidNextToken" => ("ValidationException", 400, Some("INVALID_PAGE_TOKEN")),
-            _ if e.status == 400 => ("ValidationException", 400, Some("INVALID_PARAMETER_VALUE")),
-            code => (code, e.status, None),
+        let (code, status, reason) = match e.code.as_ref() {
+            "UnauthorizedOperation" => (
+                "AccessDeniedException".into(),
+                403,
+                Some("UNAUTHORIZED_ACCOUNT"),
+            ),
+            "InvalidNextToken" => (
+                "ValidationException".into(),
+                400,
+                Some("INVALID_PAGE_TOKEN"),
+            ),
+            _ if e.status == 400 => (
+                "ValidationException".into(),
+                400,
+                Some("INVALID_PARAMETER_VALUE"),
+            ),
+            _ => (e.code, e.status, None),
         };
         Self {
             code,
@@ -124,7 +136,7 @@ impl From<CoreError> for EbsError {
     fn from(e: CoreError) -> Self {
         match e {
             CoreError::NotFound(message) => Self {
-                code: "ResourceNotFoundException",
+                code: "ResourceNotFoundException".into(),
                 status: 404,
                 reason: Some("SNAPSHOT_NOT_FOUND"),
                 message,
@@ -135,7 +147,7 @@ impl From<CoreError> for EbsError {
             CoreError::IncorrectState(m) => Self::validation("INVALID_SNAPSHOT_ID", m),
             // A 5xx: clients retry it, as EBS asks them to.
             other => Self {
-                code: "InternalServerException",
+                code: "InternalServerException".into(),
                 status: 500,
                 reason: None,
                 message: other.to_string(),
@@ -182,7 +194,7 @@ impl Route {
             _ => None,
         };
         route.ok_or_else(|| EbsError {
-            code: "UnknownOperationException",
+            code: "UnknownOperationException".into(),
             status: 404,
             reason: None,
             message: format!("{method} {path} is not an EBS direct API"),

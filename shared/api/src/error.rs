@@ -1,14 +1,17 @@
 //! API errors as EC2 reports them: a code from EC2's catalogue, a message, and
 //! the HTTP status that goes with the code.
 
+use std::borrow::Cow;
+
 use amistore_core::Error as CoreError;
 
 /// An error answer.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{code}: {message}")]
 pub struct ApiError {
-    /// EC2's error code, e.g. `InvalidAMIID.NotFound`.
-    pub code: &'static str,
+    /// EC2's error code, e.g. `InvalidAMIID.NotFound`: one of ours, or, in
+    /// an answer read by the client, whatever code the server sent.
+    pub code: Cow<'static, str>,
     /// Readable message.
     pub message: String,
     /// HTTP status.
@@ -19,9 +22,18 @@ impl ApiError {
     /// An error with `code`, its usual status, and `message`.
     pub fn new(code: &'static str, message: impl Into<String>) -> Self {
         Self {
-            code,
+            code: Cow::Borrowed(code),
             message: message.into(),
             status: status_of(code),
+        }
+    }
+
+    /// An error a server answered with: its code kept as sent, known or not.
+    pub fn answered(code: String, message: impl Into<String>, status: u16) -> Self {
+        Self {
+            code: Cow::Owned(code),
+            message: message.into(),
+            status,
         }
     }
 
@@ -107,7 +119,10 @@ mod tests {
             "The request must contain the parameter ImageId"
         );
         let quota: ApiError = CoreError::LimitExceeded("600 GiB in progress".into()).into();
-        assert_eq!((quota.code, quota.status), ("ResourceLimitExceeded", 400));
+        assert_eq!(
+            (quota.code.as_ref(), quota.status),
+            ("ResourceLimitExceeded", 400)
+        );
         let token: ApiError = CoreError::InvalidToken("bad".into()).into();
         assert_eq!(token.code, "InvalidNextToken");
     }

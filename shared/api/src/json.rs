@@ -78,7 +78,7 @@ fn flatten(
 pub fn params(action: &str, body: &[u8]) -> Result<Params, ApiError> {
     if body.len() > MAX_REQUEST_BYTES {
         return Err(ApiError {
-            code: "RequestEntityTooLarge",
+            code: "RequestEntityTooLarge".into(),
             message: format!("requests are limited to {MAX_REQUEST_BYTES} bytes"),
             status: 413,
         });

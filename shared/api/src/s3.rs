@@ -89,7 +89,7 @@ impl S3Error {
 /// Authentication and parameter errors in S3's words.
 impl From<ApiError> for S3Error {
     fn from(e: ApiError) -> Self {
-        let (code, status) = match e.code {
+        let (code, status) = match e.code.as_ref() {
             "RequestExpired" => ("RequestTimeTooSkewed", 403),
             "UnauthorizedOperation" | "AuthFailure" => ("AccessDenied", 403),
             "SignatureDoesNotMatch" => ("SignatureDoesNotMatch", 403),

@@ -101,7 +101,7 @@ pub struct Outcome {
     /// The caller's account, once authenticated.
     pub account: Option<AccountId>,
     /// The error code, if it failed.
-    pub error: Option<&'static str>,
+    pub error: Option<std::borrow::Cow<'static, str>>,
     /// What went wrong on the server's side, for its log only: callers of a
     /// 5xx answer get a generic message naming the request id.
     pub detail: Option<String>,
@@ -322,7 +322,7 @@ impl Service {
                 response
             }
             Err(mut e) => {
-                outcome.error = Some(e.code);
+                outcome.error = Some(e.code.into());
                 if e.status >= 500 && e.status != 501 {
                     outcome.detail = Some(std::mem::replace(
                         &mut e.message,
@@ -382,7 +382,7 @@ impl Service {
         let mut response = match answer {
             Ok(response) => response,
             Err(mut e) => {
-                outcome.error = Some(e.code);
+                outcome.error = Some(e.code.clone().into());
                 if e.status >= 500 {
                     outcome.detail = Some(std::mem::replace(
                         &mut e.message,
@@ -547,11 +547,11 @@ fn respond(
             HttpResponse::text(200, JSON, body.json(&request_id))
         }
         (Err(mut e), protocol) => {
-            outcome.error = Some(e.code);
+            outcome.error = Some(e.code.clone().into());
             if e.status >= 500 {
                 // The detail (a local path, a dependency's words) is the
                 // operator's; the caller gets what to quote to them.
-                let generic = match e.code {
+                let generic = match e.code.as_ref() {
                     "InternalError" => "An internal error has occurred",
                     _ => "The service is unavailable; try again shortly",
                 };
@@ -574,7 +574,7 @@ fn respond(
 fn request_params(req: &HttpRequest) -> Result<Params, ApiError> {
     if req.body.len() > MAX_REQUEST_BYTES || req.query.len() > MAX_REQUEST_BYTES {
         return Err(ApiError {
-            code: "RequestEntityTooLarge",
+            code: "RequestEntityTooLarge".into(),
             message: format!("requests are limited to {MAX_REQUEST_BYTES} bytes"),
             status: 413,
         });

@@ -182,61 +182,48 @@ pub fn json_error_document(error: &ApiError, request_id: &str) -> String {
 pub fn error_document(error: &ApiError, request_id: &str) -> String {
     format!(
         "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Response><Errors><Error><Code>{}</Code><Message>{}</Message></Error></Errors><RequestID>{}</RequestID></Response>",
-        escape(error.code),
+        escape(&error.code),
         escape(&error.message),
         escape(request_id)
     )
 }
 
-/// Reverses [`escape`] for the five XML entities.
-fn unescape(text: &str) -> String {
-    text.replace("&lt;", "<")
-        .replace("&gt;", ">")
-        .replace("&quot;", "\"")
-        .replace("&apos;", "'")
-        .replace("&amp;", "&")
-}
-
-/// The text of the first `<tag>…</tag>` in `doc` (for reading the flat
-/// documents this API returns).
+/// The text of the first `<tag>` element in `doc`, a whole XML document or
+/// one element of one (an [`items`] entry), read with an XML parser (so
+/// entities, character references and CDATA come out as the text they are).
+/// `None` when `doc` is not XML, has no such element, or the element is empty.
 pub fn text_of(doc: &str, tag: &str) -> Option<String> {
-    let open = format!("<{tag}>");
-    let start = doc.find(&open)? + open.len();
-    let end = doc[start..].find(&format!("</{tag}>"))? + start;
-    Some(unescape(&doc[start..end]))
+    let parsed = roxmltree::Document::parse(doc).ok()?;
+    let element = parsed
+        .descendants()
+        .find(|n| n.is_element() && n.tag_name().name() == tag)?;
+    let text: String = element
+        .children()
+        .filter(|c| c.is_text())
+        .filter_map(|c| c.text())
+        .collect();
+    (!text.is_empty()).then_some(text)
 }
 
-/// The contents of each `<item>` directly inside the first `<list>`.
+/// Each `<item>` element directly inside the first `<list>` element of
+/// `doc`, as the slice of `doc` it occupies (an element [`text_of`] reads;
+/// EC2's answers declare only a default namespace, which a slice does not
+/// need). Empty when `doc` is not XML or has no such list.
 pub fn items<'a>(doc: &'a str, list: &str) -> Vec<&'a str> {
-    let open = format!("<{list}>");
-    let Some(start) = doc.find(&open).map(|i| i + open.len()) else {
+    let Ok(parsed) = roxmltree::Document::parse(doc) else {
         return vec![];
     };
-    let Some(end) = doc[start..].find(&format!("</{list}>")).map(|i| i + start) else {
+    let Some(wrapper) = parsed
+        .descendants()
+        .find(|n| n.is_element() && n.tag_name().name() == list)
+    else {
         return vec![];
     };
-    let inner = &doc[start..end];
-    let mut out = Vec::new();
-    let (mut depth, mut from, mut at) = (0usize, 0usize, 0usize);
-    while at < inner.len() {
-        let rest = &inner[at..];
-        if rest.starts_with("<item>") {
-            if depth == 0 {
-                from = at + "<item>".len();
-            }
-            depth += 1;
-            at += "<item>".len();
-        } else if rest.starts_with("</item>") {
-            depth = depth.saturating_sub(1);
-            if depth == 0 {
-                out.push(&inner[from..at]);
-            }
-            at += "</item>".len();
-        } else {
-            at += rest.chars().next().map_or(1, char::len_utf8);
-        }
-    }
-    out
+    wrapper
+        .children()
+        .filter(|n| n.is_element() && n.tag_name().name() == "item")
+        .map(|n| &doc[n.range()])
+        .collect()
 }
 
 #[cfg(test)]
@@ -275,5 +262,26 @@ mod tests {
             Some("a<b>&.bin")
         );
         assert!(items(&empty, "storeImageTaskResultSet").is_empty());
+    }
+
+    #[test]
+    fn answers_are_read_as_xml_not_searched_as_text() {
+        // A character reference, CDATA, a default namespace and a nested list
+        // with its own items: all read as XML reads them.
+        let doc = "<?xml version=\"1.0\"?><r xmlns=\"urn:x\"><set>\
+                   <item><name>a&#x3c;b</name><inner><item><k>1</k></item></inner></item>\
+                   <item><name><![CDATA[<c>]]></name></item></set><name>top</name></r>";
+        let found = items(doc, "set");
+        assert_eq!(found.len(), 2, "items inside an item are not the list's");
+        assert_eq!(text_of(found[0], "name").as_deref(), Some("a<b"));
+        assert_eq!(text_of(found[1], "name").as_deref(), Some("<c>"));
+        assert_eq!(text_of(doc, "name").as_deref(), Some("a<b"));
+        // A tag named inside text or an attribute is not an element.
+        let tricky =
+            "<r a=\"&lt;imageId&gt;x&lt;/imageId&gt;\">&lt;imageId&gt;y&lt;/imageId&gt;</r>";
+        assert_eq!(text_of(tricky, "imageId"), None);
+        assert_eq!(text_of("<r><imageId/></r>", "imageId"), None);
+        assert_eq!(text_of("not xml <imageId>z</imageId", "imageId"), None);
+        assert!(items("<set><item>", "set").is_empty());
     }
 }

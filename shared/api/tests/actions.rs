@@ -248,7 +248,7 @@ fn errors_have_ec2_codes_and_dry_runs_change_nothing() {
     for (form, code, status) in cases {
         let err = w.error(&form);
         assert_eq!(
-            (err.code, err.status),
+            (err.code.as_ref(), err.status),
             (code, status),
             "{form}: {}",
             err.message
@@ -281,7 +281,10 @@ fn the_quota_answers_resource_limit_exceeded() {
         "Action=CreateStoreImageTask&{V}&ImageId={}&Bucket=b-1",
         w.image
     ));
-    assert_eq!((err.code, err.status), ("ResourceLimitExceeded", 400));
+    assert_eq!(
+        (err.code.as_ref(), err.status),
+        ("ResourceLimitExceeded", 400)
+    );
 }
 
 /// Percent-encodes a form value.

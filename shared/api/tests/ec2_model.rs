@@ -193,7 +193,7 @@ fn every_parameter_the_ec2_model_defines_for_the_served_actions_is_accepted() {
             if let Err(e) = answer {
                 assert!(
                     !["UnknownParameter", "MalformedQueryString", "InvalidAction"]
-                        .contains(&e.code),
+                        .contains(&e.code.as_ref()),
                     "{action} {name} ({one:?}): {e}"
                 );
             }
@@ -206,7 +206,8 @@ fn every_parameter_the_ec2_model_defines_for_the_served_actions_is_accepted() {
         );
         if let Err(e) = answer {
             assert!(
-                !["UnknownParameter", "MalformedQueryString", "InvalidAction"].contains(&e.code),
+                !["UnknownParameter", "MalformedQueryString", "InvalidAction"]
+                    .contains(&e.code.as_ref()),
                 "{action} with every member ({all:?}): {e}"
             );
         }

@@ -81,10 +81,36 @@ const NOT_FOUND_CODES: &[&str] = &[
     "InvalidSnapshot.NotFound",
 ];
 
+/// A failed AWS call as its cause: shown as the service's code and message
+/// (or, for a call that got no answer, the SDK's chain of causes), with the
+/// SDK's own error (request id, raw response, the connector's error) kept
+/// behind it as its `source`.
+#[derive(Debug)]
+pub(crate) struct AwsCallError {
+    detail: String,
+    sdk: Box<dyn std::error::Error + Send + Sync>,
+}
+
+impl Display for AwsCallError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.detail)
+    }
+}
+
+impl std::error::Error for AwsCallError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(self.sdk.as_ref())
+    }
+}
+
 /// The engine's error for a failed SDK call; `what` says what we were doing.
+/// A failure worth retrying keeps the SDK's error as its cause
+/// ([`Error::Dependency`], retryable); an answer that names the caller's
+/// mistake or a missing resource becomes that meaning, with the service's
+/// code and message as its text.
 pub(crate) fn sdk<E>(what: impl Display, err: SdkError<E, HttpResponse>) -> Error
 where
-    E: ProvideErrorMetadata + std::error::Error + 'static,
+    E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
 {
     let code = err.code().unwrap_or_default().to_owned();
     let message = err.message().unwrap_or_default().to_owned();
@@ -97,11 +123,24 @@ where
             aws_smithy_types::error::display::DisplayErrorContext(&err)
         ),
     };
+    let answered = matches!(err, SdkError::ServiceError(_));
     let text = format!("{what}: {detail}");
-    match err {
-        SdkError::ServiceError(_) => classify(&code, status, text),
-        // Timeouts, lost connections, unreadable responses: worth another try.
-        _ => Error::Transient(text),
+    // Timeouts, lost connections, unreadable responses: worth another try.
+    let error = if answered {
+        classify(&code, status, text)
+    } else {
+        Error::Transient(text)
+    };
+    match error {
+        Error::Transient(_) => Error::dependency(
+            what.to_string(),
+            true,
+            AwsCallError {
+                detail,
+                sdk: Box::new(err),
+            },
+        ),
+        meaning => meaning,
     }
 }
 
@@ -155,5 +194,24 @@ mod tests {
             classify("NoSuchUpload", Some(404), String::new()),
             Error::NotFound(_)
         ));
+    }
+
+    #[test]
+    fn a_call_that_may_pass_on_retry_keeps_the_sdk_error_as_its_cause() {
+        use aws_smithy_runtime_api::client::result::ConnectorError;
+        let lost = SdkError::<aws_sdk_s3::operation::head_object::HeadObjectError, HttpResponse>::dispatch_failure(
+            ConnectorError::io("connection reset by peer".into()),
+        );
+        let e = sdk("reading x", lost);
+        assert!(e.is_retryable());
+        assert!(e.to_string().starts_with("reading x: "), "{e}");
+        assert!(e.to_string().contains("connection reset by peer"), "{e}");
+        let aws = std::error::Error::source(&e).expect("the call's error");
+        let sdk = aws.source().expect("the SDK's error behind it");
+        assert!(
+            sdk.downcast_ref::<SdkError<aws_sdk_s3::operation::head_object::HeadObjectError, HttpResponse>>()
+                .is_some(),
+            "{sdk:?}"
+        );
     }
 }

@@ -119,7 +119,7 @@ fn reply(status: u16, content_type: &str, body: String) -> HttpApiResponse {
 /// authorizer), as an EC2 error document.
 fn refuse(status: u16, code: &'static str, message: &str) -> HttpApiResponse {
     let error = amistore_api::ApiError {
-        code,
+        code: code.into(),
         message: message.to_owned(),
         status,
     };
@@ -260,7 +260,7 @@ fn log(
         account = outcome.account.as_ref().map(|a| a.as_str()),
         caller = identity.user_arn,
         status,
-        error = outcome.error,
+        error = outcome.error.as_deref(),
         detail = outcome.detail.as_deref(),
         ms = took.as_millis() as u64,
     );
