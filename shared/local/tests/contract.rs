@@ -34,18 +34,18 @@ fn folder_object_store_keeps_the_bucket_admin_contract() {
     contract::bucket_admin(&FolderObjectStore::open(&dir.path().join("data")).unwrap());
 }
 
-#[test]
-fn sqlite_keeps_the_task_store_contract() {
-    let dir = tempfile::tempdir().unwrap();
-    let db = SqliteTaskStore::open(&dir.path().join("tasks.db"), None).unwrap();
-    contract::task_store(Arc::new(db));
-}
+/// The task store contract, clause by clause, on a fresh SQLite database each.
+mod sqlite_task_store {
+    use super::*;
 
-#[test]
-fn sqlite_keeps_the_rate_lease_contract() {
-    let dir = tempfile::tempdir().unwrap();
-    let db = SqliteTaskStore::open(&dir.path().join("tasks.db"), None).unwrap();
-    contract::rate_leases(&db);
+    amistore_core::task_store_contract!({
+        let dir = tempfile::tempdir().unwrap();
+        let db = SqliteTaskStore::open(&dir.path().join("tasks.db"), None).unwrap();
+        (
+            dir,
+            Arc::new(db) as Arc<dyn amistore_core::ports::TaskStore>,
+        )
+    });
 }
 
 #[test]

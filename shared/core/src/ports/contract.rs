@@ -7,7 +7,6 @@
 
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::sync::Arc;
 
 use crate::Error;
 use crate::blocks::{BLOCK_SIZE, BlockRanges};
@@ -355,232 +354,349 @@ pub fn rate_leases(store: &dyn TaskStore) {
     );
 }
 
-/// The task store contract, on an empty store.
-pub fn task_store(store: Arc<dyn TaskStore>) {
-    let me: AccountId = "123456789012".parse().unwrap();
-    let other: AccountId = "210987654321".parse().unwrap();
-    let store_kind = TaskKind::Store;
+/// The task store contract as named clauses, each on an empty store, so that
+/// a broken clause is reported by name and does not hide the others.
+/// [`task_store_contract!`](crate::task_store_contract) makes one `#[test]`
+/// per clause for an adapter.
+pub mod task_store {
+    use super::*;
 
-    // The seed's example: 100 + 200 in progress admits; a lone 800 blocks.
-    let a = task(&me, store_kind, Some(ImageId::fresh()), "bkt", 100, 1);
-    let b = task(&me, store_kind, Some(ImageId::fresh()), "bkt", 200, 2);
-    store.admit(&a, 600).unwrap();
-    store.admit(&b, 600).unwrap();
-    // One store of an image into a bucket at a time (checked below the limit).
-    let again = Task {
-        id: TaskId::fresh(),
-        started_at_ms: 8,
-        ..a.clone()
-    };
-    assert!(matches!(
-        store.admit(&again, 600),
-        Err(Error::AlreadyExists(_))
-    ));
+    pub use super::rate_leases;
 
-    let c = task(&me, store_kind, Some(ImageId::fresh()), "bkt", 800, 3);
-    store.admit(&c, 600).unwrap();
-    assert_eq!(store.in_progress_gib(&me, store_kind).unwrap(), 1100);
-    let refused = task(&me, store_kind, Some(ImageId::fresh()), "bkt", 1, 4);
-    assert!(matches!(
-        store.admit(&refused, 600),
-        Err(Error::LimitExceeded(_))
-    ));
-    assert_eq!(
-        store.get(&refused.id).unwrap(),
-        None,
-        "a refused task is not stored"
-    );
-    let big = task(&other, store_kind, Some(ImageId::fresh()), "bkt", 800, 5);
-    store.admit(&big, 600).unwrap();
-    assert!(matches!(
-        store.admit(
-            &task(&other, store_kind, Some(ImageId::fresh()), "bkt", 1, 6),
-            600
-        ),
-        Err(Error::LimitExceeded(_))
-    ));
-    // Restores count separately.
-    let r = task(&other, TaskKind::Restore, None, "bkt", 10, 7);
-    store.admit(&r, 300).unwrap();
-    assert_eq!(
-        store.in_progress_gib(&other, TaskKind::Restore).unwrap(),
-        10
-    );
-
-    // Setters, units counted once, release exactly once.
-    store.set_upload(&a.id, "upload-1").unwrap();
-    store.set_units_total(&a.id, 3).unwrap();
-    let img = ImageId::fresh();
-    store.set_image(&r.id, &img).unwrap();
-    assert_eq!(store.get(&r.id).unwrap().unwrap().image_id, Some(img));
-    assert!(store.record_unit(&a.id, 1, "{\"u\":1}").unwrap());
-    assert!(!store.record_unit(&a.id, 1, "{\"u\":\"retry\"}").unwrap());
-    assert!(store.record_unit(&a.id, 0, "{\"u\":0}").unwrap());
-    assert!(store.unit_recorded(&a.id, 1).unwrap());
-    assert!(!store.unit_recorded(&a.id, 2).unwrap());
-    let got = store.get(&a.id).unwrap().unwrap();
-    assert_eq!(
-        (got.units_done, got.units_total, got.upload_id.as_deref()),
-        (2, 3, Some("upload-1"))
-    );
-    assert_eq!(
-        store.units(&a.id).unwrap(),
-        vec![(0, "{\"u\":0}".to_owned()), (1, "{\"u\":1}".to_owned())]
-    );
-    // The end is claimed before it happens: one claimant at a time, the same
-    // ending re-entered (keeping the first reason), another refused unless
-    // it may overrule a claim that old.
-    let fail = |reason, overrule| ClaimRequest {
-        ending: Ending::Fail,
-        reason: Some(reason),
-        overrule_before_ms: overrule,
-        now_ms: 10,
-    };
-    let complete = |overrule, now_ms| ClaimRequest {
-        ending: Ending::Complete,
-        reason: None,
-        overrule_before_ms: overrule,
-        now_ms,
-    };
-    assert!(
-        !store.finish(&a.id, Ending::Fail, 9).unwrap(),
-        "nothing claimed yet"
-    );
-    let Claim::Held(held) = store.claim_end(&a.id, &fail("disk on fire", None)).unwrap() else {
-        panic!("an unclaimed task's end is held by its first claimant")
-    };
-    assert_eq!(
-        held.claim.as_ref().map(|c| (c.ending, c.at_ms)),
-        Some((Ending::Fail, 10))
-    );
-    assert_eq!(held.state, TaskState::InProgress, "claimed, not ended");
-    match store
-        .claim_end(&a.id, &fail("a later reason", None))
-        .unwrap()
-    {
-        Claim::Held(t) => assert_eq!(
-            t.claim.and_then(|c| c.reason).as_deref(),
-            Some("disk on fire"),
-            "re-entered, first reason kept"
-        ),
-        other => panic!("the same ending re-enters its claim: {other:?}"),
+    fn me() -> AccountId {
+        "123456789012".parse().unwrap()
     }
-    assert!(matches!(
-        store.claim_end(&a.id, &complete(None, 11)).unwrap(),
-        Claim::Taken(_)
-    ));
-    assert!(
-        matches!(
-            store.claim_end(&a.id, &complete(Some(10), 11)).unwrap(),
-            Claim::Taken(_)
-        ),
-        "a claim made at 10 is not older than 10"
-    );
-    assert!(
-        !store.finish(&a.id, Ending::Complete, 11).unwrap(),
-        "not the holder"
-    );
-    assert!(store.finish(&a.id, Ending::Fail, 12).unwrap());
-    assert!(
-        !store.finish(&a.id, Ending::Fail, 13).unwrap(),
-        "ended once"
-    );
-    assert!(matches!(
-        store.claim_end(&a.id, &fail("too late", Some(i64::MAX))).unwrap(),
-        Claim::Taken(t) if t.state == TaskState::Failed
-    ));
-    assert_eq!(store.in_progress_gib(&me, store_kind).unwrap(), 1000);
-    let failed = store.get(&a.id).unwrap().unwrap();
-    assert_eq!(
-        (
-            failed.state,
-            failed.failure_reason.as_deref(),
-            failed.ended_at_ms
-        ),
-        (TaskState::Failed, Some("disk on fire"), Some(12))
-    );
-    assert!(matches!(
-        store.claim_end(&TaskId::fresh(), &fail("x", None)),
-        Err(Error::NotFound(_))
-    ));
-    store
-        .admit(&again, 600)
-        .expect_err("still 1000 GiB in progress");
-    // A completion overruled by an older-claim rule: c's finalize claimed
-    // at 20 and died; a sweeper allowed to overrule claims before 21 takes over.
-    assert!(matches!(
-        store.claim_end(&b.id, &complete(None, 12)).unwrap(),
-        Claim::Held(_)
-    ));
-    assert!(store.finish(&b.id, Ending::Complete, 13).unwrap());
-    assert_eq!(store.get(&b.id).unwrap().unwrap().failure_reason, None);
-    assert!(matches!(
-        store.claim_end(&c.id, &complete(None, 20)).unwrap(),
-        Claim::Held(_)
-    ));
-    assert!(matches!(
-        store.claim_end(&c.id, &fail("abandoned", Some(21))).unwrap(),
-        Claim::Held(t) if t.ending() == Some(Ending::Fail)
-    ));
-    assert!(
-        !store.finish(&c.id, Ending::Complete, 22).unwrap(),
-        "overruled"
-    );
-    assert!(store.finish(&c.id, Ending::Fail, 22).unwrap());
-    assert_eq!(
-        store.get(&c.id).unwrap().unwrap().failure_reason.as_deref(),
-        Some("abandoned")
-    );
-    assert_eq!(store.in_progress_gib(&me, store_kind).unwrap(), 0);
-    store.admit(&again, 600).unwrap();
 
-    // Listing: per account and kind, newest first, within 31 days.
-    let day = 86_400_000;
-    let listed: Vec<TaskId> = store
-        .list(&me, store_kind, 20)
-        .unwrap()
-        .into_iter()
-        .map(|t| t.id)
-        .collect();
-    assert_eq!(
-        listed,
-        vec![again.id.clone(), c.id.clone(), b.id.clone(), a.id.clone()]
-    );
-    assert!(
-        store
-            .list(&me, store_kind, 31 * day + 2)
+    fn other() -> AccountId {
+        "210987654321".parse().unwrap()
+    }
+
+    fn store_task(account: &AccountId, gib: u64, t: i64) -> Task {
+        task(
+            account,
+            TaskKind::Store,
+            Some(ImageId::fresh()),
+            "bkt",
+            gib,
+            t,
+        )
+    }
+
+    fn fail(reason: &str, overrule: Option<i64>, now_ms: i64) -> ClaimRequest<'_> {
+        ClaimRequest {
+            ending: Ending::Fail,
+            reason: Some(reason),
+            overrule_before_ms: overrule,
+            now_ms,
+        }
+    }
+
+    fn complete(overrule: Option<i64>, now_ms: i64) -> ClaimRequest<'static> {
+        ClaimRequest {
+            ending: Ending::Complete,
+            reason: None,
+            overrule_before_ms: overrule,
+            now_ms,
+        }
+    }
+
+    /// The seed's example: 100 + 200 in progress admits; a lone 800 blocks;
+    /// accounts and kinds count apart; a refused task is not stored.
+    pub fn admission_holds_each_account_and_kind_to_its_limit(store: &dyn TaskStore) {
+        let (me, other) = (me(), other());
+        store.admit(&store_task(&me, 100, 1), 600).unwrap();
+        store.admit(&store_task(&me, 200, 2), 600).unwrap();
+        store.admit(&store_task(&me, 800, 3), 600).unwrap();
+        assert_eq!(store.in_progress_gib(&me, TaskKind::Store).unwrap(), 1100);
+        let refused = store_task(&me, 1, 4);
+        assert!(matches!(
+            store.admit(&refused, 600),
+            Err(Error::LimitExceeded(_))
+        ));
+        assert_eq!(
+            store.get(&refused.id).unwrap(),
+            None,
+            "a refused task is not stored"
+        );
+        store.admit(&store_task(&other, 800, 5), 600).unwrap();
+        assert!(matches!(
+            store.admit(&store_task(&other, 1, 6), 600),
+            Err(Error::LimitExceeded(_))
+        ));
+        // Restores count separately.
+        let restore = task(&other, TaskKind::Restore, None, "bkt", 10, 7);
+        store.admit(&restore, 300).unwrap();
+        assert_eq!(
+            store.in_progress_gib(&other, TaskKind::Restore).unwrap(),
+            10
+        );
+        assert_eq!(store.in_progress_gib(&me, TaskKind::Restore).unwrap(), 0);
+    }
+
+    /// One store of an image into a bucket at a time (checked below the
+    /// limit), and another once it has ended.
+    pub fn one_store_of_an_image_into_a_bucket_at_a_time(store: &dyn TaskStore) {
+        let a = store_task(&me(), 100, 1);
+        store.admit(&a, 600).unwrap();
+        let again = Task {
+            id: TaskId::fresh(),
+            started_at_ms: 8,
+            ..a.clone()
+        };
+        assert!(matches!(
+            store.admit(&again, 600),
+            Err(Error::AlreadyExists(_))
+        ));
+        assert!(matches!(
+            store.claim_end(&a.id, &fail("gone", None, 9)).unwrap(),
+            Claim::Held(_)
+        ));
+        assert!(store.finish(&a.id, Ending::Fail, 9).unwrap());
+        store.admit(&again, 600).unwrap();
+    }
+
+    /// Setters, and units: recorded once, counted once.
+    pub fn units_are_recorded_once_and_counted(store: &dyn TaskStore) {
+        let a = store_task(&me(), 100, 1);
+        store.admit(&a, 600).unwrap();
+        store.set_upload(&a.id, "upload-1").unwrap();
+        store.set_units_total(&a.id, 3).unwrap();
+        let r = task(&other(), TaskKind::Restore, None, "bkt", 10, 2);
+        store.admit(&r, 300).unwrap();
+        let img = ImageId::fresh();
+        store.set_image(&r.id, &img).unwrap();
+        assert_eq!(store.get(&r.id).unwrap().unwrap().image_id, Some(img));
+        assert!(store.record_unit(&a.id, 1, "{\"u\":1}").unwrap());
+        assert!(!store.record_unit(&a.id, 1, "{\"u\":\"retry\"}").unwrap());
+        assert!(store.record_unit(&a.id, 0, "{\"u\":0}").unwrap());
+        assert!(store.unit_recorded(&a.id, 1).unwrap());
+        assert!(!store.unit_recorded(&a.id, 2).unwrap());
+        let got = store.get(&a.id).unwrap().unwrap();
+        assert_eq!(
+            (got.units_done, got.units_total, got.upload_id.as_deref()),
+            (2, 3, Some("upload-1"))
+        );
+        assert_eq!(
+            store.units(&a.id).unwrap(),
+            vec![(0, "{\"u\":0}".to_owned()), (1, "{\"u\":1}".to_owned())]
+        );
+    }
+
+    /// The end is claimed before it happens: one claimant at a time, the same
+    /// ending re-entered (keeping the first reason), another refused unless it
+    /// may overrule a claim that old; the holder alone finishes, once, and
+    /// the quota is released with it.
+    pub fn an_end_is_claimed_before_it_happens_and_released_once(store: &dyn TaskStore) {
+        let me = me();
+        let a = store_task(&me, 100, 1);
+        let b = store_task(&me, 200, 2);
+        store.admit(&a, 600).unwrap();
+        store.admit(&b, 600).unwrap();
+        assert!(
+            !store.finish(&a.id, Ending::Fail, 9).unwrap(),
+            "nothing claimed yet"
+        );
+        let Claim::Held(held) = store
+            .claim_end(&a.id, &fail("disk on fire", None, 10))
             .unwrap()
-            .iter()
-            .all(|t| t.started_at_ms > 2)
-    );
-    assert_eq!(store.list(&other, TaskKind::Restore, 20).unwrap().len(), 1);
-    let live: Vec<TaskId> = store
-        .in_progress()
-        .unwrap()
-        .into_iter()
-        .map(|t| t.id)
-        .collect();
-    assert_eq!(live, vec![big.id, r.id, again.id]);
+        else {
+            panic!("an unclaimed task's end is held by its first claimant")
+        };
+        assert_eq!(
+            held.claim.as_ref().map(|c| (c.ending, c.at_ms)),
+            Some((Ending::Fail, 10))
+        );
+        assert_eq!(held.state, TaskState::InProgress, "claimed, not ended");
+        match store
+            .claim_end(&a.id, &fail("a later reason", None, 10))
+            .unwrap()
+        {
+            Claim::Held(t) => assert_eq!(
+                t.claim.and_then(|c| c.reason).as_deref(),
+                Some("disk on fire"),
+                "re-entered, first reason kept"
+            ),
+            other => panic!("the same ending re-enters its claim: {other:?}"),
+        }
+        assert!(matches!(
+            store.claim_end(&a.id, &complete(None, 11)).unwrap(),
+            Claim::Taken(_)
+        ));
+        assert!(
+            matches!(
+                store.claim_end(&a.id, &complete(Some(10), 11)).unwrap(),
+                Claim::Taken(_)
+            ),
+            "a claim made at 10 is not older than 10"
+        );
+        assert!(
+            !store.finish(&a.id, Ending::Complete, 11).unwrap(),
+            "not the holder"
+        );
+        assert!(store.finish(&a.id, Ending::Fail, 12).unwrap());
+        assert!(
+            !store.finish(&a.id, Ending::Fail, 13).unwrap(),
+            "ended once"
+        );
+        assert!(matches!(
+            store.claim_end(&a.id, &fail("too late", Some(i64::MAX), 14)).unwrap(),
+            Claim::Taken(t) if t.state == TaskState::Failed
+        ));
+        assert_eq!(store.in_progress_gib(&me, TaskKind::Store).unwrap(), 200);
+        let failed = store.get(&a.id).unwrap().unwrap();
+        assert_eq!(
+            (
+                failed.state,
+                failed.failure_reason.as_deref(),
+                failed.ended_at_ms
+            ),
+            (TaskState::Failed, Some("disk on fire"), Some(12))
+        );
+        assert!(matches!(
+            store.claim_end(&TaskId::fresh(), &fail("x", None, 15)),
+            Err(Error::NotFound(_))
+        ));
+        assert!(matches!(
+            store.claim_end(&b.id, &complete(None, 12)).unwrap(),
+            Claim::Held(_)
+        ));
+        assert!(store.finish(&b.id, Ending::Complete, 13).unwrap());
+        let completed = store.get(&b.id).unwrap().unwrap();
+        assert_eq!(
+            (completed.state, completed.failure_reason),
+            (TaskState::Completed, None)
+        );
+        assert_eq!(store.in_progress_gib(&me, TaskKind::Store).unwrap(), 0);
+    }
 
-    // Counters, as the sweeper reconciles them: corrected only from the value
-    // read, so a concurrent admission or release wins.
-    let mut counters = store.counters().unwrap();
-    counters.sort_by(|x, y| (x.0.as_str(), x.1.as_str()).cmp(&(y.0.as_str(), y.1.as_str())));
-    assert_eq!(
-        counters,
-        vec![
-            (me.clone(), TaskKind::Store, 100),
-            (other.clone(), TaskKind::Restore, 10),
-            (other.clone(), TaskKind::Store, 800),
-        ]
-    );
-    assert!(
-        !store.correct_counter(&me, TaskKind::Store, 99, 7).unwrap(),
-        "the counter no longer reads 99"
-    );
-    assert!(store.correct_counter(&me, TaskKind::Store, 100, 7).unwrap());
-    assert_eq!(store.in_progress_gib(&me, TaskKind::Store).unwrap(), 7);
-    assert!(store.correct_counter(&me, TaskKind::Store, 7, 100).unwrap());
+    /// A completion whose claimant died is overruled by one allowed to
+    /// overrule claims that old (the sweeper), which then ends the task.
+    pub fn a_claim_older_than_allowed_is_overruled(store: &dyn TaskStore) {
+        let me = me();
+        let c = store_task(&me, 800, 3);
+        store.admit(&c, 600).unwrap();
+        assert!(matches!(
+            store.claim_end(&c.id, &complete(None, 20)).unwrap(),
+            Claim::Held(_)
+        ));
+        assert!(matches!(
+            store.claim_end(&c.id, &fail("abandoned", Some(21), 21)).unwrap(),
+            Claim::Held(t) if t.ending() == Some(Ending::Fail)
+        ));
+        assert!(
+            !store.finish(&c.id, Ending::Complete, 22).unwrap(),
+            "overruled"
+        );
+        assert!(store.finish(&c.id, Ending::Fail, 22).unwrap());
+        assert_eq!(
+            store.get(&c.id).unwrap().unwrap().failure_reason.as_deref(),
+            Some("abandoned")
+        );
+        assert_eq!(store.in_progress_gib(&me, TaskKind::Store).unwrap(), 0);
+    }
+
+    /// Listing: per account and kind, newest first, within 31 days; and the
+    /// tasks in progress, oldest first.
+    pub fn tasks_are_listed_per_account_and_kind_newest_first_within_31_days(
+        store: &dyn TaskStore,
+    ) {
+        let (me, other) = (me(), other());
+        let a = store_task(&me, 100, 1);
+        let b = store_task(&me, 200, 2);
+        let c = store_task(&me, 50, 3);
+        let r = task(&other, TaskKind::Restore, None, "bkt", 10, 4);
+        for t in [&a, &b, &c] {
+            store.admit(t, 600).unwrap();
+        }
+        store.admit(&r, 300).unwrap();
+        assert!(matches!(
+            store.claim_end(&b.id, &complete(None, 5)).unwrap(),
+            Claim::Held(_)
+        ));
+        assert!(store.finish(&b.id, Ending::Complete, 5).unwrap());
+        let listed: Vec<TaskId> = store
+            .list(&me, TaskKind::Store, 20)
+            .unwrap()
+            .into_iter()
+            .map(|t| t.id)
+            .collect();
+        assert_eq!(listed, vec![c.id.clone(), b.id.clone(), a.id.clone()]);
+        let day = 86_400_000;
+        assert!(
+            store
+                .list(&me, TaskKind::Store, 31 * day + 2)
+                .unwrap()
+                .iter()
+                .all(|t| t.started_at_ms > 2),
+            "only the last 31 days"
+        );
+        assert_eq!(store.list(&other, TaskKind::Restore, 20).unwrap().len(), 1);
+        assert!(store.list(&other, TaskKind::Store, 20).unwrap().is_empty());
+        let live: Vec<TaskId> = store
+            .in_progress()
+            .unwrap()
+            .into_iter()
+            .map(|t| t.id)
+            .collect();
+        assert_eq!(live, vec![a.id, c.id, r.id]);
+    }
+
+    /// Counters, as the sweeper reconciles them: corrected only from the
+    /// value read, so a concurrent admission or release wins.
+    pub fn counters_are_corrected_only_from_the_value_read(store: &dyn TaskStore) {
+        let (me, other) = (me(), other());
+        store.admit(&store_task(&me, 100, 1), 600).unwrap();
+        store.admit(&store_task(&other, 800, 2), 600).unwrap();
+        store
+            .admit(&task(&other, TaskKind::Restore, None, "bkt", 10, 3), 300)
+            .unwrap();
+        let mut counters = store.counters().unwrap();
+        counters.sort_by(|x, y| (x.0.as_str(), x.1.as_str()).cmp(&(y.0.as_str(), y.1.as_str())));
+        assert_eq!(
+            counters,
+            vec![
+                (me.clone(), TaskKind::Store, 100),
+                (other.clone(), TaskKind::Restore, 10),
+                (other.clone(), TaskKind::Store, 800),
+            ]
+        );
+        assert!(
+            !store.correct_counter(&me, TaskKind::Store, 99, 7).unwrap(),
+            "the counter no longer reads 99"
+        );
+        assert!(store.correct_counter(&me, TaskKind::Store, 100, 7).unwrap());
+        assert_eq!(store.in_progress_gib(&me, TaskKind::Store).unwrap(), 7);
+        assert!(store.correct_counter(&me, TaskKind::Store, 7, 100).unwrap());
+    }
+}
+
+/// One `#[test]` per clause of the task store contract
+/// ([`contract::task_store`](crate::ports::contract::task_store)). `$make` is
+/// an expression giving `(guard, store)` with `store: Arc<dyn TaskStore>`
+/// empty, and `guard` kept alive for the test (a temporary directory, a
+/// connection); it is evaluated once per clause.
+#[macro_export]
+macro_rules! task_store_contract {
+    ($make:expr) => {
+        $crate::task_store_contract!(@clauses $make;
+            admission_holds_each_account_and_kind_to_its_limit,
+            one_store_of_an_image_into_a_bucket_at_a_time,
+            units_are_recorded_once_and_counted,
+            an_end_is_claimed_before_it_happens_and_released_once,
+            a_claim_older_than_allowed_is_overruled,
+            tasks_are_listed_per_account_and_kind_newest_first_within_31_days,
+            counters_are_corrected_only_from_the_value_read,
+            rate_leases);
+    };
+    (@clauses $make:expr; $($clause:ident),+) => {
+        $(
+            #[test]
+            fn $clause() {
+                let (_guard, store) = $make;
+                $crate::ports::contract::task_store::$clause(store.as_ref());
+            }
+        )+
+    };
 }
 
 /// The image catalog and snapshot store contract: a restore's sequence, then a
