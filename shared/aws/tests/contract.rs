@@ -8,21 +8,27 @@ use std::sync::Arc;
 use amistore_aws::testing::Aws;
 use amistore_core::ports::contract;
 
-#[test]
-fn s3_keeps_the_object_store_contract() {
-    let aws = Aws::connect();
-    let scratch = tempfile::tempdir().unwrap();
-    let bucket = format!("contract-{}", &amistore_core::ids::unique_token()[..10]);
-    aws.create_bucket(&bucket);
-    contract::object_store(
-        aws.ports.objects.as_ref(),
-        &aws.ports.account,
-        &bucket.parse().unwrap(),
-        &"no-such-bucket-amistore".parse().unwrap(),
-        scratch.path(),
-        // S3's minimum part size: moto enforces it too.
-        5 * 1024 * 1024,
-    );
+/// The object store contract, clause by clause, each in a bucket of its own.
+mod s3_object_store {
+    use super::*;
+    use amistore_core::ports::contract::ObjectStoreFixture;
+
+    amistore_core::object_store_contract!({
+        let aws = Aws::connect();
+        let scratch = tempfile::tempdir().unwrap();
+        let bucket = format!("contract-{}", &amistore_core::ids::unique_token()[..10]);
+        aws.create_bucket(&bucket);
+        let fixture = ObjectStoreFixture {
+            store: aws.ports.objects.clone(),
+            owner: aws.ports.account.clone(),
+            bucket: bucket.parse().unwrap(),
+            missing: "no-such-bucket-amistore".parse().unwrap(),
+            scratch: scratch.path().to_owned(),
+            // S3's minimum part size: moto enforces it too.
+            min_part: 5 * 1024 * 1024,
+        };
+        ((aws, scratch), fixture)
+    });
 }
 
 /// The task store contract, clause by clause, each on a table of its own.

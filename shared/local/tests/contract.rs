@@ -10,22 +10,28 @@ use amistore_local::image_library::ImageLibrary;
 use amistore_local::object_store::FolderObjectStore;
 use amistore_local::task_store::SqliteTaskStore;
 
-#[test]
-fn folder_object_store_keeps_the_object_store_contract() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = FolderObjectStore::open(&dir.path().join("data"))
-        .unwrap()
-        .with_min_part_size(1024);
-    let bucket = "contract-bucket".parse().unwrap();
-    store.create_bucket(&bucket).unwrap();
-    contract::object_store(
-        &store,
-        &amistore_core::ids::AccountId::local_default(),
-        &bucket,
-        &"no-such-bucket".parse().unwrap(),
-        dir.path(),
-        1024,
-    );
+/// The object store contract, clause by clause, each in a fresh data directory.
+mod folder_object_store {
+    use super::*;
+    use amistore_core::ports::contract::ObjectStoreFixture;
+
+    amistore_core::object_store_contract!({
+        let dir = tempfile::tempdir().unwrap();
+        let store = FolderObjectStore::open(&dir.path().join("data"))
+            .unwrap()
+            .with_min_part_size(1024);
+        let bucket = "contract-bucket".parse().unwrap();
+        store.create_bucket(&bucket).unwrap();
+        let fixture = ObjectStoreFixture {
+            store: Arc::new(store),
+            owner: amistore_core::ids::AccountId::local_default(),
+            bucket,
+            missing: "no-such-bucket".parse().unwrap(),
+            scratch: dir.path().to_owned(),
+            min_part: 1024,
+        };
+        (dir, fixture)
+    });
 }
 
 #[test]

@@ -6,7 +6,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::sync::Arc;
 
 use crate::Error;
 use crate::blocks::{BLOCK_SIZE, BlockRanges};
@@ -102,161 +102,223 @@ pub fn bucket_admin(store: &(impl BucketAdmin + ObjectStore)) {
     assert_eq!(keys("p/", "", 1000).len(), 3);
 }
 
-/// The object store contract. `bucket` exists, is empty and belongs to
-/// `owner`; `missing` does not exist; `scratch` is a directory for part files;
-/// parts of `min_part` bytes are accepted as non-last parts.
-pub fn object_store(
-    store: &dyn ObjectStore,
-    owner: &AccountId,
-    bucket: &BucketName,
-    missing: &BucketName,
-    scratch: &Path,
-    min_part: usize,
-) {
-    assert!(store.bucket_exists(owner, bucket).unwrap());
-    assert!(!store.bucket_exists(owner, missing).unwrap());
-    let stranger: AccountId = "999999999999".parse().unwrap();
-    assert!(
-        !store.bucket_exists(&stranger, bucket).unwrap(),
-        "another account's bucket is not there for it"
-    );
-    let k = key("p1/p2/ami-0123456789abcdef0.bin");
-    assert!(matches!(
-        store.create_multipart(missing, &k, &BTreeMap::new(), &[]),
-        Err(Error::NotFound(_))
-    ));
+/// An object store to run the contract's clauses on. `bucket` exists, is
+/// empty and belongs to `owner`; `missing` does not exist; `scratch` is a
+/// directory for part files; parts of `min_part` bytes are accepted as
+/// non-last parts.
+pub struct ObjectStoreFixture {
+    pub store: Arc<dyn ObjectStore>,
+    pub owner: AccountId,
+    pub bucket: BucketName,
+    pub missing: BucketName,
+    pub scratch: std::path::PathBuf,
+    pub min_part: usize,
+}
 
-    // Multipart: parts in any order, a retried part replaces the first, the
-    // object appears whole only at completion, with its metadata and tags.
-    let metadata = BTreeMap::from([
-        ("ami-name".to_owned(), "contract".to_owned()),
-        ("ami-description".to_owned(), "=?UTF-8?B?w6k=?=".to_owned()),
-    ]);
-    let tags = vec!["team=storage".parse().unwrap(), "env=test".parse().unwrap()];
-    let upload = store
-        .create_multipart(bucket, &k, &metadata, &tags)
-        .unwrap();
-    let bodies: Vec<Vec<u8>> = vec![vec![1; min_part], vec![2; min_part + 7], vec![3; 10]];
-    let mut etags = BTreeMap::new();
-    for n in [3u32, 1, 2, 1] {
-        let path = scratch.join(format!("part{n}"));
-        let mut body = bodies[n as usize - 1].clone();
-        if etags.contains_key(&n) {
-            // The retry carries the same bytes; a first try with different ones
-            // must not survive it.
-        } else if n == 1 {
-            body = vec![9; min_part];
-        }
-        std::fs::write(&path, &body).unwrap();
-        let etag = store.upload_part(bucket, &k, &upload, n, &path).unwrap();
-        assert!(path.exists(), "the part file stays the caller's");
-        etags.insert(n, etag);
+/// The object store contract as named clauses (see [`task_store`] for why);
+/// [`object_store_contract!`](crate::object_store_contract) makes one
+/// `#[test]` per clause for an adapter.
+pub mod object_store {
+    use super::*;
+
+    /// A bucket exists for its owner, not for another account; one that does
+    /// not exist takes no upload.
+    pub fn buckets_exist_for_their_owner_only(fixture: &ObjectStoreFixture) {
+        let store = fixture.store.as_ref();
+        let owner = &fixture.owner;
+        let bucket = &fixture.bucket;
+        let missing = &fixture.missing;
+        assert!(store.bucket_exists(owner, bucket).unwrap());
+        assert!(!store.bucket_exists(owner, missing).unwrap());
+        let stranger: AccountId = "999999999999".parse().unwrap();
+        assert!(
+            !store.bucket_exists(&stranger, bucket).unwrap(),
+            "another account's bucket is not there for it"
+        );
+        let k = key("p1/p2/ami-0123456789abcdef0.bin");
+        assert!(matches!(
+            store.create_multipart(missing, &k, &BTreeMap::new(), &[]),
+            Err(Error::NotFound(_))
+        ));
     }
-    assert_eq!(
-        store.head_object(bucket, &k).unwrap(),
-        None,
-        "nothing before completion"
-    );
-    assert!(listed(store, bucket, &upload));
-    let parts: Vec<CompletedPart> = etags
-        .iter()
-        .map(|(&part_number, etag)| CompletedPart {
-            part_number,
-            etag: etag.clone(),
-        })
-        .collect();
-    store
-        .complete_multipart(bucket, &k, &upload, &parts)
-        .unwrap();
-    let size = bodies.iter().map(Vec::len).sum::<usize>() as u64;
-    let info = store
-        .head_object(bucket, &k)
-        .unwrap()
-        .expect("completed object");
-    assert_eq!(info.size, size);
-    assert_eq!(info.metadata, metadata);
-    let mut got_tags = info.tags.clone();
-    got_tags.sort_by(|a, b| a.key().cmp(b.key()));
-    assert_eq!(got_tags, vec![tags[1].clone(), tags[0].clone()]);
-    assert!(!info.etag.is_empty(), "an object has an ETag");
-    let edge = store
-        .get_range(
-            bucket,
-            &k,
-            (min_part as u64 - 1)..(min_part as u64 + 1),
-            Some(&info.etag),
-        )
-        .unwrap();
-    assert_eq!(
-        edge,
-        vec![1, 2],
-        "the retried part 1 replaced the first try"
-    );
-    assert!(!listed(store, bucket, &upload));
 
-    // A failed completion publishes nothing; an aborted upload leaves nothing.
-    let k2 = key("aborted.bin");
-    let upload = store
-        .create_multipart(bucket, &k2, &BTreeMap::new(), &[])
-        .unwrap();
-    let small = scratch.join("small");
-    std::fs::write(&small, b"tiny").unwrap();
-    let e1 = store.upload_part(bucket, &k2, &upload, 1, &small).unwrap();
-    let e2 = store.upload_part(bucket, &k2, &upload, 2, &small).unwrap();
-    let too_small = [
-        CompletedPart {
-            part_number: 1,
-            etag: e1,
-        },
-        CompletedPart {
-            part_number: 2,
-            etag: e2,
-        },
-    ];
-    assert!(
+    /// Multipart: parts in any order, a retried part replaces the first, the
+    /// object appears whole only at completion, with its metadata and tags.
+    pub fn an_upload_appears_whole_at_completion_with_its_metadata_and_tags(
+        fixture: &ObjectStoreFixture,
+    ) {
+        let store = fixture.store.as_ref();
+        let bucket = &fixture.bucket;
+        let scratch = fixture.scratch.as_path();
+        let min_part = fixture.min_part;
+        let k = key("p1/p2/ami-0123456789abcdef0.bin");
+        let metadata = BTreeMap::from([
+            ("ami-name".to_owned(), "contract".to_owned()),
+            ("ami-description".to_owned(), "=?UTF-8?B?w6k=?=".to_owned()),
+        ]);
+        let tags = vec!["team=storage".parse().unwrap(), "env=test".parse().unwrap()];
+        let upload = store
+            .create_multipart(bucket, &k, &metadata, &tags)
+            .unwrap();
+        let bodies: Vec<Vec<u8>> = vec![vec![1; min_part], vec![2; min_part + 7], vec![3; 10]];
+        let mut etags = BTreeMap::new();
+        for n in [3u32, 1, 2, 1] {
+            let path = scratch.join(format!("part{n}"));
+            let mut body = bodies[n as usize - 1].clone();
+            if etags.contains_key(&n) {
+                // The retry carries the same bytes; a first try with different ones
+                // must not survive it.
+            } else if n == 1 {
+                body = vec![9; min_part];
+            }
+            std::fs::write(&path, &body).unwrap();
+            let etag = store.upload_part(bucket, &k, &upload, n, &path).unwrap();
+            assert!(path.exists(), "the part file stays the caller's");
+            etags.insert(n, etag);
+        }
+        assert_eq!(
+            store.head_object(bucket, &k).unwrap(),
+            None,
+            "nothing before completion"
+        );
+        assert!(listed(store, bucket, &upload));
+        let parts: Vec<CompletedPart> = etags
+            .iter()
+            .map(|(&part_number, etag)| CompletedPart {
+                part_number,
+                etag: etag.clone(),
+            })
+            .collect();
         store
-            .complete_multipart(bucket, &k2, &upload, &too_small)
-            .is_err()
-    );
-    assert_eq!(store.head_object(bucket, &k2).unwrap(), None);
-    store.abort_multipart(bucket, &k2, &upload).unwrap();
-    assert!(!listed(store, bucket, &upload));
-    assert!(matches!(
-        store.abort_multipart(bucket, &k2, &upload),
-        Err(Error::NotFound(_))
-    ));
+            .complete_multipart(bucket, &k, &upload, &parts)
+            .unwrap();
+        let size = bodies.iter().map(Vec::len).sum::<usize>() as u64;
+        let info = store
+            .head_object(bucket, &k)
+            .unwrap()
+            .expect("completed object");
+        assert_eq!(info.size, size);
+        assert_eq!(info.metadata, metadata);
+        let mut got_tags = info.tags.clone();
+        got_tags.sort_by(|a, b| a.key().cmp(b.key()));
+        assert_eq!(got_tags, vec![tags[1].clone(), tags[0].clone()]);
+        assert!(!info.etag.is_empty(), "an object has an ETag");
+        let edge = store
+            .get_range(
+                bucket,
+                &k,
+                (min_part as u64 - 1)..(min_part as u64 + 1),
+                Some(&info.etag),
+            )
+            .unwrap();
+        assert_eq!(
+            edge,
+            vec![1, 2],
+            "the retried part 1 replaced the first try"
+        );
+        assert!(!listed(store, bucket, &upload));
+    }
 
-    // Small objects: put, read, delete (deleting twice is fine).
-    let k3 = key("tasks/t1/plan.json");
-    store.put_object(bucket, &k3, b"{\"plan\":1}").unwrap();
-    let first = store.head_object(bucket, &k3).unwrap().unwrap();
-    assert_eq!(first.size, 10);
-    assert_eq!(store.get_range(bucket, &k3, 2..6, None).unwrap(), b"plan");
-    assert_eq!(
-        store
-            .get_range(bucket, &k3, 2..6, Some(&first.etag))
-            .unwrap(),
-        b"plan"
-    );
-    // A replaced object has another ETag, and reads pinned to the first fail.
-    std::thread::sleep(std::time::Duration::from_millis(20));
-    store.put_object(bucket, &k3, b"{\"PLAN\":2}").unwrap();
-    let second = store.head_object(bucket, &k3).unwrap().unwrap();
-    assert_ne!(second.etag, first.etag, "replacing changes the ETag");
-    assert!(matches!(
-        store.get_range(bucket, &k3, 2..6, Some(&first.etag)),
-        Err(Error::IncorrectState(_))
-    ));
-    assert_eq!(
-        store
-            .get_range(bucket, &k3, 2..6, Some(&second.etag))
-            .unwrap(),
-        b"PLAN"
-    );
-    store.delete_object(bucket, &k3).unwrap();
-    store.delete_object(bucket, &k3).unwrap();
-    assert_eq!(store.head_object(bucket, &k3).unwrap(), None);
-    store.delete_object(bucket, &k).unwrap();
+    /// A failed completion publishes nothing; an aborted upload leaves nothing.
+    pub fn a_failed_completion_publishes_nothing_and_an_abort_leaves_nothing(
+        fixture: &ObjectStoreFixture,
+    ) {
+        let store = fixture.store.as_ref();
+        let bucket = &fixture.bucket;
+        let scratch = fixture.scratch.as_path();
+        let k2 = key("aborted.bin");
+        let upload = store
+            .create_multipart(bucket, &k2, &BTreeMap::new(), &[])
+            .unwrap();
+        let small = scratch.join("small");
+        std::fs::write(&small, b"tiny").unwrap();
+        let e1 = store.upload_part(bucket, &k2, &upload, 1, &small).unwrap();
+        let e2 = store.upload_part(bucket, &k2, &upload, 2, &small).unwrap();
+        let too_small = [
+            CompletedPart {
+                part_number: 1,
+                etag: e1,
+            },
+            CompletedPart {
+                part_number: 2,
+                etag: e2,
+            },
+        ];
+        assert!(
+            store
+                .complete_multipart(bucket, &k2, &upload, &too_small)
+                .is_err()
+        );
+        assert_eq!(store.head_object(bucket, &k2).unwrap(), None);
+        store.abort_multipart(bucket, &k2, &upload).unwrap();
+        assert!(!listed(store, bucket, &upload));
+        assert!(matches!(
+            store.abort_multipart(bucket, &k2, &upload),
+            Err(Error::NotFound(_))
+        ));
+    }
+
+    /// Small objects: put, read, delete (deleting twice is fine); a replaced
+    /// object has another ETag, and reads pinned to the first fail.
+    pub fn small_objects_are_put_read_pinned_to_their_etag_and_deleted(
+        fixture: &ObjectStoreFixture,
+    ) {
+        let store = fixture.store.as_ref();
+        let bucket = &fixture.bucket;
+        let k3 = key("tasks/t1/plan.json");
+        store.put_object(bucket, &k3, b"{\"plan\":1}").unwrap();
+        let first = store.head_object(bucket, &k3).unwrap().unwrap();
+        assert_eq!(first.size, 10);
+        assert_eq!(store.get_range(bucket, &k3, 2..6, None).unwrap(), b"plan");
+        assert_eq!(
+            store
+                .get_range(bucket, &k3, 2..6, Some(&first.etag))
+                .unwrap(),
+            b"plan"
+        );
+        // A replaced object has another ETag, and reads pinned to the first fail.
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        store.put_object(bucket, &k3, b"{\"PLAN\":2}").unwrap();
+        let second = store.head_object(bucket, &k3).unwrap().unwrap();
+        assert_ne!(second.etag, first.etag, "replacing changes the ETag");
+        assert!(matches!(
+            store.get_range(bucket, &k3, 2..6, Some(&first.etag)),
+            Err(Error::IncorrectState(_))
+        ));
+        assert_eq!(
+            store
+                .get_range(bucket, &k3, 2..6, Some(&second.etag))
+                .unwrap(),
+            b"PLAN"
+        );
+        store.delete_object(bucket, &k3).unwrap();
+        store.delete_object(bucket, &k3).unwrap();
+        assert_eq!(store.head_object(bucket, &k3).unwrap(), None);
+    }
+}
+
+/// One `#[test]` per clause of the object store contract
+/// ([`contract::object_store`](crate::ports::contract::object_store)). `$make`
+/// gives `(guard, fixture)`: an [`ObjectStoreFixture`] with an empty bucket,
+/// and `guard` kept alive for the test; it is evaluated once per clause.
+#[macro_export]
+macro_rules! object_store_contract {
+    ($make:expr) => {
+        $crate::object_store_contract!(@clauses $make;
+            buckets_exist_for_their_owner_only,
+            an_upload_appears_whole_at_completion_with_its_metadata_and_tags,
+            a_failed_completion_publishes_nothing_and_an_abort_leaves_nothing,
+            small_objects_are_put_read_pinned_to_their_etag_and_deleted);
+    };
+    (@clauses $make:expr; $($clause:ident),+) => {
+        $(
+            #[test]
+            fn $clause() {
+                let (_guard, fixture) = $make;
+                $crate::ports::contract::object_store::$clause(&fixture);
+            }
+        )+
+    };
 }
 
 fn task(
