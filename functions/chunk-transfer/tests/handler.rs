@@ -7,10 +7,9 @@ use amistore_lambda::Function;
 use amistore_lambda::step::StepFailure;
 use serde_json::Value;
 
-use amistore_core::engine::intake::StoreRequest;
 use amistore_core::ids::TaskId;
 use amistore_core::ports::ObjectStore;
-use amistore_lambda::testing::{Harness, account, fixture};
+use amistore_lambda::testing::{Harness, fixture};
 use serde_json::json;
 
 const PLAN: &str = include_str!("../fixtures/store-plan.json");
@@ -31,18 +30,7 @@ fn unit_input(task: &TaskId, unit: u64) -> Value {
 #[tokio::test(flavor = "multi_thread")]
 async fn plans_and_transfers_each_unit_once_however_often_retried() {
     let h = Harness::new();
-    let image = h.image("chunk-source", &[]);
-    let task = h
-        .engine()
-        .create_store_task(
-            &account(),
-            &StoreRequest {
-                image_id: image,
-                bucket: "amistore-archive".parse().unwrap(),
-                object_tags: Vec::new(),
-            },
-        )
-        .unwrap();
+    let task = h.store_task("chunk-source");
 
     let plan = call(&h, fixture(PLAN, None, Some(&task.id))).await.unwrap();
     let units = plan["units"].as_u64().unwrap();
@@ -115,67 +103,4 @@ async fn reports_the_error_names_the_state_machines_match() {
     // What the Lambda runtime sends back as errorType.
     let diagnostic: lambda_runtime::Diagnostic = no_unit.into();
     assert_eq!(diagnostic.error_type, "Fatal");
-}
-
-/// A writer into memory, for reading back what the function logged.
-#[derive(Clone, Default)]
-struct Captured(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
-
-impl std::io::Write for Captured {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-#[tokio::test]
-async fn every_step_logs_one_json_line_naming_its_task_unit_and_outcome() {
-    let captured = Captured::default();
-    let writer = captured.clone();
-    let _logs = tracing::subscriber::set_default(amistore_api::logs::json_subscriber(
-        move || writer.clone(),
-        "info",
-    ));
-    let h = Harness::new();
-    let image = h.image("logged-source", &[]);
-    let task = h
-        .engine()
-        .create_store_task(
-            &account(),
-            &StoreRequest {
-                image_id: image,
-                bucket: "amistore-archive".parse().unwrap(),
-                object_tags: Vec::new(),
-            },
-        )
-        .unwrap();
-    call(&h, fixture(PLAN, None, Some(&task.id))).await.unwrap();
-    call(&h, unit_input(&task.id, 0)).await.unwrap();
-    let refused = call(&h, unit_input(&task.id, 999_999)).await.unwrap_err();
-
-    let text = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
-    let steps: Vec<Value> = text
-        .lines()
-        .map(|l| serde_json::from_str::<Value>(l).unwrap())
-        .filter(|l| l["event"] == "step")
-        .collect();
-    assert_eq!(steps.len(), 3, "{text}");
-    for line in &steps {
-        assert_eq!(line["taskId"], task.id.as_str(), "{line}");
-        assert_eq!(line["level"], "INFO", "{line}");
-        assert!(line["ms"].is_u64(), "{line}");
-    }
-    assert_eq!(steps[0]["step"], "store.plan");
-    assert_eq!(steps[0]["ok"], true);
-    assert!(steps[0].get("unit").is_none(), "{}", steps[0]);
-    assert_eq!(
-        (steps[1]["unit"].as_u64(), &steps[1]["ok"]),
-        (Some(0), &json!(true))
-    );
-    assert_eq!(steps[2]["ok"], false);
-    assert_eq!(steps[2]["error"], refused.name);
-    assert_eq!(steps[2]["cause"], refused.cause.as_str());
 }

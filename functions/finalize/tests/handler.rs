@@ -7,10 +7,10 @@ use amistore_lambda::Function;
 use amistore_lambda::step::StepFailure;
 use serde_json::Value;
 
-use amistore_core::engine::intake::{RestoreRequest, StoreRequest};
+use amistore_core::engine::intake::RestoreRequest;
 use amistore_core::ids::ResourceState;
 use amistore_core::ports::ObjectStore;
-use amistore_core::task::{Task, TaskKind, TaskState};
+use amistore_core::task::{TaskKind, TaskState};
 use amistore_lambda::testing::{Harness, account, fixture};
 
 const STORE_FINALIZE: &str = include_str!("../fixtures/store-finalize.json");
@@ -22,24 +22,10 @@ async fn call(h: &Harness, event: Value) -> Result<Value, StepFailure> {
     h.call(Function::Finalize, event).await
 }
 
-fn store(h: &Harness, name: &str) -> Task {
-    let image = h.image(name, &[]);
-    h.engine()
-        .create_store_task(
-            &account(),
-            &StoreRequest {
-                image_id: image,
-                bucket: "amistore-archive".parse().unwrap(),
-                object_tags: Vec::new(),
-            },
-        )
-        .unwrap()
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn finalizes_a_store_and_a_restore_and_retries_harmlessly() {
     let h = Harness::new();
-    let task = store(&h, "finalize-source");
+    let task = h.store_task("finalize-source");
     h.transfer(TaskKind::Store, &task.id);
     call(&h, fixture(STORE_FINALIZE, None, Some(&task.id)))
         .await
@@ -107,7 +93,7 @@ async fn finalizes_a_store_and_a_restore_and_retries_harmlessly() {
 #[tokio::test(flavor = "multi_thread")]
 async fn fails_tasks_with_the_caught_cause_and_releases_everything() {
     let h = Harness::new();
-    let task = store(&h, "fail-source");
+    let task = h.store_task("fail-source");
     h.transfer(TaskKind::Store, &task.id);
     assert_eq!(
         h.local
@@ -151,7 +137,7 @@ async fn fails_tasks_with_the_caught_cause_and_releases_everything() {
     );
 
     // A restore that fails leaves its image and snapshots failed.
-    let ok = store(&h, "fail-restore-source");
+    let ok = h.store_task("fail-restore-source");
     h.transfer(TaskKind::Store, &ok.id);
     call(&h, fixture(STORE_FINALIZE, None, Some(&ok.id)))
         .await

@@ -8,7 +8,6 @@ use amistore_lambda::schedule::ScheduleOutcome;
 use amistore_lambda::step::StepFailure;
 use serde_json::Value;
 
-use amistore_core::engine::intake::StoreRequest;
 use amistore_core::engine::sweep::ABANDONED;
 use amistore_core::ports::ObjectStore;
 use amistore_core::task::{TaskKind, TaskState};
@@ -29,19 +28,7 @@ async fn fails_abandoned_tasks_aborts_their_uploads_and_fixes_counters() {
     let engine = h.engine();
     let stores: Vec<_> = ["sweep-a", "sweep-b"]
         .iter()
-        .map(|name| {
-            let image = h.image(name, &[]);
-            engine
-                .create_store_task(
-                    &account(),
-                    &StoreRequest {
-                        image_id: image,
-                        bucket: "amistore-archive".parse().unwrap(),
-                        object_tags: Vec::new(),
-                    },
-                )
-                .unwrap()
-        })
+        .map(|name| h.store_task(name))
         .collect();
     let (abandoned, running) = (&stores[0], &stores[1]);
     let gib = engine

@@ -7,6 +7,44 @@
 use tracing_subscriber::EnvFilter;
 use tracing_subscriber::fmt::MakeWriter;
 
+/// Log lines kept in memory, for tests that read back what was logged: a
+/// `MakeWriter` for [`json_subscriber`], and the lines it received.
+#[derive(Clone, Default)]
+pub struct MemoryLog(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl MemoryLog {
+    /// Every line written so far, parsed as JSON (a line that is not JSON
+    /// comes back as a JSON string, so that a test sees it).
+    pub fn lines(&self) -> Vec<serde_json::Value> {
+        let bytes = self.0.lock().map(|b| b.clone()).unwrap_or_default();
+        String::from_utf8_lossy(&bytes)
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap_or_else(|_| l.into()))
+            .collect()
+    }
+}
+
+impl std::io::Write for MemoryLog {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if let Ok(mut held) = self.0.lock() {
+            held.extend_from_slice(buf);
+        }
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl<'a> MakeWriter<'a> for MemoryLog {
+    type Writer = MemoryLog;
+
+    fn make_writer(&'a self) -> Self::Writer {
+        self.clone()
+    }
+}
+
 /// The level used when none of the variables names one.
 const DEFAULT_LEVEL: &str = "info";
 
@@ -46,37 +84,12 @@ where
 mod tests {
     #![allow(clippy::unwrap_used)]
 
-    use std::sync::{Arc, Mutex};
-
     use super::*;
-
-    /// A writer into memory, for reading back what was logged.
-    #[derive(Clone, Default)]
-    struct Captured(Arc<Mutex<Vec<u8>>>);
-
-    impl std::io::Write for Captured {
-        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-            self.0.lock().unwrap().extend_from_slice(buf);
-            Ok(buf.len())
-        }
-        fn flush(&mut self) -> std::io::Result<()> {
-            Ok(())
-        }
-    }
-
-    fn lines(captured: &Captured) -> Vec<serde_json::Value> {
-        String::from_utf8(captured.0.lock().unwrap().clone())
-            .unwrap()
-            .lines()
-            .map(|l| serde_json::from_str(l).unwrap())
-            .collect()
-    }
 
     #[test]
     fn events_are_json_lines_with_their_fields_at_the_top_level() {
-        let captured = Captured::default();
-        let writer = captured.clone();
-        let subscriber = json_subscriber(move || writer.clone(), "info");
+        let captured = MemoryLog::default();
+        let subscriber = json_subscriber(captured.clone(), "info");
         tracing::subscriber::with_default(subscriber, || {
             let span = tracing::info_span!("Lambda runtime invoke", requestId = "req-1");
             let _entered = span.enter();
@@ -91,7 +104,7 @@ mod tests {
             );
             tracing::debug!(event = "hidden");
         });
-        let lines = lines(&captured);
+        let lines = captured.lines();
         assert_eq!(lines.len(), 1, "debug is below the level: {lines:?}");
         let line = &lines[0];
         assert_eq!(line["level"], "INFO");

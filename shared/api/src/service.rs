@@ -382,7 +382,7 @@ impl Service {
         let mut response = match answer {
             Ok(response) => response,
             Err(mut e) => {
-                outcome.error = Some(e.code.clone().into());
+                outcome.error = Some(e.code.clone());
                 if e.status >= 500 {
                     outcome.detail = Some(std::mem::replace(
                         &mut e.message,
@@ -547,7 +547,7 @@ fn respond(
             HttpResponse::text(200, JSON, body.json(&request_id))
         }
         (Err(mut e), protocol) => {
-            outcome.error = Some(e.code.clone().into());
+            outcome.error = Some(e.code.clone());
             if e.status >= 500 {
                 // The detail (a local path, a dependency's words) is the
                 // operator's; the caller gets what to quote to them.

@@ -130,6 +130,22 @@ impl Harness {
         BUCKET.parse().unwrap()
     }
 
+    /// A store task of a new image called `name` into the bucket, admitted
+    /// and not yet planned.
+    pub fn store_task(&self, name: &str) -> amistore_core::task::Task {
+        let image = self.image(name, &[]);
+        self.engine()
+            .create_store_task(
+                &account(),
+                &amistore_core::engine::intake::StoreRequest {
+                    image_id: image,
+                    bucket: BUCKET.parse().unwrap(),
+                    object_tags: Vec::new(),
+                },
+            )
+            .unwrap()
+    }
+
     /// Imports a two-disk image (data, holes, a second small disk), tagged
     /// `tags`, as the fixtures' account.
     pub fn image(&self, name: &str, tags: &[&str]) -> ImageId {

@@ -2,12 +2,12 @@
 //! store, for the deployment's own account: one adapter, [`Ec2Images`],
 //! serving two ports.
 //!
-//! - [`catalog`]: [`ImageCatalog`](amistore_core::ports::ImageCatalog) over
-//!   EC2 (images, snapshots, tags, image attributes);
-//! - [`snapshot_store`]: [`SnapshotStore`](amistore_core::ports::SnapshotStore)
+//! - [`catalog`] is the [`ImageCatalog`](amistore_core::ports::ImageCatalog),
+//!   over EC2 (images, snapshots, tags, image attributes);
+//! - [`snapshot_store`] is the [`SnapshotStore`](amistore_core::ports::SnapshotStore),
 //!   over the EBS direct APIs, with EC2 for what they do not do (describe,
 //!   delete, tags);
-//! - [`ebs_requests`]: how block requests are paced, read ahead and written
+//! - [`ebs_requests`] is how block requests are paced, read ahead and written
 //!   behind; it knows nothing of the adapter.
 //!
 //! This file holds the adapter and the EC2 calls both ports use.

@@ -277,7 +277,7 @@ impl WorkflowRunner for LocalRunner {
                 Err(e) if ex.workers == 0 => {
                     ex.live.remove(task);
                     ex.queue.retain(|(_, t)| t != task);
-                    return Err(Error::io("starting a workflow thread", e).into());
+                    return Err(Error::io("starting a workflow thread", e));
                 }
                 Err(_) => {}
             }
