@@ -95,14 +95,7 @@ async fn fails_tasks_with_the_caught_cause_and_releases_everything() {
     let h = Harness::new();
     let task = h.store_task("fail-source");
     h.transfer(TaskKind::Store, &task.id);
-    assert_eq!(
-        h.local
-            .buckets
-            .list_multipart_uploads(&h.bucket())
-            .unwrap()
-            .len(),
-        1
-    );
+    assert_eq!(h.uploads_in_progress(), 1);
     call(&h, fixture(STORE_FAIL, None, Some(&task.id)))
         .await
         .unwrap();

@@ -9,7 +9,6 @@ use amistore_lambda::step::StepFailure;
 use serde_json::Value;
 
 use amistore_core::engine::sweep::ABANDONED;
-use amistore_core::ports::ObjectStore;
 use amistore_core::task::{TaskKind, TaskState};
 use amistore_lambda::testing::{Harness, account, fixture};
 use serde_json::json;
@@ -45,14 +44,7 @@ async fn fails_abandoned_tasks_aborts_their_uploads_and_fixes_counters() {
             .correct_counter(&account(), TaskKind::Store, gib, gib + 40)
             .unwrap()
     );
-    assert_eq!(
-        h.local
-            .buckets
-            .list_multipart_uploads(&h.bucket())
-            .unwrap()
-            .len(),
-        2
-    );
+    assert_eq!(h.uploads_in_progress(), 2);
 
     let outcome = call(&h, fixture(SCHEDULED, None, None)).await.unwrap();
     let sweep = outcome.sweep.unwrap();
@@ -62,15 +54,7 @@ async fn fails_abandoned_tasks_aborts_their_uploads_and_fixes_counters() {
         (t.state, t.failure_reason.as_deref()),
         (TaskState::Failed, Some(ABANDONED))
     );
-    assert_eq!(
-        h.local
-            .buckets
-            .list_multipart_uploads(&h.bucket())
-            .unwrap()
-            .len(),
-        1,
-        "its upload aborted"
-    );
+    assert_eq!(h.uploads_in_progress(), 1, "its upload aborted");
     assert_eq!(
         engine.task(&running.id).unwrap().state,
         TaskState::InProgress

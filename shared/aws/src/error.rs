@@ -123,25 +123,22 @@ where
             aws_smithy_types::error::display::DisplayErrorContext(&err)
         ),
     };
-    let answered = matches!(err, SdkError::ServiceError(_));
-    let text = format!("{what}: {detail}");
-    // Timeouts, lost connections, unreadable responses: worth another try.
-    let error = if answered {
-        classify(&code, status, text)
-    } else {
-        Error::Transient(text)
-    };
-    match error {
-        Error::Transient(_) => Error::dependency(
-            what.to_string(),
-            true,
-            AwsCallError {
-                detail,
-                sdk: Box::new(err),
-            },
-        ),
-        meaning => meaning,
+    if matches!(err, SdkError::ServiceError(_)) {
+        let meaning = classify(&code, status, format!("{what}: {detail}"));
+        if !matches!(meaning, Error::Transient(_)) {
+            return meaning;
+        }
     }
+    // Throttling, 5xx answers, timeouts, lost connections, unreadable
+    // responses: worth another try, with the SDK's error kept behind it.
+    Error::dependency(
+        what.to_string(),
+        true,
+        AwsCallError {
+            detail,
+            sdk: Box::new(err),
+        },
+    )
 }
 
 /// The engine's error for a service's answer `code` with HTTP `status`.

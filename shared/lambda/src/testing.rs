@@ -13,7 +13,7 @@ use amistore_core::engine::Engine;
 use amistore_core::engine::steps::run_step;
 use amistore_core::ids::{AccountId, ImageId, TaskId};
 use amistore_core::image::{Architecture, ImageSpec};
-use amistore_core::ports::{BucketAdmin, ExecutionStatus, WorkflowRunner};
+use amistore_core::ports::{BucketAdmin, ExecutionStatus, ObjectStore, WorkflowRunner};
 use amistore_core::storage::BucketName;
 use amistore_core::task::TaskKind;
 use amistore_local::embedded::{LocalEngine, LocalOptions};
@@ -128,6 +128,13 @@ impl Harness {
 
     pub fn bucket(&self) -> BucketName {
         BUCKET.parse().unwrap()
+    }
+
+    /// How many multipart uploads are in progress in the bucket.
+    pub fn uploads_in_progress(&self) -> usize {
+        ObjectStore::list_multipart_uploads(&self.local.buckets, &self.bucket())
+            .unwrap()
+            .len()
     }
 
     /// A store task of a new image called `name` into the bucket, admitted

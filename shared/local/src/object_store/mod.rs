@@ -165,22 +165,6 @@ impl FolderObjectStore {
         }
     }
 
-    fn stage_part(
-        &self,
-        bucket: &BucketName,
-        upload: &str,
-        part_number: u32,
-        place: impl FnOnce(&Path) -> Result<()>,
-    ) -> Result<String> {
-        if !(1..=MAX_PART_NUMBER).contains(&part_number) {
-            return Err(Error::InvalidInput(format!(
-                "part number {part_number} is outside 1..={MAX_PART_NUMBER}"
-            )));
-        }
-        let dir = self.upload_dir(bucket, upload)?;
-        Staging::lock(&dir)?.stage(part_number, place)
-    }
-
     /// The upload's record, if `upload` exists in `bucket` and is for `key`
     /// (S3 ties an upload id to its key).
     fn upload_for(&self, bucket: &BucketName, upload: &str, key: &ObjectKey) -> Result<PathBuf> {
@@ -254,8 +238,13 @@ impl ObjectStore for FolderObjectStore {
         part_number: u32,
         body: &Path,
     ) -> Result<String> {
-        self.upload_for(bucket, upload_id, key)?;
-        self.stage_part(bucket, upload_id, part_number, |target| {
+        let dir = self.upload_for(bucket, upload_id, key)?;
+        if !(1..=MAX_PART_NUMBER).contains(&part_number) {
+            return Err(Error::InvalidInput(format!(
+                "part number {part_number} is outside 1..={MAX_PART_NUMBER}"
+            )));
+        }
+        Staging::lock(&dir)?.stage(part_number, |target| {
             if fs::hard_link(body, target).is_ok() {
                 return Ok(());
             }
