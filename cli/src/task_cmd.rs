@@ -327,7 +327,7 @@ pub fn store(
         )
         .map_err(|e| match e {
             amistore_core::Error::NotFound(m)
-                if backend.backend == BackendKind::Local && m.starts_with("bucket ") =>
+                if backend.backend == BackendKind::Local && m.message().starts_with("bucket ") =>
             {
                 anyhow!("{m}; create it with `amistore bucket create {bucket}`")
             }

@@ -139,7 +139,7 @@ impl From<CoreError> for EbsError {
                 code: "ResourceNotFoundException".into(),
                 status: 404,
                 reason: Some("SNAPSHOT_NOT_FOUND"),
-                message,
+                message: message.into(),
             },
             CoreError::InvalidInput(m) | CoreError::InvalidCombination(m) => {
                 Self::validation("INVALID_PARAMETER_VALUE", m)

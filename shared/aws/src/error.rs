@@ -3,7 +3,7 @@
 
 use std::fmt::Display;
 
-use amistore_core::Error;
+use amistore_core::{Detail, Error};
 use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
 use aws_smithy_runtime_api::client::orchestrator::HttpResponse;
 
@@ -104,10 +104,11 @@ impl std::error::Error for AwsCallError {
 }
 
 /// The engine's error for a failed SDK call; `what` says what we were doing.
-/// A failure worth retrying keeps the SDK's error as its cause
-/// ([`Error::Dependency`], retryable); an answer that names the caller's
-/// mistake or a missing resource becomes that meaning, with the service's
-/// code and message as its text.
+/// The SDK's error is always kept as the cause, behind an [`AwsCallError`]
+/// that reads as the service's code and message. An answer that names the
+/// caller's mistake or a missing resource becomes that meaning; anything worth
+/// retrying (throttling, 5xx answers, timeouts, lost connections, unreadable
+/// responses) is a retryable [`Error::Dependency`].
 pub(crate) fn sdk<E>(what: impl Display, err: SdkError<E, HttpResponse>) -> Error
 where
     E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
@@ -115,6 +116,7 @@ where
     let code = err.code().unwrap_or_default().to_owned();
     let message = err.message().unwrap_or_default().to_owned();
     let status = err.raw_response().map(|r| r.status().as_u16());
+    let answered = matches!(err, SdkError::ServiceError(_));
     let detail = match (code.is_empty(), message.is_empty()) {
         (false, false) => format!("{code}: {message}"),
         (false, true) => code.clone(),
@@ -123,34 +125,27 @@ where
             aws_smithy_types::error::display::DisplayErrorContext(&err)
         ),
     };
-    if matches!(err, SdkError::ServiceError(_)) {
-        let meaning = classify(&code, status, format!("{what}: {detail}"));
-        if !matches!(meaning, Error::Transient(_)) {
-            return meaning;
-        }
+    let call = AwsCallError {
+        detail,
+        sdk: Box::new(err),
+    };
+    match classify(&code, status).filter(|_| answered) {
+        Some(meaning) => meaning(Detail::because(what.to_string(), call)),
+        None => Error::dependency(what.to_string(), true, call),
     }
-    // Throttling, 5xx answers, timeouts, lost connections, unreadable
-    // responses: worth another try, with the SDK's error kept behind it.
-    Error::dependency(
-        what.to_string(),
-        true,
-        AwsCallError {
-            detail,
-            sdk: Box::new(err),
-        },
-    )
 }
 
-/// The engine's error for a service's answer `code` with HTTP `status`.
-fn classify(code: &str, status: Option<u16>, text: String) -> Error {
+/// What a service's answer `code` with HTTP `status` means, as the variant to
+/// report it with; `None` for an answer worth retrying.
+fn classify(code: &str, status: Option<u16>) -> Option<fn(Detail) -> Error> {
     if TRANSIENT_CODES.contains(&code) || status.is_some_and(|s| s >= 500) {
-        Error::Transient(text)
+        None
     } else if NOT_FOUND_CODES.contains(&code) || status == Some(404) {
-        Error::NotFound(text)
+        Some(Error::NotFound)
     } else if status == Some(409) {
-        Error::AlreadyExists(text)
+        Some(Error::AlreadyExists)
     } else {
-        Error::InvalidInput(text)
+        Some(Error::InvalidInput)
     }
 }
 
@@ -174,7 +169,7 @@ mod tests {
             ("InternalServerError", 500),
         ] {
             assert!(
-                classify(code, Some(status), code.into()).is_retryable(),
+                classify(code, Some(status)).is_none(),
                 "{code} should be retried"
             );
         }
@@ -184,11 +179,11 @@ mod tests {
             ("ValidationException", 400),
             ("UnauthorizedOperation", 403),
         ] {
-            let e = classify(code, Some(status), code.into());
+            let e = classify(code, Some(status)).expect("a meaning")(code.into());
             assert!(!e.is_retryable(), "{code} fails the same way again");
         }
         assert!(matches!(
-            classify("NoSuchUpload", Some(404), String::new()),
+            classify("NoSuchUpload", Some(404)).expect("a meaning")("".into()),
             Error::NotFound(_)
         ));
     }
@@ -207,6 +202,37 @@ mod tests {
         let sdk = aws.source().expect("the SDK's error behind it");
         assert!(
             sdk.downcast_ref::<SdkError<aws_sdk_s3::operation::head_object::HeadObjectError, HttpResponse>>()
+                .is_some(),
+            "{sdk:?}"
+        );
+    }
+
+    #[test]
+    fn a_service_s_refusal_keeps_its_meaning_and_the_sdk_error_as_its_cause() {
+        use aws_sdk_s3::operation::head_object::HeadObjectError;
+        use aws_smithy_types::body::SdkBody;
+        use aws_smithy_types::error::ErrorMetadata;
+        let answer = HeadObjectError::generic(
+            ErrorMetadata::builder()
+                .code("NoSuchKey")
+                .message("The specified key does not exist.")
+                .build(),
+        );
+        let response = HttpResponse::new(404.try_into().expect("a status"), SdkBody::empty());
+        let e = sdk("reading b/k", SdkError::service_error(answer, response));
+        assert!(matches!(e, Error::NotFound(_)), "{e:?}");
+        assert_eq!(
+            e.to_string(),
+            "reading b/k: NoSuchKey: The specified key does not exist."
+        );
+        let aws = std::error::Error::source(&e).expect("the call's error");
+        assert_eq!(
+            aws.to_string(),
+            "NoSuchKey: The specified key does not exist."
+        );
+        let sdk = aws.source().expect("the SDK's error behind it");
+        assert!(
+            sdk.downcast_ref::<SdkError<HeadObjectError, HttpResponse>>()
                 .is_some(),
             "{sdk:?}"
         );

@@ -9,7 +9,7 @@ use amistore_core::ids::AccountId;
 use amistore_core::image::Tag;
 use amistore_core::ports::{CompletedPart, ObjectInfo, ObjectStore};
 use amistore_core::storage::{BucketName, ObjectKey};
-use amistore_core::{Error, Result};
+use amistore_core::{Detail, Error, Result};
 use aws_sdk_s3::Client;
 use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::types::{ChecksumAlgorithm, CompletedMultipartUpload, CompletedPart as S3Part};
@@ -127,9 +127,9 @@ impl ObjectStore for S3ObjectStore {
         body: &Path,
     ) -> Result<String> {
         let out = self.bridge.run(async {
-            let stream = ByteStream::from_path(body)
-                .await
-                .map_err(|e| Error::Transient(format!("reading {}: {e}", body.display())))?;
+            let stream = ByteStream::from_path(body).await.map_err(|e| {
+                Error::Transient(Detail::because(format!("reading {}", body.display()), e))
+            })?;
             self.client
                 .upload_part()
                 .bucket(bucket.as_str())
@@ -142,9 +142,9 @@ impl ObjectStore for S3ObjectStore {
                 .await
                 .map_err(|e| sdk(format_args!("uploading part {part_number} of {key}"), e))
         })?;
-        let etag = out
-            .e_tag()
-            .ok_or_else(|| Error::Transient(format!("part {part_number} of {key}: no ETag")))?;
+        let etag = out.e_tag().ok_or_else(|| {
+            Error::Transient(format!("part {part_number} of {key}: no ETag").into())
+        })?;
         Ok(match out.checksum_crc32_c() {
             Some(sum) => format!("{etag}{RECEIPT_CHECKSUM}{sum}"),
             None => etag.to_owned(),
@@ -334,23 +334,31 @@ impl ObjectStore for S3ObjectStore {
                 .send()
                 .await
                 .map_err(|e| match e.raw_response().map(|r| r.status().as_u16()) {
-                    Some(412) => Error::IncorrectState(format!(
-                        "s3://{bucket}/{key} was replaced (it no longer has ETag {})",
-                        if_match.unwrap_or_default()
-                    )),
+                    Some(412) => Error::IncorrectState(
+                        format!(
+                            "s3://{bucket}/{key} was replaced (it no longer has ETag {})",
+                            if_match.unwrap_or_default()
+                        )
+                        .into(),
+                    ),
                     _ => sdk(format_args!("reading {key} at {range:?}"), e),
                 })?;
             out.body
                 .collect()
                 .await
                 .map(|b| b.into_bytes())
-                .map_err(|e| Error::Transient(format!("reading {key} at {range:?}: {e}")))
+                .map_err(|e| {
+                    Error::Transient(Detail::because(format!("reading {key} at {range:?}"), e))
+                })
         })?;
         if bytes.len() as u64 != want {
-            return Err(Error::Truncated(format!(
-                "s3://{bucket}/{key} returned {} bytes for the {want}-byte range {range:?}",
-                bytes.len()
-            )));
+            return Err(Error::Truncated(
+                format!(
+                    "s3://{bucket}/{key} returned {} bytes for the {want}-byte range {range:?}",
+                    bytes.len()
+                )
+                .into(),
+            ));
         }
         Ok(bytes.to_vec())
     }

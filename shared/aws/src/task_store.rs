@@ -46,7 +46,7 @@ use amistore_core::ports::{RateLease, TaskStore};
 use amistore_core::task::{
     Claim, ClaimRequest, EndClaim, Ending, RETENTION_MS, SourcePin, Task, TaskKind, TaskState,
 };
-use amistore_core::{Error, Result};
+use amistore_core::{Detail, Error, Result};
 use aws_sdk_dynamodb::Client;
 use aws_sdk_dynamodb::error::SdkError;
 use aws_sdk_dynamodb::operation::put_item::PutItemError;
@@ -163,11 +163,14 @@ fn task_item(task: &Task) -> Item {
 
 fn damaged(what: &str, item: &Item) -> Error {
     let part = |name| text(item, name).unwrap_or_default();
-    Error::Malformed(format!(
-        "task table item {}/{} has no valid {what}",
-        part("pk"),
-        part("sk")
-    ))
+    Error::Malformed(
+        format!(
+            "task table item {}/{} has no valid {what}",
+            part("pk"),
+            part("sk")
+        )
+        .into(),
+    )
 }
 
 fn text<'a>(item: &'a Item, name: &str) -> Option<&'a str> {
@@ -283,8 +286,11 @@ fn cancellation(err: &SdkError<TransactWriteItemsError>) -> Option<Cancelled> {
     }
 }
 
-fn built<T, E: std::fmt::Display>(what: &str, r: std::result::Result<T, E>) -> Result<T> {
-    r.map_err(|e| Error::InvalidInput(format!("building {what}: {e}")))
+fn built<T, E: std::error::Error + Send + Sync + 'static>(
+    what: &str,
+    r: std::result::Result<T, E>,
+) -> Result<T> {
+    r.map_err(|e| Error::InvalidInput(Detail::because(format!("building {what}"), e)))
 }
 
 impl DynamoTaskStore {
@@ -424,8 +430,12 @@ impl DynamoTaskStore {
             Ok(_) => Ok(None),
             Err(err) => match cancellation(&err) {
                 Some(Cancelled::Conditions(failed)) => Ok(Some(failed)),
-                Some(Cancelled::Transient(why)) => Err(Error::Transient(format!("{what}: {why}"))),
-                Some(Cancelled::Invalid(why)) => Err(Error::InvalidInput(format!("{what}: {why}"))),
+                Some(Cancelled::Transient(why)) => {
+                    Err(Error::Transient(format!("{what}: {why}").into()))
+                }
+                Some(Cancelled::Invalid(why)) => {
+                    Err(Error::InvalidInput(format!("{what}: {why}").into()))
+                }
                 None => Err(sdk(what, err)),
             },
         }
@@ -494,7 +504,7 @@ impl DynamoTaskStore {
                     Some(UpdateItemError::ConditionalCheckFailedException(_))
                 ) =>
             {
-                Err(Error::NotFound(format!("task {id} does not exist")))
+                Err(Error::NotFound(format!("task {id} does not exist").into()))
             }
             Err(e) => Err(sdk(format_args!("updating task {id}"), e)),
         }
@@ -601,20 +611,20 @@ impl TaskStore for DynamoTaskStore {
             Some([true, ..]) => Err(Error::AlreadyExists(format!(
                 "task {} already exists",
                 task.id
-            ))),
+            ).into())),
             Some([_, true, ..]) => {
                 let now = self.in_progress_gib(&task.account, task.kind)?;
                 Err(Error::LimitExceeded(format!(
                     "account {} already has {now} GiB of {} tasks in progress; new ones are admitted below {limit_gib} GiB",
                     task.account,
                     task.kind.as_str()
-                )))
+                ).into()))
             }
             Some(_) => Err(Error::AlreadyExists(format!(
                 "image {} is already being stored in bucket {}; an AMI can be stored once per bucket",
                 task.image_id.as_ref().map_or("", |i| i.as_str()),
                 task.bucket
-            ))),
+            ).into())),
         }
     }
 
@@ -688,7 +698,7 @@ impl TaskStore for DynamoTaskStore {
     fn claim_end(&self, id: &TaskId, request: &ClaimRequest<'_>) -> Result<Claim> {
         let task = self
             .get(id)?
-            .ok_or_else(|| Error::NotFound(format!("task {id} does not exist")))?;
+            .ok_or_else(|| Error::NotFound(format!("task {id} does not exist").into()))?;
         if task.state != TaskState::InProgress {
             return Ok(Claim::Taken(task));
         }
@@ -754,7 +764,7 @@ impl TaskStore for DynamoTaskStore {
                 // claim may be ours to re-enter, or to leave alone).
                 let now = self
                     .get(id)?
-                    .ok_or_else(|| Error::NotFound(format!("task {id} does not exist")))?;
+                    .ok_or_else(|| Error::NotFound(format!("task {id} does not exist").into()))?;
                 Ok(match &now.claim {
                     Some(c) if now.state == TaskState::InProgress && c.ending == request.ending => {
                         Claim::Held(now)
@@ -768,7 +778,7 @@ impl TaskStore for DynamoTaskStore {
 
     fn finish(&self, id: &TaskId, ending: Ending, now_ms: i64) -> Result<bool> {
         let Some(task) = self.get_item(key(task_pk(id), "TASK"))? else {
-            return Err(Error::NotFound(format!("task {id} does not exist")));
+            return Err(Error::NotFound(format!("task {id} does not exist").into()));
         };
         let task = task_from(&task)?;
         if task.state != TaskState::InProgress || task.ending() != Some(ending) {
@@ -832,9 +842,9 @@ impl TaskStore for DynamoTaskStore {
             // Someone else ended it, or took its end over, between our read
             // and our write.
             Some([true, ..]) => Ok(false),
-            Some(_) => Err(Error::Transient(format!(
-                "ending task {id}: its copy lock changed meanwhile"
-            ))),
+            Some(_) => Err(Error::Transient(
+                format!("ending task {id}: its copy lock changed meanwhile").into(),
+            )),
         }
     }
 

@@ -55,7 +55,7 @@ impl StepFunctionsRunner {
     pub fn execution_arn(&self, kind: TaskKind, task: &TaskId) -> Result<String> {
         let machine = self.machine(kind);
         let (head, name) = machine.split_once(":stateMachine:").ok_or_else(|| {
-            Error::InvalidInput(format!("{machine:?} is not a state machine ARN"))
+            Error::InvalidInput(format!("{machine:?} is not a state machine ARN").into())
         })?;
         Ok(format!("{head}:execution:{name}:{task}"))
     }

@@ -9,20 +9,88 @@ use std::io;
 /// Result alias for the core crate.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
+/// Any error, as a cause kept behind one of ours.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// What a meaning-level variant says: a message naming the problem, and the
+/// error that revealed it where there was one (a JSON parser's, a clock's), kept
+/// as the [`source`](std::error::Error::source) so callers can walk down to it.
+///
+/// It reads as `message: cause`, the way the [`Error::Dependency`] and
+/// [`Error::Io`] variants read, so the text a caller sees names the cause too.
+#[derive(Debug)]
+pub struct Detail {
+    message: String,
+    cause: Option<BoxError>,
+}
+
+impl Detail {
+    /// `message`, revealed by `cause`.
+    pub fn because(message: impl Into<String>, cause: impl Into<BoxError>) -> Self {
+        Detail {
+            message: message.into(),
+            cause: Some(cause.into()),
+        }
+    }
+
+    /// The message alone, without the cause.
+    pub fn message(&self) -> &str {
+        &self.message
+    }
+}
+
+impl From<String> for Detail {
+    fn from(message: String) -> Self {
+        Detail {
+            message,
+            cause: None,
+        }
+    }
+}
+
+impl From<&str> for Detail {
+    fn from(message: &str) -> Self {
+        message.to_owned().into()
+    }
+}
+
+/// The whole text, cause included: what an API error document or a log line
+/// carries.
+impl From<Detail> for String {
+    fn from(detail: Detail) -> Self {
+        detail.to_string()
+    }
+}
+
+impl std::fmt::Display for Detail {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.cause {
+            Some(cause) => write!(f, "{}: {cause}", self.message),
+            None => f.write_str(&self.message),
+        }
+    }
+}
+
+impl std::error::Error for Detail {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.cause.as_deref().map(|c| c as _)
+    }
+}
+
 /// Everything that can go wrong in the core crate.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// The bytes are not an amistore archive at all (no seek table footer, wrong magic).
     #[error("not an amistore archive: {0}")]
-    NotAnArchive(String),
+    NotAnArchive(#[source] Detail),
 
     /// The archive ends early: the object is shorter than its own tables say.
     #[error("archive is truncated: {0}")]
-    Truncated(String),
+    Truncated(#[source] Detail),
 
     /// The archive's structures contradict each other or the format specification.
     #[error("archive is malformed: {0}")]
-    Malformed(String),
+    Malformed(#[source] Detail),
 
     /// One unit's data failed verification (checksum, hash, frame structure).
     #[error("unit {unit} is corrupt: {reason}")]
@@ -43,38 +111,38 @@ pub enum Error {
     },
 
     /// A value supplied by the caller is not acceptable (names the value and why).
-    #[error("{0}")]
-    InvalidInput(String),
+    #[error(transparent)]
+    InvalidInput(Detail),
 
     /// Two parameters were given that cannot be used together.
-    #[error("{0}")]
-    InvalidCombination(String),
+    #[error(transparent)]
+    InvalidCombination(Detail),
 
     /// A pagination token that is not one this service issued for this caller
     /// and this query.
-    #[error("{0}")]
-    InvalidToken(String),
+    #[error(transparent)]
+    InvalidToken(Detail),
 
     /// A resource the caller named does not exist (for the caller's account).
-    #[error("{0}")]
-    NotFound(String),
+    #[error(transparent)]
+    NotFound(Detail),
 
     /// Something that must be unique already exists (an image name, a stored copy).
-    #[error("{0}")]
-    AlreadyExists(String),
+    #[error(transparent)]
+    AlreadyExists(Detail),
 
     /// The account's in-progress quota does not admit another task now.
-    #[error("{0}")]
-    LimitExceeded(String),
+    #[error(transparent)]
+    LimitExceeded(Detail),
 
     /// A resource is in the wrong state for the request (an image still pending).
-    #[error("{0}")]
-    IncorrectState(String),
+    #[error(transparent)]
+    IncorrectState(Detail),
 
     /// A dependency failed in a way that may pass on retry (throttling, a 5xx, a
     /// lost connection).
-    #[error("{0}")]
-    Transient(String),
+    #[error(transparent)]
+    Transient(Detail),
 
     /// A dependency (a database, a service) failed; `retryable` says whether
     /// the same request may pass later (a busy database, throttling), or will
@@ -87,7 +155,7 @@ pub enum Error {
         retryable: bool,
         /// The dependency's own error.
         #[source]
-        source: Box<dyn std::error::Error + Send + Sync>,
+        source: BoxError,
     },
 
     /// An operating-system I/O error, with what we were doing at the time.
@@ -142,7 +210,7 @@ impl Error {
     pub fn dependency(
         context: impl Into<String>,
         retryable: bool,
-        source: impl Into<Box<dyn std::error::Error + Send + Sync>>,
+        source: impl Into<BoxError>,
     ) -> Self {
         Error::Dependency {
             context: context.into(),
@@ -159,7 +227,53 @@ impl Error {
         }
     }
 
-    pub(crate) fn malformed(msg: impl Into<String>) -> Self {
+    pub(crate) fn malformed(msg: impl Into<Detail>) -> Self {
         Error::Malformed(msg.into())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::error::Error as _;
+
+    /// Every cause down the chain, outermost first.
+    fn chain<'a>(
+        e: &'a (dyn std::error::Error + 'static),
+    ) -> Vec<&'a (dyn std::error::Error + 'static)> {
+        std::iter::successors(Some(e), |&e| e.source()).collect()
+    }
+
+    #[test]
+    fn a_meaning_found_by_a_parser_keeps_the_parser_s_error_as_its_cause() {
+        let e = crate::archive::manifest::Manifest::from_json(b"{not json").unwrap_err();
+        assert_eq!(e.name(), "Malformed");
+        let text = e.to_string();
+        assert!(
+            text.starts_with(
+                "archive is malformed: manifest.json is not valid JSON: key must be a string"
+            ),
+            "{text}"
+        );
+        let json = chain(&e)
+            .into_iter()
+            .find_map(|c| c.downcast_ref::<serde_json::Error>())
+            .expect("the JSON parser's error in the chain");
+        assert!(json.is_syntax(), "{json}");
+    }
+
+    #[test]
+    fn a_meaning_without_a_cause_reads_as_its_message_and_has_no_source() {
+        let e = Error::NotFound("image ami-0123456789abcdef0 does not exist".into());
+        assert_eq!(e.to_string(), "image ami-0123456789abcdef0 does not exist");
+        assert!(e.source().is_none());
+        let because = Error::InvalidInput(Detail::because(
+            "clock out of range",
+            io::Error::other("before 1970"),
+        ));
+        assert_eq!(because.to_string(), "clock out of range: before 1970");
+        let cause = because.source().expect("the cause");
+        assert_eq!(cause.to_string(), "before 1970");
+        assert!(cause.downcast_ref::<io::Error>().is_some());
     }
 }

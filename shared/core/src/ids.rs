@@ -61,7 +61,7 @@ macro_rules! resource_id {
                     return Err(Error::InvalidInput(format!(
                         concat!("{:?} is not a valid ", $what, " id (expected ", $prefix, " and 8 or 17 hex digits)"),
                         s
-                    )));
+                    ).into()));
                 }
                 Ok(Self(s.to_owned()))
             }
@@ -100,9 +100,9 @@ impl FromStr for AccountId {
     type Err = Error;
     fn from_str(s: &str) -> Result<Self> {
         if s.len() != 12 || !s.bytes().all(|b| b.is_ascii_digit()) {
-            return Err(Error::InvalidInput(format!(
-                "{s:?} is not a 12-digit account id"
-            )));
+            return Err(Error::InvalidInput(
+                format!("{s:?} is not a 12-digit account id").into(),
+            ));
         }
         Ok(Self(s.to_owned()))
     }

@@ -24,9 +24,9 @@ impl FromStr for ImageName {
     fn from_str(s: &str) -> Result<Self> {
         let len = s.chars().count();
         if !(3..=128).contains(&len) {
-            return Err(Error::InvalidInput(format!(
-                "image name must be 3 to 128 characters long, got {len}"
-            )));
+            return Err(Error::InvalidInput(
+                format!("image name must be 3 to 128 characters long, got {len}").into(),
+            ));
         }
         if let Some(bad) = s
             .chars()
@@ -34,7 +34,7 @@ impl FromStr for ImageName {
         {
             return Err(Error::InvalidInput(format!(
                 "image name {s:?} contains {bad:?}; allowed are letters, digits, spaces and ()[]./-'@_"
-            )));
+            ).into()));
         }
         Ok(Self(s.to_owned()))
     }
@@ -53,10 +53,13 @@ pub fn check_text(what: &str, s: &str) -> Result<()> {
         .chars()
         .find(|c| c.is_control() || matches!(*c, '\u{FFFE}' | '\u{FFFF}'))
     {
-        return Err(Error::InvalidInput(format!(
-            "{what} contains the character U+{:04X}, which is not allowed",
-            bad as u32
-        )));
+        return Err(Error::InvalidInput(
+            format!(
+                "{what} contains the character U+{:04X}, which is not allowed",
+                bad as u32
+            )
+            .into(),
+        ));
     }
     Ok(())
 }
@@ -65,9 +68,9 @@ pub fn check_text(what: &str, s: &str) -> Result<()> {
 pub fn check_description(s: &str) -> Result<()> {
     let len = s.chars().count();
     if len > 255 {
-        return Err(Error::InvalidInput(format!(
-            "image description must be at most 255 characters, got {len}"
-        )));
+        return Err(Error::InvalidInput(
+            format!("image description must be at most 255 characters, got {len}").into(),
+        ));
     }
     check_text("the image description", s)
 }
@@ -89,9 +92,10 @@ impl FromStr for DeviceName {
                 .chars()
                 .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit());
         if !ok {
-            return Err(Error::InvalidInput(format!(
-                "device name {s:?} is not a block device name like /dev/xvda or /dev/sda1"
-            )));
+            return Err(Error::InvalidInput(
+                format!("device name {s:?} is not a block device name like /dev/xvda or /dev/sda1")
+                    .into(),
+            ));
         }
         Ok(Self(s.to_owned()))
     }
@@ -131,21 +135,21 @@ impl Tag {
         let (key, value) = (key.into(), value.into());
         let key_len = key.chars().count();
         if !(1..=128).contains(&key_len) {
-            return Err(Error::InvalidInput(format!(
-                "tag key must be 1 to 128 characters long, got {key_len}"
-            )));
+            return Err(Error::InvalidInput(
+                format!("tag key must be 1 to 128 characters long, got {key_len}").into(),
+            ));
         }
         for reserved in ["aws:", RESERVED_TAG_PREFIX] {
             if key.starts_with(reserved) {
-                return Err(Error::InvalidInput(format!(
-                    "tag key {key:?} uses the reserved prefix {reserved}"
-                )));
+                return Err(Error::InvalidInput(
+                    format!("tag key {key:?} uses the reserved prefix {reserved}").into(),
+                ));
             }
         }
         if value.chars().count() > 256 {
-            return Err(Error::InvalidInput(format!(
-                "value of tag {key:?} is longer than 256 characters"
-            )));
+            return Err(Error::InvalidInput(
+                format!("value of tag {key:?} is longer than 256 characters").into(),
+            ));
         }
         check_text(&format!("tag key {key:?}"), &key)?;
         check_text(&format!("the value of tag {key:?}"), &value)?;
@@ -168,7 +172,7 @@ impl FromStr for Tag {
     /// Parses `KEY=VALUE` (the value may be empty; the first `=` splits).
     fn from_str(s: &str) -> Result<Self> {
         let (key, value) = s.split_once('=').ok_or_else(|| {
-            Error::InvalidInput(format!("tag {s:?} is not of the form KEY=VALUE"))
+            Error::InvalidInput(format!("tag {s:?} is not of the form KEY=VALUE").into())
         })?;
         Tag::new(key, value)
     }
@@ -178,10 +182,9 @@ impl FromStr for Tag {
 pub fn check_unique_tag_keys(tags: &[Tag]) -> Result<()> {
     for (i, tag) in tags.iter().enumerate() {
         if tags[..i].iter().any(|t| t.key == tag.key) {
-            return Err(Error::InvalidInput(format!(
-                "tag key {:?} is given twice",
-                tag.key
-            )));
+            return Err(Error::InvalidInput(
+                format!("tag key {:?} is given twice", tag.key).into(),
+            ));
         }
     }
     Ok(())
@@ -212,7 +215,7 @@ macro_rules! wire_enum {
                     _ => Err(Error::InvalidInput(format!(
                         concat!("{:?} is not a valid ", stringify!($name), "; expected one of: {}"),
                         s, [$($wire),+].join(", ")
-                    ))),
+                    ).into())),
                 }
             }
         }
@@ -402,9 +405,9 @@ impl ImageMetadata {
         ] {
             if let Some(v) = value {
                 if v.chars().count() > 255 {
-                    return Err(Error::InvalidInput(format!(
-                        "{what} is longer than 255 characters"
-                    )));
+                    return Err(Error::InvalidInput(
+                        format!("{what} is longer than 255 characters").into(),
+                    ));
                 }
                 check_text(what, v)?;
             }
@@ -414,29 +417,33 @@ impl ImageMetadata {
                 .bytes()
                 .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'+' | b'/' | b'='));
             if uefi.len() > MAX_UEFI_DATA || !base64 {
-                return Err(Error::InvalidInput(format!(
-                    "the UEFI data must be base64 of at most {MAX_UEFI_DATA} characters"
-                )));
+                return Err(Error::InvalidInput(
+                    format!("the UEFI data must be base64 of at most {MAX_UEFI_DATA} characters")
+                        .into(),
+                ));
             }
         }
         for m in &self.block_device_mappings {
             let Some(ebs) = &m.ebs else { continue };
             let device = m.device_name.as_str();
             if !(1..=MAX_VOLUME_GIB).contains(&ebs.volume_size_gib) {
-                return Err(Error::InvalidInput(format!(
-                    "{device}: a volume of {} GiB is not 1 to {MAX_VOLUME_GIB} GiB",
-                    ebs.volume_size_gib
-                )));
+                return Err(Error::InvalidInput(
+                    format!(
+                        "{device}: a volume of {} GiB is not 1 to {MAX_VOLUME_GIB} GiB",
+                        ebs.volume_size_gib
+                    )
+                    .into(),
+                ));
             }
             if ebs.iops.is_some_and(|i| i > MAX_IOPS) {
-                return Err(Error::InvalidInput(format!(
-                    "{device}: more than {MAX_IOPS} IOPS"
-                )));
+                return Err(Error::InvalidInput(
+                    format!("{device}: more than {MAX_IOPS} IOPS").into(),
+                ));
             }
             if ebs.throughput.is_some_and(|t| t > MAX_THROUGHPUT) {
-                return Err(Error::InvalidInput(format!(
-                    "{device}: more than {MAX_THROUGHPUT} MiB/s of throughput"
-                )));
+                return Err(Error::InvalidInput(
+                    format!("{device}: more than {MAX_THROUGHPUT} MiB/s of throughput").into(),
+                ));
             }
             if let Some(key) = &ebs.kms_key_id {
                 check_text(&format!("{device}'s KMS key"), key)?;
@@ -519,14 +526,17 @@ impl ImageSpec {
             .clone()
             .unwrap_or_else(|| first.clone());
         if !disks.iter().any(|(d, _)| *d == root) {
-            return Err(Error::InvalidInput(format!(
-                "root device {root} is not one of the disks ({})",
-                disks
-                    .iter()
-                    .map(|(d, _)| d.as_str())
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            )));
+            return Err(Error::InvalidInput(
+                format!(
+                    "root device {root} is not one of the disks ({})",
+                    disks
+                        .iter()
+                        .map(|(d, _)| d.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )
+                .into(),
+            ));
         }
         let block_device_mappings: Vec<BlockDeviceMapping> = disks
             .iter()

@@ -17,4 +17,4 @@ pub mod ports;
 pub mod storage;
 pub mod task;
 
-pub use error::{Error, Result};
+pub use error::{BoxError, Detail, Error, Result};

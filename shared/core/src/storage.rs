@@ -24,9 +24,9 @@ pub struct BucketName(String);
 /// Refuses `s3://bucket…`: EC2's parameters take the bare bucket name.
 fn no_scheme(s: &str) -> Result<()> {
     match s.strip_prefix("s3://") {
-        Some(rest) => Err(Error::InvalidInput(format!(
-            "{s:?} has an s3:// scheme; give the bucket without it: {rest:?}"
-        ))),
+        Some(rest) => Err(Error::InvalidInput(
+            format!("{s:?} has an s3:// scheme; give the bucket without it: {rest:?}").into(),
+        )),
         None => Ok(()),
     }
 }
@@ -44,7 +44,7 @@ impl FromStr for BucketName {
         if !ok {
             return Err(Error::InvalidInput(format!(
                 "{s:?} is not a valid bucket name (3-63 lowercase letters, digits, '.' or '-', starting and ending with a letter or digit)"
-            )));
+            ).into()));
         }
         Ok(Self(s.to_owned()))
     }
@@ -53,24 +53,24 @@ impl FromStr for BucketName {
 /// Checks one `/`-separated segment of a key or path.
 fn check_segment(segment: &str, whole: &str) -> Result<()> {
     if segment.is_empty() {
-        return Err(Error::InvalidInput(format!(
-            "{whole:?} has an empty path segment"
-        )));
+        return Err(Error::InvalidInput(
+            format!("{whole:?} has an empty path segment").into(),
+        ));
     }
     if segment == "." || segment == ".." {
-        return Err(Error::InvalidInput(format!(
-            "{whole:?} contains a {segment:?} segment"
-        )));
+        return Err(Error::InvalidInput(
+            format!("{whole:?} contains a {segment:?} segment").into(),
+        ));
     }
     if segment.chars().any(char::is_control) {
-        return Err(Error::InvalidInput(format!(
-            "{whole:?} contains a control character"
-        )));
+        return Err(Error::InvalidInput(
+            format!("{whole:?} contains a control character").into(),
+        ));
     }
     if segment.starts_with(".amistore") {
-        return Err(Error::InvalidInput(format!(
-            "{whole:?}: names starting with .amistore are reserved"
-        )));
+        return Err(Error::InvalidInput(
+            format!("{whole:?}: names starting with .amistore are reserved").into(),
+        ));
     }
     Ok(())
 }
@@ -85,10 +85,13 @@ impl FromStr for ObjectKey {
     type Err = Error;
     fn from_str(s: &str) -> Result<Self> {
         if s.is_empty() || s.len() > MAX_KEY_LEN {
-            return Err(Error::InvalidInput(format!(
-                "object key must be 1 to {MAX_KEY_LEN} bytes, got {}",
-                s.len()
-            )));
+            return Err(Error::InvalidInput(
+                format!(
+                    "object key must be 1 to {MAX_KEY_LEN} bytes, got {}",
+                    s.len()
+                )
+                .into(),
+            ));
         }
         s.split('/').try_for_each(|seg| check_segment(seg, s))?;
         Ok(Self(s.to_owned()))

@@ -242,9 +242,10 @@ impl amistore_core::ports::WorkflowRunner for NoWorkflows {
         _kind: amistore_core::task::TaskKind,
         task: &amistore_core::ids::TaskId,
     ) -> amistore_core::Result<()> {
-        Err(amistore_core::Error::InvalidInput(format!(
-            "this function has no state machines configured, so cannot start {task}"
-        )))
+        Err(amistore_core::Error::InvalidInput(
+            format!("this function has no state machines configured, so cannot start {task}")
+                .into(),
+        ))
     }
 
     fn status(

@@ -84,10 +84,13 @@ pub async fn run(
     let outcome = tokio::task::spawn_blocking(move || match event {
         ScheduleEvent::Scheduled(e) => {
             if e.detail_type != "Scheduled Event" || e.source != "aws.events" {
-                return Err(amistore_core::Error::InvalidInput(format!(
-                    "the sweeper runs on scheduled events, not {:?} from {:?}",
-                    e.detail_type, e.source
-                )));
+                return Err(amistore_core::Error::InvalidInput(
+                    format!(
+                        "the sweeper runs on scheduled events, not {:?} from {:?}",
+                        e.detail_type, e.source
+                    )
+                    .into(),
+                ));
             }
             Ok(ScheduleOutcome {
                 sweep: Some(engine.sweep(now_ms(), grace_ms)?),

@@ -16,7 +16,7 @@ use serde::Serialize;
 use time::OffsetDateTime;
 
 use crate::raw_disk::{RawDisks, SparseFile, open_image_disks};
-use crate::{Error, Progress, Result};
+use crate::{Detail, Error, Progress, Result};
 
 /// A path that is deleted on drop unless it was kept.
 struct Partial(Option<PathBuf>);
@@ -244,7 +244,7 @@ pub fn extract(
     }
     let manifest_tmp = partials.last().cloned().unwrap_or_default();
     let json = serde_json::to_vec_pretty(&manifest)
-        .map_err(|e| Error::InvalidInput(format!("manifest does not serialise: {e}")))?;
+        .map_err(|e| Error::InvalidInput(Detail::because("manifest does not serialise", e)))?;
     guards.push(Partial(Some(manifest_tmp.clone())));
     File::create_new(&manifest_tmp)
         .and_then(|mut f| f.write_all(&json))

@@ -193,10 +193,9 @@ fn token_key(path: &Path) -> Result<[u8; 32]> {
             return Ok(key);
         }
         Ok(_) => {
-            return Err(Error::InvalidInput(format!(
-                "{} is damaged (expected 32 bytes)",
-                path.display()
-            )));
+            return Err(Error::InvalidInput(
+                format!("{} is damaged (expected 32 bytes)", path.display()).into(),
+            ));
         }
         Err(_) => {}
     }

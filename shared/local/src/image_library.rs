@@ -29,7 +29,7 @@ use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
 use crate::raw_disk::{RawDisk, SparseFile, copy_sparse, open_image_disks, present_blocks};
-use crate::{Error, Result};
+use crate::{Detail, Error, Result};
 
 /// An image in the library (the catalog's description is the stored record).
 pub type ImageRecord = Image;
@@ -84,7 +84,7 @@ pub struct ImageLibrary {
 fn write_json(path: &Path, value: &impl Serialize) -> Result<()> {
     let tmp = path.with_extension("json.tmp");
     let json = serde_json::to_vec_pretty(value)
-        .map_err(|e| Error::InvalidInput(format!("record does not serialise: {e}")))?;
+        .map_err(|e| Error::InvalidInput(Detail::because("record does not serialise", e)))?;
     crate::private::create(&tmp)
         .and_then(|mut f| f.write_all(&json).and_then(|()| f.sync_all()))
         .and_then(|()| fs::rename(&tmp, path))
@@ -185,7 +185,7 @@ impl ImageLibrary {
     fn snapshot_of(&self, owner: Option<&AccountId>, id: &SnapshotId) -> Result<Found> {
         self.find_snapshot(id)?
             .filter(|f| owner.is_none_or(|o| f.owner() == o))
-            .ok_or_else(|| Error::NotFound(format!("snapshot {id} does not exist")))
+            .ok_or_else(|| Error::NotFound(format!("snapshot {id} does not exist").into()))
     }
 
     /// The loose snapshot `owner` started with `client_token`, for callers
@@ -275,10 +275,9 @@ impl ImageLibrary {
     ) -> Result<Vec<PathBuf>> {
         let record = self.describe_image(owner, id)?;
         if record.state != ResourceState::Available {
-            return Err(Error::InvalidInput(format!(
-                "image {id} is {}, not available",
-                record.state
-            )));
+            return Err(Error::InvalidInput(
+                format!("image {id} is {}, not available", record.state).into(),
+            ));
         }
         fs::create_dir_all(dir).map_err(|e| Error::io(format!("creating {}", dir.display()), e))?;
         let mut written = Vec::new();
@@ -311,10 +310,13 @@ impl ImageLibrary {
 }
 
 fn name_taken(owner: &AccountId, name: &ImageName) -> Error {
-    Error::AlreadyExists(format!(
-        "an image named {:?} already exists in account {owner}",
-        name.as_str()
-    ))
+    Error::AlreadyExists(
+        format!(
+            "an image named {:?} already exists in account {owner}",
+            name.as_str()
+        )
+        .into(),
+    )
 }
 
 impl ImageCatalog for ImageLibrary {
@@ -326,7 +328,7 @@ impl ImageCatalog for ImageLibrary {
         };
         record
             .filter(|r| r.owner_id == *account)
-            .ok_or_else(|| Error::NotFound(format!("image {id} does not exist")))
+            .ok_or_else(|| Error::NotFound(format!("image {id} does not exist").into()))
     }
 
     /// Every image `account` owns, oldest first.
@@ -367,16 +369,18 @@ impl ImageCatalog for ImageLibrary {
             let mut records = Vec::with_capacity(snapshots.len());
             for (i, id) in snapshots.iter().enumerate() {
                 let Found::Loose(loose) = self.snapshot_of(Some(account), id)? else {
-                    return Err(Error::InvalidInput(format!(
-                        "snapshot {id} already belongs to an image"
-                    )));
+                    return Err(Error::InvalidInput(
+                        format!("snapshot {id} already belongs to an image").into(),
+                    ));
                 };
                 let device = metadata
                     .block_device_mappings
                     .iter()
                     .find(|m| m.ebs.as_ref().and_then(|e| e.disk) == Some(i))
                     .ok_or_else(|| {
-                        Error::InvalidInput(format!("no block device mapping uses snapshot {id}"))
+                        Error::InvalidInput(
+                            format!("no block device mapping uses snapshot {id}").into(),
+                        )
                     })?;
                 records.push(SnapshotRecord {
                     snapshot_id: loose.snapshot_id,
@@ -424,9 +428,12 @@ impl ImageCatalog for ImageLibrary {
         self.locked(|| {
             let record = self.describe_image(account, id)?;
             if record.state == ResourceState::Pending {
-                return Err(Error::IncorrectState(format!(
-                    "image {id} is pending (a restore is writing it) and cannot be deregistered"
-                )));
+                return Err(Error::IncorrectState(
+                    format!(
+                        "image {id} is pending (a restore is writing it) and cannot be deregistered"
+                    )
+                    .into(),
+                ));
             }
             for snapshot in &record.snapshots {
                 remove_if_present(&self.snapshot_path(&snapshot.snapshot_id))?;
@@ -486,10 +493,13 @@ impl SnapshotStore for ImageLibrary {
     fn list_blocks(&self, account: &AccountId, snapshot: &SnapshotId) -> Result<BlockRanges> {
         let found = self.snapshot_of(Some(account), snapshot)?;
         if found.state() != ResourceState::Available {
-            return Err(Error::IncorrectState(format!(
-                "snapshot {snapshot} is {}; only completed snapshots can be read",
-                found.state()
-            )));
+            return Err(Error::IncorrectState(
+                format!(
+                    "snapshot {snapshot} is {}; only completed snapshots can be read",
+                    found.state()
+                )
+                .into(),
+            ));
         }
         self.blocks_of(snapshot)
     }
@@ -520,9 +530,12 @@ impl SnapshotStore for ImageLibrary {
         client_token: &str,
     ) -> Result<SnapshotId> {
         if volume_size == 0 || !volume_size.is_multiple_of(BLOCK_SIZE) {
-            return Err(Error::InvalidInput(format!(
-                "a snapshot of {volume_size} bytes is not a whole number of 512 KiB blocks"
-            )));
+            return Err(Error::InvalidInput(
+                format!(
+                    "a snapshot of {volume_size} bytes is not a whole number of 512 KiB blocks"
+                )
+                .into(),
+            ));
         }
         self.locked(|| {
             if let Some(started) = self.loose_by_token(account, client_token)? {
@@ -556,10 +569,13 @@ impl SnapshotStore for ImageLibrary {
 
     fn write_blocks(&self, snapshot: &SnapshotId, first_block: u64, data: &[u8]) -> Result<()> {
         if !(data.len() as u64).is_multiple_of(BLOCK_SIZE) {
-            return Err(Error::InvalidInput(format!(
-                "{} bytes is not a whole number of 512 KiB blocks",
-                data.len()
-            )));
+            return Err(Error::InvalidInput(
+                format!(
+                    "{} bytes is not a whole number of 512 KiB blocks",
+                    data.len()
+                )
+                .into(),
+            ));
         }
         let path = self.snapshot_path(snapshot);
         let file = File::options()
@@ -575,7 +591,7 @@ impl SnapshotStore for ImageLibrary {
             return Err(Error::InvalidInput(format!(
                 "blocks {first_block}.. of {} bytes pass the end of snapshot {snapshot} ({len} bytes)",
                 data.len()
-            )));
+            ).into()));
         }
         file.write_all_at(data, first_block * BLOCK_SIZE)
             .and_then(|()| file.sync_data())
@@ -589,7 +605,7 @@ impl SnapshotStore for ImageLibrary {
         if written != changed_blocks {
             return Err(Error::InvalidInput(format!(
                 "snapshot {snapshot} has {written} blocks written, not the {changed_blocks} its completion claims"
-            )));
+            ).into()));
         }
         self.locked(|| match self.snapshot_of(None, snapshot)? {
             Found::Loose(mut loose) => {
@@ -607,10 +623,13 @@ impl SnapshotStore for ImageLibrary {
     fn delete_snapshot(&self, snapshot: &SnapshotId) -> Result<()> {
         self.locked(|| match self.find_snapshot(snapshot)? {
             None => Ok(()),
-            Some(Found::InImage(image, _)) => Err(Error::InvalidInput(format!(
-                "snapshot {snapshot} belongs to image {}; deregister the image instead",
-                image.image_id
-            ))),
+            Some(Found::InImage(image, _)) => Err(Error::InvalidInput(
+                format!(
+                    "snapshot {snapshot} belongs to image {}; deregister the image instead",
+                    image.image_id
+                )
+                .into(),
+            )),
             Some(Found::Loose(_)) => {
                 remove_if_present(&self.snapshot_path(snapshot))?;
                 remove_if_present(&self.loose_path(snapshot))

@@ -20,14 +20,17 @@ pub mod workflow;
 
 /// The local adapters report failures as the engine's ports do: one error
 /// type for the whole engine, so nothing is translated on the way through.
-pub use amistore_core::{Error, Result};
+pub use amistore_core::{Detail, Error, Result};
 
 /// The error for an output file that exists when replacing it was not asked for.
 pub fn output_exists(path: &std::path::Path) -> Error {
-    Error::AlreadyExists(format!(
-        "{} already exists (pass --force to replace it)",
-        path.display()
-    ))
+    Error::AlreadyExists(
+        format!(
+            "{} already exists (pass --force to replace it)",
+            path.display()
+        )
+        .into(),
+    )
 }
 
 /// A sink for progress reports of long operations.

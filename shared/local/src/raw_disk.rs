@@ -194,10 +194,13 @@ impl RawDisk {
             .metadata()
             .map_err(|e| Error::io(format!("reading the size of {}", path.display()), e))?;
         if !meta.is_file() {
-            return Err(Error::InvalidInput(format!(
-                "{} is not a regular file; give a raw disk image file",
-                path.display()
-            )));
+            return Err(Error::InvalidInput(
+                format!(
+                    "{} is not a regular file; give a raw disk image file",
+                    path.display()
+                )
+                .into(),
+            ));
         }
         let size = meta.len();
         // Before the size rule: padding a container to 512 KiB must not make
@@ -217,18 +220,20 @@ impl RawDisk {
                 Instead::Run(run) => format!("{run} {shown}"),
                 Instead::Advice(advice) => advice.to_owned(),
             };
-            return Err(Error::InvalidInput(format!(
-                "{shown} is {}, not a raw disk; {command}",
-                c.name
-            )));
+            return Err(Error::InvalidInput(
+                format!("{shown} is {}, not a raw disk; {command}", c.name).into(),
+            ));
         }
         if size == 0 || size % BLOCK_SIZE != 0 {
-            return Err(Error::InvalidInput(format!(
-                "disk {} is {size} bytes, not a positive multiple of 512 KiB (524288 bytes); \
+            return Err(Error::InvalidInput(
+                format!(
+                    "disk {} is {size} bytes, not a positive multiple of 512 KiB (524288 bytes); \
                  round it up with `truncate -s %512K {}`",
-                path.display(),
-                path.display()
-            )));
+                    path.display(),
+                    path.display()
+                )
+                .into(),
+            ));
         }
         let present = present_blocks(&file, size)
             .map_err(|e| Error::io(format!("finding the data in {}", path.display()), e))?;
@@ -268,7 +273,7 @@ impl BlockSource for RawDisks {
         let d = self
             .0
             .get(disk)
-            .ok_or_else(|| amistore_core::Error::InvalidInput(format!("no disk {disk}")))?;
+            .ok_or_else(|| amistore_core::Error::InvalidInput(format!("no disk {disk}").into()))?;
         d.file
             .read_exact_at(buf, first_block * BLOCK_SIZE)
             .map_err(|e| {

@@ -198,7 +198,7 @@ impl SqliteTaskStore {
             )
             .map_err(db("updating a task"))?;
         if changed == 0 {
-            return Err(Error::NotFound(format!("task {id} does not exist")));
+            return Err(Error::NotFound(format!("task {id} does not exist").into()));
         }
         Ok(())
     }
@@ -257,7 +257,7 @@ impl TaskStore for SqliteTaskStore {
                 .map_err(db("reading the quota"))?;
             return Err(Error::LimitExceeded(format!(
                 "account {account} already has {in_progress} GiB of {kind} tasks in progress; new ones are admitted below {limit_gib} GiB"
-            )));
+            ).into()));
         }
         let inserted = tx.execute(
             "INSERT INTO tasks (id, kind, account, image_id, bucket, object_key, size_gib, upload_id,
@@ -294,7 +294,7 @@ impl TaskStore for SqliteTaskStore {
                         task.bucket
                     ),
                     _ => format!("task {} already exists", task.id),
-                }))
+                }.into()))
             }
             Err(e) => Err(db("storing the task")(e)),
         }
@@ -359,7 +359,7 @@ impl TaskStore for SqliteTaskStore {
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .map_err(db("starting a claim"))?;
         let task = get_task(&tx, id)?
-            .ok_or_else(|| Error::NotFound(format!("task {id} does not exist")))?;
+            .ok_or_else(|| Error::NotFound(format!("task {id} does not exist").into()))?;
         if task.state != TaskState::InProgress {
             return Ok(Claim::Taken(task));
         }
@@ -463,7 +463,9 @@ impl TaskStore for SqliteTaskStore {
         rows.into_iter()
             .map(|(account, kind, gib)| {
                 let kind = TaskKind::parse(&kind).ok_or_else(|| {
-                    Error::Malformed(format!("the quota table holds an unknown kind {kind:?}"))
+                    Error::Malformed(
+                        format!("the quota table holds an unknown kind {kind:?}").into(),
+                    )
                 })?;
                 Ok((account.parse()?, kind, gib.max(0) as u64))
             })

@@ -14,7 +14,7 @@ use aws_sdk_ec2::error::ProvideErrorMetadata;
 
 impl ImageCatalog for Ec2Images {
     fn describe_image(&self, account: &AccountId, id: &ImageId) -> Result<Image> {
-        let missing = || Error::NotFound(format!("image {id} does not exist"));
+        let missing = || Error::NotFound(format!("image {id} does not exist").into());
         if !self.ours(account) {
             return Err(missing());
         }
@@ -65,19 +65,21 @@ impl ImageCatalog for Ec2Images {
         client_token: &str,
     ) -> Result<ImageId> {
         if !self.ours(account) {
-            return Err(Error::InvalidInput(format!(
-                "images can only be registered in account {}",
-                self.account
-            )));
+            return Err(Error::InvalidInput(
+                format!("images can only be registered in account {}", self.account).into(),
+            ));
         }
         if let Some(image) = self.find_image_by_token(account, client_token)? {
             return Ok(image.image_id);
         }
         if self.image_name_taken(account, &metadata.name)? {
-            return Err(Error::AlreadyExists(format!(
-                "an image called {:?} already exists",
-                metadata.name.as_str()
-            )));
+            return Err(Error::AlreadyExists(
+                format!(
+                    "an image called {:?} already exists",
+                    metadata.name.as_str()
+                )
+                .into(),
+            ));
         }
         let call = self
             .register_request(metadata, snapshots, client_token)?
@@ -85,10 +87,13 @@ impl ImageCatalog for Ec2Images {
         let out = match self.bridge.run(call) {
             Ok(out) => out,
             Err(e) if e.code() == Some("InvalidAMIName.Duplicate") => {
-                return Err(Error::AlreadyExists(format!(
-                    "an image called {:?} already exists",
-                    metadata.name.as_str()
-                )));
+                return Err(Error::AlreadyExists(
+                    format!(
+                        "an image called {:?} already exists",
+                        metadata.name.as_str()
+                    )
+                    .into(),
+                ));
             }
             Err(e) => return Err(sdk(format_args!("registering {}", metadata.name), e)),
         };
@@ -121,9 +126,10 @@ impl ImageCatalog for Ec2Images {
     fn deregister_image(&self, account: &AccountId, id: &ImageId) -> Result<()> {
         let image = self.describe_image(account, id)?;
         if image.state == ResourceState::Pending {
-            return Err(Error::IncorrectState(format!(
-                "image {id} is still being restored; cancel or wait for the restore first"
-            )));
+            return Err(Error::IncorrectState(
+                format!("image {id} is still being restored; cancel or wait for the restore first")
+                    .into(),
+            ));
         }
         let call = self.ec2.deregister_image().image_id(id.as_str()).send();
         self.bridge

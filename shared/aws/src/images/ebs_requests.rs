@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use amistore_core::blocks::BLOCK_SIZE;
 use amistore_core::ids::SnapshotId;
-use amistore_core::{Error, Result};
+use amistore_core::{Detail, Error, Result};
 use aws_sdk_ebs::primitives::ByteStream;
 use aws_sdk_ebs::types::ChecksumAlgorithm;
 use base64::Engine as _;
@@ -125,22 +125,30 @@ pub(super) async fn fetch_block(
         .block_data
         .collect()
         .await
-        .map_err(|e| Error::Transient(format!("reading block {index} of {snapshot}: {e}")))?
+        .map_err(|e| {
+            Error::Transient(Detail::because(
+                format!("reading block {index} of {snapshot}"),
+                e,
+            ))
+        })?
         .to_vec();
     if data.len() as u64 != BLOCK_SIZE {
-        return Err(Error::Transient(format!(
-            "block {index} of {snapshot} came back with {} bytes, not 524288",
-            data.len()
-        )));
+        return Err(Error::Transient(
+            format!(
+                "block {index} of {snapshot} came back with {} bytes, not 524288",
+                data.len()
+            )
+            .into(),
+        ));
     }
     match expected {
         Some(sum) if sum == checksum(&data) => Ok(data),
         Some(_) => Err(Error::Transient(format!(
             "block {index} of {snapshot} does not match its SHA-256 checksum (damaged in transit)"
-        ))),
+        ).into())),
         None => Err(Error::Transient(format!(
             "block {index} of {snapshot} came without a checksum"
-        ))),
+        ).into())),
     }
 }
 
@@ -184,9 +192,9 @@ pub(super) fn checksum(data: &[u8]) -> String {
 
 pub(super) fn whole_blocks(len: usize) -> Result<u64> {
     if !(len as u64).is_multiple_of(BLOCK_SIZE) {
-        return Err(Error::InvalidInput(format!(
-            "{len} bytes is not a whole number of 512 KiB blocks"
-        )));
+        return Err(Error::InvalidInput(
+            format!("{len} bytes is not a whole number of 512 KiB blocks").into(),
+        ));
     }
     Ok(len as u64 / BLOCK_SIZE)
 }

@@ -168,13 +168,16 @@ impl Ec2Images {
         let out = match self.bridge.run(call) {
             Ok(out) => out,
             Err(e) if e.code() == Some("InvalidSnapshot.NotFound") => {
-                return Err(Error::NotFound(format!(
-                    "snapshot {} does not exist",
-                    ids.iter()
-                        .map(|s| s.as_str())
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                )));
+                return Err(Error::NotFound(
+                    format!(
+                        "snapshot {} does not exist",
+                        ids.iter()
+                            .map(|s| s.as_str())
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    )
+                    .into(),
+                ));
             }
             Err(e) => return Err(sdk("describing snapshots", e)),
         };
@@ -218,9 +221,9 @@ impl Ec2Images {
             );
         }
         if let Some(missing) = ids.iter().find(|id| !facts.contains_key(**id)) {
-            return Err(Error::NotFound(format!(
-                "snapshot {missing} does not exist"
-            )));
+            return Err(Error::NotFound(
+                format!("snapshot {missing} does not exist").into(),
+            ));
         }
         Ok(facts)
     }
@@ -229,7 +232,7 @@ impl Ec2Images {
     pub(crate) fn snapshot_facts(&self, id: &SnapshotId) -> Result<SnapshotFacts> {
         self.describe_snapshots(&[id])?
             .remove(id)
-            .ok_or_else(|| Error::NotFound(format!("snapshot {id} does not exist")))
+            .ok_or_else(|| Error::NotFound(format!("snapshot {id} does not exist").into()))
     }
 
     /// Images owned by the account, matching `filters`.
@@ -255,7 +258,8 @@ impl Ec2Images {
 
     fn image_from(&self, image: &aws_sdk_ec2::types::Image) -> Result<Image> {
         let id: ImageId = image.image_id().unwrap_or_default().parse()?;
-        let bad = |what: &str| Error::InvalidInput(format!("image {id} has no valid {what}"));
+        let bad =
+            |what: &str| Error::InvalidInput(format!("image {id} has no valid {what}").into());
         let (tags, reserved) = split_tags(
             image
                 .tags()
@@ -462,7 +466,7 @@ impl Ec2Images {
                                         "mapping {} names disk {d}, but the image has {} snapshots",
                                         m.device_name,
                                         snapshots.len()
-                                    ))
+                                    ).into())
                                 })?
                                 .to_string(),
                         ),
@@ -474,10 +478,13 @@ impl Ec2Images {
                         EbsBlockDevice::builder()
                             .set_snapshot_id(snapshot)
                             .volume_size(i32::try_from(e.volume_size_gib).map_err(|_| {
-                                Error::InvalidInput(format!(
-                                    "{}: a volume of {} GiB is too large",
-                                    m.device_name, e.volume_size_gib
-                                ))
+                                Error::InvalidInput(
+                                    format!(
+                                        "{}: a volume of {} GiB is too large",
+                                        m.device_name, e.volume_size_gib
+                                    )
+                                    .into(),
+                                )
                             })?)
                             .volume_type(Ec2VolumeType::from(e.volume_type.as_str()))
                             .set_iops(e.iops.map(|v| v as i32))

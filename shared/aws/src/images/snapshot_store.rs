@@ -17,7 +17,7 @@ use amistore_core::blocks::{BLOCK_SIZE, BlockRanges};
 use amistore_core::ids::{AccountId, SnapshotId};
 use amistore_core::image::{Encryption, GIB, Tag};
 use amistore_core::ports::{SnapshotInfo, SnapshotStore};
-use amistore_core::{Error, Result};
+use amistore_core::{Detail, Error, Result};
 use aws_sdk_ebs::types::Tag as EbsTag;
 use aws_sdk_ec2::types::Filter;
 
@@ -147,8 +147,9 @@ impl Ec2Images {
         write: tokio::task::JoinHandle<Result<()>>,
     ) -> Result<()> {
         let outcome = self.bridge.run(write).unwrap_or_else(|e| {
-            Err(Error::Transient(format!(
-                "a write to {snapshot} stopped: {e}"
+            Err(Error::Transient(Detail::because(
+                format!("a write to {snapshot} stopped"),
+                e,
             )))
         });
         if outcome.is_err() {
@@ -197,9 +198,9 @@ impl SnapshotStore for Ec2Images {
         snapshot: &SnapshotId,
     ) -> Result<SnapshotInfo> {
         if *account != self.account {
-            return Err(Error::NotFound(format!(
-                "snapshot {snapshot} does not exist"
-            )));
+            return Err(Error::NotFound(
+                format!("snapshot {snapshot} does not exist").into(),
+            ));
         }
         let facts = self.snapshot_facts(snapshot)?;
         Ok(SnapshotInfo {
@@ -213,9 +214,9 @@ impl SnapshotStore for Ec2Images {
 
     fn list_blocks(&self, account: &AccountId, snapshot: &SnapshotId) -> Result<BlockRanges> {
         if *account != self.account {
-            return Err(Error::NotFound(format!(
-                "snapshot {snapshot} does not exist"
-            )));
+            return Err(Error::NotFound(
+                format!("snapshot {snapshot} does not exist").into(),
+            ));
         }
         // EC2 first: it knows whether the snapshot still exists and whose it is.
         let blocks = self
@@ -307,8 +308,9 @@ impl SnapshotStore for Ec2Images {
             for (index, fetch) in wanted {
                 blocks.push(match fetch.await {
                     Ok(result) => result.map(|data| (index, data)),
-                    Err(e) => Err(Error::Transient(format!(
-                        "reading block {index} of {snapshot}: {e}"
+                    Err(e) => Err(Error::Transient(Detail::because(
+                        format!("reading block {index} of {snapshot}"),
+                        e,
                     ))),
                 });
             }
@@ -357,10 +359,9 @@ impl SnapshotStore for Ec2Images {
         client_token: &str,
     ) -> Result<SnapshotId> {
         if *account != self.account {
-            return Err(Error::InvalidInput(format!(
-                "snapshots can only be started in account {}",
-                self.account
-            )));
+            return Err(Error::InvalidInput(
+                format!("snapshots can only be started in account {}", self.account).into(),
+            ));
         }
         if let Some(id) = self.snapshot_by_token(client_token)? {
             return Ok(id);
@@ -427,10 +428,13 @@ impl SnapshotStore for Ec2Images {
         let count = whole_blocks(data.len())?;
         let blocks = self.volume_blocks(snapshot)?;
         if first_block + count > blocks {
-            return Err(Error::InvalidInput(format!(
-                "blocks {first_block}..{} are past the end of {snapshot} ({blocks} blocks)",
-                first_block + count
-            )));
+            return Err(Error::InvalidInput(
+                format!(
+                    "blocks {first_block}..{} are past the end of {snapshot} ({blocks} blocks)",
+                    first_block + count
+                )
+                .into(),
+            ));
         }
         for (i, block) in data.chunks(BLOCK_SIZE as usize).enumerate() {
             let oldest = {
@@ -489,9 +493,10 @@ impl SnapshotStore for Ec2Images {
             .run(call)
             .map_err(|e| sdk(format_args!("completing {snapshot}"), e))?;
         match out.status().map(|s| s.as_str()) {
-            Some("error") => Err(Error::InvalidInput(format!(
-                "EBS refused to complete {snapshot} with {changed_blocks} changed blocks"
-            ))),
+            Some("error") => Err(Error::InvalidInput(
+                format!("EBS refused to complete {snapshot} with {changed_blocks} changed blocks")
+                    .into(),
+            )),
             _ => Ok(()),
         }
     }

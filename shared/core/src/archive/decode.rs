@@ -68,10 +68,9 @@ impl FrameDecoder {
 
     /// Decodes frame `frame` of `index` from its bytes, verifying it.
     pub fn decode(&mut self, index: &ArchiveIndex, frame: usize, bytes: &[u8]) -> Result<Decoded> {
-        let f = index
-            .frames()
-            .get(frame)
-            .ok_or_else(|| Error::InvalidInput(format!("frame {frame} is not in the archive")))?;
+        let f = index.frames().get(frame).ok_or_else(|| {
+            Error::InvalidInput(format!("frame {frame} is not in the archive").into())
+        })?;
         let Some(unit) = f.role.unit() else {
             return Err(Error::InvalidInput(
                 "the manifest frame is decoded when the index is built".into(),
@@ -192,10 +191,13 @@ pub fn read_units(
     mut sink: impl FnMut(Decoded) -> Result<()>,
 ) -> Result<()> {
     if units.end > index.manifest().units.len() || units.start > units.end {
-        return Err(Error::InvalidInput(format!(
-            "units {units:?} are not in the archive's {} units",
-            index.manifest().units.len()
-        )));
+        return Err(Error::InvalidInput(
+            format!(
+                "units {units:?} are not in the archive's {} units",
+                index.manifest().units.len()
+            )
+            .into(),
+        ));
     }
     if units.is_empty() {
         return Ok(());

@@ -15,7 +15,7 @@ use crate::archive::seek_table::{self, FrameEntry, MAX_FRAMES};
 use crate::archive::tar::{END_OF_ARCHIVE_LEN, member_header, padding_len};
 use crate::blocks::BLOCK_SIZE;
 use crate::parallel::ordered_map;
-use crate::{Error, Result};
+use crate::{Detail, Error, Result};
 
 /// Reads present blocks of the disks being archived.
 pub trait BlockSource: Sync {
@@ -184,7 +184,7 @@ pub fn encode_unit<W: Write>(
     let (out, mut records) = encode_units(plan, unit..unit + 1, source, threads, out, progress)?;
     let record = records
         .pop()
-        .ok_or_else(|| Error::InvalidInput(format!("unit {unit} is not in the plan")))?;
+        .ok_or_else(|| Error::InvalidInput(format!("unit {unit} is not in the plan").into()))?;
     Ok((out, record))
 }
 
@@ -199,10 +199,13 @@ pub fn encode_units<W: Write>(
     progress: &mut dyn FnMut(u64),
 ) -> Result<(W, Vec<UnitRecord>)> {
     if units.end > plan.units.len() {
-        return Err(Error::InvalidInput(format!(
-            "units {units:?} are not all in the plan's {} units",
-            plan.units.len()
-        )));
+        return Err(Error::InvalidInput(
+            format!(
+                "units {units:?} are not all in the plan's {} units",
+                plan.units.len()
+            )
+            .into(),
+        ));
     }
     let pool = BufferPool::default();
     let pool = &pool;
@@ -306,18 +309,21 @@ impl ArchivePlan {
                 "the final part needs exactly one record for each of the {} units, got units {:?}",
                 self.units.len(),
                 ordered.iter().map(|r| r.unit).collect::<Vec<_>>()
-            )));
+            ).into()));
         }
         let mut offset = 0;
         let mut units = Vec::with_capacity(ordered.len());
         for (plan, rec) in self.units.iter().zip(&ordered) {
             if rec.decompressed_len != plan.decompressed_len() {
-                return Err(Error::InvalidInput(format!(
-                    "unit {} decompresses to {} bytes, its plan says {}",
-                    rec.unit,
-                    rec.decompressed_len,
-                    plan.decompressed_len()
-                )));
+                return Err(Error::InvalidInput(
+                    format!(
+                        "unit {} decompresses to {} bytes, its plan says {}",
+                        rec.unit,
+                        rec.decompressed_len,
+                        plan.decompressed_len()
+                    )
+                    .into(),
+                ));
             }
             units.push(Unit {
                 disk: plan.disk,
@@ -342,7 +348,7 @@ impl ArchivePlan {
         };
         manifest.validate()?;
         let json = serde_json::to_vec_pretty(&manifest)
-            .map_err(|e| Error::InvalidInput(format!("manifest does not serialise: {e}")))?;
+            .map_err(|e| Error::InvalidInput(Detail::because("manifest does not serialise", e)))?;
         let json_len = json.len() as u64;
         let mut content = member_header(MANIFEST_MEMBER, json_len, self.mtime());
         content.extend_from_slice(&json);
@@ -363,10 +369,13 @@ impl ArchivePlan {
             decompressed: content.len() as u32,
         });
         if entries.len() > MAX_FRAMES as usize {
-            return Err(Error::InvalidInput(format!(
-                "the archive would have {} frames; the format allows {MAX_FRAMES}",
-                entries.len()
-            )));
+            return Err(Error::InvalidInput(
+                format!(
+                    "the archive would have {} frames; the format allows {MAX_FRAMES}",
+                    entries.len()
+                )
+                .into(),
+            ));
         }
         let mut bytes = frame;
         bytes.extend_from_slice(&seek_table::encode(&entries));

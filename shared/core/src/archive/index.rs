@@ -15,7 +15,7 @@ use crate::archive::tar::{
     END_OF_ARCHIVE_LEN, MEMBER_HEADER_LEN, member_header, padding_len, ustar_size,
 };
 use crate::blocks::BLOCK_SIZE;
-use crate::{Error, Result};
+use crate::{Detail, Error, Result};
 
 /// Bytes the first range read fetches from the end of the object. Small archives
 /// are then fully indexed in one read.
@@ -122,9 +122,9 @@ impl ArchiveIndex {
     /// The footer, and the range holding the manifest frame and the seek table.
     fn locate(object_len: u64, tail: &[u8]) -> Result<(Footer, Range<u64>)> {
         let footer_at = tail.len().checked_sub(FOOTER_LEN as usize).ok_or_else(|| {
-            Error::NotAnArchive(format!(
-                "object is {object_len} bytes, too short to hold a seek table"
-            ))
+            Error::NotAnArchive(
+                format!("object is {object_len} bytes, too short to hold a seek table").into(),
+            )
         })?;
         let footer = seek_table::parse_footer(&tail[footer_at..], object_len)?;
         if footer.frames == 0 {
@@ -139,13 +139,13 @@ impl ArchiveIndex {
         if last_compressed > MAX_MANIFEST_COMPRESSED {
             return Err(Error::Malformed(format!(
                 "the last frame (the manifest) claims {last_compressed} bytes; a manifest frame is at most {MAX_MANIFEST_COMPRESSED}"
-            )));
+            ).into()));
         }
         let needed = footer.table_len() + last_compressed;
         let start = object_len.checked_sub(needed).ok_or_else(|| {
             Error::Truncated(format!(
                 "the seek table and manifest frame need {needed} bytes but the object has {object_len}"
-            ))
+            ).into())
         })?;
         Ok((footer, start..object_len))
     }
@@ -158,10 +158,13 @@ impl ArchiveIndex {
             .ok_or_else(|| Error::InvalidInput("suffix is longer than the object".into()))?;
         let (footer, needed) = Self::locate(object_len, suffix)?;
         if needed.start < suffix_start {
-            return Err(Error::InvalidInput(format!(
-                "suffix starts at {suffix_start}, after the manifest frame at {}",
-                needed.start
-            )));
+            return Err(Error::InvalidInput(
+                format!(
+                    "suffix starts at {suffix_start}, after the manifest frame at {}",
+                    needed.start
+                )
+                .into(),
+            ));
         }
         let rel = |at: u64| (at - suffix_start) as usize;
         let table_start = object_len - footer.table_len();
@@ -172,7 +175,7 @@ impl ArchiveIndex {
         if sum != table_start {
             return Err(Error::Malformed(format!(
                 "seek table frames add up to {sum} bytes but {table_start} bytes precede the table"
-            )));
+            ).into()));
         }
         let entries = seek_table::parse(table, footer)?;
         let (manifest_entry, unit_entries) = entries
@@ -185,7 +188,7 @@ impl ArchiveIndex {
         if units_len != manifest_offset {
             return Err(Error::Malformed(format!(
                 "manifest's units add up to {units_len} bytes but the manifest frame starts at {manifest_offset}"
-            )));
+            ).into()));
         }
         let (mut frames, unit_frames) = assign_roles(&manifest, unit_entries)?;
         frames.push(IndexedFrame {
@@ -245,14 +248,15 @@ pub(crate) fn read_range(src: &dyn ReadAt, range: Range<u64>) -> Result<Vec<u8>>
 fn read_manifest_frame(frame: &[u8], entry: FrameEntry) -> Result<Manifest> {
     let expected = u64::from(entry.decompressed);
     if expected > MAX_MANIFEST_FRAME {
-        return Err(Error::Malformed(format!(
-            "manifest frame claims {expected} bytes; the limit is {MAX_MANIFEST_FRAME}"
-        )));
+        return Err(Error::Malformed(
+            format!("manifest frame claims {expected} bytes; the limit is {MAX_MANIFEST_FRAME}")
+                .into(),
+        ));
     }
     let mut dctx =
         zstd::bulk::Decompressor::new().map_err(|e| Error::io("creating a zstd context", e))?;
     let content = decompress_frame(&mut dctx, frame, expected)
-        .map_err(|e| Error::Malformed(format!("manifest frame: {e}")))?;
+        .map_err(|e| Error::Malformed(Detail::because("manifest frame", e)))?;
     let json_len = ustar_size(&content)
         .filter(|_| content.len() as u64 >= MEMBER_HEADER_LEN)
         .ok_or_else(|| {
@@ -288,7 +292,7 @@ fn assign_roles(
     let mut entries = entries.iter();
     let mut offset = 0u64;
     for (u, unit) in manifest.units.iter().enumerate() {
-        let bad = |msg: String| Error::Malformed(format!("unit {u}: {msg}"));
+        let bad = |msg: String| Error::Malformed(format!("unit {u}: {msg}").into());
         let present = &manifest.disks[unit.disk].present;
         let end = unit.offset + unit.compressed_len;
         let first_frame = frames.len();

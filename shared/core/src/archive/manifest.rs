@@ -8,7 +8,7 @@ use time::format_description::well_known::Rfc3339;
 use crate::archive::tar::{MAX_NAME_LEN, MEMBER_HEADER_LEN};
 use crate::blocks::{BLOCK_SIZE, BlockRanges};
 use crate::image::{DeviceName, ImageMetadata, Tag};
-use crate::{Error, Result};
+use crate::{Detail, Error, Result};
 
 /// Value of the manifest's `format` field.
 pub const FORMAT_NAME: &str = "amistore-archive";
@@ -120,12 +120,15 @@ impl Manifest {
             version: Option<u32>,
         }
         let probe: Probe = serde_json::from_slice(json)
-            .map_err(|e| Error::malformed(format!("manifest.json is not valid JSON: {e}")))?;
+            .map_err(|e| Error::Malformed(Detail::because("manifest.json is not valid JSON", e)))?;
         if probe.format.as_deref() != Some(FORMAT_NAME) {
-            return Err(Error::NotAnArchive(format!(
-                "manifest format is {:?}, expected {FORMAT_NAME:?}",
-                probe.format
-            )));
+            return Err(Error::NotAnArchive(
+                format!(
+                    "manifest format is {:?}, expected {FORMAT_NAME:?}",
+                    probe.format
+                )
+                .into(),
+            ));
         }
         match probe.version {
             Some(FORMAT_VERSION) => {}
@@ -137,15 +140,16 @@ impl Manifest {
             }
             None => return Err(Error::malformed("manifest has no version")),
         }
-        let manifest: Manifest = serde_json::from_slice(json)
-            .map_err(|e| Error::malformed(format!("manifest.json does not fit version 1: {e}")))?;
+        let manifest: Manifest = serde_json::from_slice(json).map_err(|e| {
+            Error::Malformed(Detail::because("manifest.json does not fit version 1", e))
+        })?;
         manifest.validate()?;
         Ok(manifest)
     }
 
     /// Checks every internal consistency rule of the format.
     pub fn validate(&self) -> Result<()> {
-        let bad = |msg: String| Err(Error::Malformed(format!("manifest: {msg}")));
+        let bad = |msg: String| Err(Error::Malformed(format!("manifest: {msg}").into()));
         self.mtime()?;
         if self.unit_hash != UNIT_HASH {
             return bad(format!(
@@ -199,8 +203,11 @@ impl Manifest {
     }
 
     fn validate_units(&self) -> Result<()> {
-        let bad =
-            |i: usize, msg: String| Err(Error::Malformed(format!("manifest: unit {i}: {msg}")));
+        let bad = |i: usize, msg: String| {
+            Err(Error::Malformed(
+                format!("manifest: unit {i}: {msg}").into(),
+            ))
+        };
         let mut offset = 0u64;
         let mut units = self.units.iter().enumerate().peekable();
         for (d, disk) in self.disks.iter().enumerate() {
@@ -276,8 +283,12 @@ impl Manifest {
 
 /// Seconds since the epoch of an RFC 3339 time stamp.
 pub(crate) fn mtime_of(stored_at: &str) -> Result<u64> {
-    let t = OffsetDateTime::parse(stored_at, &Rfc3339)
-        .map_err(|e| Error::malformed(format!("storedAt {stored_at:?} is not RFC 3339: {e}")))?;
+    let t = OffsetDateTime::parse(stored_at, &Rfc3339).map_err(|e| {
+        Error::Malformed(Detail::because(
+            format!("storedAt {stored_at:?} is not RFC 3339"),
+            e,
+        ))
+    })?;
     u64::try_from(t.unix_timestamp())
         .map_err(|_| Error::malformed(format!("storedAt {stored_at:?} is before 1970")))
 }

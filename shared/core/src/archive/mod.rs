@@ -71,10 +71,9 @@ impl ReadAt for Vec<u8> {
         let bytes = start
             .and_then(|s| self.get(s..s.checked_add(buf.len())?))
             .ok_or_else(|| {
-                Error::Truncated(format!(
-                    "read of {} bytes at {offset} passes the end",
-                    buf.len()
-                ))
+                Error::Truncated(
+                    format!("read of {} bytes at {offset} passes the end", buf.len()).into(),
+                )
             })?;
         buf.copy_from_slice(bytes);
         Ok(())

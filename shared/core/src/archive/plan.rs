@@ -15,7 +15,7 @@ use crate::archive::manifest::{Disk, MAX_VOLUME_SIZE, check_member_name, format_
 use crate::archive::tar::{MEMBER_HEADER_LEN, member_header};
 use crate::blocks::{BLOCK_SIZE, BlockRanges};
 use crate::image::{DeviceName, ImageMetadata, Tag};
-use crate::{Error, Result};
+use crate::{Detail, Error, Result};
 
 /// S3's smallest part (all but the last).
 pub const MIN_PART_SIZE: u64 = 5 * 1024 * 1024;
@@ -136,22 +136,23 @@ impl ArchivePlan {
                 return Err(Error::InvalidInput(format!(
                     "disk {} is {} bytes; a volume must be a positive multiple of 512 KiB (524288 bytes) up to 64 TiB",
                     src.device_name, src.volume_size
-                )));
+                ).into()));
             }
             if disks
                 .iter()
                 .any(|d: &Disk| d.device_name == src.device_name)
             {
-                return Err(Error::InvalidInput(format!(
-                    "device {} is given twice",
-                    src.device_name
-                )));
+                return Err(Error::InvalidInput(
+                    format!("device {} is given twice", src.device_name).into(),
+                ));
             }
             src.present
                 .validate(src.volume_size / BLOCK_SIZE)
-                .map_err(|e| Error::InvalidInput(format!("disk {}: {e}", src.device_name)))?;
+                .map_err(|e| {
+                    Error::InvalidInput(Detail::because(format!("disk {}", src.device_name), e))
+                })?;
             let member = format!("disk{i}-{}.raw", src.device_name.base());
-            check_member_name(&member).map_err(Error::InvalidInput)?;
+            check_member_name(&member).map_err(|m| Error::InvalidInput(m.into()))?;
             disks.push(Disk {
                 member,
                 device_name: src.device_name,
@@ -166,10 +167,13 @@ impl ArchivePlan {
             if let Some(d) = m.ebs.as_ref().and_then(|e| e.disk)
                 && d >= disks.len()
             {
-                return Err(Error::InvalidInput(format!(
-                    "block device mapping {} refers to disk {d}, which does not exist",
-                    m.device_name
-                )));
+                return Err(Error::InvalidInput(
+                    format!(
+                        "block device mapping {} refers to disk {d}, which does not exist",
+                        m.device_name
+                    )
+                    .into(),
+                ));
             }
         }
         let units = cut_units(&disks, min_unit_blocks.max(1))?;
@@ -197,9 +201,9 @@ impl ArchivePlan {
     /// The frames unit `unit` is made of, in order.
     pub fn frame_jobs(&self, unit: usize) -> Result<Vec<FrameJob>> {
         if unit >= self.units.len() {
-            return Err(Error::InvalidInput(format!(
-                "unit {unit} is not in the plan"
-            )));
+            return Err(Error::InvalidInput(
+                format!("unit {unit} is not in the plan").into(),
+            ));
         }
         Ok(self.unit_frame_jobs(unit))
     }
@@ -247,17 +251,19 @@ fn cut_units(disks: &[Disk], min_unit_blocks: u64) -> Result<Vec<UnitPlan>> {
         .checked_sub(1 + disks.len() as u64)
         .filter(|b| *b > 0)
         .ok_or_else(|| {
-            Error::InvalidInput(format!(
-                "{} disks are too many for one archive",
-                disks.len()
-            ))
+            Error::InvalidInput(
+                format!("{} disks are too many for one archive", disks.len()).into(),
+            )
         })?;
     let target = min_unit_blocks.max(total_present.div_ceil(budget));
     if target * BLOCK_SIZE > MAX_UNIT_PRESENT_BYTES {
-        return Err(Error::InvalidInput(format!(
-            "{} GiB of written data would need parts larger than S3 allows",
-            (total_present * BLOCK_SIZE) >> 30
-        )));
+        return Err(Error::InvalidInput(
+            format!(
+                "{} GiB of written data would need parts larger than S3 allows",
+                (total_present * BLOCK_SIZE) >> 30
+            )
+            .into(),
+        ));
     }
     let mut units = Vec::new();
     for (d, disk) in disks.iter().enumerate() {

@@ -75,14 +75,14 @@ pub fn encode(entries: &[FrameEntry]) -> Vec<u8> {
 pub fn parse_footer(last9: &[u8], object_len: u64) -> Result<Footer> {
     let magic = read_u32_le(last9, 5).filter(|_| last9.len() == FOOTER_LEN as usize);
     let Some(magic) = magic else {
-        return Err(Error::NotAnArchive(format!(
-            "object is {object_len} bytes, too short to hold a seek table"
-        )));
+        return Err(Error::NotAnArchive(
+            format!("object is {object_len} bytes, too short to hold a seek table").into(),
+        ));
     };
     if magic != SEEKABLE_MAGIC {
         return Err(Error::NotAnArchive(format!(
             "last 4 bytes are {magic:#010x}, not the seekable magic {SEEKABLE_MAGIC:#010x} (truncated or not an archive)"
-        )));
+        ).into()));
     }
     let descriptor = last9[4];
     if descriptor & 0b0111_1100 != 0 {
@@ -101,11 +101,14 @@ pub fn parse_footer(last9: &[u8], object_len: u64) -> Result<Footer> {
         )));
     }
     if footer.table_len() > object_len {
-        return Err(Error::Truncated(format!(
-            "seek table of {} frames needs {} bytes but the object has {object_len}",
-            footer.frames,
-            footer.table_len()
-        )));
+        return Err(Error::Truncated(
+            format!(
+                "seek table of {} frames needs {} bytes but the object has {object_len}",
+                footer.frames,
+                footer.table_len()
+            )
+            .into(),
+        ));
     }
     Ok(footer)
 }

@@ -5,7 +5,7 @@ use crate::archive::frame::FrameCompressor;
 use crate::archive::seek_table::{self, FrameEntry};
 use crate::archive::tar::{member_header, padding_len};
 use crate::archive::{ArchiveIndex, ReadAt};
-use crate::{Error, Result};
+use crate::{Detail, Error, Result};
 
 /// `archive` with its manifest replaced by `edit`ed JSON, and its seek table
 /// rewritten to match, so only the manifest's content is wrong.
@@ -13,10 +13,10 @@ pub fn with_manifest(archive: &[u8], edit: impl FnOnce(&mut serde_json::Value)) 
     let src = archive.to_vec();
     let index = ArchiveIndex::open(&src as &dyn ReadAt)?;
     let mut json = serde_json::to_value(index.manifest())
-        .map_err(|e| Error::InvalidInput(format!("manifest: {e}")))?;
+        .map_err(|e| Error::InvalidInput(Detail::because("manifest", e)))?;
     edit(&mut json);
-    let json =
-        serde_json::to_vec(&json).map_err(|e| Error::InvalidInput(format!("manifest: {e}")))?;
+    let json = serde_json::to_vec(&json)
+        .map_err(|e| Error::InvalidInput(Detail::because("manifest", e)))?;
     let mut content = member_header(
         "manifest.json",
         json.len() as u64,

@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::ids::{AccountId, ImageId, TaskId};
 use crate::task::{Task, TaskKind, TaskState};
-use crate::{Error, Result};
+use crate::{Detail, Error, Result};
 
 /// Most image ids one request may name.
 pub const MAX_IMAGE_IDS: usize = 20;
@@ -64,9 +64,9 @@ impl Filters {
         let mut parsed = Filters::default();
         for (name, values) in filters {
             if values.is_empty() {
-                return Err(Error::InvalidInput(format!(
-                    "filter {name:?} has no values"
-                )));
+                return Err(Error::InvalidInput(
+                    format!("filter {name:?} has no values").into(),
+                ));
             }
             match name.as_str() {
                 "task-state" => {
@@ -76,7 +76,7 @@ impl Filters {
                             TaskState::parse(v).ok_or_else(|| {
                                 Error::InvalidInput(format!(
                                     "{v:?} is not a task state (InProgress, Completed or Failed)"
-                                ))
+                                ).into())
                             })
                         })
                         .collect::<Result<Vec<_>>>()?;
@@ -87,9 +87,10 @@ impl Filters {
                     .get_or_insert_with(Vec::new)
                     .extend(values.iter().cloned()),
                 other => {
-                    return Err(Error::InvalidInput(format!(
-                        "unknown filter {other:?}; the filters are task-state and bucket"
-                    )));
+                    return Err(Error::InvalidInput(
+                        format!("unknown filter {other:?}; the filters are task-state and bucket")
+                            .into(),
+                    ));
                 }
             }
         }
@@ -131,13 +132,13 @@ fn mac(key: &[u8; 32], account: &AccountId, payload: &str) -> String {
 
 fn seal(key: &[u8; 32], account: &AccountId, position: &Position) -> Result<String> {
     let json = serde_json::to_string(position)
-        .map_err(|e| Error::InvalidInput(format!("token does not serialise: {e}")))?;
+        .map_err(|e| Error::InvalidInput(Detail::because("token does not serialise", e)))?;
     let payload = URL_SAFE_NO_PAD.encode(json);
     Ok(format!("{payload}.{}", mac(key, account, &payload)))
 }
 
 fn open(key: &[u8; 32], account: &AccountId, token: &str, query: &str) -> Result<Position> {
-    let bad = || Error::InvalidToken(format!("the pagination token {token:?} is not valid"));
+    let bad = || Error::InvalidToken(format!("the pagination token {token:?} is not valid").into());
     let (payload, tag) = token.split_once('.').ok_or_else(bad)?;
     // Compared through their hashes, so timing tells nothing about the right tag.
     let expected = mac(key, account, payload);
@@ -166,10 +167,13 @@ pub fn describe(
 ) -> Result<DescribePage> {
     if !query.image_ids.is_empty() {
         if query.image_ids.len() > MAX_IMAGE_IDS {
-            return Err(Error::InvalidInput(format!(
-                "{} image ids given; at most {MAX_IMAGE_IDS} are allowed",
-                query.image_ids.len()
-            )));
+            return Err(Error::InvalidInput(
+                format!(
+                    "{} image ids given; at most {MAX_IMAGE_IDS} are allowed",
+                    query.image_ids.len()
+                )
+                .into(),
+            ));
         }
         if query.max_results.is_some() {
             return Err(Error::InvalidCombination(
@@ -196,9 +200,9 @@ pub fn describe(
     }
     let limit = match query.max_results {
         Some(n) if !(1..=MAX_RESULTS).contains(&n) => {
-            return Err(Error::InvalidInput(format!(
-                "MaxResults must be between 1 and {MAX_RESULTS}, got {n}"
-            )));
+            return Err(Error::InvalidInput(
+                format!("MaxResults must be between 1 and {MAX_RESULTS}, got {n}").into(),
+            ));
         }
         Some(n) => n as usize,
         None => MAX_RESULTS as usize,
@@ -264,8 +268,9 @@ pub fn page<T>(
     let fp = h.finalize().to_hex()[..32].to_owned();
     let after: Option<After> = match next_token {
         Some(token) => {
-            let bad =
-                || Error::InvalidToken(format!("the pagination token {token:?} is not valid"));
+            let bad = || {
+                Error::InvalidToken(format!("the pagination token {token:?} is not valid").into())
+            };
             let (payload, tag) = token.split_once('.').ok_or_else(bad)?;
             let expected = mac(key, account, payload);
             if blake3::hash(expected.as_bytes()) != blake3::hash(tag.as_bytes()) {
@@ -292,7 +297,7 @@ pub fn page<T>(
                 q: fp,
                 k: item_key(last),
             })
-            .map_err(|e| Error::InvalidInput(format!("token does not serialise: {e}")))?;
+            .map_err(|e| Error::InvalidInput(Detail::because("token does not serialise", e)))?;
             let payload = URL_SAFE_NO_PAD.encode(json);
             Some(format!("{payload}.{}", mac(key, account, &payload)))
         }

@@ -21,7 +21,7 @@ use crate::image::{EbsMapping, ImageName, Tag, VirtualizationType, check_unique_
 use crate::ports::ObjectReader;
 use crate::storage::{BucketName, BucketPath, ObjectKey};
 use crate::task::{SourcePin, Task, TaskKind, TaskState};
-use crate::{Error, Result};
+use crate::{Detail, Error, Result};
 
 /// S3 allows at most this many tags on an object.
 pub const MAX_OBJECT_TAGS: usize = 10;
@@ -65,30 +65,40 @@ impl Engine {
     /// Creates a store task; returns it (its key is the object's).
     pub fn create_store_task(&self, account: &AccountId, req: &StoreRequest) -> Result<Task> {
         if req.object_tags.len() > MAX_OBJECT_TAGS {
-            return Err(Error::InvalidInput(format!(
-                "{} object tags given; S3 allows {MAX_OBJECT_TAGS}",
-                req.object_tags.len()
-            )));
+            return Err(Error::InvalidInput(
+                format!(
+                    "{} object tags given; S3 allows {MAX_OBJECT_TAGS}",
+                    req.object_tags.len()
+                )
+                .into(),
+            ));
         }
         check_unique_tag_keys(&req.object_tags)?;
         let image = self.catalog.describe_image(account, &req.image_id)?;
         let id = &image.image_id;
         if image.owner_id != *account {
-            return Err(Error::InvalidInput(format!(
-                "image {id} is owned by account {}; only your own images can be stored",
-                image.owner_id
-            )));
+            return Err(Error::InvalidInput(
+                format!(
+                    "image {id} is owned by account {}; only your own images can be stored",
+                    image.owner_id
+                )
+                .into(),
+            ));
         }
         if image.state != ResourceState::Available {
-            return Err(Error::IncorrectState(format!(
-                "image {id} is {}; only available images can be stored",
-                image.state
-            )));
+            return Err(Error::IncorrectState(
+                format!(
+                    "image {id} is {}; only available images can be stored",
+                    image.state
+                )
+                .into(),
+            ));
         }
         if image.metadata.virtualization_type == VirtualizationType::Paravirtual {
-            return Err(Error::InvalidInput(format!(
-                "image {id} is paravirtual; paravirtual (PV) images cannot be stored"
-            )));
+            return Err(Error::InvalidInput(
+                format!("image {id} is paravirtual; paravirtual (PV) images cannot be stored")
+                    .into(),
+            ));
         }
         let root = &image.metadata.root_device_name;
         let ebs_root =
@@ -98,28 +108,29 @@ impl Engine {
         if !ebs_root || image.snapshots.is_empty() {
             return Err(Error::InvalidInput(format!(
                 "image {id} is not EBS-backed (its root device {root} has no EBS snapshot); only EBS-backed images can be stored"
-            )));
+            ).into()));
         }
         if let Some(s) = image
             .snapshots
             .iter()
             .find(|s| s.state != ResourceState::Available)
         {
-            return Err(Error::IncorrectState(format!(
-                "snapshot {} of image {id} is {}",
-                s.snapshot_id, s.state
-            )));
+            return Err(Error::IncorrectState(
+                format!("snapshot {} of image {id} is {}", s.snapshot_id, s.state).into(),
+            ));
         }
         let bucket = &req.bucket.bucket;
         if !self.objects.bucket_exists(account, bucket)? {
-            return Err(Error::NotFound(format!("bucket {bucket} does not exist")));
+            return Err(Error::NotFound(
+                format!("bucket {bucket} does not exist").into(),
+            ));
         }
         let key = req.bucket.key_for(id);
         let now = now_ms();
         self.refuse_second_copy(account, id, bucket, &key, now)?;
 
         let started = OffsetDateTime::from_unix_timestamp_nanos(i128::from(now) * 1_000_000)
-            .map_err(|e| Error::InvalidInput(format!("clock out of range: {e}")))?;
+            .map_err(|e| Error::InvalidInput(Detail::because("clock out of range", e)))?;
         let metadata = object_metadata(&image, &format_time(started));
         let task = Task::start(
             TaskKind::Store,
@@ -180,7 +191,7 @@ impl Engine {
             if self.objects.head_object(bucket, &existing)?.is_some() {
                 return Err(Error::AlreadyExists(format!(
                     "bucket {bucket} already holds a copy of image {image} ({existing}); an AMI can be stored once per bucket"
-                )));
+                ).into()));
             }
         }
         Ok(())
@@ -191,19 +202,17 @@ impl Engine {
         check_unique_tag_keys(&req.image_tags)?;
         check_unique_tag_keys(&req.snapshot_tags)?;
         if !self.objects.bucket_exists(account, &req.bucket)? {
-            return Err(Error::NotFound(format!(
-                "bucket {} does not exist",
-                req.bucket
-            )));
+            return Err(Error::NotFound(
+                format!("bucket {} does not exist", req.bucket).into(),
+            ));
         }
         let info = self
             .objects
             .head_object(&req.bucket, &req.key)?
             .ok_or_else(|| {
-                Error::NotFound(format!(
-                    "object {} does not exist in bucket {}",
-                    req.key, req.bucket
-                ))
+                Error::NotFound(
+                    format!("object {} does not exist in bucket {}", req.key, req.bucket).into(),
+                )
             })?;
         let reader = ObjectReader::new(&*self.objects, &req.bucket, &req.key, &info);
         let index = ArchiveIndex::open(&reader)?;
@@ -213,10 +222,13 @@ impl Engine {
             .clone()
             .unwrap_or_else(|| manifest.image.name.clone());
         if self.catalog.image_name_taken(account, &name)? {
-            return Err(Error::AlreadyExists(format!(
-                "an image named {:?} already exists in account {account}",
-                name.as_str()
-            )));
+            return Err(Error::AlreadyExists(
+                format!(
+                    "an image named {:?} already exists in account {account}",
+                    name.as_str()
+                )
+                .into(),
+            ));
         }
         let size_gib = manifest
             .disks

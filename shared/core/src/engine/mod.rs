@@ -32,7 +32,7 @@ use crate::ids::{TaskId, unique_token};
 use crate::ports::{ImageCatalog, ObjectStore, SnapshotStore, TaskStore, WorkflowRunner};
 use crate::storage::{BucketName, ObjectKey};
 use crate::task::{Claim, ClaimRequest, Ending, QuotaLimits, Task, TaskState};
-use crate::{Error, Result};
+use crate::{Detail, Error, Result};
 
 /// How an engine is tuned. The defaults are the seed's and S3's.
 #[derive(Debug, Clone)]
@@ -141,9 +141,9 @@ pub fn now_ms() -> i64 {
 impl Engine {
     /// The task `id`, which must exist.
     pub fn task(&self, id: &TaskId) -> Result<Task> {
-        self.tasks
-            .get(id)
-            .and_then(|t| t.ok_or_else(|| Error::NotFound(format!("task {id} does not exist"))))
+        self.tasks.get(id).and_then(|t| {
+            t.ok_or_else(|| Error::NotFound(format!("task {id} does not exist").into()))
+        })
     }
 
     /// The task `id`, which must still be in progress with no end claimed: a
@@ -152,16 +152,14 @@ impl Engine {
     fn running_task(&self, id: &TaskId) -> Result<Task> {
         let task = self.task(id)?;
         if task.state != TaskState::InProgress {
-            return Err(Error::IncorrectState(format!(
-                "task {id} has already ended ({})",
-                task.state
-            )));
+            return Err(Error::IncorrectState(
+                format!("task {id} has already ended ({})", task.state).into(),
+            ));
         }
         if let Some(ending) = task.ending() {
-            return Err(Error::IncorrectState(format!(
-                "task {id} is ending ({})",
-                ending.as_str()
-            )));
+            return Err(Error::IncorrectState(
+                format!("task {id} is ending ({})", ending.as_str()).into(),
+            ));
         }
         Ok(task)
     }
@@ -193,13 +191,16 @@ impl Engine {
         match self.claim(id, Ending::Complete, None, None)? {
             Claim::Held(task) => Ok(Some(task)),
             Claim::Taken(task) if task.state == TaskState::Completed => Ok(None),
-            Claim::Taken(task) => Err(Error::IncorrectState(format!(
-                "task {id} is not completed: it {}",
-                match task.state {
-                    TaskState::InProgress => "is being failed",
-                    _ => "has failed",
-                }
-            ))),
+            Claim::Taken(task) => Err(Error::IncorrectState(
+                format!(
+                    "task {id} is not completed: it {}",
+                    match task.state {
+                        TaskState::InProgress => "is being failed",
+                        _ => "has failed",
+                    }
+                )
+                .into(),
+            )),
         }
     }
 
@@ -214,8 +215,9 @@ impl Engine {
         value: &impl serde::Serialize,
     ) -> Result<ObjectKey> {
         let key = self.work_key(task, name)?;
-        let json = serde_json::to_vec(value)
-            .map_err(|e| Error::InvalidInput(format!("{name} does not serialise: {e}")))?;
+        let json = serde_json::to_vec(value).map_err(|e| {
+            Error::InvalidInput(Detail::because(format!("{name} does not serialise"), e))
+        })?;
         self.work
             .put_object(&self.config.work_bucket, &key, &json)?;
         Ok(key)
@@ -233,9 +235,12 @@ impl Engine {
         let bytes = self
             .work
             .get_range(&self.config.work_bucket, &key, 0..info.size, None)?;
-        serde_json::from_slice(&bytes)
-            .map(Some)
-            .map_err(|e| Error::Malformed(format!("{name} of task {task} is damaged: {e}")))
+        serde_json::from_slice(&bytes).map(Some).map_err(|e| {
+            Error::Malformed(Detail::because(
+                format!("{name} of task {task} is damaged"),
+                e,
+            ))
+        })
     }
 
     /// Ends a task whose end `ending` holds (releasing its quota) and drops
@@ -246,10 +251,13 @@ impl Engine {
         if !self.tasks.finish(id, ending, now_ms())? {
             let task = self.task(id)?;
             if task.state != ending.final_state() {
-                return Err(Error::IncorrectState(format!(
-                    "task {id} was taken over before it could be {}",
-                    ending.final_state()
-                )));
+                return Err(Error::IncorrectState(
+                    format!(
+                        "task {id} was taken over before it could be {}",
+                        ending.final_state()
+                    )
+                    .into(),
+                ));
             }
         }
         self.drop_work(id);

@@ -72,7 +72,9 @@ impl Engine {
                 let total = match task.kind {
                     TaskKind::Store => {
                         let image = task.image_id.as_ref().ok_or_else(|| {
-                            crate::Error::IncorrectState(format!("task {} has no image", task.id))
+                            crate::Error::IncorrectState(
+                                format!("task {} has no image", task.id).into(),
+                            )
                         })?;
                         let image = self.catalog.describe_image(&task.account, image)?;
                         let mut blocks = 0;

@@ -74,7 +74,7 @@ impl Cut {
         let planned = plan
             .units
             .get(unit)
-            .ok_or_else(|| Error::InvalidInput(format!("the plan has no unit {unit}")))?;
+            .ok_or_else(|| Error::InvalidInput(format!("the plan has no unit {unit}").into()))?;
         let present = plan
             .disks
             .get(planned.disk)

@@ -25,7 +25,7 @@ pub fn snapshot_token(task: &TaskId, disk: usize) -> String {
 impl Engine {
     fn restore_image(&self, task: &Task) -> Result<(ImageId, Image)> {
         let id = task.image_id.clone().ok_or_else(|| {
-            Error::IncorrectState(format!("restore task {} has no image yet", task.id))
+            Error::IncorrectState(format!("restore task {} has no image yet", task.id).into())
         })?;
         let image = self.catalog.describe_image(&task.account, &id)?;
         Ok((id, image))
@@ -44,7 +44,7 @@ impl Engine {
             Error::IncorrectState(format!(
                 "s3://{}/{} was replaced since the restore began; restore it again to use the new archive",
                 task.bucket, task.key
-            ))
+            ).into())
         };
         if let Some(pin) = &task.source
             && !pin.etag.is_empty()
@@ -68,10 +68,13 @@ impl Engine {
                 .zip(&image.snapshots)
                 .all(|(d, s)| d.volume_size == s.volume_size);
         if !fits {
-            return Err(Error::Malformed(format!(
-                "{} changed during the restore: its disks no longer match image {}",
-                task.key, image.image_id
-            )));
+            return Err(Error::Malformed(
+                format!(
+                    "{} changed during the restore: its disks no longer match image {}",
+                    task.key, image.image_id
+                )
+                .into(),
+            ));
         }
         Ok((reader, index))
     }
@@ -81,10 +84,13 @@ impl Engine {
         self.objects
             .head_object(&task.bucket, &task.key)?
             .ok_or_else(|| {
-                Error::NotFound(format!(
-                    "object {} no longer exists in bucket {}",
-                    task.key, task.bucket
-                ))
+                Error::NotFound(
+                    format!(
+                        "object {} no longer exists in bucket {}",
+                        task.key, task.bucket
+                    )
+                    .into(),
+                )
             })
     }
 
@@ -120,7 +126,7 @@ impl Engine {
         let index_of = usize::try_from(unit)
             .ok()
             .filter(|&u| u < index.manifest().units.len())
-            .ok_or_else(|| Error::InvalidInput(format!("task {id} has no unit {unit}")))?;
+            .ok_or_else(|| Error::InvalidInput(format!("task {id} has no unit {unit}").into()))?;
         // Blocks are written as frames decode, before the unit's hash is checked
         // at its end. A unit that fails its check fails the task, and a failed
         // image is never made available, so no unverified data is ever served.
@@ -171,9 +177,9 @@ impl Engine {
         let recorded = self.tasks.units(id)?.len();
         let units = index.manifest().units.len();
         if recorded != units {
-            return Err(Error::IncorrectState(format!(
-                "task {id} has restored {recorded} of {units} units"
-            )));
+            return Err(Error::IncorrectState(
+                format!("task {id} has restored {recorded} of {units} units").into(),
+            ));
         }
         for (disk, snapshot) in index.manifest().disks.iter().zip(&image.snapshots) {
             self.snapshots

@@ -23,7 +23,7 @@ use crate::ids::{AccountId, ImageId, SnapshotId, TaskId};
 use crate::ports::{CompletedPart, ObjectReader, SnapshotStore};
 use crate::storage::BucketName;
 use crate::task::{Claim, Ending, Task, TaskKind, TaskState};
-use crate::{Error, Result};
+use crate::{Detail, Error, Result};
 
 /// Work-store name of a store task's plan.
 pub const PLAN: &str = "plan.json";
@@ -85,7 +85,7 @@ struct SnapshotBlocks<'a> {
 impl BlockSource for SnapshotBlocks<'_> {
     fn read_blocks(&self, disk: usize, first_block: u64, buf: &mut [u8]) -> Result<()> {
         let snapshot = self.snapshots.get(disk).ok_or_else(|| {
-            Error::InvalidInput(format!("the plan has no snapshot for disk {disk}"))
+            Error::InvalidInput(format!("the plan has no snapshot for disk {disk}").into())
         })?;
         self.store.read_blocks(snapshot, first_block, buf)
     }
@@ -94,13 +94,14 @@ impl BlockSource for SnapshotBlocks<'_> {
 fn upload_of(task: &Task) -> Result<&str> {
     task.upload_id
         .as_deref()
-        .ok_or_else(|| Error::IncorrectState(format!("task {} has no upload", task.id)))
+        .ok_or_else(|| Error::IncorrectState(format!("task {} has no upload", task.id).into()))
 }
 
 impl Engine {
     fn store_plan(&self, task: &TaskId) -> Result<StorePlan> {
-        self.get_work(task, PLAN)?
-            .ok_or_else(|| Error::IncorrectState(format!("task {task} has not been planned")))
+        self.get_work(task, PLAN)?.ok_or_else(|| {
+            Error::IncorrectState(format!("task {task} has not been planned").into())
+        })
     }
 
     /// Plans a store task; returns how many units it has.
@@ -109,10 +110,9 @@ impl Engine {
         if let Some(plan) = self.get_work::<StorePlan>(id, PLAN)? {
             return Ok(plan.archive.units.len() as u64);
         }
-        let image_id = task
-            .image_id
-            .as_ref()
-            .ok_or_else(|| Error::IncorrectState(format!("store task {id} names no image")))?;
+        let image_id = task.image_id.as_ref().ok_or_else(|| {
+            Error::IncorrectState(format!("store task {id} names no image").into())
+        })?;
         let image = self.catalog.describe_image(&task.account, image_id)?;
         let mut sources = Vec::with_capacity(image.snapshots.len());
         for s in &image.snapshots {
@@ -130,7 +130,7 @@ impl Engine {
         metadata.creation_date = Some(image.creation_date.clone());
         let stored_at =
             OffsetDateTime::from_unix_timestamp_nanos(i128::from(task.started_at_ms) * 1_000_000)
-                .map_err(|e| Error::InvalidInput(format!("task start out of range: {e}")))?;
+                .map_err(|e| Error::InvalidInput(Detail::because("task start out of range", e)))?;
         let archive = ArchivePlan::with_min_unit_blocks(
             metadata,
             sources,
@@ -164,7 +164,7 @@ impl Engine {
         let index = usize::try_from(unit)
             .ok()
             .filter(|&u| u < plan.archive.units.len())
-            .ok_or_else(|| Error::InvalidInput(format!("task {id} has no unit {unit}")))?;
+            .ok_or_else(|| Error::InvalidInput(format!("task {id} has no unit {unit}").into()))?;
         let source = SnapshotBlocks {
             store: &*self.snapshots,
             snapshots: &plan.snapshots,
@@ -209,7 +209,7 @@ impl Engine {
             etag: None,
             record,
         })
-        .map_err(|e| Error::InvalidInput(format!("unit record does not serialise: {e}")))?;
+        .map_err(|e| Error::InvalidInput(Detail::because("unit record does not serialise", e)))?;
         self.tasks.record_unit(id, unit, &json)?;
         Ok(())
     }
@@ -225,8 +225,9 @@ impl Engine {
         let mut records = Vec::new();
         for (unit, json) in self.tasks.units(id)? {
             let stored: StoredUnit = serde_json::from_str(&json).map_err(|e| {
-                Error::Malformed(format!(
-                    "record of unit {unit} of task {id} is damaged: {e}"
+                Error::Malformed(Detail::because(
+                    format!("record of unit {unit} of task {id} is damaged"),
+                    e,
                 ))
             })?;
             let (unit_parts, record) = stored.into_parts(unit)?;
@@ -267,12 +268,15 @@ impl Engine {
         let info = self
             .objects
             .head_object(&task.bucket, &task.key)?
-            .ok_or_else(|| Error::Transient(format!("{} is not visible yet", task.key)))?;
+            .ok_or_else(|| Error::Transient(format!("{} is not visible yet", task.key).into()))?;
         if info.size != expected_size {
-            return Err(Error::Malformed(format!(
-                "the completed object is {} bytes; its parts add up to {expected_size}",
-                info.size
-            )));
+            return Err(Error::Malformed(
+                format!(
+                    "the completed object is {} bytes; its parts add up to {expected_size}",
+                    info.size
+                )
+                .into(),
+            ));
         }
         let reader = ObjectReader::new(&*self.objects, &task.bucket, &task.key, &info);
         let index = ArchiveIndex::open(&reader)?;
@@ -355,19 +359,22 @@ impl Engine {
                     && bucket.is_none_or(|b| t.bucket == *b)
             })
             .ok_or_else(|| {
-                Error::NotFound(format!("no store task of image {image} is in progress"))
+                Error::NotFound(format!("no store task of image {image} is in progress").into())
             })?;
         if !self.fail_store(&task.id, CANCELLED, FailedBy::Cancel)? {
             let now = self.task(&task.id)?;
-            return Err(Error::IncorrectState(match (now.state, now.ending()) {
-                (TaskState::InProgress, Some(Ending::Complete)) => format!(
-                    "the store of image {image} is completing; it can no longer be cancelled"
-                ),
-                (TaskState::InProgress, _) => {
-                    format!("the store of image {image} is already being failed")
+            return Err(Error::IncorrectState(
+                match (now.state, now.ending()) {
+                    (TaskState::InProgress, Some(Ending::Complete)) => format!(
+                        "the store of image {image} is completing; it can no longer be cancelled"
+                    ),
+                    (TaskState::InProgress, _) => {
+                        format!("the store of image {image} is already being failed")
+                    }
+                    (state, _) => format!("the store of image {image} has already ended ({state})"),
                 }
-                (state, _) => format!("the store of image {image} has already ended ({state})"),
-            }));
+                .into(),
+            ));
         }
         // The steps would stop by themselves at their next look at the task;
         // stopping the execution saves the units in between.
@@ -380,13 +387,14 @@ impl Engine {
 /// (part numbers start at 1; the final part follows the last unit's).
 fn first_part(unit: u64, parts_per_unit: u32) -> Result<u32> {
     run_start(unit, parts_per_unit, parts_per_unit)
-        .ok_or_else(|| Error::InvalidInput(format!("unit {unit} is past S3's 10,000 parts")))
+        .ok_or_else(|| Error::InvalidInput(format!("unit {unit} is past S3's 10,000 parts").into()))
 }
 
 /// The final part's number: the one after the last unit's run.
 fn final_part(units: u64, parts_per_unit: u32) -> Result<u32> {
-    run_start(units, parts_per_unit, 1)
-        .ok_or_else(|| Error::InvalidInput(format!("{units} units are past S3's 10,000 parts")))
+    run_start(units, parts_per_unit, 1).ok_or_else(|| {
+        Error::InvalidInput(format!("{units} units are past S3's 10,000 parts").into())
+    })
 }
 
 /// The first of `len` part numbers starting after `runs` runs of `run`

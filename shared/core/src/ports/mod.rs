@@ -388,24 +388,30 @@ impl crate::archive::ReadAt for ObjectReader<'_> {
     fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> Result<()> {
         let end = offset + buf.len() as u64;
         if end > self.size {
-            return Err(Error::Truncated(format!(
-                "read of {} bytes at {offset} passes the end of {} ({} bytes)",
-                buf.len(),
-                self.key,
-                self.size
-            )));
+            return Err(Error::Truncated(
+                format!(
+                    "read of {} bytes at {offset} passes the end of {} ({} bytes)",
+                    buf.len(),
+                    self.key,
+                    self.size
+                )
+                .into(),
+            ));
         }
         let pin = (!self.etag.is_empty()).then_some(self.etag);
         let bytes = self
             .store
             .get_range(self.bucket, self.key, offset..end, pin)?;
         if bytes.len() != buf.len() {
-            return Err(Error::Truncated(format!(
-                "{} returned {} bytes for a {}-byte range",
-                self.key,
-                bytes.len(),
-                buf.len()
-            )));
+            return Err(Error::Truncated(
+                format!(
+                    "{} returned {} bytes for a {}-byte range",
+                    self.key,
+                    bytes.len(),
+                    buf.len()
+                )
+                .into(),
+            ));
         }
         buf.copy_from_slice(&bytes);
         Ok(())

@@ -377,7 +377,7 @@ impl Racer {
             input["unit"] = u.into();
         }
         run_step(&self.engine, &input)
-            .map_err(|e| Error::Transient(format!("{}: {}", e.name, e.cause)))
+            .map_err(|e| Error::Transient(format!("{}: {}", e.name, e.cause).into()))
     }
 
     /// Plans `task` and transfers every unit, as the Map would.
@@ -519,7 +519,7 @@ pub fn cancel_against_finalize(
         r.gates.forbid("delete_object");
         let refused = r.engine.cancel_store(account, image, None).unwrap_err();
         assert!(
-            matches!(refused, Error::IncorrectState(ref m) if m.contains("completing")),
+            matches!(refused, Error::IncorrectState(ref m) if m.message().contains("completing")),
             "{refused:?}"
         );
         r.gates.allow("abort_multipart");

@@ -34,7 +34,7 @@ use amistore_core::storage::{BucketName, ObjectKey};
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
-use crate::{Error, Result};
+use crate::{Detail, Error, Result};
 
 mod upload;
 use upload::Staging;
@@ -108,7 +108,9 @@ impl FolderObjectStore {
     fn bucket_dir(&self, bucket: &BucketName) -> Result<PathBuf> {
         let dir = self.root.join(bucket.as_str());
         if !dir.is_dir() {
-            return Err(Error::NotFound(format!("bucket {bucket} does not exist")));
+            return Err(Error::NotFound(
+                format!("bucket {bucket} does not exist").into(),
+            ));
         }
         Ok(dir)
     }
@@ -129,13 +131,15 @@ impl FolderObjectStore {
 
     fn upload_dir(&self, bucket: &BucketName, upload: &str) -> Result<PathBuf> {
         if upload.is_empty() || !upload.bytes().all(|b| b.is_ascii_hexdigit()) {
-            return Err(Error::NotFound(format!("upload {upload:?} does not exist")));
+            return Err(Error::NotFound(
+                format!("upload {upload:?} does not exist").into(),
+            ));
         }
         let dir = self.bucket_dir(bucket)?.join(UPLOADS).join(upload);
         if !dir.is_dir() {
-            return Err(Error::NotFound(format!(
-                "upload {upload} does not exist in bucket {bucket}"
-            )));
+            return Err(Error::NotFound(
+                format!("upload {upload} does not exist in bucket {bucket}").into(),
+            ));
         }
         Ok(dir)
     }
@@ -171,10 +175,9 @@ impl FolderObjectStore {
         let dir = self.upload_dir(bucket, upload)?;
         let record = read_upload(&dir, upload)?;
         if record.key != *key {
-            return Err(Error::NotFound(format!(
-                "upload {upload} is for {}, not {key}",
-                record.key
-            )));
+            return Err(Error::NotFound(
+                format!("upload {upload} is for {}, not {key}", record.key).into(),
+            ));
         }
         Ok(dir)
     }
@@ -184,7 +187,7 @@ impl FolderObjectStore {
         let path = self.object_path(bucket, key)?;
         File::open(&path).map_err(|e| match e.kind() {
             std::io::ErrorKind::NotFound => {
-                Error::NotFound(format!("object {key} does not exist in bucket {bucket}"))
+                Error::NotFound(format!("object {key} does not exist in bucket {bucket}").into())
             }
             _ => Error::io(format!("opening {}", path.display()), e),
         })
@@ -208,10 +211,9 @@ impl ObjectStore for FolderObjectStore {
     ) -> Result<String> {
         check_metadata(metadata)?;
         if tags.len() > MAX_TAGS {
-            return Err(Error::InvalidInput(format!(
-                "{} object tags given; S3 allows {MAX_TAGS}",
-                tags.len()
-            )));
+            return Err(Error::InvalidInput(
+                format!("{} object tags given; S3 allows {MAX_TAGS}", tags.len()).into(),
+            ));
         }
         amistore_core::image::check_unique_tag_keys(tags)?;
         let upload = unique_token();
@@ -222,7 +224,7 @@ impl ObjectStore for FolderObjectStore {
             metadata: metadata.clone(),
             tags: tags.to_vec(),
         })
-        .map_err(|e| Error::InvalidInput(format!("upload record does not serialise: {e}")))?;
+        .map_err(|e| Error::InvalidInput(Detail::because("upload record does not serialise", e)))?;
         write_atomically(&dir.join("upload.json"), &record)?;
         Ok(upload)
     }
@@ -240,9 +242,9 @@ impl ObjectStore for FolderObjectStore {
     ) -> Result<String> {
         let dir = self.upload_for(bucket, upload_id, key)?;
         if !(1..=MAX_PART_NUMBER).contains(&part_number) {
-            return Err(Error::InvalidInput(format!(
-                "part number {part_number} is outside 1..={MAX_PART_NUMBER}"
-            )));
+            return Err(Error::InvalidInput(
+                format!("part number {part_number} is outside 1..={MAX_PART_NUMBER}").into(),
+            ));
         }
         Staging::lock(&dir)?.stage(part_number, |target| {
             if fs::hard_link(body, target).is_ok() {
@@ -273,10 +275,9 @@ impl ObjectStore for FolderObjectStore {
         let dir = self.upload_dir(bucket, upload_id)?;
         let record = read_upload(&dir, upload_id)?;
         if record.key != *key {
-            return Err(Error::InvalidInput(format!(
-                "upload {upload_id} is for {}, not {key}",
-                record.key
-            )));
+            return Err(Error::InvalidInput(
+                format!("upload {upload_id} is for {}, not {key}", record.key).into(),
+            ));
         }
         if parts.is_empty()
             || parts
@@ -301,8 +302,9 @@ impl ObjectStore for FolderObjectStore {
             crate::private::create_dir_all(parent)
                 .map_err(io(format!("creating {}", parent.display())))?;
         }
-        let sidecar = serde_json::to_vec_pretty(&info)
-            .map_err(|e| Error::InvalidInput(format!("object info does not serialise: {e}")))?;
+        let sidecar = serde_json::to_vec_pretty(&info).map_err(|e| {
+            Error::InvalidInput(Detail::because("object info does not serialise", e))
+        })?;
         write_atomically(&Self::sidecar(&target), &sidecar)?;
         fs::rename(&joined, &target).map_err(io(format!("publishing {}", target.display())))?;
         fs::remove_dir_all(&dir).map_err(io(format!("removing {}", dir.display())))
@@ -317,9 +319,9 @@ impl ObjectStore for FolderObjectStore {
         match fs::rename(&dir, &trash) {
             Ok(()) => {}
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                return Err(Error::NotFound(format!(
-                    "upload {upload_id} does not exist in bucket {bucket}"
-                )));
+                return Err(Error::NotFound(
+                    format!("upload {upload_id} does not exist in bucket {bucket}").into(),
+                ));
             }
             Err(e) => return Err(Error::io(format!("aborting upload {upload_id}"), e)),
         }
@@ -434,9 +436,10 @@ impl ObjectStore for FolderObjectStore {
                 .map_err(io(format!("reading the metadata of {key}")))?;
             let now = etag_of(&meta);
             if now != expected {
-                return Err(Error::IncorrectState(format!(
-                    "{key} in bucket {bucket} was replaced (ETag {expected}, now {now})"
-                )));
+                return Err(Error::IncorrectState(
+                    format!("{key} in bucket {bucket} was replaced (ETag {expected}, now {now})")
+                        .into(),
+                ));
             }
         }
         let len = range.end.saturating_sub(range.start);
@@ -462,9 +465,9 @@ impl BucketAdmin for FolderObjectStore {
         if dir.is_dir() {
             let current = self.bucket_owner(bucket)?;
             if current != *account {
-                return Err(Error::AlreadyExists(format!(
-                    "bucket {bucket} already exists and belongs to another account"
-                )));
+                return Err(Error::AlreadyExists(
+                    format!("bucket {bucket} already exists and belongs to another account").into(),
+                ));
             }
             return Ok(());
         }
@@ -587,11 +590,13 @@ fn etag_of(meta: &fs::Metadata) -> String {
 fn read_upload(dir: &Path, upload: &str) -> Result<UploadRecord> {
     let bytes = fs::read(dir.join("upload.json")).map_err(|e| match e.kind() {
         // Aborted (or completed) meanwhile.
-        std::io::ErrorKind::NotFound => Error::NotFound(format!("upload {upload} does not exist")),
+        std::io::ErrorKind::NotFound => {
+            Error::NotFound(format!("upload {upload} does not exist").into())
+        }
         _ => Error::io(format!("reading upload {upload}"), e),
     })?;
     serde_json::from_slice(&bytes)
-        .map_err(|e| Error::InvalidInput(format!("upload {upload} is damaged: {e}")))
+        .map_err(|e| Error::InvalidInput(Detail::because(format!("upload {upload} is damaged"), e)))
 }
 
 fn check_metadata(metadata: &BTreeMap<String, String>) -> Result<()> {
@@ -599,21 +604,22 @@ fn check_metadata(metadata: &BTreeMap<String, String>) -> Result<()> {
     if total > MAX_METADATA_BYTES {
         return Err(Error::InvalidInput(format!(
             "user metadata is {total} bytes; S3 allows {MAX_METADATA_BYTES} (encode long values or shorten them)"
-        )));
+        ).into()));
     }
     for (k, v) in metadata {
         let key_ok = !k.is_empty()
             && k.bytes()
                 .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_');
         if !key_ok {
-            return Err(Error::InvalidInput(format!(
-                "metadata key {k:?} must be lowercase letters, digits, '-' or '_'"
-            )));
+            return Err(Error::InvalidInput(
+                format!("metadata key {k:?} must be lowercase letters, digits, '-' or '_'").into(),
+            ));
         }
         if !v.bytes().all(|b| (0x20..0x7f).contains(&b)) {
-            return Err(Error::InvalidInput(format!(
-                "metadata {k:?} must be printable ASCII (RFC 2047-encode other text)"
-            )));
+            return Err(Error::InvalidInput(
+                format!("metadata {k:?} must be printable ASCII (RFC 2047-encode other text)")
+                    .into(),
+            ));
         }
     }
     Ok(())

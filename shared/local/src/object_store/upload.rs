@@ -27,7 +27,7 @@ use amistore_core::ports::CompletedPart;
 use rustix::fs::FlockOperation;
 use serde::{Deserialize, Serialize};
 
-use crate::{Error, Result};
+use crate::{Detail, Error, Result};
 
 fn io(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> Error {
     let context = context.into();
@@ -93,8 +93,9 @@ impl Staging {
     }
 
     fn set_joined(&self, parts: &[JoinedPart]) -> Result<()> {
-        let json = serde_json::to_vec(parts)
-            .map_err(|e| Error::InvalidInput(format!("joined parts do not serialise: {e}")))?;
+        let json = serde_json::to_vec(parts).map_err(|e| {
+            Error::InvalidInput(Detail::because("joined parts do not serialise", e))
+        })?;
         super::write_atomically(&self.dir.join("joined.json"), &json)
     }
 
@@ -235,10 +236,13 @@ impl Staging {
         for (part, path) in parts[prefix..].iter().zip(&files) {
             let len = fs::metadata(path)
                 .map_err(|_| {
-                    Error::InvalidInput(format!(
-                        "part {} with ETag {} was not uploaded (InvalidPart)",
-                        part.part_number, part.etag
-                    ))
+                    Error::InvalidInput(
+                        format!(
+                            "part {} with ETag {} was not uploaded (InvalidPart)",
+                            part.part_number, part.etag
+                        )
+                        .into(),
+                    )
                 })?
                 .len();
             sizes.push(len);
@@ -251,7 +255,7 @@ impl Staging {
             return Err(Error::InvalidInput(format!(
                 "part {} is {size} bytes; every part but the last must be at least {min_part_size} (EntityTooSmall)",
                 parts[i].part_number
-            )));
+            ).into()));
         }
         let mut end: u64 = sizes[..prefix].iter().sum();
         let mut object = self.object_cut_at(end)?;

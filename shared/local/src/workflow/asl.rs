@@ -22,7 +22,7 @@ use crate::{Error, Result};
 pub const S3_GET_OBJECT: &str = "arn:aws:states:::s3:getObject";
 
 fn invalid(msg: impl Into<String>) -> Error {
-    Error::InvalidInput(format!("state machine: {}", msg.into()))
+    Error::InvalidInput(format!("state machine: {}", msg.into()).into())
 }
 
 /// A reference into the state input or the context object.

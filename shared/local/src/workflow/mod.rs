@@ -193,11 +193,17 @@ impl LocalRunner {
                     let bucket: BucketName = bucket.parse()?;
                     let key: ObjectKey = key.parse()?;
                     let info = work.work.head_object(&bucket, &key)?.ok_or_else(|| {
-                        amistore_core::Error::NotFound(format!("{bucket}/{key} does not exist"))
+                        amistore_core::Error::NotFound(
+                            format!("{bucket}/{key} does not exist").into(),
+                        )
                     })?;
                     let bytes = work.work.get_range(&bucket, &key, 0..info.size, None)?;
-                    serde_json::from_slice(&bytes)
-                        .map_err(|e| amistore_core::Error::Malformed(format!("{key}: {e}")))
+                    serde_json::from_slice(&bytes).map_err(|e| {
+                        amistore_core::Error::Malformed(amistore_core::Detail::because(
+                            key.to_string(),
+                            e,
+                        ))
+                    })
                 };
                 read().map_err(|e| Failure {
                     error: "States.ItemReaderFailed".into(),

@@ -202,10 +202,10 @@ impl Drop for Gate {
 }
 
 pub fn transient(m: String) -> Error {
-    Error::Transient(m)
+    Error::Transient(m.into())
 }
 pub fn permanent(m: String) -> Error {
-    Error::InvalidInput(m)
+    Error::InvalidInput(m.into())
 }
 
 impl Faults {
