@@ -5,7 +5,6 @@
 
 use std::sync::Arc;
 
-use amistore_core::ports::contract;
 use amistore_local::image_library::ImageLibrary;
 use amistore_local::object_store::FolderObjectStore;
 use amistore_local::task_store::SqliteTaskStore;
@@ -34,10 +33,16 @@ mod folder_object_store {
     });
 }
 
-#[test]
-fn folder_object_store_keeps_the_bucket_admin_contract() {
-    let dir = tempfile::tempdir().unwrap();
-    contract::bucket_admin(&FolderObjectStore::open(&dir.path().join("data")).unwrap());
+/// The bucket administration contract, clause by clause, each in a fresh
+/// data directory.
+mod folder_bucket_admin {
+    use super::*;
+
+    amistore_core::bucket_admin_contract!({
+        let dir = tempfile::tempdir().unwrap();
+        let store = FolderObjectStore::open(&dir.path().join("data")).unwrap();
+        (dir, store)
+    });
 }
 
 /// The task store contract, clause by clause, on a fresh SQLite database each.
@@ -54,9 +59,21 @@ mod sqlite_task_store {
     });
 }
 
-#[test]
-fn image_library_keeps_the_catalog_and_snapshot_contracts() {
-    let dir = tempfile::tempdir().unwrap();
-    let library = ImageLibrary::open(dir.path()).unwrap();
-    contract::catalog_and_snapshots(&library, &library, &"123456789012".parse().unwrap(), true);
+/// The catalog and snapshot store contract, clause by clause, each on a fresh
+/// image library.
+mod image_library {
+    use super::*;
+    use amistore_core::ports::contract::CatalogFixture;
+
+    amistore_core::catalog_contract!(|_clause: &str| {
+        let dir = tempfile::tempdir().unwrap();
+        let library = Arc::new(ImageLibrary::open(dir.path()).unwrap());
+        let fixture = CatalogFixture {
+            catalog: library.clone(),
+            snapshots: library,
+            account: "123456789012".parse().unwrap(),
+            models_lifecycle: true,
+        };
+        (dir, fixture)
+    });
 }

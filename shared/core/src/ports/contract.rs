@@ -31,75 +31,118 @@ fn key(s: &str) -> ObjectKey {
     s.parse().unwrap()
 }
 
-/// The bucket administration contract, over a store with no buckets yet that
-/// is also an [`ObjectStore`] (to put objects to list).
-pub fn bucket_admin(store: &(impl BucketAdmin + ObjectStore)) {
-    let me: AccountId = "111122223333".parse().unwrap();
-    let other: AccountId = "444455556666".parse().unwrap();
-    let (a, b): (BucketName, BucketName) = ("admin-a".parse().unwrap(), "admin-b".parse().unwrap());
-    assert!(store.list_buckets(&me).unwrap().is_empty());
-    store.create_bucket(&me, &b).unwrap();
-    store.create_bucket(&me, &a).unwrap();
-    store.create_bucket(&me, &a).unwrap(); // again: fine
-    assert!(
-        matches!(
-            store.create_bucket(&other, &a),
-            Err(Error::AlreadyExists(_))
-        ),
-        "another account's bucket name is taken"
-    );
-    let names = |account: &AccountId| -> Vec<String> {
-        store
-            .list_buckets(account)
-            .unwrap()
-            .into_iter()
-            .map(|b| b.name.to_string())
-            .collect()
-    };
-    assert_eq!(names(&me), ["admin-a", "admin-b"], "by name");
-    assert!(names(&other).is_empty(), "only the account's own");
-    assert!(store.bucket_exists(&me, &a).unwrap());
-    assert_eq!(store.owner_of(&a).unwrap(), Some(me.clone()));
-    assert_eq!(
-        store.owner_of(&"admin-none".parse().unwrap()).unwrap(),
-        None
-    );
+/// The bucket administration contract as named clauses, over a store with no
+/// buckets yet that is also an [`ObjectStore`] (to put objects to list);
+/// [`bucket_admin_contract!`](crate::bucket_admin_contract) makes one `#[test]`
+/// per clause for an adapter.
+pub mod bucket_admin {
+    use super::*;
 
-    for k in ["p/2.bin", "p/1.bin", "q/x/3.bin", "root.bin", "p/sub/4.bin"] {
-        store.put_object(&a, &key(k), k.as_bytes()).unwrap();
+    /// A bucket is created once, for one account: again by its owner is
+    /// fine, by another account it is taken. Each account lists its own, by
+    /// name, and the owner of any bucket can be looked up.
+    pub fn buckets_are_created_for_one_account_and_listed_by_name(
+        store: &(impl BucketAdmin + ObjectStore),
+    ) {
+        let me: AccountId = "111122223333".parse().unwrap();
+        let other: AccountId = "444455556666".parse().unwrap();
+        let (a, b): (BucketName, BucketName) =
+            ("admin-a".parse().unwrap(), "admin-b".parse().unwrap());
+        assert!(store.list_buckets(&me).unwrap().is_empty());
+        store.create_bucket(&me, &b).unwrap();
+        store.create_bucket(&me, &a).unwrap();
+        store.create_bucket(&me, &a).unwrap(); // again: fine
+        assert!(
+            matches!(
+                store.create_bucket(&other, &a),
+                Err(Error::AlreadyExists(_))
+            ),
+            "another account's bucket name is taken"
+        );
+        let names = |account: &AccountId| -> Vec<String> {
+            store
+                .list_buckets(account)
+                .unwrap()
+                .into_iter()
+                .map(|b| b.name.to_string())
+                .collect()
+        };
+        assert_eq!(names(&me), ["admin-a", "admin-b"], "by name");
+        assert!(names(&other).is_empty(), "only the account's own");
+        assert!(store.bucket_exists(&me, &a).unwrap());
+        assert_eq!(store.owner_of(&a).unwrap(), Some(me.clone()));
+        assert_eq!(
+            store.owner_of(&"admin-none".parse().unwrap()).unwrap(),
+            None
+        );
     }
-    let keys = |prefix: &str, after: &str, max: usize| -> Vec<String> {
+
+    /// Objects are listed in key order, by prefix, a page after a key; an
+    /// upload in progress is not an object.
+    pub fn objects_are_listed_in_key_order_by_prefix_and_page(
+        store: &(impl BucketAdmin + ObjectStore),
+    ) {
+        let me: AccountId = "111122223333".parse().unwrap();
+        let a: BucketName = "admin-a".parse().unwrap();
+        store.create_bucket(&me, &a).unwrap();
+        for k in ["p/2.bin", "p/1.bin", "q/x/3.bin", "root.bin", "p/sub/4.bin"] {
+            store.put_object(&a, &key(k), k.as_bytes()).unwrap();
+        }
+        let keys = |prefix: &str, after: &str, max: usize| -> Vec<String> {
+            store
+                .list_objects(&a, prefix, after, max)
+                .unwrap()
+                .into_iter()
+                .map(|o| o.key.to_string())
+                .collect()
+        };
+        assert_eq!(
+            keys("", "", 1000),
+            ["p/1.bin", "p/2.bin", "p/sub/4.bin", "q/x/3.bin", "root.bin"],
+            "in key order"
+        );
+        assert_eq!(keys("p/", "", 1000), ["p/1.bin", "p/2.bin", "p/sub/4.bin"]);
+        assert_eq!(keys("p/", "p/1.bin", 1), ["p/2.bin"], "a page after a key");
+        assert_eq!(keys("q/x", "", 1000), ["q/x/3.bin"]);
+        assert!(keys("zzz", "", 1000).is_empty());
+        let listed = store.list_objects(&a, "root", "", 10).unwrap();
+        assert_eq!(listed[0].size, 8);
+        assert_eq!(
+            listed[0].etag,
+            store
+                .head_object(&a, &key("root.bin"))
+                .unwrap()
+                .unwrap()
+                .etag
+        );
+        // An upload in progress is not an object.
         store
-            .list_objects(&a, prefix, after, max)
-            .unwrap()
-            .into_iter()
-            .map(|o| o.key.to_string())
-            .collect()
+            .create_multipart(&a, &key("p/3.bin"), &BTreeMap::new(), &[])
+            .unwrap();
+        assert_eq!(keys("p/", "", 1000).len(), 3);
+    }
+}
+
+/// One `#[test]` per clause of the bucket administration contract
+/// ([`contract::bucket_admin`](crate::ports::contract::bucket_admin)). `$make`
+/// gives `(guard, store)`: a store with no buckets, and `guard` kept alive for
+/// the test; it is evaluated once per clause.
+#[macro_export]
+macro_rules! bucket_admin_contract {
+    ($make:expr) => {
+        $crate::bucket_admin_contract!(@clauses $make;
+            buckets_are_created_for_one_account_and_listed_by_name,
+            objects_are_listed_in_key_order_by_prefix_and_page);
     };
-    assert_eq!(
-        keys("", "", 1000),
-        ["p/1.bin", "p/2.bin", "p/sub/4.bin", "q/x/3.bin", "root.bin"],
-        "in key order"
-    );
-    assert_eq!(keys("p/", "", 1000), ["p/1.bin", "p/2.bin", "p/sub/4.bin"]);
-    assert_eq!(keys("p/", "p/1.bin", 1), ["p/2.bin"], "a page after a key");
-    assert_eq!(keys("q/x", "", 1000), ["q/x/3.bin"]);
-    assert!(keys("zzz", "", 1000).is_empty());
-    let listed = store.list_objects(&a, "root", "", 10).unwrap();
-    assert_eq!(listed[0].size, 8);
-    assert_eq!(
-        listed[0].etag,
-        store
-            .head_object(&a, &key("root.bin"))
-            .unwrap()
-            .unwrap()
-            .etag
-    );
-    // An upload in progress is not an object.
-    store
-        .create_multipart(&a, &key("p/3.bin"), &BTreeMap::new(), &[])
-        .unwrap();
-    assert_eq!(keys("p/", "", 1000).len(), 3);
+    (@clauses $make:expr; $($clause:ident),+) => {
+        $(
+            #[test]
+            fn $clause() {
+                let (_guard, store) = $make;
+                $crate::ports::contract::bucket_admin::$clause(&store);
+            }
+        )+
+    };
 }
 
 /// An object store to run the contract's clauses on. `bucket` exists, is
@@ -761,279 +804,410 @@ macro_rules! task_store_contract {
     };
 }
 
-/// The image catalog and snapshot store contract: a restore's sequence, then a
-/// store's reads. `account` starts with no images. `models_lifecycle`: whether
-/// the store keeps a started snapshot `pending` until it is completed and
-/// refuses a CompleteSnapshot whose changed-block count is wrong (EBS does;
-/// moto shows a started snapshot completed at once and checks no count, so
-/// the AWS adapter's requests are checked by a request-capturing test instead).
-pub fn catalog_and_snapshots(
-    catalog: &dyn ImageCatalog,
-    snapshots: &dyn SnapshotStore,
-    account: &AccountId,
-    models_lifecycle: bool,
-) {
-    let other: AccountId = "999999999999".parse().unwrap();
-    let volume = 8 * BLOCK_SIZE;
-    let s0 = snapshots
-        .start_snapshot(
-            account,
-            volume,
-            &["disk=root".parse().unwrap()],
-            &Encryption::Unencrypted,
-            "ct-0",
-        )
-        .unwrap();
-    assert_eq!(
-        snapshots
-            .start_snapshot(account, volume, &[], &Encryption::Unencrypted, "ct-0")
-            .unwrap(),
-        s0,
-        "idempotent by token"
-    );
-    let s1 = snapshots
-        .start_snapshot(
-            account,
-            2 * BLOCK_SIZE,
-            &[],
-            &Encryption::Unencrypted,
-            "ct-1",
-        )
-        .unwrap();
-    assert_ne!(s0, s1);
-    assert_eq!(
-        snapshots.find_snapshot_by_token(account, "ct-1").unwrap(),
-        Some(s1.clone())
-    );
-    assert_eq!(
-        snapshots.find_snapshot_by_token(account, "ct-9").unwrap(),
-        None
-    );
-    assert_eq!(
-        snapshots.find_snapshot_by_token(&other, "ct-1").unwrap(),
-        None
-    );
+/// An image catalog and snapshot store to run the contract's clauses on.
+/// `account` starts with no images. `models_lifecycle`: whether the store
+/// keeps a started snapshot `pending` until it is completed and refuses a
+/// CompleteSnapshot whose changed-block count is wrong (EBS does; moto shows a
+/// started snapshot completed at once and checks no count, so the AWS
+/// adapter's requests are checked by a request-capturing test instead).
+pub struct CatalogFixture {
+    pub catalog: Arc<dyn ImageCatalog>,
+    pub snapshots: Arc<dyn SnapshotStore>,
+    pub account: AccountId,
+    pub models_lifecycle: bool,
+}
 
-    let started = snapshots.describe_snapshot(account, &s0).unwrap();
-    assert_eq!((&started.snapshot_id, started.volume_size), (&s0, volume));
-    if models_lifecycle {
-        assert_eq!(
-            started.state,
-            ResourceState::Pending,
-            "a started snapshot is pending"
-        );
+/// The image catalog and snapshot store contract as named clauses, in a
+/// restore's order (snapshots, their blocks, the image, its states) and then
+/// a store's reads; [`catalog_contract!`](crate::catalog_contract) makes one
+/// `#[test]` per clause for an adapter.
+pub mod catalog_and_snapshots {
+    use super::*;
+    use crate::ids::SnapshotId;
+
+    /// An account other than the fixture's.
+    fn other() -> AccountId {
+        "999999999999".parse().unwrap()
     }
-    assert_eq!(started.tags, vec!["disk=root".parse().unwrap()]);
-    assert!(
-        matches!(
-            snapshots.describe_snapshot(&other, &s0),
-            Err(crate::Error::NotFound(_))
-        ),
-        "another account's snapshot is not found"
-    );
 
-    let mut data = vec![0u8; 2 * BLOCK_SIZE as usize];
-    data[..BLOCK_SIZE as usize].fill(0xab);
-    snapshots.write_blocks(&s0, 3, &data).unwrap(); // block 3 data, block 4 written zeros
-    snapshots.write_blocks(&s0, 3, &data).unwrap(); // rewriting is harmless
-    assert!(
-        snapshots.write_blocks(&s0, 7, &data).is_err(),
-        "past the end"
-    );
-    if models_lifecycle {
-        assert!(
-            snapshots.complete_snapshot(&s0, 5).is_err(),
-            "wrong changed-block count"
-        );
+    /// Eight blocks.
+    const VOLUME: u64 = 8 * BLOCK_SIZE;
+
+    /// Two blocks written at block 3 of an eight-block volume: data, then
+    /// zeros (written zeros are present blocks).
+    fn written() -> Vec<u8> {
+        let mut data = vec![0u8; 2 * BLOCK_SIZE as usize];
+        data[..BLOCK_SIZE as usize].fill(0xab);
+        data
     }
-    snapshots.complete_snapshot(&s0, 2).unwrap();
-    snapshots.complete_snapshot(&s1, 0).unwrap();
-    assert_eq!(
-        snapshots.describe_snapshot(account, &s0).unwrap().state,
-        ResourceState::Available,
-        "a completed snapshot is available"
-    );
 
-    let name = "contract image".parse().unwrap();
-    assert!(!catalog.image_name_taken(account, &name).unwrap());
-    let mapping = |device: &str, disk: usize, gib: u64| crate::image::BlockDeviceMapping {
-        device_name: device.parse::<DeviceName>().unwrap(),
-        ebs: Some(EbsMapping {
-            disk: Some(disk),
-            volume_size_gib: gib,
-            volume_type: VolumeType::Gp3,
-            iops: Some(3000),
-            throughput: Some(125),
-            delete_on_termination: true,
-            encrypted: false,
-            kms_key_id: None,
-        }),
-        virtual_name: None,
-        no_device: false,
-    };
-    let metadata = ImageMetadata {
-        description: Some("from the contract".into()),
-        block_device_mappings: vec![mapping("/dev/xvda", 0, 1), mapping("/dev/xvdb", 1, 1)],
-        tags: vec!["Name=contract".parse().unwrap()],
-        ..ImageMetadata::minimal(
-            name.clone(),
-            Architecture::Arm64,
-            "/dev/xvda".parse().unwrap(),
-        )
-    };
-    let id = catalog
-        .register_image(account, &metadata, &[s0.clone(), s1.clone()], "img-token")
-        .unwrap();
-    assert_eq!(
-        catalog
-            .register_image(account, &metadata, &[s0.clone(), s1.clone()], "img-token")
-            .unwrap(),
-        id,
-        "idempotent by token"
-    );
-    assert!(catalog.image_name_taken(account, &name).unwrap());
-    assert!(!catalog.image_name_taken(&other, &name).unwrap());
-    let listed: Vec<ImageId> = catalog
-        .list_images(account)
-        .unwrap()
-        .into_iter()
-        .map(|i| i.image_id)
-        .collect();
-    assert_eq!(listed, vec![id.clone()]);
-    assert!(catalog.list_images(&other).unwrap().is_empty());
-    let image = catalog.describe_image(account, &id).unwrap();
-    assert_eq!(image.state, ResourceState::Pending);
-    assert_eq!(image.owner_id, *account);
-    assert_eq!(
-        image.metadata.description.as_deref(),
-        Some("from the contract")
-    );
-    assert_eq!(
-        image.metadata.block_device_mappings,
-        metadata.block_device_mappings
-    );
-    assert_eq!(image.metadata.tags, metadata.tags);
-    let snaps: Vec<_> = image
-        .snapshots
-        .iter()
-        .map(|s| {
-            (
-                s.snapshot_id.clone(),
-                s.device_name.to_string(),
-                s.volume_size,
+    /// A completed eight-block snapshot holding [`written`] at block 3 and
+    /// tagged `disk=root`, and a completed empty two-block one.
+    fn completed_pair(f: &CatalogFixture, token: &str) -> (SnapshotId, SnapshotId) {
+        let s0 = f
+            .snapshots
+            .start_snapshot(
+                &f.account,
+                VOLUME,
+                &["disk=root".parse().unwrap()],
+                &Encryption::Unencrypted,
+                &format!("{token}-0"),
             )
-        })
-        .collect();
-    assert_eq!(
-        snaps,
-        vec![
-            (s0.clone(), "/dev/xvda".into(), volume),
-            (s1.clone(), "/dev/xvdb".into(), 2 * BLOCK_SIZE)
-        ]
-    );
-    assert_eq!(image.snapshots[0].tags, vec!["disk=root".parse().unwrap()]);
-    assert_eq!(
-        catalog
-            .find_image_by_token(account, "img-token")
+            .unwrap();
+        let s1 = f
+            .snapshots
+            .start_snapshot(
+                &f.account,
+                2 * BLOCK_SIZE,
+                &[],
+                &Encryption::Unencrypted,
+                &format!("{token}-1"),
+            )
+            .unwrap();
+        f.snapshots.write_blocks(&s0, 3, &written()).unwrap();
+        f.snapshots.complete_snapshot(&s0, 2).unwrap();
+        f.snapshots.complete_snapshot(&s1, 0).unwrap();
+        (s0, s1)
+    }
+
+    /// The metadata of an image named `name` over two disks.
+    fn two_disks(name: &str) -> ImageMetadata {
+        let mapping = |device: &str, disk: usize, gib: u64| crate::image::BlockDeviceMapping {
+            device_name: device.parse::<DeviceName>().unwrap(),
+            ebs: Some(EbsMapping {
+                disk: Some(disk),
+                volume_size_gib: gib,
+                volume_type: VolumeType::Gp3,
+                iops: Some(3000),
+                throughput: Some(125),
+                delete_on_termination: true,
+                encrypted: false,
+                kms_key_id: None,
+            }),
+            virtual_name: None,
+            no_device: false,
+        };
+        ImageMetadata {
+            description: Some("from the contract".into()),
+            block_device_mappings: vec![mapping("/dev/xvda", 0, 1), mapping("/dev/xvdb", 1, 1)],
+            tags: vec!["Name=contract".parse().unwrap()],
+            ..ImageMetadata::minimal(
+                name.parse().unwrap(),
+                Architecture::Arm64,
+                "/dev/xvda".parse().unwrap(),
+            )
+        }
+    }
+
+    /// A snapshot is started once per client token, and only its account
+    /// sees it or finds it by the token; a started snapshot keeps its size
+    /// and tags (and is `pending` where the store models that).
+    pub fn snapshots_start_once_per_token_for_their_account_only(f: &CatalogFixture) {
+        let (account, snapshots) = (&f.account, f.snapshots.as_ref());
+        let s0 = snapshots
+            .start_snapshot(
+                account,
+                VOLUME,
+                &["disk=root".parse().unwrap()],
+                &Encryption::Unencrypted,
+                "ct-0",
+            )
+            .unwrap();
+        assert_eq!(
+            snapshots
+                .start_snapshot(account, VOLUME, &[], &Encryption::Unencrypted, "ct-0")
+                .unwrap(),
+            s0,
+            "idempotent by token"
+        );
+        let s1 = snapshots
+            .start_snapshot(
+                account,
+                2 * BLOCK_SIZE,
+                &[],
+                &Encryption::Unencrypted,
+                "ct-1",
+            )
+            .unwrap();
+        assert_ne!(s0, s1);
+        assert_eq!(
+            snapshots.find_snapshot_by_token(account, "ct-1").unwrap(),
+            Some(s1.clone())
+        );
+        assert_eq!(
+            snapshots.find_snapshot_by_token(account, "ct-9").unwrap(),
+            None
+        );
+        assert_eq!(
+            snapshots.find_snapshot_by_token(&other(), "ct-1").unwrap(),
+            None
+        );
+
+        let started = snapshots.describe_snapshot(account, &s0).unwrap();
+        assert_eq!((&started.snapshot_id, started.volume_size), (&s0, VOLUME));
+        if f.models_lifecycle {
+            assert_eq!(
+                started.state,
+                ResourceState::Pending,
+                "a started snapshot is pending"
+            );
+        }
+        assert_eq!(started.tags, vec!["disk=root".parse().unwrap()]);
+        assert!(
+            matches!(
+                snapshots.describe_snapshot(&other(), &s0),
+                Err(crate::Error::NotFound(_))
+            ),
+            "another account's snapshot is not found"
+        );
+    }
+
+    /// Blocks are written within the volume (again, harmlessly), completed
+    /// with their count, and read back: present blocks, written zeros
+    /// included, and absent ones as zeros.
+    pub fn blocks_are_written_within_the_volume_completed_and_read_back(f: &CatalogFixture) {
+        let (account, snapshots) = (&f.account, f.snapshots.as_ref());
+        let start = |size: u64, token: &str| {
+            snapshots
+                .start_snapshot(account, size, &[], &Encryption::Unencrypted, token)
+                .unwrap()
+        };
+        let (s0, s1) = (start(VOLUME, "bw-0"), start(2 * BLOCK_SIZE, "bw-1"));
+        let data = written();
+        snapshots.write_blocks(&s0, 3, &data).unwrap(); // block 3 data, block 4 written zeros
+        snapshots.write_blocks(&s0, 3, &data).unwrap(); // rewriting is harmless
+        assert!(
+            snapshots.write_blocks(&s0, 7, &data).is_err(),
+            "past the end"
+        );
+        if f.models_lifecycle {
+            assert!(
+                snapshots.complete_snapshot(&s0, 5).is_err(),
+                "wrong changed-block count"
+            );
+        }
+        snapshots.complete_snapshot(&s0, 2).unwrap();
+        snapshots.complete_snapshot(&s1, 0).unwrap();
+        assert_eq!(
+            snapshots.describe_snapshot(account, &s0).unwrap().state,
+            ResourceState::Available,
+            "a completed snapshot is available"
+        );
+
+        // What a store reads back: present blocks (written zeros included) and data.
+        assert_eq!(
+            snapshots.list_blocks(account, &s0).unwrap(),
+            BlockRanges::from_unsorted(vec![3..5])
+        );
+        assert_eq!(
+            snapshots.list_blocks(account, &s1).unwrap(),
+            BlockRanges::default()
+        );
+        let mut back = vec![1u8; 3 * BLOCK_SIZE as usize];
+        snapshots.read_blocks(&s0, 2, &mut back).unwrap();
+        assert!(
+            back[..BLOCK_SIZE as usize].iter().all(|&b| b == 0),
+            "absent blocks read as zeros"
+        );
+        assert_eq!(&back[BLOCK_SIZE as usize..], &data[..]);
+        assert!(matches!(
+            snapshots.list_blocks(&other(), &s0),
+            Err(Error::NotFound(_))
+        ));
+    }
+
+    /// An image is registered once per client token over its snapshots, with
+    /// its metadata as given; its name is then taken in its account only,
+    /// and only its account lists it or finds it by the token. A second image
+    /// of the same name is refused, and the snapshot left loose is found by
+    /// its token until it is deleted.
+    pub fn images_register_once_per_token_and_once_per_name(f: &CatalogFixture) {
+        let (account, catalog, snapshots) = (&f.account, f.catalog.as_ref(), f.snapshots.as_ref());
+        let (s0, s1) = completed_pair(f, "reg");
+        let metadata = two_disks("contract image");
+        let name = metadata.name.clone();
+        assert!(!catalog.image_name_taken(account, &name).unwrap());
+        let id = catalog
+            .register_image(account, &metadata, &[s0.clone(), s1.clone()], "img-token")
+            .unwrap();
+        assert_eq!(
+            catalog
+                .register_image(account, &metadata, &[s0.clone(), s1.clone()], "img-token")
+                .unwrap(),
+            id,
+            "idempotent by token"
+        );
+        assert!(catalog.image_name_taken(account, &name).unwrap());
+        assert!(!catalog.image_name_taken(&other(), &name).unwrap());
+        let listed: Vec<ImageId> = catalog
+            .list_images(account)
             .unwrap()
-            .map(|i| i.image_id),
-        Some(id.clone())
-    );
-    assert_eq!(catalog.find_image_by_token(account, "nope").unwrap(), None);
-    let mut other_meta = metadata.clone();
-    other_meta.block_device_mappings.truncate(1);
-    let s2 = snapshots
-        .start_snapshot(account, volume, &[], &Encryption::Unencrypted, "ct-2")
-        .unwrap();
-    assert!(matches!(
-        catalog.register_image(
-            account,
-            &other_meta,
-            std::slice::from_ref(&s2),
-            "img-token-2"
-        ),
-        Err(Error::AlreadyExists(_))
-    ));
-    assert_eq!(
-        snapshots.find_snapshot_by_token(account, "ct-2").unwrap(),
-        Some(s2.clone()),
-        "a loose snapshot is found by its token"
-    );
-    snapshots.delete_snapshot(&s2).unwrap();
-    assert_eq!(
-        snapshots.find_snapshot_by_token(account, "ct-2").unwrap(),
-        None,
-        "a deleted snapshot is not"
-    );
-
-    catalog
-        .set_image_state(account, &id, ResourceState::Available, None)
-        .unwrap();
-    let image = catalog.describe_image(account, &id).unwrap();
-    assert_eq!(image.state, ResourceState::Available);
-    assert!(
-        image
+            .into_iter()
+            .map(|i| i.image_id)
+            .collect();
+        assert_eq!(listed, vec![id.clone()]);
+        assert!(catalog.list_images(&other()).unwrap().is_empty());
+        let image = catalog.describe_image(account, &id).unwrap();
+        assert_eq!(image.state, ResourceState::Pending);
+        assert_eq!(image.owner_id, *account);
+        assert_eq!(
+            image.metadata.description.as_deref(),
+            Some("from the contract")
+        );
+        assert_eq!(
+            image.metadata.block_device_mappings,
+            metadata.block_device_mappings
+        );
+        assert_eq!(image.metadata.tags, metadata.tags);
+        let snaps: Vec<_> = image
             .snapshots
             .iter()
-            .all(|s| s.state == ResourceState::Available)
-    );
+            .map(|s| {
+                (
+                    s.snapshot_id.clone(),
+                    s.device_name.to_string(),
+                    s.volume_size,
+                )
+            })
+            .collect();
+        assert_eq!(
+            snaps,
+            vec![
+                (s0.clone(), "/dev/xvda".into(), VOLUME),
+                (s1.clone(), "/dev/xvdb".into(), 2 * BLOCK_SIZE)
+            ]
+        );
+        assert_eq!(image.snapshots[0].tags, vec!["disk=root".parse().unwrap()]);
+        assert_eq!(
+            catalog
+                .find_image_by_token(account, "img-token")
+                .unwrap()
+                .map(|i| i.image_id),
+            Some(id.clone())
+        );
+        assert_eq!(catalog.find_image_by_token(account, "nope").unwrap(), None);
 
-    // What a store reads back: present blocks (written zeros included) and data.
-    assert_eq!(
-        snapshots.list_blocks(account, &s0).unwrap(),
-        BlockRanges::from_unsorted(vec![3..5])
-    );
-    assert_eq!(
-        snapshots.list_blocks(account, &s1).unwrap(),
-        BlockRanges::default()
-    );
-    let mut back = vec![1u8; 3 * BLOCK_SIZE as usize];
-    snapshots.read_blocks(&s0, 2, &mut back).unwrap();
-    assert!(
-        back[..BLOCK_SIZE as usize].iter().all(|&b| b == 0),
-        "absent blocks read as zeros"
-    );
-    assert_eq!(&back[BLOCK_SIZE as usize..], &data[..]);
+        let mut other_meta = metadata.clone();
+        other_meta.block_device_mappings.truncate(1);
+        let s2 = snapshots
+            .start_snapshot(account, VOLUME, &[], &Encryption::Unencrypted, "ct-2")
+            .unwrap();
+        assert!(matches!(
+            catalog.register_image(
+                account,
+                &other_meta,
+                std::slice::from_ref(&s2),
+                "img-token-2"
+            ),
+            Err(Error::AlreadyExists(_))
+        ));
+        assert_eq!(
+            snapshots.find_snapshot_by_token(account, "ct-2").unwrap(),
+            Some(s2.clone()),
+            "a loose snapshot is found by its token"
+        );
+        snapshots.delete_snapshot(&s2).unwrap();
+        assert_eq!(
+            snapshots.find_snapshot_by_token(account, "ct-2").unwrap(),
+            None,
+            "a deleted snapshot is not"
+        );
+        // Leaves the account as it found it, for a second run on one server
+        // (a pending image cannot be deregistered).
+        catalog
+            .set_image_state(account, &id, ResourceState::Failed, Some("contract"))
+            .unwrap();
+        catalog.deregister_image(account, &id).unwrap();
+    }
 
-    // Other accounts see nothing.
-    assert!(matches!(
-        catalog.describe_image(&other, &id),
-        Err(Error::NotFound(_))
-    ));
-    assert!(matches!(
-        snapshots.list_blocks(&other, &s0),
-        Err(Error::NotFound(_))
-    ));
-    assert!(matches!(
-        catalog.describe_image(account, &ImageId::fresh()),
-        Err(Error::NotFound(_))
-    ));
+    /// An image's state (and reason) is its snapshots' too; only its account
+    /// sees it or deregisters it, and deregistering removes the image and
+    /// its snapshots.
+    pub fn an_image_s_state_is_its_snapshots_and_deregistering_removes_both(f: &CatalogFixture) {
+        let (account, catalog, snapshots) = (&f.account, f.catalog.as_ref(), f.snapshots.as_ref());
+        let (s0, s1) = completed_pair(f, "st");
+        let id = catalog
+            .register_image(
+                account,
+                &two_disks("contract states"),
+                &[s0.clone(), s1],
+                "st-image",
+            )
+            .unwrap();
+        catalog
+            .set_image_state(account, &id, ResourceState::Available, None)
+            .unwrap();
+        let image = catalog.describe_image(account, &id).unwrap();
+        assert_eq!(image.state, ResourceState::Available);
+        assert!(
+            image
+                .snapshots
+                .iter()
+                .all(|s| s.state == ResourceState::Available)
+        );
 
-    assert!(matches!(
-        catalog.deregister_image(&other, &id),
-        Err(Error::NotFound(_))
-    ));
-    catalog
-        .set_image_state(account, &id, ResourceState::Failed, Some("contract"))
-        .unwrap();
-    let failed = catalog.describe_image(account, &id).unwrap();
-    assert_eq!(
-        (failed.state, failed.state_reason.as_deref()),
-        (ResourceState::Failed, Some("contract"))
-    );
-    assert!(
-        failed
-            .snapshots
-            .iter()
-            .all(|s| s.state == ResourceState::Failed)
-    );
-    catalog.deregister_image(account, &id).unwrap();
-    assert!(matches!(
-        catalog.describe_image(account, &id),
-        Err(Error::NotFound(_))
-    ));
-    assert!(matches!(
-        snapshots.list_blocks(account, &s0),
-        Err(Error::NotFound(_))
-    ));
+        // Other accounts see nothing.
+        assert!(matches!(
+            catalog.describe_image(&other(), &id),
+            Err(Error::NotFound(_))
+        ));
+        assert!(matches!(
+            catalog.describe_image(account, &ImageId::fresh()),
+            Err(Error::NotFound(_))
+        ));
+        assert!(matches!(
+            catalog.deregister_image(&other(), &id),
+            Err(Error::NotFound(_))
+        ));
+
+        catalog
+            .set_image_state(account, &id, ResourceState::Failed, Some("contract"))
+            .unwrap();
+        let failed = catalog.describe_image(account, &id).unwrap();
+        assert_eq!(
+            (failed.state, failed.state_reason.as_deref()),
+            (ResourceState::Failed, Some("contract"))
+        );
+        assert!(
+            failed
+                .snapshots
+                .iter()
+                .all(|s| s.state == ResourceState::Failed)
+        );
+        catalog.deregister_image(account, &id).unwrap();
+        assert!(matches!(
+            catalog.describe_image(account, &id),
+            Err(Error::NotFound(_))
+        ));
+        assert!(matches!(
+            snapshots.list_blocks(account, &s0),
+            Err(Error::NotFound(_))
+        ));
+    }
+}
+
+/// One `#[test]` per clause of the catalog and snapshot store contract
+/// ([`contract::catalog_and_snapshots`](crate::ports::contract::catalog_and_snapshots)).
+/// `$make` is a closure from the clause's name to `(guard, fixture)`: a
+/// [`CatalogFixture`] whose account has no images, and `guard` kept alive for
+/// the test (a backend whose images are shared between tests can give each
+/// clause a place of its own by its name).
+#[macro_export]
+macro_rules! catalog_contract {
+    ($make:expr) => {
+        $crate::catalog_contract!(@clauses $make;
+            snapshots_start_once_per_token_for_their_account_only,
+            blocks_are_written_within_the_volume_completed_and_read_back,
+            images_register_once_per_token_and_once_per_name,
+            an_image_s_state_is_its_snapshots_and_deregistering_removes_both);
+    };
+    (@clauses $make:expr; $($clause:ident),+) => {
+        $(
+            #[test]
+            fn $clause() {
+                let (_guard, fixture) = ($make)(stringify!($clause));
+                $crate::ports::contract::catalog_and_snapshots::$clause(&fixture);
+            }
+        )+
+    };
 }
