@@ -4,17 +4,16 @@
 #![allow(clippy::unwrap_used)]
 
 use amistore_lambda::Function;
-use amistore_lambda::http_api::HttpApiResponse;
 use serde_json::Value;
 
 use amistore_core::engine::intake::StoreRequest;
-use amistore_lambda::testing::{Harness, account, fixture};
+use amistore_lambda::testing::{Harness, HttpAnswer, account, fixture};
 
 const DESCRIBE_STORES: &str = include_str!("../fixtures/describe-store-image-tasks.json");
 const DESCRIBE_RESTORES: &str = include_str!("../fixtures/describe-restore-image-tasks.json");
 const CREATE: &str = include_str!("../fixtures/create-store-image-task.json");
 
-async fn call(h: &Harness, event: Value) -> HttpApiResponse {
+async fn call(h: &Harness, event: Value) -> HttpAnswer {
     h.call(Function::Describe, event).await.unwrap()
 }
 

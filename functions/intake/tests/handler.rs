@@ -4,12 +4,11 @@
 #![allow(clippy::unwrap_used)]
 
 use amistore_lambda::Function;
-use amistore_lambda::http_api::HttpApiResponse;
 use serde_json::Value;
 
 use amistore_core::ids::ImageId;
 use amistore_core::task::{TaskKind, TaskState};
-use amistore_lambda::testing::{Harness, account, fixture};
+use amistore_lambda::testing::{Harness, HttpAnswer, account, fixture};
 use serde_json::json;
 
 const STORE: &str = include_str!("../fixtures/create-store-image-task.json");
@@ -18,7 +17,7 @@ const DESCRIBE: &str = include_str!("../../describe/fixtures/describe-store-imag
 const UNSIGNED: &str = include_str!("../fixtures/no-authorizer.json");
 const MISSING: &str = include_str!("../fixtures/missing-parameter.json");
 
-async fn call(h: &Harness, event: Value) -> HttpApiResponse {
+async fn call(h: &Harness, event: Value) -> HttpAnswer {
     h.call(Function::Intake, event).await.unwrap()
 }
 
@@ -36,6 +35,7 @@ async fn stores_restores_and_describes_for_the_iam_caller() {
     let stored = call(&h, fixture(STORE, Some(&image), None)).await;
     assert_eq!(stored.status_code, 200, "{}", stored.body);
     assert_eq!(stored.headers["content-type"], "text/xml;charset=UTF-8");
+    assert!(!stored.is_base64_encoded);
     let key = between(&stored.body, "objectKey");
     assert_eq!(key, format!("nightly/{image}.bin"));
     let started = h.workflows.started();
@@ -49,7 +49,7 @@ async fn stores_restores_and_describes_for_the_iam_caller() {
     );
 
     h.complete(TaskKind::Store, task);
-    let described: HttpApiResponse = h
+    let described: HttpAnswer = h
         .call(Function::Describe, fixture(DESCRIBE, Some(&image), None))
         .await
         .unwrap();
@@ -97,7 +97,7 @@ async fn refuses_what_api_gateway_did_not_authenticate_and_bad_requests() {
     assert_eq!(between(&missing.body, "Code"), "MissingParameter");
     assert!(h.workflows.started().is_empty(), "nothing was started");
     let garbage = h
-        .call::<HttpApiResponse>(Function::Intake, json!({"not": "an event"}))
+        .call::<HttpAnswer>(Function::Intake, json!({"not": "an event"}))
         .await
         .unwrap_err();
     assert_eq!(garbage.name, "Fatal");

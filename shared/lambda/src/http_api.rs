@@ -11,108 +11,35 @@
 //! `Action` is its route's, so a grant on one route never lets another
 //! action through.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use amistore_api::service::{HttpRequest, Outcome, Permission, handle_authenticated};
-
 use amistore_core::engine::Engine;
 use amistore_core::ids::AccountId;
+use aws_lambda_events::apigw::{
+    ApiGatewayRequestAuthorizerIamDescription, ApiGatewayV2httpRequest, ApiGatewayV2httpResponse,
+};
+use aws_lambda_events::encodings::Body;
+use aws_lambda_events::http::{HeaderMap, HeaderValue, header::CONTENT_TYPE};
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
-use serde::{Deserialize, Serialize};
 
 use crate::step::StepFailure;
 
-/// The parts of an HTTP API (2.0) request event amistore reads.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct HttpApiRequest {
-    /// Payload format version: must be `2.0`.
-    pub version: String,
-    /// The route matched, `POST /<Action>`.
-    #[serde(default)]
-    pub route_key: String,
-    /// Path as received.
-    #[serde(default)]
-    pub raw_path: String,
-    /// Query string without `?`.
-    #[serde(default)]
-    pub raw_query_string: String,
-    /// Headers (lowercase names; repeated ones comma-joined).
-    #[serde(default)]
-    pub headers: BTreeMap<String, String>,
-    /// Body, base64-encoded when `is_base64_encoded`.
-    #[serde(default)]
-    pub body: Option<String>,
-    /// Whether `body` is base64.
-    #[serde(default)]
-    pub is_base64_encoded: bool,
-    /// Who called and how.
-    pub request_context: RequestContext,
-}
+/// An HTTP API (payload format 2.0) request event.
+pub type HttpApiRequest = ApiGatewayV2httpRequest;
 
-/// `requestContext`.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct RequestContext {
-    /// API Gateway's request id (logged with ours).
-    #[serde(default)]
-    pub request_id: String,
-    /// Method and path.
-    pub http: HttpDescription,
-    /// The authorizer's verdict.
-    #[serde(default)]
-    pub authorizer: Option<Authorizer>,
-}
+/// An HTTP API (payload format 2.0) response: the status, a content type and
+/// the XML document as text.
+pub type HttpApiResponse = ApiGatewayV2httpResponse;
 
-/// `requestContext.http`.
-#[derive(Debug, Clone, Deserialize)]
-pub struct HttpDescription {
-    /// `GET`, `POST`, …
-    pub method: String,
-}
-
-/// `requestContext.authorizer`.
-#[derive(Debug, Clone, Deserialize)]
-pub struct Authorizer {
-    /// Present on IAM-authorized routes.
-    #[serde(default)]
-    pub iam: Option<IamIdentity>,
-}
-
-/// `requestContext.authorizer.iam`.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct IamIdentity {
-    /// The caller's account.
-    pub account_id: String,
-    /// The caller's ARN (logged).
-    #[serde(default)]
-    pub user_arn: Option<String>,
-}
-
-/// An HTTP API (2.0) response.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct HttpApiResponse {
-    /// Status code.
-    pub status_code: u16,
-    /// Headers.
-    pub headers: BTreeMap<String, String>,
-    /// The XML document.
-    pub body: String,
-    /// Always false: the body is text.
-    pub is_base64_encoded: bool,
-}
-
-fn reply(status: u16, content_type: &str, body: String) -> HttpApiResponse {
-    HttpApiResponse {
-        status_code: status,
-        headers: BTreeMap::from([("content-type".into(), content_type.into())]),
-        body,
-        is_base64_encoded: false,
-    }
+fn reply(status: u16, content_type: &'static str, body: String) -> HttpApiResponse {
+    let mut response = HttpApiResponse::default();
+    response.status_code = i64::from(status);
+    response.headers =
+        HeaderMap::from_iter([(CONTENT_TYPE, HeaderValue::from_static(content_type))]);
+    response.body = Some(Body::Text(body));
+    response
 }
 
 /// A refusal before the API proper sees the request (wrong event, no
@@ -163,13 +90,13 @@ pub async fn answer(
     event: HttpApiRequest,
     actions: &'static [&'static str],
 ) -> HttpApiResponse {
-    if event.version != "2.0" {
+    if event.version.as_deref() != Some("2.0") {
         return refuse(
             400,
             "InvalidRequest",
             &format!(
                 "payload format {} is not supported; configure the integration for 2.0",
-                event.version
+                event.version.as_deref().unwrap_or("(none)")
             ),
         );
     }
@@ -185,17 +112,17 @@ pub async fn answer(
             "the request was not authenticated: the route must use IAM authorization",
         );
     };
-    let account: AccountId = match identity.account_id.parse() {
+    let account: AccountId = match identity.account_id.as_deref().unwrap_or("").parse() {
         Ok(a) => a,
         Err(_) => return refuse(401, "AuthFailure", "the caller's account id is not valid"),
     };
-    let Some(route) = route_action(&event.route_key, actions) else {
+    let route_key = event.route_key.as_deref().unwrap_or("");
+    let Some(route) = route_action(route_key, actions) else {
         return refuse(
             404,
             "InvalidAction",
             &format!(
-                "route {:?} serves none of this function's actions ({})",
-                event.route_key,
+                "route {route_key:?} serves none of this function's actions ({})",
                 actions.join(", ")
             ),
         );
@@ -210,10 +137,10 @@ pub async fn answer(
         },
     };
     let request = HttpRequest {
-        method: event.request_context.http.method.clone(),
-        path: event.raw_path.clone(),
-        query: event.raw_query_string.clone(),
-        headers: event.headers.clone().into_iter().collect(),
+        method: event.request_context.http.method.to_string(),
+        path: event.raw_path.clone().unwrap_or_default(),
+        query: event.raw_query_string.clone().unwrap_or_default(),
+        headers: headers_as_text(&event.headers),
         body,
     };
     let started = std::time::Instant::now();
@@ -245,9 +172,22 @@ pub async fn answer(
     )
 }
 
+/// The headers as (lowercase name, text) pairs, as the API reads them. API
+/// Gateway passes a header's value as JSON text; bytes that are not UTF-8
+/// could only have come from elsewhere, and are replaced.
+fn headers_as_text(headers: &HeaderMap) -> Vec<(String, String)> {
+    headers
+        .iter()
+        .map(|(name, value)| {
+            let text = String::from_utf8_lossy(value.as_bytes()).into_owned();
+            (name.as_str().to_owned(), text)
+        })
+        .collect()
+}
+
 fn log(
     event: &HttpApiRequest,
-    identity: &IamIdentity,
+    identity: &ApiGatewayRequestAuthorizerIamDescription,
     outcome: &Outcome,
     status: u16,
     took: std::time::Duration,

@@ -10,6 +10,7 @@ use std::sync::Arc;
 use amistore_core::engine::sweep::{ArchivePolicy, PolicyReport, SweepReport};
 use amistore_core::engine::{Engine, now_ms};
 use amistore_core::ids::AccountId;
+use aws_lambda_events::cloudwatch_events::CloudWatchEvent;
 use serde::{Deserialize, Serialize};
 
 use crate::step::StepFailure;
@@ -31,20 +32,9 @@ pub enum ScheduleEvent {
     Scheduled(ScheduledEvent),
 }
 
-/// EventBridge's `Scheduled Event` (only what the sweeper reads).
-#[derive(Debug, Clone, Deserialize)]
-pub struct ScheduledEvent {
-    /// `Scheduled Event`.
-    #[serde(rename = "detail-type")]
-    pub detail_type: String,
-    /// `aws.events`.
-    pub source: String,
-    /// The account the rule belongs to.
-    pub account: AccountId,
-    /// The rule's ARNs.
-    #[serde(default)]
-    pub resources: Vec<String>,
-}
+/// EventBridge's `Scheduled Event` (EventBridge is CloudWatch Events renamed;
+/// the event's shape is the same).
+pub type ScheduledEvent = CloudWatchEvent;
 
 /// What the sweeper did.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -83,11 +73,13 @@ pub async fn run(
 ) -> Result<ScheduleOutcome, StepFailure> {
     let outcome = tokio::task::spawn_blocking(move || match event {
         ScheduleEvent::Scheduled(e) => {
-            if e.detail_type != "Scheduled Event" || e.source != "aws.events" {
+            let (detail_type, source) = (e.detail_type.as_deref(), e.source.as_deref());
+            if detail_type != Some("Scheduled Event") || source != Some("aws.events") {
                 return Err(amistore_core::Error::InvalidInput(
                     format!(
-                        "the sweeper runs on scheduled events, not {:?} from {:?}",
-                        e.detail_type, e.source
+                        "the sweeper runs on scheduled events, not {} from {}",
+                        quoted(detail_type),
+                        quoted(source)
                     )
                     .into(),
                 ));
@@ -141,6 +133,11 @@ pub async fn run(
         });
     }
     Ok(outcome)
+}
+
+/// A field's value as it was written, or `(none)`.
+fn quoted(value: Option<&str>) -> String {
+    value.map_or_else(|| "(none)".to_owned(), |v| format!("{v:?}"))
 }
 
 /// A report as one JSON text, for a log field.

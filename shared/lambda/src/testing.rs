@@ -23,6 +23,21 @@ use crate::deployment::Deployment;
 use crate::step::StepFailure;
 use serde_json::json;
 
+/// An HTTP API (2.0) response as API Gateway reads it from a function's
+/// output: what the handler tests check, in the wire's own names.
+#[derive(Debug, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct HttpAnswer {
+    /// The status.
+    pub status_code: u16,
+    /// The headers, by lowercase name.
+    pub headers: std::collections::BTreeMap<String, String>,
+    /// The document, as text.
+    pub body: String,
+    /// Whether `body` is base64 (never: the documents are text).
+    pub is_base64_encoded: bool,
+}
+
 /// The account every fixture's caller belongs to.
 pub const ACCOUNT: &str = "123456789012";
 /// The bucket the fixtures store into.
