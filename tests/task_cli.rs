@@ -841,3 +841,63 @@ fn a_configuration_file_gives_defaults_that_the_command_line_overrides() {
         "{err}"
     );
 }
+
+/// Remote mode signs as the named profile of the shared files when the
+/// environment holds no keys, and the server tells the right key from a wrong
+/// one. Built with the `aws` feature, the SDK's chain finds them, and also
+/// runs a profile's `credential_process`.
+#[test]
+fn remote_mode_signs_as_the_named_profile_of_the_shared_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let keys = dir.path().join("server-keys");
+    fs::write(&keys, "KEYP secret-p 000000000000\n").unwrap();
+    let server = Serve::start(&dir.path().join("data"), &["--credentials", s(&keys)]);
+    let shared = dir.path().join("credentials");
+    fs::write(
+        &shared,
+        "# keys the server does not know\n[default]\naws_access_key_id = KEYX\n\
+         aws_secret_access_key = wrong\n\n[work]\naws_access_key_id = KEYP\n\
+         ; the right secret\naws_secret_access_key = secret-p\n",
+    )
+    .unwrap();
+    let config = dir.path().join("config");
+    fs::write(
+        &config,
+        "[profile process]\ncredential_process = printf \
+         '{\"Version\":1,\"AccessKeyId\":\"KEYP\",\"SecretAccessKey\":\"secret-p\"}'\n",
+    )
+    .unwrap();
+    let endpoint = format!("http://{}", server.host());
+    let run = |profile: &str| {
+        let out = Command::new(env!("CARGO_BIN_EXE_amistore"))
+            .args(["--endpoint", &endpoint, "describe-task-quotas"])
+            .env_remove("AWS_ACCESS_KEY_ID")
+            .env_remove("AWS_SECRET_ACCESS_KEY")
+            .env_remove("AWS_SESSION_TOKEN")
+            .env_remove("AMISTORE_ENDPOINT")
+            .env("AWS_PROFILE", profile)
+            .env("AWS_SHARED_CREDENTIALS_FILE", &shared)
+            .env("AWS_CONFIG_FILE", &config)
+            // Nothing to find there; the SDK's chain would wait for it.
+            .env("AWS_EC2_METADATA_DISABLED", "true")
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (ok, out, err) = run("work");
+    assert!(ok, "{err}");
+    assert!(out.contains("TaskQuotas"), "{out}");
+    let (ok, _, err) = run("default");
+    assert!(!ok && err.contains("AuthFailure"), "{err}");
+    let (ok, _, err) = run("nowhere");
+    assert!(!ok && err.contains("no AWS credentials"), "{err}");
+    if cfg!(feature = "aws") {
+        let (ok, out, err) = run("process");
+        assert!(ok, "{err}");
+        assert!(out.contains("TaskQuotas"), "{out}");
+    }
+}

@@ -6,6 +6,7 @@ mod archive_cmd;
 mod aws_backend;
 mod bucket_cmd;
 mod config;
+mod credentials;
 mod image_cmd;
 mod output;
 mod progress;

@@ -1,9 +1,7 @@
 //! The task commands' remote mode (`--endpoint URL`): the same commands, sent to
 //! an amistore server (or any EC2-compatible endpoint) instead of run in this
-//! process, signed with the usual AWS credentials (`AWS_ACCESS_KEY_ID` /
-//! `AWS_SECRET_ACCESS_KEY` / `AWS_SESSION_TOKEN`, else `~/.aws/credentials`
-//! under `AWS_PROFILE` or `default`) for `AWS_REGION` / `AWS_DEFAULT_REGION`
-//! (default `us-east-1`).
+//! process, signed with the usual AWS credentials for the usual region (see
+//! [`crate::credentials`]).
 
 use std::process::ExitCode;
 use std::time::Duration;
@@ -38,33 +36,6 @@ pub struct Remote {
     region: String,
 }
 
-fn from_credentials_file(profile: &str) -> Option<ClientCredentials> {
-    let path = std::env::var_os("AWS_SHARED_CREDENTIALS_FILE")
-        .map(std::path::PathBuf::from)
-        .or_else(|| dirs::home_dir().map(|h| h.join(".aws/credentials")))?;
-    let text = std::fs::read_to_string(path).ok()?;
-    let mut in_profile = false;
-    let (mut key, mut secret, mut token) = (None, None, None);
-    for line in text.lines().map(str::trim) {
-        if let Some(name) = line.strip_prefix('[').and_then(|l| l.strip_suffix(']')) {
-            in_profile = name.trim() == profile;
-        } else if in_profile && let Some((k, v)) = line.split_once('=') {
-            let v = Some(v.trim().to_owned());
-            match k.trim() {
-                "aws_access_key_id" => key = v,
-                "aws_secret_access_key" => secret = v,
-                "aws_session_token" => token = v,
-                _ => {}
-            }
-        }
-    }
-    Some(ClientCredentials {
-        access_key: key?,
-        secret: secret?,
-        session_token: token,
-    })
-}
-
 impl Remote {
     /// The server at `url`, with credentials and region from the environment;
     /// with `ca_bundle`, trusting only the certificates in that PEM file.
@@ -82,23 +53,7 @@ impl Remote {
                 .trusting_only(&pem)
                 .map_err(|e| anyhow!("{}: {e}", path.display()))?;
         }
-        let env = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
-        let credentials = match (env("AWS_ACCESS_KEY_ID"), env("AWS_SECRET_ACCESS_KEY")) {
-            (Some(access_key), Some(secret)) => ClientCredentials {
-                access_key,
-                secret,
-                session_token: env("AWS_SESSION_TOKEN"),
-            },
-            _ => {
-                let profile = env("AWS_PROFILE").unwrap_or_else(|| "default".into());
-                from_credentials_file(&profile).ok_or_else(|| {
-                    anyhow!("no AWS credentials: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or profile {profile:?} in ~/.aws/credentials")
-                })?
-            }
-        };
-        let region = env("AWS_REGION")
-            .or_else(|| env("AWS_DEFAULT_REGION"))
-            .unwrap_or_else(|| "us-east-1".into());
+        let (credentials, region) = crate::credentials::caller()?;
         Ok(Self {
             endpoint,
             credentials,

@@ -21,6 +21,10 @@ pub enum SetupError {
         /// Why.
         reason: String,
     },
+    /// No credentials could be found (the SDK's default chain), with the
+    /// chain's own error behind it.
+    #[error("no AWS credentials")]
+    Credentials(#[source] amistore_core::BoxError),
     /// The caller's identity could not be found (STS GetCallerIdentity).
     #[error("cannot find the AWS account: {0}")]
     Identity(String),

@@ -36,4 +36,4 @@ pub use audit::{Audit, Permission};
 pub use bridge::Bridge;
 pub use error::SetupError;
 pub use images::ebs_requests::EbsLimits;
-pub use setup::{AwsPorts, AwsSettings, Overrides};
+pub use setup::{AwsPorts, AwsSettings, CallerCredentials, Overrides, caller_credentials};

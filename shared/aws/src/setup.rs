@@ -20,6 +20,52 @@ use crate::object_store::S3ObjectStore;
 use crate::task_store::DynamoTaskStore;
 use crate::workflow_runner::StepFunctionsRunner;
 
+/// Credentials and a region as the AWS CLI and SDKs find them, for a client
+/// that signs its own requests (the `amistore` CLI's remote mode).
+#[derive(Clone)]
+pub struct CallerCredentials {
+    /// The access key id.
+    pub access_key_id: String,
+    /// The secret access key.
+    pub secret_access_key: String,
+    /// The session token of temporary credentials.
+    pub session_token: Option<String>,
+    /// The region the same configuration names, if it names one.
+    pub region: Option<String>,
+}
+
+impl std::fmt::Debug for CallerCredentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CallerCredentials")
+            .field("access_key_id", &self.access_key_id)
+            .field("region", &self.region)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The caller's credentials from the SDK's default chain: the environment,
+/// then the shared `config` and `credentials` files under `AWS_PROFILE`
+/// (static keys, `credential_process`, IAM Identity Center, assumed roles),
+/// web identity, the container's and the instance's roles; and the region
+/// from `AWS_REGION`, `AWS_DEFAULT_REGION` or the profile.
+pub async fn caller_credentials() -> Result<CallerCredentials, SetupError> {
+    use aws_sdk_sts::config::ProvideCredentials;
+    let config = aws_config::defaults(BehaviorVersion::latest()).load().await;
+    let provider = config
+        .credentials_provider()
+        .ok_or_else(|| SetupError::Credentials("no credentials provider is configured".into()))?;
+    let credentials = provider
+        .provide_credentials()
+        .await
+        .map_err(|e| SetupError::Credentials(e.into()))?;
+    Ok(CallerCredentials {
+        access_key_id: credentials.access_key_id().to_owned(),
+        secret_access_key: credentials.secret_access_key().to_owned(),
+        session_token: credentials.session_token().map(str::to_owned),
+        region: config.region().map(|r| r.to_string()),
+    })
+}
+
 /// amistore's settings on AWS (a Lambda function reads them from the
 /// environment the template gives it; the CLI from its flags).
 #[derive(Debug, Clone)]
