@@ -3,7 +3,7 @@
 
 use std::fmt::Display;
 
-use amistore_core::{Detail, Error};
+use amistore_core::{BoxError, Detail, Error};
 use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
 use aws_smithy_runtime_api::client::orchestrator::HttpResponse;
 
@@ -27,14 +27,15 @@ pub enum SetupError {
     Credentials(#[source] amistore_core::BoxError),
     /// The caller's identity could not be found (STS GetCallerIdentity).
     #[error("cannot find the AWS account: {0}")]
-    Identity(String),
+    Identity(#[source] BoxError),
     /// A secret the function needs could not be read.
-    #[error("cannot read secret {arn}: {reason}")]
+    #[error("cannot read secret {arn}: {source}")]
     Secret {
         /// The secret.
         arn: String,
         /// Why.
-        reason: String,
+        #[source]
+        source: BoxError,
     },
 }
 
@@ -101,6 +102,30 @@ impl Display for AwsCallError {
     }
 }
 
+impl AwsCallError {
+    /// `err`, read as the service's code and message, or for a call that got
+    /// no answer, the SDK's chain of causes.
+    pub(crate) fn new<E>(err: SdkError<E, HttpResponse>) -> Self
+    where
+        E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+    {
+        let detail = match (err.code(), err.message()) {
+            (Some(code), Some(message)) if !code.is_empty() && !message.is_empty() => {
+                format!("{code}: {message}")
+            }
+            (Some(code), _) if !code.is_empty() => code.to_owned(),
+            _ => format!(
+                "{}",
+                aws_smithy_types::error::display::DisplayErrorContext(&err)
+            ),
+        };
+        Self {
+            detail,
+            sdk: Box::new(err),
+        }
+    }
+}
+
 impl std::error::Error for AwsCallError {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         Some(self.sdk.as_ref())
@@ -118,21 +143,9 @@ where
     E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
 {
     let code = err.code().unwrap_or_default().to_owned();
-    let message = err.message().unwrap_or_default().to_owned();
     let status = err.raw_response().map(|r| r.status().as_u16());
     let answered = matches!(err, SdkError::ServiceError(_));
-    let detail = match (code.is_empty(), message.is_empty()) {
-        (false, false) => format!("{code}: {message}"),
-        (false, true) => code.clone(),
-        _ => format!(
-            "{}",
-            aws_smithy_types::error::display::DisplayErrorContext(&err)
-        ),
-    };
-    let call = AwsCallError {
-        detail,
-        sdk: Box::new(err),
-    };
+    let call = AwsCallError::new(err);
     match classify(&code, status).filter(|_| answered) {
         Some(meaning) => meaning(Detail::because(what.to_string(), call)),
         None => Error::dependency(what.to_string(), true, call),

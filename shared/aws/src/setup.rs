@@ -13,7 +13,7 @@ use tokio::runtime::Handle;
 
 use crate::audit::{Audit, AuditInterceptor};
 use crate::bridge::Bridge;
-use crate::error::SetupError;
+use crate::error::{AwsCallError, SetupError};
 use crate::images::Ec2Images;
 use crate::images::ebs_requests::EbsLimits;
 use crate::object_store::S3ObjectStore;
@@ -183,15 +183,15 @@ impl AwsPorts {
             Some(a) => a.clone(),
             None => {
                 let sts = aws_sdk_sts::Client::new(&config);
-                let who = sts.get_caller_identity().send().await.map_err(|e| {
-                    SetupError::Identity(
-                        aws_smithy_types::error::display::DisplayErrorContext(&e).to_string(),
-                    )
-                })?;
+                let who = sts
+                    .get_caller_identity()
+                    .send()
+                    .await
+                    .map_err(|e| SetupError::Identity(AwsCallError::new(e).into()))?;
                 who.account()
                     .unwrap_or_default()
                     .parse()
-                    .map_err(|e: amistore_core::Error| SetupError::Identity(e.to_string()))?
+                    .map_err(|e: amistore_core::Error| SetupError::Identity(e.into()))?
             }
         };
         let audit = o.audit.as_ref().map(|a| {
@@ -272,11 +272,11 @@ impl AwsPorts {
             .await
             .map_err(|e| SetupError::Secret {
                 arn: arn.to_owned(),
-                reason: aws_smithy_types::error::display::DisplayErrorContext(&e).to_string(),
+                source: AwsCallError::new(e).into(),
             })?;
         out.secret_string.ok_or_else(|| SetupError::Secret {
             arn: arn.to_owned(),
-            reason: "it holds no string".into(),
+            source: "it holds no string".into(),
         })
     }
 }
