@@ -320,16 +320,7 @@ fn describe_images(engine: &Engine, account: &AccountId, mut p: Params) -> Resul
     let _ = p.opt_bool("IncludeDisabled")?;
     let max_results = page_size(&mut p, 1)?;
     let next_token = p.opt("NextToken");
-    let filters = filters(&mut p)?;
-    if let Some((name, _)) = filters
-        .iter()
-        .find(|(name, _)| image_attribute_names(name).is_none())
-    {
-        return Err(ApiError::new(
-            "InvalidParameterValue",
-            format!("The filter '{name}' is invalid"),
-        ));
-    }
+    let filters = filters_among(&mut p, IMAGE_FILTERS)?;
     finish(p)?;
     let mut images = owned_images(engine, account, &owners)?;
     // An image here can be launched by its owner only.
@@ -706,16 +697,7 @@ fn describe_snapshots(
     let restorable_by = p.list("RestorableBy")?;
     let max_results = page_size(&mut p, 5)?;
     let next_token = p.opt("NextToken");
-    let filters = filters(&mut p)?;
-    if let Some((name, _)) = filters
-        .iter()
-        .find(|(name, _)| snapshot_attribute_names(name).is_none())
-    {
-        return Err(ApiError::new(
-            "InvalidParameterValue",
-            format!("The filter '{name}' is invalid"),
-        ));
-    }
+    let filters = filters_among(&mut p, SNAPSHOT_FILTERS)?;
     finish(p)?;
     let mut images = owned_images(engine, account, &owners)?;
     // A snapshot here can be restored from by its owner only.
@@ -885,10 +867,6 @@ const IMAGE_FILTERS: &[&str] = &[
     "virtualization-type",
 ];
 
-fn image_attribute_names(name: &str) -> Option<()> {
-    (IMAGE_FILTERS.contains(&name) || name.starts_with("tag:")).then_some(())
-}
-
 /// The values image `i` has for filter `name`.
 fn image_attribute(i: &amistore_core::ports::Image, name: &str) -> Vec<String> {
     let m = &i.metadata;
@@ -964,10 +942,6 @@ const SNAPSHOT_FILTERS: &[&str] = &[
     "volume-id",
     "volume-size",
 ];
-
-fn snapshot_attribute_names(name: &str) -> Option<()> {
-    (SNAPSHOT_FILTERS.contains(&name) || name.starts_with("tag:")).then_some(())
-}
 
 /// A snapshot's status as EC2 spells it.
 fn snapshot_status(state: ResourceState) -> &'static str {
@@ -1075,6 +1049,22 @@ fn filters(p: &mut Params) -> Result<Vec<(String, Vec<String>)>, ApiError> {
             ));
         }
         filters.push((name, values));
+    }
+    Ok(filters)
+}
+
+/// The request's filters, each of which must be one of `known` or a
+/// `tag:KEY`.
+fn filters_among(p: &mut Params, known: &[&str]) -> Result<Vec<(String, Vec<String>)>, ApiError> {
+    let filters = filters(p)?;
+    if let Some((name, _)) = filters
+        .iter()
+        .find(|(name, _)| !known.contains(&name.as_str()) && !name.starts_with("tag:"))
+    {
+        return Err(ApiError::new(
+            "InvalidParameterValue",
+            format!("The filter '{name}' is invalid"),
+        ));
     }
     Ok(filters)
 }

@@ -204,6 +204,18 @@ impl Engine {
         }
     }
 
+    /// Claims a failure of task `id` for `reason`, taking over a finalize's
+    /// claim where `by` may: the task, or `None` if another end holds it.
+    fn claim_failure(&self, id: &TaskId, reason: &str, by: FailedBy) -> Result<Option<Task>> {
+        let overrule = by.overrule_before_ms(now_ms());
+        Ok(
+            match self.claim(id, Ending::Fail, Some(reason), overrule)? {
+                Claim::Held(task) => Some(task),
+                Claim::Taken(_) => None,
+            },
+        )
+    }
+
     fn work_key(&self, task: &TaskId, name: &str) -> Result<ObjectKey> {
         format!("tasks/{task}/{name}").parse()
     }

@@ -10,10 +10,10 @@
 //!   task died before it registered the image, delete the snapshots it started.
 
 use crate::archive::{ArchiveIndex, Decoded, read_units};
-use crate::engine::{Engine, FailedBy, now_ms};
+use crate::engine::{Engine, FailedBy};
 use crate::ids::{ImageId, ResourceState, TaskId};
 use crate::ports::{Image, ObjectInfo, ObjectReader};
-use crate::task::{Claim, Ending, Task};
+use crate::task::{Ending, Task};
 use crate::{Error, Result};
 
 /// The client token a restore starts disk `disk`'s snapshot with: idempotent
@@ -194,14 +194,8 @@ impl Engine {
     /// [`Engine::fail_store`], it claims the end first and returns whether it
     /// held it.
     pub fn fail_restore(&self, id: &TaskId, reason: &str, by: FailedBy) -> Result<bool> {
-        let task = match self.claim(
-            id,
-            Ending::Fail,
-            Some(reason),
-            by.overrule_before_ms(now_ms()),
-        )? {
-            Claim::Held(task) => task,
-            Claim::Taken(_) => return Ok(false),
+        let Some(task) = self.claim_failure(id, reason, by)? else {
+            return Ok(false);
         };
         // A second failure of the same task (a retry, or another unit's step
         // failing at the same time) holds the same claim: the reason shown is

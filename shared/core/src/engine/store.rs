@@ -22,7 +22,7 @@ use crate::engine::{Engine, FailedBy, SpoolFile, now_ms};
 use crate::ids::{AccountId, ImageId, SnapshotId, TaskId};
 use crate::ports::{CompletedPart, ObjectReader, SnapshotStore};
 use crate::storage::BucketName;
-use crate::task::{Claim, Ending, Task, TaskKind, TaskState};
+use crate::task::{Ending, Task, TaskKind, TaskState};
 use crate::{Detail, Error, Result};
 
 /// Work-store name of a store task's plan.
@@ -293,14 +293,8 @@ impl Engine {
     /// it: a finalize that claimed it first keeps its object (unless `by` may
     /// take its claim over). Returns whether this call held the end.
     pub fn fail_store(&self, id: &TaskId, reason: &str, by: FailedBy) -> Result<bool> {
-        let task = match self.claim(
-            id,
-            Ending::Fail,
-            Some(reason),
-            by.overrule_before_ms(now_ms()),
-        )? {
-            Claim::Held(task) => task,
-            Claim::Taken(_) => return Ok(false),
+        let Some(task) = self.claim_failure(id, reason, by)? else {
+            return Ok(false);
         };
         // A task that died between creating its upload and recording it does not
         // know its id; the key is the task's alone (one store of an image into a
