@@ -7,44 +7,35 @@
 
 mod support;
 
-use std::collections::BTreeMap;
 use std::process::Command;
 
-use amistore_aws::testing::{Aws, moto_endpoint};
+use amistore_aws::testing::{Aws, SeedDisk, moto_endpoint};
 use amistore_core::blocks::{BLOCK_SIZE, BlockRanges};
 use amistore_core::ids::{ImageId, ResourceState, SnapshotId, unique_token};
-use amistore_core::image::{
-    Architecture, BlockDeviceMapping, EbsMapping, Encryption, GIB, ImageMetadata, VolumeType,
-};
+use amistore_core::image::{Encryption, GIB};
 use amistore_core::ports::{ImageCatalog, SnapshotStore};
 use support::{bytes, s};
 
-/// One disk of the seeded image: its size and the blocks written (index → data).
-struct Disk {
-    device: &'static str,
-    bytes: u64,
-    blocks: BTreeMap<u64, Vec<u8>>,
-}
-
-fn seed_disks() -> Vec<Disk> {
+/// The seeded image's disks.
+fn seed_disks() -> Vec<SeedDisk> {
     let block = |seed| bytes(BLOCK_SIZE, seed);
     vec![
-        Disk {
+        SeedDisk {
             device: "/dev/xvda",
             // 12 MiB: not whole GiB (as a locally imported disk may be).
             bytes: 24 * BLOCK_SIZE,
-            blocks: BTreeMap::from([
+            blocks: vec![
                 (0, block(2)),
                 (1, block(1)),
                 (2, block(3)),
                 (5, vec![0; BLOCK_SIZE as usize]), // written zeros stay present
                 (23, block(4)),
-            ]),
+            ],
         },
-        Disk {
+        SeedDisk {
             device: "/dev/xvdb",
             bytes: GIB,
-            blocks: BTreeMap::from([(7, block(5)), (2047, block(7))]),
+            blocks: vec![(7, block(5)), (2047, block(7))],
         },
     ]
 }
@@ -98,61 +89,10 @@ fn stores_and_restores_through_the_aws_adapters_on_moto() {
 
     // Seed: StartSnapshot, PutSnapshotBlock, CompleteSnapshot, RegisterImage.
     let disks = seed_disks();
-    let mut snapshots = Vec::new();
-    for (i, disk) in disks.iter().enumerate() {
-        let snap = images
-            .start_snapshot(
-                &account,
-                disk.bytes,
-                &[format!("disk=d{i}").parse().unwrap()],
-                &Encryption::Unencrypted,
-                &format!("seed-{token}-{i}"),
-            )
-            .unwrap();
-        for (index, data) in &disk.blocks {
-            images.write_blocks(&snap, *index, data).unwrap();
-        }
-        images
-            .complete_snapshot(&snap, disk.blocks.len() as u64)
-            .unwrap();
-        snapshots.push(snap);
-    }
-    let mapping = |i: usize, d: &Disk| BlockDeviceMapping {
-        device_name: d.device.parse().unwrap(),
-        ebs: Some(EbsMapping {
-            disk: Some(i),
-            volume_size_gib: d.bytes.div_ceil(GIB),
-            volume_type: VolumeType::Gp3,
-            iops: Some(3000),
-            throughput: Some(125),
-            delete_on_termination: true,
-            encrypted: false,
-            kms_key_id: None,
-        }),
-        virtual_name: None,
-        no_device: false,
-    };
-    let metadata = ImageMetadata {
-        description: Some("seeded through the EBS direct APIs".into()),
-        ena_support: true,
-        block_device_mappings: disks
-            .iter()
-            .enumerate()
-            .map(|(i, d)| mapping(i, d))
-            .collect(),
-        tags: vec!["Name=e2e".parse().unwrap()],
-        ..ImageMetadata::minimal(
-            format!("e2e-source-{token}").parse().unwrap(),
-            Architecture::X86_64,
-            "/dev/xvda".parse().unwrap(),
-        )
-    };
-    let source = images
-        .register_image(&account, &metadata, &snapshots, &format!("seed-{token}"))
-        .unwrap();
-    images
-        .set_image_state(&account, &source, ResourceState::Available, None)
-        .unwrap();
+    let name = format!("e2e-source-{token}");
+    let (source, snapshots) =
+        aws.seed_image(&name, &disks, &Encryption::Unencrypted, &["Name=e2e"]);
+    let description = format!("{name}, seeded through the EBS direct APIs");
 
     // Store with the CLI over the AWS adapters.
     let data = tempfile::tempdir().unwrap();
@@ -200,7 +140,7 @@ fn stores_and_restores_through_the_aws_adapters_on_moto() {
                 "disk {i} block {index}"
             );
         }
-        let written: u64 = disk.blocks.values().map(|b| b.len() as u64).sum();
+        let written: u64 = disk.blocks.iter().map(|(_, b)| b.len() as u64).sum();
         let nonzero = member.iter().filter(|&&b| b != 0).count() as u64;
         assert!(
             nonzero <= written,
@@ -209,11 +149,7 @@ fn stores_and_restores_through_the_aws_adapters_on_moto() {
     }
     let manifest: serde_json::Value =
         serde_json::from_slice(&std::fs::read(out.join("manifest.json")).unwrap()).unwrap();
-    assert!(
-        manifest
-            .to_string()
-            .contains("seeded through the EBS direct APIs")
-    );
+    assert_eq!(manifest["image"]["description"], description, "{manifest}");
 
     // Restore under a new name; read every block back through the EBS APIs.
     let restored = amistore(
@@ -239,10 +175,7 @@ fn stores_and_restores_through_the_aws_adapters_on_moto() {
         image.metadata.name.as_str(),
         format!("e2e-restored-{token}")
     );
-    assert_eq!(
-        image.metadata.description.as_deref(),
-        Some("seeded through the EBS direct APIs")
-    );
+    assert_eq!(image.metadata.description, Some(description));
     assert!(image.metadata.tags.contains(&"Name=e2e".parse().unwrap()));
     assert!(
         image
@@ -259,7 +192,7 @@ fn stores_and_restores_through_the_aws_adapters_on_moto() {
         let present = images.list_blocks(&account, id).unwrap();
         assert_eq!(
             present,
-            BlockRanges::from_unsorted(disk.blocks.keys().map(|&b| b..b + 1).collect()),
+            BlockRanges::from_unsorted(disk.blocks.iter().map(|&(b, _)| b..b + 1).collect()),
             "disk {i}: the same blocks are present"
         );
         for (index, data) in &disk.blocks {
