@@ -2,8 +2,8 @@
 //!
 //! The sweep rule sends the plain scheduled event; an archive policy's rule
 //! sends a constant input `{"archivePolicy": {"tag": "K=V", "bucket": "b/p"}}`.
-//! The account comes from the scheduled event, or from the deployment for a
-//! policy input.
+//! A sweep covers every account's tasks; a policy stores the images of the
+//! account its input names, or else of the deployment's.
 
 use std::sync::Arc;
 
