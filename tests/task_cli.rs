@@ -895,6 +895,15 @@ fn remote_mode_signs_as_the_named_profile_of_the_shared_files() {
     assert!(!ok && err.contains("AuthFailure"), "{err}");
     let (ok, _, err) = run("nowhere");
     assert!(!ok && err.contains("no AWS credentials"), "{err}");
+    // Which reader looked: the SDK's chain lists the providers it tried.
+    if cfg!(feature = "aws") {
+        assert!(
+            err.contains("Profile") && err.contains("Environment"),
+            "{err}"
+        );
+    } else {
+        assert!(err.contains("need a build with --features aws"), "{err}");
+    }
     if cfg!(feature = "aws") {
         let (ok, out, err) = run("process");
         assert!(ok, "{err}");
