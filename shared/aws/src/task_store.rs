@@ -57,6 +57,7 @@ use aws_sdk_dynamodb::types::{
     KeySchemaElement, KeyType, Projection, ProjectionType, Put, ScalarAttributeType, Select,
     TimeToLiveSpecification, TransactWriteItem, Update,
 };
+use aws_smithy_runtime_api::client::orchestrator::HttpResponse;
 
 use crate::bridge::Bridge;
 use crate::error::sdk;
@@ -286,6 +287,41 @@ fn cancellation(err: &SdkError<TransactWriteItemsError>) -> Option<Cancelled> {
     }
 }
 
+/// A write refused because its condition failed, as PutItem and UpdateItem
+/// each spell it.
+trait ConditionalWrite {
+    fn condition_failed(&self) -> bool;
+}
+
+impl ConditionalWrite for PutItemError {
+    fn condition_failed(&self) -> bool {
+        matches!(self, Self::ConditionalCheckFailedException(_))
+    }
+}
+
+impl ConditionalWrite for UpdateItemError {
+    fn condition_failed(&self) -> bool {
+        matches!(self, Self::ConditionalCheckFailedException(_))
+    }
+}
+
+/// Whether a conditional write went through: `false` where DynamoDB refused
+/// it on its condition (an answer, not a failure); any other failure, while
+/// `what`, as the engine's error.
+fn condition_held<O, E>(
+    outcome: std::result::Result<O, SdkError<E, HttpResponse>>,
+    what: impl std::fmt::Display,
+) -> Result<bool>
+where
+    E: ConditionalWrite + ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+{
+    match outcome {
+        Ok(_) => Ok(true),
+        Err(e) if e.as_service_error().is_some_and(E::condition_failed) => Ok(false),
+        Err(e) => Err(sdk(what, e)),
+    }
+}
+
 fn built<T, E: std::error::Error + Send + Sync + 'static>(
     what: &str,
     r: std::result::Result<T, E>,
@@ -496,17 +532,10 @@ impl DynamoTaskStore {
             .expression_attribute_names("#a", name)
             .expression_attribute_values(":v", value)
             .send();
-        match self.bridge.run(call) {
-            Ok(_) => Ok(()),
-            Err(e)
-                if matches!(
-                    e.as_service_error(),
-                    Some(UpdateItemError::ConditionalCheckFailedException(_))
-                ) =>
-            {
-                Err(Error::NotFound(format!("task {id} does not exist").into()))
-            }
-            Err(e) => Err(sdk(format_args!("updating task {id}"), e)),
+        if condition_held(self.bridge.run(call), format_args!("updating task {id}"))? {
+            Ok(())
+        } else {
+            Err(Error::NotFound(format!("task {id} does not exist").into()))
         }
     }
 
@@ -663,18 +692,10 @@ impl TaskStore for DynamoTaskStore {
             .set_item(Some(item))
             .condition_expression("attribute_not_exists(pk)")
             .send();
-        match self.bridge.run(call) {
-            Ok(_) => Ok(true),
-            Err(e)
-                if matches!(
-                    e.as_service_error(),
-                    Some(PutItemError::ConditionalCheckFailedException(_))
-                ) =>
-            {
-                Ok(false)
-            }
-            Err(e) => Err(sdk(format_args!("recording unit {unit} of {id}"), e)),
-        }
+        condition_held(
+            self.bridge.run(call),
+            format_args!("recording unit {unit} of {id}"),
+        )
     }
 
     fn unit_recorded(&self, id: &TaskId, unit: u64) -> Result<bool> {
@@ -745,35 +766,28 @@ impl TaskStore for DynamoTaskStore {
                 "SET ending = :ending, claimedAt = :now, unitsDone = :done REMOVE endingReason",
             ),
         };
-        match self.bridge.run(update.send()) {
-            Ok(_) => Ok(Claim::Held(Task {
+        let written = self.bridge.run(update.send());
+        if condition_held(written, format_args!("claiming the end of task {id}"))? {
+            return Ok(Claim::Held(Task {
                 claim: Some(EndClaim {
                     ending: request.ending,
                     reason: reason.map(str::to_owned),
                     at_ms: request.now_ms,
                 }),
                 ..task
-            })),
-            Err(e)
-                if matches!(
-                    e.as_service_error(),
-                    Some(UpdateItemError::ConditionalCheckFailedException(_))
-                ) =>
-            {
-                // Someone else claimed or ended it meanwhile: ask again (their
-                // claim may be ours to re-enter, or to leave alone).
-                let now = self
-                    .get(id)?
-                    .ok_or_else(|| Error::NotFound(format!("task {id} does not exist").into()))?;
-                Ok(match &now.claim {
-                    Some(c) if now.state == TaskState::InProgress && c.ending == request.ending => {
-                        Claim::Held(now)
-                    }
-                    _ => Claim::Taken(now),
-                })
-            }
-            Err(e) => Err(sdk(format_args!("claiming the end of task {id}"), e)),
+            }));
         }
+        // Someone else claimed or ended it meanwhile: ask again (their claim
+        // may be ours to re-enter, or to leave alone).
+        let now = self
+            .get(id)?
+            .ok_or_else(|| Error::NotFound(format!("task {id} does not exist").into()))?;
+        Ok(match &now.claim {
+            Some(c) if now.state == TaskState::InProgress && c.ending == request.ending => {
+                Claim::Held(now)
+            }
+            _ => Claim::Taken(now),
+        })
     }
 
     fn finish(&self, id: &TaskId, ending: Ending, now_ms: i64) -> Result<bool> {
@@ -940,18 +954,7 @@ impl TaskStore for DynamoTaskStore {
             .expression_attribute_values(":from", n(from))
             .expression_attribute_values(":to", n(to))
             .send();
-        match self.bridge.run(call) {
-            Ok(_) => Ok(true),
-            Err(e)
-                if matches!(
-                    e.as_service_error(),
-                    Some(UpdateItemError::ConditionalCheckFailedException(_))
-                ) =>
-            {
-                Ok(false)
-            }
-            Err(e) => Err(sdk("correcting a quota counter", e)),
-        }
+        condition_held(self.bridge.run(call), "correcting a quota counter")
     }
 
     fn renew_lease(
